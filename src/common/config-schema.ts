@@ -2,8 +2,8 @@ import { z } from "zod";
 import { parseDuration } from "./duration.ts";
 import { NAME_PATTERN } from "./ids.ts";
 
-/** A duration string (`30s`) parsed to milliseconds. */
-const duration = z.string().transform((value, ctx) => {
+/** A duration string (`30s`) parsed to milliseconds. Exported so tools can write durations back. */
+export const durationSchema = z.string().transform((value, ctx) => {
   try {
     return parseDuration(value);
   } catch (e) {
@@ -26,12 +26,16 @@ const replication = z
 
 const storage = z
   .object({
-    url: z.string().url().optional(),
-    replication: replication.default({ check: "warn", "min-sync-standbys": 1 }),
+    // Only PostgreSQL URLs: a bare `host:5432` would otherwise pass as a URL with scheme "host:".
+    url: z
+      .url({ protocol: /^postgres(ql)?$/, error: "expected a postgres://user@host:port/db URL" })
+      .optional(),
+    replication: replication.default(() => ({ check: "warn" as const, "min-sync-standbys": 1 })),
   })
   .strict();
 
-const defaultStorage = { replication: { check: "warn" as const, "min-sync-standbys": 1 } };
+// Factories, not objects: zod only shallow-clones object defaults, so nodes would share `replication`.
+const defaultStorage = () => ({ replication: { check: "warn" as const, "min-sync-standbys": 1 } });
 
 const node = z.object({ name, port, storage: storage.default(defaultStorage) }).strict();
 
@@ -40,7 +44,7 @@ const participant = node
     restore: z
       .object({ "deduplication-recovery": z.enum(["reject", "warn"]).default("reject") })
       .strict()
-      .default({ "deduplication-recovery": "reject" }),
+      .default(() => ({ "deduplication-recovery": "reject" as const })),
   })
   .strict();
 
@@ -52,16 +56,16 @@ export const configSchema = z
         id: name,
         parameters: z
           .object({
-            "ledger-time-record-time-tolerance": duration.default(60_000),
-            "participant-response-timeout": duration.default(30_000),
-            "max-deduplication-duration": duration.default(7 * 86_400_000),
+            "ledger-time-record-time-tolerance": durationSchema.default(60_000),
+            "participant-response-timeout": durationSchema.default(30_000),
+            "max-deduplication-duration": durationSchema.default(7 * 86_400_000),
           })
           .strict()
-          .default({
+          .default(() => ({
             "ledger-time-record-time-tolerance": 60_000,
             "participant-response-timeout": 30_000,
             "max-deduplication-duration": 7 * 86_400_000,
-          }),
+          })),
         sequencer: node,
         mediator: node,
       })
@@ -75,17 +79,18 @@ export const configSchema = z
         jobs: z.number().int().min(1).default(2),
       })
       .strict()
-      .default({ repository: "backups", format: "custom", "app-hook": "", jobs: 2 }),
+      .default(() => ({ repository: "backups", format: "custom" as const, "app-hook": "", jobs: 2 })),
   })
   .strict()
   .superRefine((config, ctx) => {
     const seen = new Map<string, string>();
     const ports = new Map<number, string>();
-    const nodes: [string, { name: string; port: number }][] = [
-      ["synchronizer.sequencer", config.synchronizer.sequencer],
-      ["synchronizer.mediator", config.synchronizer.mediator],
-      ...config.participants.map((p, i): [string, { name: string; port: number }] => [
-        `participants.${i}`,
+    // Paths keep array indexes as numbers, as zod's own issues do.
+    const nodes: [(string | number)[], { name: string; port: number }][] = [
+      [["synchronizer", "sequencer"], config.synchronizer.sequencer],
+      [["synchronizer", "mediator"], config.synchronizer.mediator],
+      ...config.participants.map((p, i): [(string | number)[], { name: string; port: number }] => [
+        ["participants", i],
         p,
       ]),
     ];
@@ -94,15 +99,15 @@ export const configSchema = z
       if (other)
         ctx.addIssue({
           code: "custom",
-          path: [...path.split("."), "name"],
+          path: [...path, "name"],
           message: `duplicate node name "${n.name}" (also at ${other})`,
         });
-      seen.set(n.name, path);
+      seen.set(n.name, path.join("."));
       const otherPort = ports.get(n.port);
       if (otherPort)
         ctx.addIssue({
           code: "custom",
-          path: [...path.split("."), "port"],
+          path: [...path, "port"],
           message: `port ${n.port} is also used by ${otherPort}`,
         });
       ports.set(n.port, n.name);

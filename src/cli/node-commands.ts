@@ -1,0 +1,209 @@
+import type { Command } from "commander";
+import { configNodes } from "../common/config-schema.ts";
+import { LockstepError } from "../common/errors.ts";
+import { createLogger } from "../common/logging.ts";
+import { startEmbeddedCluster, startNetwork } from "../node/network.ts";
+import { embeddedClusterDir } from "../node/node-database.ts";
+import { nodeKindDefinition } from "../node/node-kinds.ts";
+import { NodeRuntime } from "../node/node-runtime.ts";
+import {
+  ensureProcessDirs,
+  livePid,
+  processFiles,
+  removePidFile,
+  runningProcesses,
+  terminate,
+  writePidFile,
+} from "../node/process-files.ts";
+import { LocalPostgres } from "../storage/local-postgres.ts";
+import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
+import type { LaunchedNode } from "./node-launcher.ts";
+import { launchDetached } from "./node-launcher.ts";
+import { table } from "./output.ts";
+
+/** Resolves when SIGINT or SIGTERM arrives (foreground commands stop gracefully on either). */
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+}
+
+function launchedTable(nodes: LaunchedNode[]): string {
+  return table(
+    ["NODE", "PID", "PORT", "ROLE", "LOG"],
+    nodes.map((n) => [
+      n.replica ? `${n.name} (${n.replica})` : n.name,
+      String(n.pid),
+      String(n.port),
+      n.role,
+      n.logFile,
+    ]),
+  );
+}
+
+export function registerNodeCommands(program: Command): void {
+  program
+    .command("up")
+    .description("start every node of the config")
+    .option("--detach", "run each node in the background, with pid and log files in the data dir")
+    .action(async (opts: { detach?: boolean }, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      const dataDir = loaded.config["data-dir"];
+      prepareDataDir(dataDir);
+      ensureProcessDirs(dataDir);
+      const entries = configNodes(loaded.config);
+      for (const entry of entries) {
+        const pid = livePid(processFiles(dataDir, entry.name).pidFile);
+        if (pid) throw new LockstepError("NODE_ALREADY_RUNNING", { node: entry.name, pid });
+      }
+      if (opts.detach) {
+        const startedCluster = await startEmbeddedCluster(
+          dataDir,
+          entries,
+          createLogger({ node: "postgres" }),
+        );
+        const launched: LaunchedNode[] = [];
+        try {
+          for (const entry of entries) {
+            out.info(`starting ${entry.kind} ${entry.name} on port ${entry.port}`);
+            launched.push(
+              await launchDetached({ configPath: loaded.path, dataDir, name: entry.name, port: entry.port }),
+            );
+          }
+        } catch (error) {
+          // Nothing half-started: stop what this command launched.
+          for (const node of launched) await terminate(node.pid);
+          await startedCluster?.stop();
+          throw error;
+        }
+        out.result({ nodes: launched }, () => launchedTable(launched));
+        return;
+      }
+      const network = await startNetwork({
+        config: loaded.config,
+        dataDir,
+        entries,
+        loggerFor: (node) => createLogger({ node }),
+        ownCluster: true,
+      });
+      for (const runtime of network.runtimes)
+        writePidFile(processFiles(dataDir, runtime.name).pidFile, process.pid);
+      out.info(`${network.runtimes.length} nodes running; Ctrl-C to stop`);
+      await untilSignal();
+      await network.stop();
+      for (const runtime of network.runtimes)
+        removePidFile(processFiles(dataDir, runtime.name).pidFile, process.pid);
+      out.result({ stopped: network.runtimes.map((r) => r.name) }, () => "stopped");
+    });
+
+  program
+    .command("down")
+    .description("stop every node started with --detach, then the embedded database")
+    .action(async (_opts: unknown, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      const dataDir = loaded.config["data-dir"];
+      const stopped: { name: string; replica?: string; pid: number; how: string }[] = [];
+      // Participants first, the sequencer last: the reverse of the start order.
+      const order = configNodes(loaded.config).map((n) => n.name);
+      const processes = runningProcesses(dataDir).sort(
+        (a, b) => order.indexOf(b.name) - order.indexOf(a.name),
+      );
+      for (const p of processes) {
+        out.info(`stopping ${p.name}${p.replica ? ` (${p.replica})` : ""} (pid ${p.pid})`);
+        const how = p.pid === process.pid ? "self" : await terminate(p.pid);
+        removePidFile(p.pidFile, p.pid);
+        stopped.push({ name: p.name, replica: p.replica, pid: p.pid, how });
+      }
+      const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
+      const clusterWasRunning = await cluster.isRunning();
+      if (clusterWasRunning) await cluster.stop();
+      out.result({ stopped, embeddedPostgresStopped: clusterWasRunning }, () =>
+        stopped.length === 0 && !clusterWasRunning
+          ? "nothing was running"
+          : [
+              ...stopped.map((s) => `stopped ${s.name} (${s.how})`),
+              clusterWasRunning ? "stopped embedded PostgreSQL" : "",
+            ]
+              .filter(Boolean)
+              .join("\n"),
+      );
+    });
+
+  const node = program.command("node").description("start or stop one node");
+  node
+    .command("start <name>")
+    .description("start one node (foreground unless --detach)")
+    .option("--detach", "run in the background with pid and log files in the data dir")
+    .option(
+      "--replica <id>",
+      "another process of the same node on the same database, passive until the active one goes",
+    )
+    .option("--port <port>", "the replica's port", (v) => Number.parseInt(v, 10))
+    .action(
+      async (name: string, opts: { detach?: boolean; replica?: string; port?: number }, command: Command) => {
+        const out = outputFor(command);
+        const loaded = await loadCliConfig(command);
+        const entry = findNode(loaded, name);
+        if (opts.replica && !opts.port) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: "--replica needs --port: a replica serves on its own port",
+          });
+        }
+        const dataDir = loaded.config["data-dir"];
+        prepareDataDir(dataDir);
+        ensureProcessDirs(dataDir);
+        const { pidFile } = processFiles(dataDir, name, opts.replica);
+        const existing = livePid(pidFile);
+        if (existing) throw new LockstepError("NODE_ALREADY_RUNNING", { node: name, pid: existing });
+        const port = opts.port ?? entry.port;
+        if (opts.detach) {
+          await startEmbeddedCluster(dataDir, [entry], createLogger({ node: "postgres" }));
+          const launched = await launchDetached({
+            configPath: loaded.path,
+            dataDir,
+            name,
+            port,
+            replica: opts.replica,
+          });
+          out.result(launched, () => launchedTable([launched]));
+          return;
+        }
+        writePidFile(pidFile, process.pid);
+        const runtime = new NodeRuntime({
+          entry,
+          config: loaded.config,
+          dataDir,
+          logger: createLogger({ node: opts.replica ? `${name}.${opts.replica}` : name }),
+          definition: nodeKindDefinition(entry.kind),
+          replica: opts.replica,
+          port,
+        });
+        try {
+          await runtime.start();
+          await Promise.race([untilSignal(), runtime.whenStopped()]);
+          await runtime.stop();
+        } finally {
+          removePidFile(pidFile, process.pid);
+        }
+      },
+    );
+
+  node
+    .command("stop <name>")
+    .description("stop one node started with --detach")
+    .option("--replica <id>", "stop this replica instead of the main process")
+    .action(async (name: string, opts: { replica?: string }, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      findNode(loaded, name);
+      const { pidFile } = processFiles(loaded.config["data-dir"], name, opts.replica);
+      const pid = livePid(pidFile);
+      if (!pid) throw new LockstepError("NODE_NOT_RUNNING", { node: name, address: pidFile });
+      const how = await terminate(pid);
+      removePidFile(pidFile, pid);
+      out.result({ name, replica: opts.replica, pid, how }, () => `stopped ${name} (${how})`);
+    });
+}

@@ -1,0 +1,92 @@
+import { spawn } from "node:child_process";
+import { openSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import type { ErrorCodeName } from "../common/error-codes.ts";
+import { ERRORS } from "../common/error-codes.ts";
+import { LockstepError } from "../common/errors.ts";
+import { isAlive, logTail, processFiles } from "../node/process-files.ts";
+
+const BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
+
+export interface LaunchRequest {
+  configPath: string;
+  dataDir: string;
+  name: string;
+  port: number;
+  replica?: string;
+  /** How long to wait for the node's health endpoint to answer. */
+  timeoutMs?: number;
+}
+
+export interface LaunchedNode {
+  name: string;
+  replica?: string;
+  pid: number;
+  port: number;
+  role: string;
+  logFile: string;
+}
+
+/**
+ * Starts `lockstep node start NAME` as a detached process logging to the data dir, and waits until
+ * its health endpoint answers (active or passive). A process that dies first is reported with
+ * the error it printed, so `up --detach` fails as clearly as the foreground would.
+ */
+export async function launchDetached(request: LaunchRequest): Promise<LaunchedNode> {
+  const { logFile } = processFiles(request.dataDir, request.name, request.replica);
+  // --json: a failure is printed as one JSON line, which startFailure() reads back from the log.
+  const args = [BIN, "node", "start", request.name, "--config", request.configPath, "--json"];
+  if (request.replica) args.push("--replica", request.replica, "--port", String(request.port));
+  const log = openSync(logFile, "a");
+  const child = spawn(process.execPath, args, {
+    detached: true,
+    stdio: ["ignore", log, log],
+    env: process.env,
+  });
+  child.unref();
+  const pid = child.pid as number;
+  let exitCode: number | null = null;
+  child.on("exit", (code) => {
+    exitCode = code ?? 1;
+  });
+  const deadline = Date.now() + (request.timeoutMs ?? 60_000);
+  while (Date.now() < deadline) {
+    if (exitCode !== null || !isAlive(pid)) throw startFailure(request.name, logFile);
+    const role = await healthRole(request.port);
+    if (role === "active" || role === "passive") {
+      return { name: request.name, replica: request.replica, pid, port: request.port, role, logFile };
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new LockstepError("NODE_START_FAILED", {
+    node: request.name,
+    reason: `no healthy answer on port ${request.port} within ${(request.timeoutMs ?? 60_000) / 1000}s`,
+    logFile,
+  });
+}
+
+async function healthRole(port: number): Promise<string | undefined> {
+  try {
+    const response = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
+    const body = (await response.json()) as { status?: string };
+    return body.status;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Rebuilds the error the child printed (`{"error": …}` under --json) from its log. */
+function startFailure(name: string, logFile: string): LockstepError {
+  const tail = logTail(logFile, 40);
+  for (const line of tail.split("\n").reverse()) {
+    if (!line.startsWith('{"error"')) continue;
+    try {
+      const { error } = JSON.parse(line) as { error: { code: string; metadata?: Record<string, string> } };
+      if (ERRORS.has(error.code as ErrorCodeName))
+        return new LockstepError(error.code as ErrorCodeName, error.metadata);
+    } catch {
+      // not our line
+    }
+  }
+  return new LockstepError("NODE_START_FAILED", { node: name, reason: tail, logFile });
+}

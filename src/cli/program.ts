@@ -1,0 +1,51 @@
+import { Command, CommanderError } from "commander";
+import { LockstepError } from "../common/errors.ts";
+import { LOCKSTEP_VERSION } from "../common/version.ts";
+import { registerConfigCommands } from "./config-command.ts";
+import { registerDemoCommand } from "./demo-command.ts";
+import { registerNodeCommands } from "./node-commands.ts";
+import { Output } from "./output.ts";
+import { registerStatusCommand } from "./status-command.ts";
+
+/** Every (sub)command throws instead of exiting, so usage errors come back to runCli for exit code 2. */
+function overrideExits(command: Command): void {
+  for (const sub of command.commands) {
+    sub.exitOverride();
+    overrideExits(sub);
+  }
+}
+
+export function buildProgram(): Command {
+  const program = new Command("lockstep")
+    .description("Run, back up and restore a Canton-style synchronized ledger")
+    .version(LOCKSTEP_VERSION)
+    .option("--config <file>", "config file (default ./lockstep.yaml, or $LOCKSTEP_CONFIG)")
+    .option("--json", "one JSON document on stdout; human text and progress go to stderr")
+    .showHelpAfterError()
+    .exitOverride();
+  registerConfigCommands(program);
+  registerNodeCommands(program);
+  registerStatusCommand(program);
+  registerDemoCommand(program);
+  overrideExits(program);
+  return program;
+}
+
+/** Runs the CLI and returns the exit code of CLI.md: 0 done, 1 failed, 2 usage/config, 3 refused by a safety check. */
+export async function runCli(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  const json = argv.includes("--json");
+  try {
+    await program.parseAsync(argv, { from: "user" });
+    return typeof process.exitCode === "number" ? process.exitCode : 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (error.code === "commander.helpDisplayed" || error.code === "commander.version") return 0;
+      if (error.code === "commander.help") return 0;
+      if (json)
+        return new Output(true).failure(new LockstepError("INVALID_ARGUMENT", { details: error.message }));
+      return 2;
+    }
+    return new Output(json).failure(error);
+  }
+}

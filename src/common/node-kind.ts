@@ -1,0 +1,51 @@
+import type { ConnectRouter } from "@connectrpc/connect";
+import type { LockstepConfig, NodeEntry, NodeKind } from "./config-schema.ts";
+import type { ErrorJson } from "./errors.ts";
+import type { Logger } from "./logging.ts";
+
+/** A schema migration, applied in version order per node kind (see storage/migrations.ts). */
+export interface MigrationDefinition {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+/** Identity facts every node keeps in its own database (node_state table). */
+export interface NodeIdentity {
+  incarnation: string;
+  writerEpoch: bigint;
+}
+
+/**
+ * What the node runtime hands to a node kind. The Db is typed structurally here so that
+ * common does not import storage (layering: common is the bottom).
+ */
+export interface NodeKindContext<TDb = unknown> {
+  entry: NodeEntry;
+  config: LockstepConfig;
+  db: TDb;
+  logger: Logger;
+  dataDir: string;
+  identity: () => NodeIdentity;
+  /** Report a fatal error: the node stays up (health: failed) so status can show code and remedy. */
+  fail: (error: ErrorJson) => void;
+}
+
+export interface NodeKindStatus {
+  position: Record<string, unknown>;
+  deduplicationRecovery?: Record<string, unknown> | null;
+}
+
+/** One running node of a kind. The runtime calls activate() once it holds the single-writer lock. */
+export interface NodeKindRuntime {
+  routes(router: ConnectRouter): void;
+  activate(): Promise<void>;
+  status(): Promise<NodeKindStatus>;
+  stop(): Promise<void>;
+}
+
+export interface NodeKindDefinition<TDb = unknown> {
+  kind: NodeKind;
+  migrations: readonly MigrationDefinition[];
+  create(context: NodeKindContext<TDb>): NodeKindRuntime;
+}

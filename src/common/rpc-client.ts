@@ -1,0 +1,38 @@
+import type { DescService } from "@bufbuild/protobuf";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+
+export interface NodeClientOptions {
+  /** "2" (default) multiplexes calls on one connection; "1.1" for proxies or debugging. */
+  httpVersion?: "1.1" | "2";
+}
+
+// One transport per node and HTTP version, so calls share an HTTP/2 connection instead of opening
+// one each. Idle connections are unref'd by connect-node and do not keep a CLI process alive.
+const transports = new Map<string, Transport>();
+
+function transportFor(baseUrl: string, httpVersion: "1.1" | "2"): Transport {
+  const key = `${httpVersion} ${baseUrl}`;
+  let transport = transports.get(key);
+  if (!transport) {
+    transport = createConnectTransport({ baseUrl, httpVersion, useBinaryFormat: true });
+    transports.set(key, transport);
+  }
+  return transport;
+}
+
+/**
+ * A Connect client for a service a node serves at baseUrl (e.g. "http://127.0.0.1:4011").
+ * Errors a node throws on purpose come back as ConnectErrors; `fromConnectError` rebuilds them.
+ */
+export function createNodeClient<S extends DescService>(
+  service: S,
+  baseUrl: string,
+  options: NodeClientOptions = {},
+): Client<S> {
+  return createClient(service, transportFor(baseUrl, options.httpVersion ?? "2"));
+}
+
+export function nodeBaseUrl(port: number, host = "127.0.0.1"): string {
+  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+}

@@ -1,0 +1,28 @@
+import type { Migration } from "../storage/migrations.ts";
+
+/**
+ * Schema of the private key store, shared by every node kind: each kind appends these to its own
+ * migration list (versions 1000+ stay clear of the kinds' own numbering). Private keys live in the
+ * node's own database so that they are inside its backups (DESIGN §2 "Topology and keys").
+ */
+export const keyStoreMigrations: readonly Migration[] = [
+  {
+    version: 1000,
+    name: "crypto_private_keys",
+    sql: `
+CREATE TABLE crypto_private_keys (
+  fingerprint  text PRIMARY KEY,
+  purpose      text NOT NULL CHECK (purpose IN ('namespace', 'signing')),
+  state        text NOT NULL CHECK (state IN ('pending', 'active', 'revoked')),
+  public_key   bytea NOT NULL CHECK (octet_length(public_key) = 32),
+  private_key  bytea NOT NULL,
+  created_at   timestamptz NOT NULL DEFAULT now(),
+  activated_at timestamptz,
+  revoked_at   timestamptz
+);
+-- The namespace key is the node's identity: there is exactly one active at a time.
+CREATE UNIQUE INDEX crypto_private_keys_one_active_namespace
+  ON crypto_private_keys (purpose) WHERE purpose = 'namespace' AND state = 'active';
+`,
+  },
+];

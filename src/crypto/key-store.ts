@@ -1,0 +1,169 @@
+import { LockstepError } from "../common/errors.ts";
+import type { Db, Queryable } from "../storage/db.ts";
+import {
+  exportPrivateKey,
+  generateKeyPair,
+  type KeyPair,
+  type KeyPurpose,
+  keyPairFromPrivateKey,
+} from "./keys.ts";
+
+/**
+ * Life of a key: `pending` (generated and stored, not yet announced in topology), `active` (in use),
+ * `revoked` (kept, so that old backups and audits can still be explained, never used again).
+ * Rotation (DESIGN §4.5): generate → store pending → backup → announce → activate → revoke the old.
+ */
+export type KeyState = "pending" | "active" | "revoked";
+
+export interface StoredKey extends KeyPair {
+  readonly state: KeyState;
+  readonly createdAt: Date;
+  readonly activatedAt: Date | null;
+  readonly revokedAt: Date | null;
+}
+
+interface KeyRow {
+  fingerprint: string;
+  purpose: KeyPurpose;
+  state: KeyState;
+  public_key: Buffer;
+  private_key: Buffer;
+  created_at: Date;
+  activated_at: Date | null;
+  revoked_at: Date | null;
+}
+
+const COLUMNS = "fingerprint, purpose, state, public_key, private_key, created_at, activated_at, revoked_at";
+
+const ALLOWED_TRANSITIONS: Readonly<Record<KeyState, readonly KeyState[]>> = {
+  pending: ["active", "revoked"],
+  active: ["revoked"],
+  revoked: [],
+};
+
+/**
+ * The node's private keys, in its own database (table `crypto_private_keys`, see
+ * key-store-migrations.ts), so that every backup of the node holds the keys it needs.
+ */
+export class KeyStore {
+  constructor(private readonly db: Db) {}
+
+  /**
+   * On the very first start (empty store) creates an active namespace key and an active signing key;
+   * later returns the active ones. It never generates keys into a store that already has some: a
+   * store without an active key (e.g. restored from a backup taken before a rotation) is an operator
+   * matter, reported as NO_APPROPRIATE_SIGNING_KEY_IN_STORE rather than papered over with new keys.
+   */
+  async ensureInitialKeys(): Promise<{ namespace: KeyPair; signing: KeyPair }> {
+    return this.db.transaction(async (tx) => {
+      // Serializes two processes of the same node starting on an empty store at once.
+      await tx.execute("LOCK TABLE crypto_private_keys IN SHARE ROW EXCLUSIVE MODE");
+      const { count } = await tx.one<{ count: number }>(
+        "SELECT count(*)::int AS count FROM crypto_private_keys",
+      );
+      if (count === 0) {
+        const namespace = generateKeyPair("namespace");
+        const signing = generateKeyPair("signing");
+        await insertKey(tx, namespace, "active");
+        await insertKey(tx, signing, "active");
+        return { namespace, signing };
+      }
+      return {
+        namespace: await this.requireActive(tx, "namespace"),
+        signing: await this.requireActive(tx, "signing"),
+      };
+    });
+  }
+
+  /** The newest active signing key (during a rotation the new one is used as soon as it is active). */
+  async activeSigningKey(): Promise<KeyPair> {
+    return this.requireActive(this.db, "signing");
+  }
+
+  async namespaceKey(): Promise<KeyPair> {
+    return this.requireActive(this.db, "namespace");
+  }
+
+  /** All keys in every state, oldest first. */
+  async list(): Promise<StoredKey[]> {
+    const rows = await this.db.query<KeyRow>(
+      `SELECT ${COLUMNS} FROM crypto_private_keys ORDER BY created_at, fingerprint`,
+    );
+    return rows.map(toStoredKey);
+  }
+
+  async get(fingerprint: string): Promise<StoredKey | undefined> {
+    const row = await this.db.maybeOne<KeyRow>(
+      `SELECT ${COLUMNS} FROM crypto_private_keys WHERE fingerprint = $1`,
+      [fingerprint],
+    );
+    return row && toStoredKey(row);
+  }
+
+  /** Stores a key; false (and no change) when a key with this fingerprint is already stored. */
+  async add(pair: KeyPair, state: KeyState = "pending"): Promise<boolean> {
+    return (await insertKey(this.db, pair, state)) === 1;
+  }
+
+  /** Moves a key forward in its life: pending → active → revoked (or pending → revoked). */
+  async setState(fingerprint: string, state: KeyState): Promise<void> {
+    await this.db.transaction(async (tx) => {
+      const row = await tx.maybeOne<{ state: KeyState }>(
+        "SELECT state FROM crypto_private_keys WHERE fingerprint = $1 FOR UPDATE",
+        [fingerprint],
+      );
+      if (!row) throw new LockstepError("SECRET_KEY_NOT_IN_STORE", { fingerprint });
+      if (row.state === state) return;
+      if (!ALLOWED_TRANSITIONS[row.state].includes(state)) {
+        throw new LockstepError("INVALID_ARGUMENT", {
+          details: `key ${fingerprint} is ${row.state} and cannot become ${state}`,
+        });
+      }
+      await tx.execute(
+        `UPDATE crypto_private_keys SET state = $2::text,
+           activated_at = CASE WHEN $2::text = 'active' THEN now() ELSE activated_at END,
+           revoked_at = CASE WHEN $2::text = 'revoked' THEN now() ELSE revoked_at END
+         WHERE fingerprint = $1`,
+        [fingerprint, state],
+      );
+    });
+  }
+
+  private async requireActive(q: Queryable, purpose: KeyPurpose): Promise<KeyPair> {
+    const row = await q.maybeOne<KeyRow>(
+      `SELECT ${COLUMNS} FROM crypto_private_keys WHERE purpose = $1 AND state = 'active'
+       ORDER BY activated_at DESC NULLS LAST, created_at DESC, fingerprint LIMIT 1`,
+      [purpose],
+    );
+    if (!row)
+      throw new LockstepError("NO_APPROPRIATE_SIGNING_KEY_IN_STORE", { purpose, database: this.db.database });
+    return toStoredKey(row);
+  }
+}
+
+async function insertKey(q: Queryable, pair: KeyPair, state: KeyState): Promise<number> {
+  return q.execute(
+    `INSERT INTO crypto_private_keys (fingerprint, purpose, state, public_key, private_key, activated_at, revoked_at)
+     VALUES ($1, $2, $3, $4, $5,
+             CASE WHEN $3::text = 'active' THEN now() END, CASE WHEN $3::text = 'revoked' THEN now() END)
+     ON CONFLICT (fingerprint) DO NOTHING`,
+    [pair.fingerprint, pair.purpose, state, pair.publicKey, exportPrivateKey(pair.privateKey)],
+  );
+}
+
+function toStoredKey(row: KeyRow): StoredKey {
+  const pair = keyPairFromPrivateKey(row.private_key, row.purpose);
+  // A row whose private key does not match its fingerprint would sign under a wrong identity.
+  if (pair.fingerprint !== row.fingerprint || !pair.publicKey.equals(row.public_key)) {
+    throw new LockstepError("INTERNAL_ERROR", {
+      details: `private key store row ${row.fingerprint} does not match its private key`,
+    });
+  }
+  return {
+    ...pair,
+    state: row.state,
+    createdAt: row.created_at,
+    activatedAt: row.activated_at,
+    revokedAt: row.revoked_at,
+  };
+}

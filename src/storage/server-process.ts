@@ -1,0 +1,122 @@
+import { execFileSync, spawn } from "node:child_process";
+import { chmodSync, chownSync, lstatSync, readdirSync, statSync } from "node:fs";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+
+/**
+ * OS plumbing for the local PostgreSQL server: running its tools as the right user, pid
+ * liveness, free ports, ownership. Kept apart so local-postgres.ts reads as cluster logic.
+ */
+
+const LOOPBACK = "127.0.0.1";
+
+export interface RunAs {
+  uid: number;
+  gid: number;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: alive, but another user's (the postgres user's, when we are not root).
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolvePort) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", () => resolvePort(false));
+    server.listen(port, LOOPBACK, () => server.close(() => resolvePort(true)));
+  });
+}
+
+export function anyFreePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once("error", reject);
+    server.listen(0, LOOPBACK, () => {
+      const address = server.address();
+      server.close(() => resolvePort(typeof address === "object" && address ? address.port : 0));
+    });
+  });
+}
+
+/** Runs a PostgreSQL tool to completion, as `runAs` when given; never rejects. */
+export function run(
+  file: string,
+  args: string[],
+  cwd: string,
+  runAs?: RunAs,
+): Promise<{ code: number; output: string }> {
+  return new Promise((resolveRun) => {
+    const child = spawn(file, args, {
+      cwd,
+      env: { ...process.env, LC_ALL: "C", LANG: "C" },
+      stdio: ["ignore", "pipe", "pipe"],
+      ...(runAs ? { uid: runAs.uid, gid: runAs.gid } : {}),
+    });
+    let output = "";
+    let done = false;
+    const finish = (code: number) => {
+      if (done) return;
+      done = true;
+      resolveRun({ code, output });
+    };
+    child.stdout.on("data", (d) => {
+      output += d;
+    });
+    child.stderr.on("data", (d) => {
+      output += d;
+    });
+    child.on("error", (error) => {
+      output += error.message;
+      finish(-1);
+    });
+    child.on("close", (code) => finish(code ?? -1));
+    // Should a grandchild keep our pipes open, do not wait for it once the tool itself exited.
+    child.on("exit", (code) => setTimeout(() => finish(code ?? -1), 1000).unref());
+  });
+}
+
+/** uid/gid of the OS user `postgres`, or undefined when there is none. */
+export function postgresOsUser(): RunAs | undefined {
+  try {
+    const id = (flag: string) =>
+      Number.parseInt(execFileSync("id", [flag, "postgres"], { encoding: "utf8" }), 10);
+    return { uid: id("-u"), gid: id("-g") };
+  } catch {
+    return undefined;
+  }
+}
+
+export function chownTree(path: string, owner: RunAs): void {
+  const st = lstatSync(path);
+  if (st.uid !== owner.uid || st.gid !== owner.gid) chownSync(path, owner.uid, owner.gid);
+  if (st.isDirectory()) for (const entry of readdirSync(path)) chownTree(join(path, entry), owner);
+}
+
+/**
+ * Gives `user` search permission (only that) on `dir` and its ancestors where it lacks it, so the
+ * server can reach a data dir under e.g. /root or a 0700 temp dir. Returns the dirs it changed.
+ */
+export function makeTraversable(dir: string, user: RunAs): string[] {
+  const changed: string[] = [];
+  for (let current = dir; ; current = dirname(current)) {
+    const st = statSync(current);
+    const bit = st.uid === user.uid ? 0o100 : st.gid === user.gid ? 0o010 : 0o001;
+    if ((st.mode & bit) === 0) {
+      chmodSync(current, (st.mode & 0o7777) | bit);
+      changed.push(current);
+    }
+    if (current === dirname(current)) return changed;
+  }
+}
