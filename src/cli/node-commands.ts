@@ -202,6 +202,15 @@ export function registerNodeCommands(program: Command): void {
       const { pidFile } = processFiles(loaded.config["data-dir"], name, opts.replica);
       const pid = livePid(pidFile);
       if (!pid) throw new LockstepError("NODE_NOT_RUNNING", { node: name, address: pidFile });
+      const sharing = runningProcesses(loaded.config["data-dir"]).filter(
+        (p) => p.pid === pid && p.name !== name,
+      );
+      if (sharing.length > 0) {
+        // A foreground `lockstep up` runs every node in one process: signalling it would stop them all.
+        throw new LockstepError("INVALID_ARGUMENT", {
+          details: `${name} runs in one process (pid ${pid}) with ${sharing.map((p) => p.name).join(", ")}; stop them together with \`lockstep down\``,
+        });
+      }
       const how = await terminate(pid);
       removePidFile(pidFile, pid);
       out.result({ name, replica: opts.replica, pid, how }, () => `stopped ${name} (${how})`);
