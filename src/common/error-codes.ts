@@ -181,6 +181,14 @@ export const ERROR_DEFINITIONS = [
     "This indicates faulty or malicious behaviour of the submitting participant; check its version and logs.",
   ),
   def(
+    "LOCAL_VERDICT_LOCKED_CONTRACTS",
+    Code.Aborted,
+    "transient",
+    true,
+    "Rejected transaction is referring to locked contracts {contractIds}",
+    "Another pending transaction uses the same contracts; wait for its outcome, refresh the active contracts and resubmit.",
+  ),
+  def(
     "REQUEST_TIME_OUT",
     Code.DeadlineExceeded,
     "transient",

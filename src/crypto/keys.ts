@@ -101,7 +101,12 @@ export function verify(publicKeyRaw: Bytes, bytes: Bytes, signature: Bytes): boo
  * (as Canton's HashPurpose does). Sequenced events are signed over `contentHash ‖ chainHash`
  * (64 bytes, see sequenced-event.ts), which can never equal a 32-byte digest.
  */
-export type SignaturePurpose = "topology-transaction" | "submission" | "subscription" | "acknowledgement";
+export type SignaturePurpose =
+  | "topology-transaction"
+  | "submission"
+  | "subscription"
+  | "acknowledgement"
+  | "confirmation-response";
 
 export function signingDigest(purpose: SignaturePurpose, ...fields: (Bytes | string)[]): Buffer {
   return hashFields(`lockstep/${purpose}/v1`, ...fields);

@@ -1,10 +1,12 @@
 import type { NodeKind } from "../common/config-schema.ts";
 import type { NodeKindDefinition } from "../common/node-kind.ts";
+import { mediatorNodeKind } from "../mediator/mediator-node.ts";
+import { sequencerNodeKind } from "../sequencer/sequencer-node.ts";
 import type { Db } from "../storage/db.ts";
 
 /**
  * A node kind with no protocol behaviour yet: it serves the Admin API and health only.
- * The synchronizer and participant issues replace these with the real kinds.
+ * The participant issue replaces it with the real kind.
  */
 function basicKind(kind: NodeKind): NodeKindDefinition<Db> {
   return {
@@ -20,8 +22,8 @@ function basicKind(kind: NodeKind): NodeKindDefinition<Db> {
 }
 
 const DEFINITIONS: Record<NodeKind, NodeKindDefinition<Db>> = {
-  sequencer: basicKind("sequencer"),
-  mediator: basicKind("mediator"),
+  sequencer: sequencerNodeKind,
+  mediator: mediatorNodeKind,
   participant: basicKind("participant"),
 };
 

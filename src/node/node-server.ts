@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
@@ -52,6 +53,8 @@ export class NodeServer {
   private boundPort = 0;
 
   constructor(private readonly options: NodeServerOptions) {
+    // Connect links every call's signal to this one; many concurrent calls are normal, not a leak.
+    setMaxListeners(0, this.shutdown.signal);
     const handler = connectNodeAdapter({
       routes: options.routes,
       interceptors: [errorInterceptor(options.logger), ...(options.interceptors ?? [])],

@@ -1,0 +1,163 @@
+/**
+ * Sequencer throughput with durable commits (fsync on, synchronous_commit on): events per second
+ * sequenced and delivered to two subscribers, under many concurrent senders, beside the
+ * single-row INSERT commits per second of the same cluster (pgbench, one client), and their ratio.
+ *
+ *   npm run bench:sequencer                     # BENCH_SECONDS=15 BENCH_SENDERS=64 by default
+ *
+ * The sequencer runs in this thread; the members (senders and subscribers) in a worker thread.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, freemem, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { silentLogger } from "../src/common/logging.ts";
+import { DEFAULT_SYNCHRONIZER_PARAMETERS } from "../src/crypto/topology.ts";
+import { NodeServer } from "../src/node/node-server.ts";
+import { Sequencer } from "../src/sequencer/sequencer.ts";
+import { sequencerMigrations } from "../src/sequencer/sequencer-migrations.ts";
+import { sequencerServiceRoutes } from "../src/sequencer/sequencer-service.ts";
+import { LocalPostgres } from "../src/storage/local-postgres.ts";
+import { runMigrations } from "../src/storage/migrations.ts";
+import { createPgDb } from "../src/storage/pg-db.ts";
+import { runCoreLoad } from "./sequencer-core.ts";
+import type { LoadResult, LoadSettings } from "./sequencer-load.ts";
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 15);
+const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
+const SENDERS = Number(process.env.BENCH_SENDERS ?? 64);
+const BASELINE_SECONDS = Number(process.env.BENCH_BASELINE_SECONDS ?? 10);
+
+const base = mkdtempSync(join(tmpdir(), "lockstep-bench-"));
+const pg = new LocalPostgres({ dir: join(base, "postgres"), fsync: true });
+
+/** Single-row INSERT commits per second: pgbench, one client, autocommit, same cluster. */
+function pgbenchInserts(database: string, port: number): number {
+  const pgbench = join(pg.binaries.binDir, "pgbench");
+  const script = join(base, "insert.sql");
+  writeFileSync(script, "INSERT INTO bench_insert (v) VALUES (1);\n");
+  const out = execFileSync(
+    existsSync(pgbench) ? pgbench : "pgbench",
+    ["-n", "-c", "1", "-j", "1", "-T", String(BASELINE_SECONDS), "-f", script],
+    {
+      encoding: "utf8",
+      env: {
+        ...process.env,
+        PGHOST: "127.0.0.1",
+        PGPORT: String(port),
+        PGUSER: "postgres",
+        PGDATABASE: database,
+      },
+    },
+  );
+  const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)?.[1];
+  if (!tps) throw new Error(`cannot read pgbench output:\n${out}`);
+  return Number(tps);
+}
+
+function runLoad(settings: LoadSettings, onWindow: (edge: "start" | "end") => void): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    // A worker does not inherit tsx's loader: register it there before loading the TypeScript file.
+    const bootstrap = `import(${JSON.stringify(import.meta.resolve("tsx/esm/api"))})
+      .then(({ register }) => { register(); return import(${JSON.stringify(new URL("./sequencer-load.ts", import.meta.url).href)}); })`;
+    const worker = new Worker(bootstrap, { eval: true, workerData: settings });
+    worker.on("message", (message: { type: string; result?: LoadResult }) => {
+      if (message.type === "window-start") onWindow("start");
+      else if (message.type === "window-end") onWindow("end");
+      else if (message.type === "result" && message.result) resolve(message.result);
+    });
+    worker.on("error", reject);
+    worker.on("exit", (code) => code !== 0 && reject(new Error(`load worker exited with ${code}`)));
+  });
+}
+
+try {
+  const { port } = await pg.start();
+  await pg.ensureDatabase("baseline");
+  const admin = createPgDb({ connectionString: pg.connectionUrl("baseline"), max: 1 });
+  await admin.execute("CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, v int)");
+  const settings = await admin.query<{ name: string; setting: string }>(
+    "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'server_version')",
+  );
+  await admin.close();
+  console.log(`PostgreSQL: ${settings.map((s) => `${s.name}=${s.setting}`).join(", ")}`);
+  console.log(
+    `machine: ${cpus().length} cpus (${cpus()[0]?.model}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB (${(freemem() / 2 ** 30).toFixed(1)} free)`,
+  );
+
+  const insertsPerSecond = pgbenchInserts("baseline", port);
+  console.log(
+    `baseline: pgbench, 1 client, one-row INSERT per transaction: ${insertsPerSecond.toFixed(0)} commits/s`,
+  );
+
+  await pg.ensureDatabase("sequencer");
+  const db = createPgDb({ connectionString: pg.connectionUrl("sequencer"), max: 10 });
+  await runMigrations(db, "sequencer", sequencerMigrations);
+  const logger = silentLogger("sequencer");
+  const sequencer = await Sequencer.start({
+    db,
+    logger,
+    name: "sequencer",
+    synchronizerName: "bench",
+    parameters: DEFAULT_SYNCHRONIZER_PARAMETERS,
+  });
+  const server = new NodeServer({
+    node: "sequencer",
+    port: 0,
+    logger,
+    health: () => ({ node: "sequencer", kind: "sequencer", status: "active" }),
+    routes: sequencerServiceRoutes(() => sequencer),
+  });
+  const serverPort = await server.start();
+
+  const window: Record<"start" | "end", { batches: number; events: number; at: number }> = {
+    start: { batches: 0, events: 0, at: 0 },
+    end: { batches: 0, events: 0, at: 0 },
+  };
+  const result = await runLoad(
+    { port: serverPort, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, senders: SENDERS },
+    (edge) => {
+      window[edge] = { ...sequencer.writerStats, at: performance.now() };
+    },
+  );
+  await server.stop();
+  const core = await runCoreLoad(sequencer, {
+    seconds: Math.min(SECONDS, 10),
+    warmupSeconds: WARMUP_SECONDS,
+    senders: SENDERS,
+  });
+  await sequencer.stop();
+  await db.close();
+
+  const elapsed = (window.end.at - window.start.at) / 1000;
+  const batches = window.end.batches - window.start.batches;
+  const events = window.end.events - window.start.events;
+  const deliveredBoth = Math.min(...result.deliveredInWindow);
+  const eventsPerSecond = deliveredBoth / elapsed;
+  console.log(
+    `sequencer: ${SENDERS} concurrent senders, 2 members subscribed, every event to both, ${elapsed.toFixed(1)} s measured after ${WARMUP_SECONDS} s warm-up`,
+  );
+  console.log(`  sends acknowledged:            ${(result.sentInWindow / elapsed).toFixed(0)} /s`);
+  console.log(`  events delivered to both:      ${eventsPerSecond.toFixed(0)} /s`);
+  console.log(
+    `  writer commits:                ${(batches / elapsed).toFixed(0)} /s, ${(events / Math.max(batches, 1)).toFixed(1)} events per commit`,
+  );
+  console.log(`  ratio to single-row INSERTs:   ${(eventsPerSecond / insertsPerSecond).toFixed(2)}`);
+  const complete = result.totalDelivered.every((n) => n === result.totalSent);
+  console.log(
+    `  check: ${result.totalSent} sent, delivered ${result.totalDelivered.join(" / ")}, ${result.failedSends} failed sends: ${complete ? "complete" : "INCOMPLETE"}`,
+  );
+  const coreRate = core.deliveredToBoth / core.seconds;
+  console.log(`sequencer in-process (no RPC), same settings, ${core.seconds.toFixed(1)} s measured`);
+  console.log(`  events delivered to both:      ${coreRate.toFixed(0)} /s`);
+  console.log(
+    `  writer commits:                ${(core.batches / core.seconds).toFixed(0)} /s, ${(core.events / Math.max(core.batches, 1)).toFixed(1)} events per commit`,
+  );
+  console.log(`  ratio to single-row INSERTs:   ${(coreRate / insertsPerSecond).toFixed(2)}`);
+  console.log(`  check: ${core.complete ? "complete" : "INCOMPLETE"}`);
+  if (!complete || !core.complete || result.failedSends > 0) process.exitCode = 1;
+} finally {
+  await pg.stop().catch(() => {});
+  rmSync(base, { recursive: true, force: true });
+}

@@ -1,0 +1,405 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import type { Client } from "@connectrpc/connect";
+import { LockstepError } from "../common/errors.ts";
+import { newId } from "../common/ids.ts";
+import type { Logger } from "../common/logging.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
+import { type EventPosition, eventFromProto, type SequencedEvent } from "../common/sequenced-event.ts";
+import { type Micros, maxMicros, msToMicros, nowMicros } from "../common/time.ts";
+import { KeyStore } from "../crypto/key-store.ts";
+import {
+  type SignedTopologyTransaction,
+  signedTopologyToParts,
+  type TopologyState,
+} from "../crypto/topology.ts";
+import { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { Db } from "../storage/db.ts";
+import { CleanAcknowledger } from "./clean-acknowledger.ts";
+import { backoffDelayMs, describeRefusal, EventStreamValidator } from "./event-stream-validator.ts";
+import { ensureRegistered } from "./member-registration.ts";
+import { MemberStateStore } from "./member-state-store.ts";
+import { SequencedEventStore, type StoredEvent } from "./sequenced-event-store.ts";
+import type {
+  EventHandler,
+  Registration,
+  SendRequest,
+  SequencerClient,
+  SequencerClientOptions,
+  SequencerClientStatus,
+} from "./sequencer-client.ts";
+import { callSequencer, classifySubscriptionError } from "./sequencer-errors.ts";
+import { acknowledgeRequest, sendRequest, subscribeRequest } from "./sequencer-requests.ts";
+import { applyTopologyEvent } from "./topology-bootstrap.ts";
+
+type ErrorInfo = SequencerClientStatus["lastError"];
+
+export const SEQUENCER_CLIENT_DEFAULTS = {
+  ackIntervalMs: 1000,
+  reconnectInitialMs: 100,
+  reconnectMaxMs: 5000,
+} as const;
+
+/**
+ * The sequencer client over Connect (gRPC). One subscription loop: receive → validate → store →
+ * process (handler + clean timestamp in one transaction), strictly sequential, so the topology used
+ * to check an event's signature is always the one after its predecessor.
+ */
+export class GrpcSequencerClient implements SequencerClient {
+  private readonly rpc: Client<typeof SequencerService>;
+  private readonly db: Db;
+  private readonly log: Logger;
+  private readonly events: SequencedEventStore;
+  private readonly memberState: MemberStateStore;
+  private readonly keys: KeyStore;
+  private readonly stopController = new AbortController();
+  private registrationInfo: Registration | undefined;
+  private registering: Promise<Registration> | undefined;
+  private topologyState: TopologyState | undefined;
+  private handler: EventHandler | undefined;
+  private lastStoredEvent: SequencedEvent | null = null;
+  private cleanTimestamp: Micros | null = null;
+  private latestTime: Micros | null = null;
+  private connected = false;
+  private lastError: ErrorInfo = null;
+  private failed = false;
+  private starting: Promise<void> | undefined;
+  private subscribeAttempts = 0;
+  private loop: Promise<void> | undefined;
+  private acknowledger: CleanAcknowledger | undefined;
+
+  constructor(private readonly options: SequencerClientOptions) {
+    this.db = options.db;
+    this.log = options.logger.child({ component: "sequencer-client" });
+    this.rpc = createNodeClient(SequencerService, options.sequencerUrl);
+    this.events = new SequencedEventStore(options.db);
+    this.memberState = new MemberStateStore(options.db);
+    this.keys = new KeyStore(options.db);
+  }
+
+  get member(): string {
+    if (!this.registrationInfo) {
+      throw new LockstepError("INTERNAL_ERROR", {
+        details: "sequencer client member read before register()",
+      });
+    }
+    return this.registrationInfo.member;
+  }
+
+  register(): Promise<Registration> {
+    if (this.registrationInfo) return Promise.resolve(this.registrationInfo);
+    this.registering ??= this.doRegister().finally(() => {
+      this.registering = undefined;
+    });
+    return this.registering;
+  }
+
+  private async doRegister(): Promise<Registration> {
+    const registration = await ensureRegistered({
+      rpc: this.rpc,
+      sequencerUrl: this.options.sequencerUrl,
+      keys: this.keys,
+      memberState: this.memberState,
+      memberName: this.options.memberName,
+      log: this.log,
+    });
+    this.topologyState = await this.memberState.loadTopology(registration.synchronizerNamespace);
+    this.registrationInfo = registration;
+    return registration;
+  }
+
+  start(handler: EventHandler): Promise<void> {
+    if (this.starting)
+      throw new LockstepError("INTERNAL_ERROR", { details: "sequencer client started twice" });
+    this.handler = handler;
+    this.starting = this.doStart();
+    return this.starting;
+  }
+
+  private async doStart(): Promise<void> {
+    const signal = this.stopController.signal;
+    if (!(await this.registerPatiently())) return;
+    this.cleanTimestamp = await this.events.clean();
+    this.lastStoredEvent = (await this.events.lastStored())?.event ?? null;
+    this.latestTime = this.lastStoredEvent?.timestamp ?? null;
+    // Stored before the last stop but not processed: replayed first, in order, exactly once.
+    let replayed = 0;
+    for await (const stored of this.events.unprocessed(this.cleanTimestamp)) {
+      if (signal.aborted) return;
+      await this.processOrFail(stored, true);
+      if (this.failed) return;
+      replayed++;
+    }
+    if (replayed > 0) this.log.info({ replayed }, "replayed stored events that were not processed");
+    if (signal.aborted) return;
+    this.acknowledger = new CleanAcknowledger({
+      intervalMs: this.options.ackIntervalMs ?? SEQUENCER_CLIENT_DEFAULTS.ackIntervalMs,
+      clean: () => this.cleanTimestamp,
+      send: async (timestamp, signal) => {
+        const signing = await this.keys.activeSigningKey();
+        const fields = { member: this.member, timestamp, writerEpoch: this.options.identity().writerEpoch };
+        await this.rpc.acknowledge(acknowledgeRequest(fields, signing), { signal });
+      },
+      onFatal: (error) => {
+        this.fatal(error);
+        this.stopController.abort();
+      },
+      signal: this.stopController.signal,
+      log: this.log,
+    });
+    this.acknowledger.start();
+    this.loop = this.subscriptionLoop();
+  }
+
+  /**
+   * A node may start before its sequencer: registration is retried with backoff while the sequencer
+   * is unreachable (no network is needed once registered). False when stopped meanwhile.
+   */
+  private async registerPatiently(): Promise<boolean> {
+    const signal = this.stopController.signal;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.register();
+        return !signal.aborted;
+      } catch (error) {
+        if (signal.aborted) return false;
+        if (!(error instanceof LockstepError && error.retryable)) throw error;
+        this.noteTransient(error);
+        try {
+          await sleep(this.backoff(attempt), undefined, { signal });
+        } catch {
+          return false;
+        }
+      }
+    }
+  }
+
+  async send(request: SendRequest): Promise<{ messageId: string }> {
+    return this.submit({ ...request, timeProof: false });
+  }
+
+  async requestTimeProof(): Promise<{ messageId: string }> {
+    return this.submit({ recipients: [], payload: new Uint8Array(0), timeProof: true });
+  }
+
+  async submitTopology(transactions: readonly SignedTopologyTransaction[]): Promise<Micros> {
+    await this.register();
+    const request = { transactions: transactions.map((t) => signedTopologyToParts(t)) };
+    const response = await callSequencer(this.options.sequencerUrl, () => this.rpc.submitTopology(request));
+    return response.effectiveAt;
+  }
+
+  private async submit(request: SendRequest & { timeProof: boolean }): Promise<{ messageId: string }> {
+    const registration = await this.register();
+    const messageId = request.messageId ?? newId();
+    const now = nowMicros();
+    const tolerance = this.topology().parameters(this.latestTime ?? now).ledgerTimeRecordTimeToleranceMs;
+    const signing = await this.keys.activeSigningKey();
+    const fields = {
+      sender: registration.member,
+      messageId,
+      recipients: request.recipients,
+      payload: request.payload,
+      maxSequencingTime: request.maxSequencingTime ?? now + msToMicros(tolerance),
+      writerEpoch: this.options.identity().writerEpoch,
+      timeProof: request.timeProof,
+    };
+    await callSequencer(this.options.sequencerUrl, () => this.rpc.send(sendRequest(fields, signing)));
+    return { messageId };
+  }
+
+  topology(): TopologyState {
+    if (!this.topologyState) {
+      throw new LockstepError("INTERNAL_ERROR", {
+        details: "sequencer client topology read before register()",
+      });
+    }
+    return this.topologyState;
+  }
+
+  sequencerTime(): Micros | null {
+    return this.latestTime;
+  }
+
+  status(): SequencerClientStatus {
+    return {
+      member: this.registrationInfo?.member ?? null,
+      registeredAt: this.registrationInfo?.registeredAt ?? null,
+      lastStored: this.lastStoredEvent?.timestamp ?? null,
+      clean: this.cleanTimestamp,
+      acknowledged: this.acknowledger?.acknowledged ?? null,
+      connected: this.connected,
+      lastError: this.lastError,
+      failed: this.failed,
+      subscribeAttempts: this.subscribeAttempts,
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.stopController.abort();
+    await this.starting?.catch(() => {});
+    await this.acknowledger?.stop();
+    await this.loop;
+    this.connected = false;
+  }
+
+  // --- subscription ------------------------------------------------------------------------
+
+  private async subscriptionLoop(): Promise<void> {
+    const signal = this.stopController.signal;
+    let attempt = 0;
+    while (!signal.aborted && !this.failed) {
+      try {
+        await this.subscribeOnce(() => {
+          attempt = 0;
+        });
+        this.log.info("the sequencer closed the subscription; reconnecting");
+      } catch (error) {
+        if (signal.aborted) break;
+        const verdict = classifySubscriptionError(error, this.options.sequencerUrl);
+        if (verdict.fatal) {
+          this.fatal(verdict.error);
+          break;
+        }
+        this.noteTransient(verdict.error);
+      }
+      this.connected = false;
+      try {
+        await sleep(this.backoff(attempt++), undefined, { signal });
+      } catch {
+        break; // stopped
+      }
+    }
+    this.connected = false;
+  }
+
+  /** One Subscribe call, from the last stored event inclusive; returns when the stream ends. */
+  private async subscribeOnce(onConnected: () => void): Promise<void> {
+    const registration = this.registrationInfo as Registration;
+    const signing = await this.keys.activeSigningKey();
+    const request = subscribeRequest(
+      {
+        member: registration.member,
+        fromTimestamp: this.lastStoredEvent?.timestamp ?? null,
+        writerEpoch: this.options.identity().writerEpoch,
+        issuedAt: nowMicros(),
+      },
+      signing,
+    );
+    const validator = new EventStreamValidator(this.lastStoredEvent, (t) =>
+      // Keys in force just before the event: a topology event that rotates them is signed with the old ones.
+      this.topology()
+        .signingKeysOf(registration.sequencerId, t - 1n)
+        .map((k) => k.publicKey),
+    );
+    this.subscribeAttempts++;
+    const markConnected = () => {
+      if (!this.connected) this.log.info({ from: String(request.fromTimestamp ?? "start") }, "subscribed");
+      this.connected = true;
+      this.lastError = null;
+      onConnected();
+    };
+    const stream = this.rpc.subscribe(request, {
+      signal: this.stopController.signal,
+      onHeader: markConnected,
+    });
+    for await (const response of stream) {
+      markConnected();
+      for (const proto of response.events) {
+        const event = eventFromProto(proto);
+        this.latestTime =
+          this.latestTime === null ? event.timestamp : maxMicros(this.latestTime, event.timestamp);
+        const expected = validator.expected;
+        let verdict: "echo" | "new";
+        try {
+          verdict = validator.accept(event);
+        } catch (error) {
+          this.logValidationFailure(error, expected, event);
+          throw error;
+        }
+        if (verdict === "echo") continue;
+        const counter = await this.events.store(event);
+        this.lastStoredEvent = event;
+        await this.processOrFail({ counter, event }, false);
+        if (this.failed) return;
+      }
+    }
+  }
+
+  private logValidationFailure(
+    error: unknown,
+    expected: EventPosition | null,
+    received: SequencedEvent,
+  ): void {
+    const code = error instanceof LockstepError ? error.code : "INTERNAL_ERROR";
+    this.log.error(
+      { code, ...describeRefusal(expected, received) },
+      `sequencer event stream refused (${code}): ${(error as Error).message}; not reconnecting`,
+    );
+  }
+
+  private backoff(attempt: number): number {
+    const initialMs = this.options.reconnect?.initialMs ?? SEQUENCER_CLIENT_DEFAULTS.reconnectInitialMs;
+    const maxMs = this.options.reconnect?.maxMs ?? SEQUENCER_CLIENT_DEFAULTS.reconnectMaxMs;
+    return backoffDelayMs(attempt, initialMs, maxMs);
+  }
+
+  private noteTransient(error: LockstepError): void {
+    this.lastError = { code: error.code, message: error.message, remedy: error.remedy };
+    this.log.warn({ code: error.code }, `sequencer unavailable: ${error.message}; retrying`);
+  }
+
+  private fatal(error: LockstepError): void {
+    if (this.failed) return;
+    this.failed = true;
+    this.connected = false;
+    this.lastError = { code: error.code, message: error.message, remedy: error.remedy };
+    void this.acknowledger?.stop();
+    this.log.error({ code: error.code, remedy: error.remedy }, `sequencer client stopped: ${error.message}`);
+    try {
+      this.options.onFatal(error);
+    } catch (callbackError) {
+      this.log.error({ err: callbackError }, "onFatal callback failed");
+    }
+  }
+
+  // --- processing ----------------------------------------------------------------------------
+
+  private async processOrFail(stored: StoredEvent, replayed: boolean): Promise<void> {
+    try {
+      await this.process(stored, replayed);
+    } catch (error) {
+      const failure =
+        error instanceof LockstepError
+          ? error
+          : new LockstepError(
+              "SEQUENCER_CLIENT_HANDLER_FAILED",
+              {
+                timestamp: stored.event.timestamp,
+                counter: stored.counter,
+                details: error instanceof Error ? error.message : String(error),
+              },
+              { cause: error },
+            );
+      this.fatal(failure);
+      this.stopController.abort();
+    }
+  }
+
+  /** Applies the event's topology change, runs the handler and records the clean timestamp, in one tx. */
+  private async process({ counter, event }: StoredEvent, replayed: boolean): Promise<void> {
+    const registeredAt = (this.registrationInfo as Registration).registeredAt;
+    const { state, accepted, rejected } = applyTopologyEvent(this.topology(), event, registeredAt);
+    for (const { hash, error } of rejected) {
+      this.log.warn({ hash, code: error.code }, `topology change rejected: ${error.message}`);
+    }
+    const handler = this.handler as EventHandler;
+    await this.db.transaction(async (tx) => {
+      for (const entry of accepted)
+        await this.memberState.appendTopology(tx, entry.signed, entry.effectiveAt);
+      await handler(event, tx, { counter, topology: state, replayed });
+      await this.events.setClean(tx, event.timestamp);
+    });
+    this.topologyState = state;
+    this.cleanTimestamp = event.timestamp;
+  }
+}

@@ -1,0 +1,60 @@
+import type { Client } from "@connectrpc/connect";
+import { LockstepError } from "../common/errors.ts";
+import type { Logger } from "../common/logging.ts";
+import type { KeyStore } from "../crypto/key-store.ts";
+import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { MemberStateStore } from "./member-state-store.ts";
+import type { Registration } from "./sequencer-client.ts";
+import { callSequencer } from "./sequencer-errors.ts";
+import { memberIdFor, memberRegistration, registerMemberRequest } from "./sequencer-requests.ts";
+import { fetchTopology, registeredAtOf } from "./topology-bootstrap.ts";
+
+export interface RegistrationDeps {
+  rpc: Client<typeof SequencerService>;
+  sequencerUrl: string;
+  keys: KeyStore;
+  memberState: MemberStateStore;
+  memberName: string;
+  log: Logger;
+}
+
+/**
+ * Bootstrap, idempotent: keys on first use; then the registration remembered in the member's DB, or
+ * else RegisterMember (unless topology already lists the member with this namespace key: a crash
+ * after registering, or a node restored with its keys) and the topology as of the registration,
+ * saved with it in one transaction.
+ */
+export async function ensureRegistered(deps: RegistrationDeps): Promise<Registration> {
+  const { rpc, sequencerUrl, log } = deps;
+  const { namespace, signing } = await deps.keys.ensureInitialKeys();
+  const member = memberIdFor(deps.memberName, namespace);
+  const known = await deps.memberState.registration();
+  if (known) {
+    if (known.member !== member) {
+      throw new LockstepError("INTERNAL_ERROR", {
+        details: `registered as ${known.member} but the namespace key gives ${member}`,
+      });
+    }
+    return known;
+  }
+  const head = await callSequencer(sequencerUrl, () => fetchTopology(rpc));
+  let registeredAt = registeredAtOf(head.state, member, namespace);
+  if (registeredAt === undefined) {
+    const request = registerMemberRequest(memberRegistration(member, namespace, signing));
+    registeredAt = (await callSequencer(sequencerUrl, () => rpc.registerMember(request))).registeredAt;
+    log.info({ member, registeredAt: String(registeredAt) }, "registered with the sequencer");
+  } else {
+    log.info({ member, registeredAt: String(registeredAt) }, "already registered with the sequencer");
+  }
+  // Everything effective up to the registration; later changes arrive as events.
+  const asOf = await callSequencer(sequencerUrl, () => fetchTopology(rpc, registeredAt));
+  const registration: Registration = {
+    member,
+    registeredAt,
+    sequencerId: asOf.sequencerId,
+    synchronizerId: asOf.synchronizerId,
+    synchronizerNamespace: asOf.synchronizerNamespace,
+  };
+  await deps.memberState.saveRegistration(registration, asOf.state.transactions());
+  return registration;
+}

@@ -1,0 +1,58 @@
+import { LockstepError } from "../common/errors.ts";
+import type { NodeKindDefinition } from "../common/node-kind.ts";
+import type { Db } from "../storage/db.ts";
+import { Sequencer } from "./sequencer.ts";
+import { sequencerMigrations } from "./sequencer-migrations.ts";
+import { sequencerServiceRoutes } from "./sequencer-service.ts";
+
+/**
+ * The sequencer node kind: its schema, the SequencerService, and the Sequencer started on
+ * activation (this process holds the single-writer lock, so its writer is the only one).
+ */
+export const sequencerNodeKind: NodeKindDefinition<Db> = {
+  kind: "sequencer",
+  migrations: sequencerMigrations,
+  create(ctx) {
+    let sequencer: Sequencer | undefined;
+    const current = (): Sequencer => {
+      if (!sequencer) throw new LockstepError("NODE_PASSIVE", { node: ctx.entry.name });
+      return sequencer;
+    };
+    return {
+      routes: sequencerServiceRoutes(current),
+      async activate() {
+        const { parameters, mediator, id } = ctx.config.synchronizer;
+        sequencer = await Sequencer.start({
+          db: ctx.db,
+          logger: ctx.logger,
+          name: ctx.entry.name,
+          synchronizerName: id,
+          parameters: {
+            ledgerTimeRecordTimeToleranceMs: parameters["ledger-time-record-time-tolerance"],
+            participantResponseTimeoutMs: parameters["participant-response-timeout"],
+            maxDeduplicationDurationMs: parameters["max-deduplication-duration"],
+          },
+          mediatorName: mediator.name,
+          onFatal: (error) => ctx.fail(error.toJSON()),
+        });
+      },
+      async status() {
+        if (!sequencer) return { position: {} };
+        const status = await sequencer.status();
+        // The backup position of a sequencer (DESIGN §4.1); bigints as strings.
+        return {
+          position: {
+            head: status.head?.toString() ?? null,
+            members: Object.fromEntries(
+              status.members.map((m) => [m.member, m.lastDelivered?.toString() ?? null]),
+            ),
+            pruningLowerBound: status.pruningLowerBound?.toString() ?? null,
+          },
+        };
+      },
+      async stop() {
+        await sequencer?.stop();
+      },
+    };
+  },
+};

@@ -1,0 +1,327 @@
+import type { DeliverErrorInfo, EventPosition, SequencedEvent } from "../common/sequenced-event.ts";
+import type { Micros } from "../common/time.ts";
+import type { TopologyEntry } from "../crypto/topology.ts";
+import { signedTopologyFromParts } from "../crypto/topology.ts";
+import type { Db } from "../storage/db.ts";
+
+/** NOTIFY channel on which every committed batch announces the new head (readers in other processes). */
+export const SEQUENCER_EVENTS_CHANNEL = "lockstep_sequencer_events";
+
+export interface StoredMember {
+  readonly member: string;
+  readonly registeredAt: Micros;
+  readonly writerEpoch: bigint;
+}
+
+/** What the writer needs to continue where the last process stopped. */
+export interface LoadedSequencerState {
+  /** The last sequenced timestamp (null before the first event). */
+  readonly head: Micros | null;
+  readonly pruningLowerBound: Micros | null;
+  readonly members: readonly StoredMember[];
+  readonly heads: ReadonlyMap<string, EventPosition>;
+  readonly topology: readonly TopologyEntry[];
+}
+
+/** One sequenced submission with the member views it produced; written all at once. */
+export interface SequencedRecord {
+  readonly timestamp: Micros;
+  readonly sender: string;
+  readonly messageId: string;
+  readonly recipients: readonly string[];
+  readonly payload: Uint8Array;
+  readonly deliverError?: DeliverErrorInfo;
+  readonly deliveries: readonly { readonly member: string; readonly event: SequencedEvent }[];
+}
+
+/** Everything one writer transaction commits. */
+export interface WriteBatch {
+  readonly records: readonly SequencedRecord[];
+  /** Final chain position per member touched by the batch. */
+  readonly heads: ReadonlyMap<string, EventPosition>;
+  readonly newMembers: readonly { readonly member: string; readonly registeredAt: Micros }[];
+  readonly topology: readonly TopologyEntry[];
+}
+
+export interface MemberPosition {
+  readonly member: string;
+  readonly registeredAt: Micros;
+  readonly writerEpoch: bigint;
+  readonly lastDelivered: Micros | null;
+  readonly acknowledged: Micros | null;
+}
+
+export interface DeliveryPage {
+  readonly events: SequencedEvent[];
+  /** Read in the same snapshot as the events: if it passed the cursor, events may be missing. */
+  readonly pruningLowerBound: Micros | null;
+}
+
+interface DeliveryRow {
+  pruning_lower_bound: bigint | null;
+  timestamp: bigint | null;
+  previous_timestamp: bigint | null;
+  chain_hash: Buffer;
+  signature: Buffer;
+  sender: string;
+  message_id: string;
+  recipients: string[];
+  payload: Buffer;
+  deliver_error: DeliverErrorInfo | null;
+}
+
+/**
+ * The sequencer's tables (sequencer-migrations.ts). Writes come from the single writer only
+ * (the node holds the single-writer lock); reads are safe from anywhere.
+ */
+export class SequencerStore {
+  constructor(private readonly db: Db) {}
+
+  async load(): Promise<LoadedSequencerState> {
+    const state = await this.db.one<{ pruning_lower_bound: bigint | null; head: bigint | null }>(
+      `SELECT pruning_lower_bound, (SELECT max(timestamp) FROM sequencer_events) AS head FROM sequencer_state`,
+    );
+    const members = await this.db.query<{ member: string; registered_at: bigint; writer_epoch: bigint }>(
+      "SELECT member, registered_at, writer_epoch FROM sequencer_members ORDER BY member",
+    );
+    const heads = await this.db.query<{ member: string; last_timestamp: bigint; last_chain_hash: Buffer }>(
+      "SELECT member, last_timestamp, last_chain_hash FROM sequencer_member_heads",
+    );
+    const topology = await this.db.query<{
+      effective_at: bigint;
+      transaction: Buffer;
+      signer_public_key: Buffer;
+      signature: Buffer;
+    }>(
+      `SELECT effective_at, transaction, signer_public_key, signature FROM sequencer_topology
+       ORDER BY effective_at, position`,
+    );
+    // Heads and the lower bound also bound the head: never reuse a timestamp, even after pruning.
+    let head = state.head;
+    for (const h of heads) if (head === null || h.last_timestamp > head) head = h.last_timestamp;
+    return {
+      head,
+      pruningLowerBound: state.pruning_lower_bound,
+      members: members.map((m) => ({
+        member: m.member,
+        registeredAt: m.registered_at,
+        writerEpoch: m.writer_epoch,
+      })),
+      heads: new Map(
+        heads.map((h) => [h.member, { timestamp: h.last_timestamp, chainHash: h.last_chain_hash }]),
+      ),
+      topology: topology.map((t) => ({
+        effectiveAt: t.effective_at,
+        signed: signedTopologyFromParts({
+          transaction: t.transaction,
+          signerPublicKey: t.signer_public_key,
+          signature: t.signature,
+        }),
+      })),
+    };
+  }
+
+  /**
+   * Commits a batch durably (synchronous commit) in one statement, and NOTIFYs the new head on
+   * commit so that readers in other processes wake up. Arrays + unnest keep it one round trip
+   * whatever the batch size.
+   */
+  async writeBatch(batch: WriteBatch, head: Micros): Promise<void> {
+    const r = batch.records;
+    const d = r.flatMap((rec) => rec.deliveries);
+    const h = [...batch.heads];
+    const t = batch.topology.map((entry, i) => ({ entry, position: i }));
+    await this.db.transaction(
+      (tx) =>
+        tx.query(
+          `WITH ev AS (
+             INSERT INTO sequencer_events (timestamp, sender, message_id, recipients, payload, deliver_error)
+             SELECT x.ts, x.sender, x.mid, ARRAY(SELECT jsonb_array_elements_text(x.rcp)), x.payload, x.err
+             FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::jsonb[])
+               AS x(ts, sender, mid, rcp, payload, err)
+           ), dl AS (
+             INSERT INTO sequencer_deliveries (member, timestamp, previous_timestamp, chain_hash, signature)
+             SELECT * FROM unnest($7::text[], $8::bigint[], $9::bigint[], $10::bytea[], $11::bytea[])
+           ), hd AS (
+             INSERT INTO sequencer_member_heads (member, last_timestamp, last_chain_hash)
+             SELECT * FROM unnest($12::text[], $13::bigint[], $14::bytea[])
+             ON CONFLICT (member) DO UPDATE
+               SET last_timestamp = EXCLUDED.last_timestamp, last_chain_hash = EXCLUDED.last_chain_hash
+           ), mb AS (
+             INSERT INTO sequencer_members (member, registered_at)
+             SELECT * FROM unnest($15::text[], $16::bigint[])
+             ON CONFLICT (member) DO NOTHING
+           ), tp AS (
+             INSERT INTO sequencer_topology (effective_at, position, transaction, signer_public_key, signature)
+             SELECT * FROM unnest($17::bigint[], $18::int[], $19::bytea[], $20::bytea[], $21::bytea[])
+           )
+           SELECT pg_notify('${SEQUENCER_EVENTS_CHANNEL}', $22)`,
+          [
+            r.map((x) => x.timestamp),
+            r.map((x) => x.sender),
+            r.map((x) => x.messageId),
+            r.map((x) => JSON.stringify(x.recipients)),
+            r.map((x) => Buffer.from(x.payload)),
+            r.map((x) => (x.deliverError ? JSON.stringify(x.deliverError) : null)),
+            d.map((x) => x.member),
+            d.map((x) => x.event.timestamp),
+            d.map((x) => x.event.previousTimestamp),
+            d.map((x) => x.event.chainHash),
+            d.map((x) => x.event.signature),
+            h.map(([member]) => member),
+            h.map(([, p]) => p.timestamp),
+            h.map(([, p]) => p.chainHash),
+            batch.newMembers.map((m) => m.member),
+            batch.newMembers.map((m) => m.registeredAt),
+            t.map((x) => x.entry.effectiveAt),
+            t.map((x) => x.position),
+            t.map((x) => x.entry.signed.bytes),
+            t.map((x) => x.entry.signed.signerKey),
+            t.map((x) => x.entry.signed.signature),
+            head.toString(),
+          ],
+        ),
+      { synchronousCommit: true },
+    );
+  }
+
+  /**
+   * Up to `limit` of the member's views from `fromInclusive` on, in timestamp order, with the
+   * pruning lower bound of the same snapshot (one statement), so that a prune racing the read
+   * can never go unnoticed.
+   */
+  async readDeliveries(member: string, fromInclusive: Micros, limit: number): Promise<DeliveryPage> {
+    const rows = await this.db.query<DeliveryRow>(
+      `SELECT s.pruning_lower_bound, x.*
+       FROM sequencer_state s
+       LEFT JOIN LATERAL (
+         SELECT d.timestamp, d.previous_timestamp, d.chain_hash, d.signature,
+                e.sender, e.message_id, e.recipients, e.payload, e.deliver_error
+         FROM sequencer_deliveries d JOIN sequencer_events e ON e.timestamp = d.timestamp
+         WHERE d.member = $1 AND d.timestamp >= $2
+         ORDER BY d.timestamp
+         LIMIT $3
+       ) x ON true`,
+      [member, fromInclusive, limit],
+    );
+    const events: SequencedEvent[] = [];
+    for (const row of rows) {
+      if (row.timestamp === null) continue;
+      const e = row.deliver_error;
+      events.push({
+        timestamp: row.timestamp,
+        previousTimestamp: row.previous_timestamp,
+        sender: row.sender,
+        messageId: row.message_id,
+        recipients: row.recipients,
+        payload: row.payload,
+        ...(e ? { deliverError: { messageId: e.messageId, reason: e.reason, code: e.code } } : {}),
+        chainHash: row.chain_hash,
+        signature: row.signature,
+      });
+    }
+    return { events, pruningLowerBound: rows[0]?.pruning_lower_bound ?? null };
+  }
+
+  async recordWriterEpoch(member: string, epoch: bigint): Promise<void> {
+    await this.db.transaction(
+      (tx) =>
+        tx.execute(
+          "UPDATE sequencer_members SET writer_epoch = GREATEST(writer_epoch, $2) WHERE member = $1",
+          [member, epoch],
+        ),
+      { synchronousCommit: true },
+    );
+  }
+
+  /** Acknowledgements only move forward (as Canton's: an earlier one is ignored). */
+  async acknowledge(member: string, timestamp: Micros): Promise<void> {
+    await this.db.execute(
+      `INSERT INTO sequencer_acknowledgements (member, timestamp) VALUES ($1, $2)
+       ON CONFLICT (member) DO UPDATE SET timestamp = EXCLUDED.timestamp, acknowledged_at = now()
+       WHERE sequencer_acknowledgements.timestamp < EXCLUDED.timestamp`,
+      [member, timestamp],
+    );
+  }
+
+  async memberPositions(): Promise<MemberPosition[]> {
+    const rows = await this.db.query<{
+      member: string;
+      registered_at: bigint;
+      writer_epoch: bigint;
+      last_timestamp: bigint | null;
+      acknowledged: bigint | null;
+    }>(
+      `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
+       FROM sequencer_members m
+       LEFT JOIN sequencer_member_heads h ON h.member = m.member
+       LEFT JOIN sequencer_acknowledgements a ON a.member = m.member
+       ORDER BY m.member`,
+    );
+    return rows.map((r) => ({
+      member: r.member,
+      registeredAt: r.registered_at,
+      writerEpoch: r.writer_epoch,
+      lastDelivered: r.last_timestamp,
+      acknowledged: r.acknowledged,
+    }));
+  }
+
+  async pruningLowerBound(): Promise<Micros | null> {
+    const row = await this.db.one<{ pruning_lower_bound: bigint | null }>(
+      "SELECT pruning_lower_bound FROM sequencer_state",
+    );
+    return row.pruning_lower_bound;
+  }
+
+  /**
+   * Deletes events and deliveries below `before` and raises the lower bound, in one transaction.
+   * `check` runs first, under the state row's lock, with the members' positions of that moment,
+   * so acknowledgements cannot change between the safety check and the delete.
+   */
+  async prune(
+    before: Micros,
+    check: (positions: MemberPosition[], lowerBound: Micros | null) => void,
+  ): Promise<{ pruningLowerBound: Micros; removedEvents: number }> {
+    return this.db.transaction(
+      async (tx) => {
+        const state = await tx.one<{ pruning_lower_bound: bigint | null }>(
+          "SELECT pruning_lower_bound FROM sequencer_state FOR UPDATE",
+        );
+        const lowerBound = state.pruning_lower_bound;
+        // Acknowledge takes no lock: lock them too, so none moves during the check.
+        await tx.execute("LOCK TABLE sequencer_acknowledgements IN SHARE MODE");
+        const positions = await tx.query<{
+          member: string;
+          registered_at: bigint;
+          writer_epoch: bigint;
+          last_timestamp: bigint | null;
+          acknowledged: bigint | null;
+        }>(
+          `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
+           FROM sequencer_members m
+           LEFT JOIN sequencer_member_heads h ON h.member = m.member
+           LEFT JOIN sequencer_acknowledgements a ON a.member = m.member`,
+        );
+        check(
+          positions.map((r) => ({
+            member: r.member,
+            registeredAt: r.registered_at,
+            writerEpoch: r.writer_epoch,
+            lastDelivered: r.last_timestamp,
+            acknowledged: r.acknowledged,
+          })),
+          lowerBound,
+        );
+        if (lowerBound !== null && before <= lowerBound) {
+          return { pruningLowerBound: lowerBound, removedEvents: 0 };
+        }
+        await tx.execute("DELETE FROM sequencer_deliveries WHERE timestamp < $1", [before]);
+        const removedEvents = await tx.execute("DELETE FROM sequencer_events WHERE timestamp < $1", [before]);
+        await tx.execute("UPDATE sequencer_state SET pruning_lower_bound = $1", [before]);
+        return { pruningLowerBound: before, removedEvents };
+      },
+      { synchronousCommit: true },
+    );
+  }
+}

@@ -1,0 +1,289 @@
+import { create, toBinary } from "@bufbuild/protobuf";
+import { LockstepError, toLockstepError } from "../common/errors.ts";
+import {
+  deliveryFor,
+  type EventPosition,
+  membersToDeliver,
+  positionOf,
+  type SequencedEvent,
+  type SequencedSubmission,
+} from "../common/sequenced-event.ts";
+import { type Micros, nowMicros } from "../common/time.ts";
+import {
+  type SignedTopologyTransaction,
+  signedTopologyToParts,
+  type TopologyEntry,
+  type TopologyState,
+} from "../crypto/topology.ts";
+import { EventPayloadSchema } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { SequencedRecord, SequencerStore } from "./sequencer-store.ts";
+
+/** A member's submission, already authenticated and validated by the Send handler. */
+export interface SubmissionItem {
+  readonly kind: "submission";
+  readonly sender: string;
+  readonly messageId: string;
+  readonly recipients: readonly string[];
+  readonly payload: Uint8Array;
+  /** null: no limit. */
+  readonly maxSequencingTime: Micros | null;
+  /** An empty event to the sender only (DESIGN §2 "Time proofs"). */
+  readonly timeProof: boolean;
+}
+
+/** Topology transactions the sequencer itself sequences, addressed to all members. */
+export interface TopologyItem {
+  readonly kind: "topology";
+  readonly transactions: readonly SignedTopologyTransaction[];
+  /** The member this registers: it becomes a member at the event's timestamp and receives it. */
+  readonly registers?: string;
+}
+
+export type WriterItem = SubmissionItem | TopologyItem;
+
+/** What the writer keeps in memory: the single writer is the only one to change it. */
+export interface WriterState {
+  readonly head: Micros | null;
+  readonly topology: TopologyState;
+  /** Registered members → registration timestamp. */
+  readonly members: ReadonlyMap<string, Micros>;
+  readonly heads: ReadonlyMap<string, EventPosition>;
+}
+
+export interface SequencerWriterOptions {
+  store: SequencerStore;
+  sequencerId: string;
+  /** Signs a member view (see deliveryFor) with the sequencer's signing key. */
+  sign: (bytes: Buffer) => Buffer;
+  initial: WriterState;
+  clock?: () => Micros;
+  /** Upper bound of submissions per transaction (group commit takes all queued, up to this). */
+  maxBatchSize?: number;
+  /** After each commit, with the new head: wakes the readers. */
+  onCommitted?: (head: Micros) => void;
+  /** A failed commit: the in-memory chain may no longer match the database, so the writer stops. */
+  onFailure?: (error: LockstepError) => void;
+}
+
+interface Pending {
+  readonly item: WriterItem;
+  readonly resolve: (timestamp: Micros) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * The single in-process writer: gives every submission a unique, strictly increasing timestamp
+ * (max(now, last + 1)), builds each recipient's view on its chain, and commits durably.
+ * Group commit: everything that queued while a transaction was committing goes into the next one,
+ * so the cost of a durable commit is shared by more submissions as load grows.
+ * submit() resolves with the timestamp once it is committed.
+ */
+export class SequencerWriter {
+  private state: WriterState;
+  private readonly queue: Pending[] = [];
+  private running: Promise<void> | undefined;
+  private draining = false;
+  private stopped = false;
+  private failure: LockstepError | undefined;
+  private readonly clock: () => Micros;
+  private readonly maxBatchSize: number;
+  /** Committed transactions and the events in them (group commit: events / batches grows with load). */
+  readonly stats = { batches: 0, events: 0 };
+
+  constructor(private readonly options: SequencerWriterOptions) {
+    this.state = options.initial;
+    this.clock = options.clock ?? nowMicros;
+    this.maxBatchSize = options.maxBatchSize ?? 2000;
+  }
+
+  get head(): Micros | null {
+    return this.state.head;
+  }
+  get topology(): TopologyState {
+    return this.state.topology;
+  }
+  registeredAt(member: string): Micros | undefined {
+    return this.state.members.get(member);
+  }
+  members(): string[] {
+    return [...this.state.members.keys()].sort();
+  }
+  lastDelivered(member: string): Micros | undefined {
+    return this.state.heads.get(member)?.timestamp;
+  }
+
+  submit(item: WriterItem): Promise<Micros> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.stopped) {
+      return Promise.reject(
+        new LockstepError("SEQUENCER_SHUTTING_DOWN", { sequencer: this.options.sequencerId }),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      this.queue.push({ item, resolve, reject });
+      if (!this.draining) this.running = this.drain();
+    });
+  }
+
+  /** Sequences what is queued, then refuses new submissions. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.running;
+  }
+
+  /**
+   * The flag is cleared synchronously with the last look at the queue (not in a later .finally),
+   * so a submission queued from a microtask in between still starts a new drain.
+   */
+  private async drain(): Promise<void> {
+    this.draining = true;
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.maxBatchSize);
+        if (this.failure) {
+          for (const p of batch) p.reject(this.failure);
+          continue;
+        }
+        try {
+          await this.writeBatch(batch);
+        } catch (error) {
+          // A bug while building the batch: nothing was written, but stop rather than guess.
+          this.fail(error, batch);
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private fail(error: unknown, batch: readonly Pending[]): void {
+    this.failure = new LockstepError(
+      "INTERNAL_ERROR",
+      { details: `sequencer writer stopped: writing a batch failed: ${(error as Error).message}` },
+      { cause: error },
+    );
+    for (const p of batch) p.reject(this.failure);
+    this.options.onFailure?.(this.failure);
+  }
+
+  private async writeBatch(batch: Pending[]): Promise<void> {
+    const { sequencerId, sign } = this.options;
+    const base = this.state;
+    let topology = base.topology;
+    let head = base.head;
+    const newMembers = new Map<string, Micros>();
+    const heads = new Map<string, EventPosition>();
+    const records: SequencedRecord[] = [];
+    const topologyEntries: TopologyEntry[] = [];
+    const outcomes: [Pending, Micros | LockstepError][] = [];
+
+    for (const pending of batch) {
+      const now = this.clock();
+      const timestamp = head === null || now > head ? now : head + 1n;
+      let event: SequencedSubmission;
+      if (pending.item.kind === "submission") {
+        event = submissionEvent(pending.item, timestamp);
+      } else {
+        const item = pending.item;
+        let next = topology;
+        try {
+          for (const tx of item.transactions) next = next.apply(tx, timestamp);
+        } catch (error) {
+          // Rejected (e.g. a concurrent registration won the serial): nothing is sequenced for it.
+          outcomes.push([pending, toLockstepError(error)]);
+          continue;
+        }
+        topology = next;
+        for (const signed of item.transactions) topologyEntries.push({ signed, effectiveAt: timestamp });
+        if (item.registers !== undefined && !base.members.has(item.registers)) {
+          newMembers.set(item.registers, timestamp);
+        }
+        event = topologyEvent(item, timestamp, sequencerId, [...base.members.keys(), ...newMembers.keys()]);
+      }
+      head = timestamp;
+      const deliveries: { member: string; event: SequencedEvent }[] = [];
+      for (const member of membersToDeliver(event)) {
+        // The sequencer sends topology events but does not subscribe to itself.
+        if (member === sequencerId) continue;
+        const view = deliveryFor(member, event, heads.get(member) ?? base.heads.get(member) ?? null, sign);
+        heads.set(member, positionOf(view));
+        deliveries.push({ member, event: view });
+      }
+      records.push({ ...event, deliveries });
+      outcomes.push([pending, timestamp]);
+    }
+
+    if (records.length > 0 && head !== null) {
+      try {
+        await this.options.store.writeBatch(
+          {
+            records,
+            heads,
+            newMembers: [...newMembers].map(([member, registeredAt]) => ({ member, registeredAt })),
+            topology: topologyEntries,
+          },
+          head,
+        );
+      } catch (error) {
+        this.fail(error, batch);
+        return;
+      }
+      this.stats.batches++;
+      this.stats.events += records.length;
+      this.state = {
+        head,
+        topology,
+        members: new Map([...base.members, ...newMembers]),
+        heads: new Map([...base.heads, ...heads]),
+      };
+      this.options.onCommitted?.(head);
+    }
+    for (const [pending, outcome] of outcomes) {
+      if (outcome instanceof LockstepError) pending.reject(outcome);
+      else pending.resolve(outcome);
+    }
+  }
+}
+
+function submissionEvent(item: SubmissionItem, timestamp: Micros): SequencedSubmission {
+  const base = { timestamp, sender: item.sender, messageId: item.messageId };
+  if (item.maxSequencingTime !== null && timestamp > item.maxSequencingTime) {
+    const error = new LockstepError("SEQUENCER_MAX_SEQUENCING_TIME_EXCEEDED", {
+      messageId: item.messageId,
+      timestamp,
+      maxSequencingTime: item.maxSequencingTime,
+    });
+    return {
+      ...base,
+      recipients: [],
+      payload: new Uint8Array(0),
+      deliverError: { messageId: item.messageId, reason: error.message, code: error.code },
+    };
+  }
+  if (item.timeProof) return { ...base, recipients: [], payload: new Uint8Array(0) };
+  return { ...base, recipients: [...item.recipients], payload: item.payload };
+}
+
+function topologyEvent(
+  item: TopologyItem,
+  timestamp: Micros,
+  sequencerId: string,
+  members: string[],
+): SequencedSubmission {
+  const payload = toBinary(
+    EventPayloadSchema,
+    create(EventPayloadSchema, {
+      content: {
+        case: "topology",
+        value: { transactions: item.transactions.map((tx) => signedTopologyToParts(tx)) },
+      },
+    }),
+  );
+  return {
+    timestamp,
+    sender: sequencerId,
+    messageId: `topology:${item.transactions[0]?.hash ?? timestamp}`,
+    recipients: [...new Set(members)].sort(),
+    payload,
+  };
+}

@@ -1,0 +1,382 @@
+import { setMaxListeners } from "node:events";
+import { LockstepError } from "../common/errors.ts";
+import { parseUniqueIdentifier, uniqueIdentifier } from "../common/ids.ts";
+import type { Logger } from "../common/logging.ts";
+import type { SequencedEvent } from "../common/sequenced-event.ts";
+import { type Micros, maxMicros, nowMicros } from "../common/time.ts";
+import { KeyStore } from "../crypto/key-store.ts";
+import { acknowledgementDigest, sign, submissionDigest, subscriptionDigest } from "../crypto/keys.ts";
+import {
+  type SignedTopologyTransactionParts,
+  type SynchronizerParametersValues,
+  signedTopologyFromParts,
+  type TopologyEntry,
+  TopologyState,
+} from "../crypto/topology.ts";
+import type { Db } from "../storage/db.ts";
+import { EventNotifier } from "./event-notifier.ts";
+import { readEvents } from "./event-reader.ts";
+import {
+  checkIssuedAt,
+  parseSubmission,
+  validateSubmission,
+  verifyMemberSignature,
+} from "./request-verification.ts";
+import { addMediatorTransaction, bootstrapTransactions } from "./sequencer-bootstrap.ts";
+import { checkPruningSafe, safePruningPoint } from "./sequencer-pruning.ts";
+import { type MemberPosition, SequencerStore } from "./sequencer-store.ts";
+import { SequencerWriter } from "./sequencer-writer.ts";
+import { WriterEpochs } from "./writer-epochs.ts";
+
+export interface SequencerOptions {
+  db: Db;
+  logger: Logger;
+  /** The node's name: the sequencer's member id is `name::<namespace fingerprint>`. */
+  name: string;
+  /** config.synchronizer.id: the synchronizer id is `id::<namespace fingerprint>`. */
+  synchronizerName: string;
+  parameters: SynchronizerParametersValues;
+  /** The configured mediator's name: registering it also adds it to the MediatorDomainState. */
+  mediatorName?: string;
+  clock?: () => Micros;
+  /** Events per SubscribeResponse. */
+  subscriptionBatchSize?: number;
+  /** Submissions per writer transaction at most. */
+  maxBatchSize?: number;
+  /** Hook for backups (DESIGN §4.6): the oldest position a retained backup still needs. */
+  retainedBackupBound?: () => Micros | null;
+  /** The writer failed; the node should report it (it refuses submissions from then on). */
+  onFatal?: (error: LockstepError) => void;
+}
+
+export interface SendRequestFields {
+  submission: Uint8Array;
+  signature: Uint8Array;
+  signingKeyFingerprint: string;
+}
+
+export interface SubscribeRequestFields {
+  member: string;
+  fromTimestamp?: bigint;
+  writerEpoch: bigint;
+  issuedAt: bigint;
+  nonce: Uint8Array;
+  signature: Uint8Array;
+  signingKeyFingerprint: string;
+}
+
+export interface AcknowledgeRequestFields {
+  member: string;
+  timestamp: bigint;
+  writerEpoch: bigint;
+  signature: Uint8Array;
+  signingKeyFingerprint: string;
+}
+
+export interface SequencerStatus {
+  sequencerId: string;
+  synchronizerId: string;
+  head: Micros | null;
+  pruningLowerBound: Micros | null;
+  safePruningTimestamp: Micros | null;
+  members: MemberPosition[];
+}
+
+/**
+ * The sequencer (DESIGN §2 "Sequenced events"): authenticates member requests, hands accepted
+ * submissions to the single writer, serves subscriptions, acknowledgements, registration and
+ * pruning. Started on activation, when this process holds the node's single-writer lock.
+ */
+export class Sequencer {
+  private readonly stopping = new AbortController();
+
+  private constructor(
+    private readonly options: SequencerOptions,
+    private readonly store: SequencerStore,
+    private readonly writer: SequencerWriter,
+    private readonly notifier: EventNotifier,
+    private readonly epochs: WriterEpochs,
+    private readonly keys: Awaited<ReturnType<KeyStore["ensureInitialKeys"]>>,
+    readonly sequencerId: string,
+    readonly synchronizerId: string,
+  ) {
+    // Every open subscription listens for the stop: there may be many more than 10.
+    setMaxListeners(0, this.stopping.signal);
+  }
+
+  /** Loads the state, starts the writer and sequences the initial topology if missing. */
+  static async start(options: SequencerOptions): Promise<Sequencer> {
+    const keys = await new KeyStore(options.db).ensureInitialKeys();
+    const namespace = keys.namespace.fingerprint;
+    const store = new SequencerStore(options.db);
+    const loaded = await store.load();
+    const notifier = new EventNotifier(loaded.head);
+    const sequencerId = uniqueIdentifier(options.name, namespace);
+    const writer = new SequencerWriter({
+      store,
+      sequencerId,
+      sign: (bytes) => sign(keys.signing.privateKey, bytes),
+      initial: {
+        head: loaded.head,
+        topology: TopologyState.replay(namespace, loaded.topology),
+        members: new Map(loaded.members.map((m) => [m.member, m.registeredAt])),
+        heads: loaded.heads,
+      },
+      clock: options.clock,
+      maxBatchSize: options.maxBatchSize,
+      onCommitted: (head) => notifier.advance(head),
+      onFailure: (error) => options.onFatal?.(error),
+    });
+    const epochs = new WriterEpochs(
+      store,
+      loaded.members.map((m) => [m.member, m.writerEpoch]),
+    );
+    const sequencer = new Sequencer(
+      options,
+      store,
+      writer,
+      notifier,
+      epochs,
+      keys,
+      sequencerId,
+      uniqueIdentifier(options.synchronizerName, namespace),
+    );
+    await sequencer.bootstrap();
+    return sequencer;
+  }
+
+  get synchronizerNamespace(): string {
+    return this.keys.namespace.fingerprint;
+  }
+
+  get head(): Micros | null {
+    return this.writer.head;
+  }
+
+  /** Writer transactions and events committed since start (benchmarks, metrics). */
+  get writerStats(): { readonly batches: number; readonly events: number } {
+    return this.writer.stats;
+  }
+
+  private async bootstrap(): Promise<void> {
+    const transactions = bootstrapTransactions({
+      topology: this.writer.topology,
+      sequencerId: this.sequencerId,
+      namespaceKey: this.keys.namespace,
+      signingKey: this.keys.signing,
+      parameters: this.options.parameters,
+    });
+    if (transactions.length === 0) return;
+    const at = await this.writer.submit({ kind: "topology", transactions });
+    this.options.logger.info(
+      { at: at.toString(), transactions: transactions.map((t) => t.transaction.mapping.type) },
+      "sequenced the sequencer's own topology",
+    );
+  }
+
+  /** Sequencer time at which member requests are checked: topology at the head. */
+  private at(): Micros {
+    return this.writer.head ?? 0n;
+  }
+
+  private requireMember(member: string): Micros {
+    const registeredAt = this.writer.registeredAt(member);
+    if (registeredAt === undefined) throw new LockstepError("SEQUENCER_SENDER_UNKNOWN", { member });
+    return registeredAt;
+  }
+
+  /** Resolves once the submission is sequenced durably (its outcome arrives as an event). */
+  async send(request: SendRequestFields): Promise<Micros> {
+    const submission = parseSubmission(request.submission);
+    this.requireMember(submission.sender);
+    verifyMemberSignature(this.writer.topology, this.at(), {
+      request: "send",
+      member: submission.sender,
+      fingerprint: request.signingKeyFingerprint,
+      digest: submissionDigest(request.submission),
+      signature: request.signature,
+    });
+    const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
+    await this.epochs.check(submission.sender, submission.writerEpoch);
+    return this.writer.submit(item);
+  }
+
+  /**
+   * The member's events from fromTimestamp inclusive (absent: from its first event), in batches,
+   * until `signal` aborts; ends with SEQUENCER_SHUTTING_DOWN when the sequencer stops.
+   */
+  async *subscribe(request: SubscribeRequestFields, signal: AbortSignal): AsyncGenerator<SequencedEvent[]> {
+    const { member } = request;
+    const registeredAt = this.requireMember(member);
+    const fromTimestamp = request.fromTimestamp ?? null;
+    checkIssuedAt(member, request.issuedAt, (this.options.clock ?? nowMicros)());
+    verifyMemberSignature(this.writer.topology, this.at(), {
+      request: "subscribe",
+      member,
+      fingerprint: request.signingKeyFingerprint,
+      digest: subscriptionDigest({
+        member,
+        fromTimestamp,
+        writerEpoch: request.writerEpoch,
+        issuedAt: request.issuedAt,
+        nonce: request.nonce,
+      }),
+      signature: request.signature,
+    });
+    await this.epochs.check(member, request.writerEpoch);
+    if (fromTimestamp !== null && fromTimestamp < registeredAt) {
+      throw new LockstepError("EVENTS_UNAVAILABLE_FOR_TIMESTAMP", {
+        timestamp: fromTimestamp,
+        member,
+        reason: `the member was registered at ${registeredAt}`,
+      });
+    }
+    const stop = AbortSignal.any([signal, this.stopping.signal]);
+    yield* readEvents({
+      store: this.store,
+      notifier: this.notifier,
+      member,
+      fromInclusive: fromTimestamp ?? registeredAt,
+      signal: stop,
+      batchSize: this.options.subscriptionBatchSize,
+    });
+    if (this.stopping.signal.aborted && !signal.aborted) {
+      throw new LockstepError("SEQUENCER_SHUTTING_DOWN", { sequencer: this.sequencerId });
+    }
+  }
+
+  async acknowledge(request: AcknowledgeRequestFields): Promise<void> {
+    const { member, timestamp, writerEpoch } = request;
+    this.requireMember(member);
+    verifyMemberSignature(this.writer.topology, this.at(), {
+      request: "acknowledge",
+      member,
+      fingerprint: request.signingKeyFingerprint,
+      digest: acknowledgementDigest({ member, timestamp, writerEpoch }),
+      signature: request.signature,
+    });
+    const last = this.writer.lastDelivered(member);
+    if (last === undefined || timestamp > last) {
+      throw new LockstepError("SEQUENCER_SUBMISSION_REQUEST_MALFORMED", {
+        member,
+        reason: `acknowledged ${timestamp} is after the member's last event ${last ?? "(none)"}`,
+      });
+    }
+    await this.epochs.check(member, writerEpoch);
+    await this.store.acknowledge(member, timestamp);
+  }
+
+  /**
+   * Sequences a self-signed MemberKeys add; the member is registered from its timestamp. A retry
+   * of the same transaction returns the first registration. The configured mediator is also added
+   * to the MediatorDomainState, in the same event.
+   */
+  async registerMember(
+    parts: SignedTopologyTransactionParts,
+  ): Promise<{ member: string; registeredAt: Micros }> {
+    const signed = signedTopologyFromParts(parts);
+    const { operation, mapping } = signed.transaction;
+    if (operation !== "add" || mapping.type !== "MemberKeys") {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+        reason: `RegisterMember takes a MemberKeys add, not a ${mapping.type} ${operation}`,
+      });
+    }
+    const member = mapping.member;
+    const registered = this.writer.registeredAt(member);
+    if (
+      registered !== undefined &&
+      this.writer.topology.transactions().some((e) => e.signed.hash === signed.hash)
+    ) {
+      return { member, registeredAt: registered };
+    }
+    if (member === this.sequencerId) {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", { reason: "the sequencer cannot register itself" });
+    }
+    // Validate now, so that a bad transaction is refused without a writer round trip; the writer
+    // validates again at the sequencing timestamp.
+    const after = this.writer.topology.apply(signed, this.at() + 1n);
+    const transactions = [signed];
+    if (
+      this.options.mediatorName !== undefined &&
+      parseUniqueIdentifier(member).name === this.options.mediatorName
+    ) {
+      const mediatorState = addMediatorTransaction(after, member, this.keys.namespace);
+      if (mediatorState) transactions.push(mediatorState);
+    }
+    const at = await this.writer.submit({ kind: "topology", transactions, registers: member });
+    this.options.logger.info({ member, at: at.toString() }, "registered member");
+    return { member, registeredAt: this.writer.registeredAt(member) ?? at };
+  }
+
+  /**
+   * Sequences owner-signed topology transactions from a member (party allocation). Membership and
+   * mediator changes stay with RegisterMember and the synchronizer, so a member cannot onboard
+   * others or change parameters through here; a retry of an already sequenced transaction returns
+   * its timestamp.
+   */
+  async submitTopology(parts: readonly SignedTopologyTransactionParts[]): Promise<Micros> {
+    const transactions = parts.map((p) => signedTopologyFromParts(p));
+    const known = transactions.map((t) =>
+      this.writer.topology.transactions().find((e) => e.signed.hash === t.hash),
+    );
+    if (known.every((e) => e !== undefined))
+      return known.reduce((max, e) => maxMicros(max, e.effectiveAt), 0n);
+    let state = this.writer.topology;
+    for (const signed of transactions) {
+      if (signed.transaction.mapping.type !== "PartyToParticipant") {
+        throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+          reason: `members submit PartyToParticipant only, not ${signed.transaction.mapping.type}`,
+        });
+      }
+      // Validate now (signature, owner, serial) so a bad one is refused without a writer round trip.
+      state = state.apply(signed, this.at() + 1n);
+    }
+    const at = await this.writer.submit({ kind: "topology", transactions });
+    this.options.logger.info({ at: at.toString(), count: transactions.length }, "sequenced member topology");
+    return at;
+  }
+
+  topology(asOf?: Micros): TopologyEntry[] {
+    return this.writer.topology.transactions(asOf);
+  }
+
+  async prune(before: Micros): Promise<{ pruningLowerBound: Micros; removedEvents: number }> {
+    const result = await this.store.prune(before, (positions) =>
+      checkPruningSafe(before, {
+        positions,
+        head: this.writer.head,
+        retainedBackupBound: this.options.retainedBackupBound?.(),
+      }),
+    );
+    this.options.logger.info(
+      { before: before.toString(), removedEvents: result.removedEvents },
+      "pruned sequencer events",
+    );
+    return result;
+  }
+
+  async status(): Promise<SequencerStatus> {
+    const [members, pruningLowerBound] = await Promise.all([
+      this.store.memberPositions(),
+      this.store.pruningLowerBound(),
+    ]);
+    return {
+      sequencerId: this.sequencerId,
+      synchronizerId: this.synchronizerId,
+      head: this.writer.head,
+      pruningLowerBound,
+      safePruningTimestamp: safePruningPoint({
+        positions: members,
+        head: this.writer.head,
+        retainedBackupBound: this.options.retainedBackupBound?.(),
+      }),
+      members,
+    };
+  }
+
+  /** Sequences what is queued, ends every subscription, refuses new submissions. */
+  async stop(): Promise<void> {
+    this.stopping.abort();
+    await this.writer.stop();
+  }
+}
