@@ -1,10 +1,13 @@
+import { ConnectError } from "@connectrpc/connect";
 import { Command, CommanderError } from "commander";
+import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
 import { registerNodeCommands } from "./node-commands.ts";
 import { Output } from "./output.ts";
+import { registerSequencerCommands } from "./sequencer-commands.ts";
 import { registerStatusCommand } from "./status-command.ts";
 
 /** Every (sub)command throws instead of exiting, so usage errors come back to runCli for exit code 2. */
@@ -26,6 +29,7 @@ export function buildProgram(): Command {
   registerConfigCommands(program);
   registerNodeCommands(program);
   registerStatusCommand(program);
+  registerSequencerCommands(program);
   registerDemoCommand(program);
   overrideExits(program);
   return program;
@@ -46,6 +50,16 @@ export async function runCli(argv: string[]): Promise<number> {
         return new Output(true).failure(new LockstepError("INVALID_ARGUMENT", { details: error.message }));
       return 2;
     }
-    return new Output(json).failure(error);
+    // A node's own error comes back as a ConnectError: show its code and remedy, not INTERNAL_ERROR.
+    return new Output(json).failure(fromConnectError(error) ?? unreachableNode(error) ?? error);
   }
+}
+
+/** A refused connection means the node is not running: say so, with how to start it. */
+function unreachableNode(error: unknown): LockstepError | undefined {
+  const cause = (error as { cause?: { code?: string; address?: string; port?: number } })?.cause;
+  if (error instanceof ConnectError && cause?.code === "ECONNREFUSED") {
+    return new LockstepError("NODE_UNREACHABLE", { address: `${cause.address}:${cause.port}` });
+  }
+  return undefined;
 }

@@ -442,6 +442,14 @@ export const ERROR_DEFINITIONS = [
     "Start it with `lockstep node start {node}` or `lockstep up`.",
   ),
   def(
+    "NODE_UNREACHABLE",
+    Code.Unavailable,
+    "environment",
+    true,
+    "No node answers at {address}",
+    "Start the network with `lockstep up --detach` (or the node with `lockstep node start NAME`) and check the node's port in the config.",
+  ),
+  def(
     "NODE_ALREADY_RUNNING",
     Code.FailedPrecondition,
     "environment",
