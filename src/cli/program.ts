@@ -5,6 +5,7 @@ import { LockstepError } from "../common/errors.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
+import { registerLedgerCommands } from "./ledger-commands.ts";
 import { registerNodeCommands } from "./node-commands.ts";
 import { Output } from "./output.ts";
 import { registerSequencerCommands } from "./sequencer-commands.ts";
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerNodeCommands(program);
   registerStatusCommand(program);
   registerSequencerCommands(program);
+  registerLedgerCommands(program);
   registerDemoCommand(program);
   overrideExits(program);
   return program;

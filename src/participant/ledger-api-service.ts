@@ -1,0 +1,98 @@
+import type { ConnectRouter, HandlerContext } from "@connectrpc/connect";
+import { CommandCompletionService } from "../gen/lockstep/ledger/v1/command_completion_service_pb.ts";
+import { CommandService } from "../gen/lockstep/ledger/v1/command_service_pb.ts";
+import { CommandSubmissionService } from "../gen/lockstep/ledger/v1/command_submission_service_pb.ts";
+import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_management_service_pb.ts";
+import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
+import { UpdateService } from "../gen/lockstep/ledger/v1/update_service_pb.ts";
+import type { LedgerApiBackend } from "./ledger-api-backend.ts";
+import {
+  checkOffset,
+  completionToProto,
+  contractToProto,
+  optionalString,
+  toSubmitCommands,
+  transactionToProto,
+} from "./ledger-api-mapping.ts";
+
+/**
+ * Registers the six services of lockstep.ledger.v1 on a participant's router. Every RPC is a thin
+ * mapping onto the backend; LockstepErrors it throws reach clients through the node's error
+ * interceptor (gRPC status + ErrorDetail; Connect JSON error body with the code in details).
+ * Streams run until the client goes or the node stops: both abort the handler's signal, which
+ * the backend's iterators honour.
+ */
+export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRouter) => void {
+  return (router) => {
+    router.service(PartyManagementService, {
+      allocateParty: (req) => backend.allocateParty(req.partyIdHint, optionalString(req.displayName)),
+      listParties: async () => ({ parties: [...(await backend.listParties())] }),
+    });
+
+    router.service(CommandSubmissionService, {
+      submit: (req) => backend.submit(toSubmitCommands(req.commands)),
+    });
+
+    router.service(CommandService, {
+      submitAndWait: async (req, ctx: HandlerContext) => {
+        const r = await backend.submitAndWait(toSubmitCommands(req.commands), ctx.signal);
+        return {
+          updateId: r.updateId,
+          offset: r.offset,
+          createdContractIds: [...r.createdContractIds],
+          archivedContractIds: [...r.archivedContractIds],
+          completion: completionToProto(r.completion),
+        };
+      },
+    });
+
+    router.service(CommandCompletionService, {
+      completionStream: async function* (req, ctx: HandlerContext) {
+        const completions = backend.completions(
+          {
+            beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
+            userId: req.userId,
+            parties: req.parties,
+            incarnation: optionalString(req.incarnation),
+          },
+          ctx.signal,
+        );
+        for await (const completion of completions) yield { completion: completionToProto(completion) };
+      },
+    });
+
+    router.service(UpdateService, {
+      getUpdates: async function* (req, ctx: HandlerContext) {
+        const updates = backend.updates(
+          {
+            beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
+            endInclusive:
+              req.endInclusive === undefined ? undefined : checkOffset(req.endInclusive, "end_inclusive"),
+            parties: req.parties,
+            incarnation: optionalString(req.incarnation),
+          },
+          ctx.signal,
+        );
+        for await (const update of updates) {
+          yield { update: { case: "transaction" as const, value: transactionToProto(update) } };
+        }
+      },
+    });
+
+    router.service(StateService, {
+      getLedgerEnd: (req) => backend.ledgerEnd({ incarnation: optionalString(req.incarnation) }),
+      getActiveContracts: async (req) => {
+        const r = await backend.activeContracts({
+          parties: req.parties,
+          activeAtOffset:
+            req.activeAtOffset === undefined
+              ? undefined
+              : checkOffset(req.activeAtOffset, "active_at_offset"),
+          incarnation: optionalString(req.incarnation),
+          template: optionalString(req.template),
+        });
+        return { offset: r.offset, contracts: r.contracts.map(contractToProto) };
+      },
+    });
+  };
+}

@@ -1,0 +1,196 @@
+import { setTimeout as sleep } from "node:timers/promises";
+import type { ConnectRouter } from "@connectrpc/connect";
+import { LockstepError, toLockstepError } from "../common/errors.ts";
+import type {
+  NodeKindContext,
+  NodeKindDefinition,
+  NodeKindRuntime,
+  NodeKindStatus,
+} from "../common/node-kind.ts";
+import { nodeBaseUrl } from "../common/rpc-client.ts";
+import type { SequencedEvent } from "../common/sequenced-event.ts";
+import type { Micros } from "../common/time.ts";
+import { KeyStore } from "../crypto/key-store.ts";
+import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
+import {
+  createSequencerClient,
+  type EventContext,
+  type SequencerClient,
+} from "../sequencer-client/sequencer-client.ts";
+import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";
+import type { Db, Tx } from "../storage/db.ts";
+import { ConfirmationSender } from "./confirmation-sender.ts";
+import type { LedgerApiBackend } from "./ledger-api-backend.ts";
+import { ledgerApiRoutes } from "./ledger-api-service.ts";
+import { LedgerNotifier } from "./ledger-notifier.ts";
+import { ParticipantBackend } from "./participant-backend.ts";
+import { participantMigrations } from "./participant-migrations.ts";
+import { readLedgerEnd } from "./participant-store.ts";
+import { PartyManagement } from "./party-management.ts";
+import { RequestProcessor } from "./request-processor.ts";
+import { unsequencedInFlightCount } from "./request-store.ts";
+import { SubmissionService } from "./submission-service.ts";
+
+/** How often the participant asks for a time proof while submissions wait to be sequenced. */
+export const TIME_PROOF_INTERVAL_MS = 1000;
+
+export interface ParticipantNodeOptions {
+  /** Serves the Ledger API on the node's port (ledger-api-service.ts provides it). */
+  readonly ledgerApiRoutes?: (backend: LedgerApiBackend) => (router: ConnectRouter) => void;
+  /** Called with each started node (tests reach the backend through it). */
+  readonly onCreate?: (node: ParticipantNode) => void;
+}
+
+/** The participant node kind, for node-kinds.ts; tests may build one with other options. */
+export function participantNodeKindWith(options: ParticipantNodeOptions = {}): NodeKindDefinition<Db> {
+  return {
+    kind: "participant",
+    migrations: [...participantMigrations, ...sequencerClientMigrations, ...keyStoreMigrations],
+    create: (context) => {
+      const node = new ParticipantNode(context, options);
+      options.onCreate?.(node);
+      return node;
+    },
+  };
+}
+
+/**
+ * A participant (DESIGN §1–2): a sequencer-client member that hosts parties, submits and validates
+ * confirmation requests, commits on the mediator's verdicts, and serves the Ledger API through
+ * `backend`. Its ledger is written only by the event handler (request-processor.ts), in the
+ * transaction that records the clean timestamp: after a crash the client replays from clean and
+ * the ledger ends up the same. Confirmation responses go out after commit and again on start.
+ */
+export class ParticipantNode implements NodeKindRuntime {
+  readonly client: SequencerClient;
+  readonly backend: LedgerApiBackend;
+  private readonly log: NodeKindContext["logger"];
+  private readonly notifier = new LedgerNotifier();
+  private readonly keys: KeyStore;
+  private readonly processor: RequestProcessor;
+  private readonly sender: ConfirmationSender;
+  private readonly submissions: SubmissionService;
+  private readonly parties: PartyManagement;
+  private timer: NodeJS.Timeout | undefined;
+  private starting: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly context: NodeKindContext<Db>,
+    private readonly options: ParticipantNodeOptions = {},
+  ) {
+    this.log = context.logger.child({ component: "participant" });
+    this.client = createSequencerClient({
+      db: context.db,
+      logger: context.logger,
+      memberName: context.entry.name,
+      sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
+      identity: context.identity,
+      onFatal: (error) => context.fail(error.toJSON()),
+    });
+    this.keys = new KeyStore(context.db);
+    const incarnation = () => context.identity().incarnation;
+    this.processor = new RequestProcessor(() => this.client.member, this.log);
+    this.sender = new ConfirmationSender(context.db, this.client, this.keys, this.log);
+    this.submissions = new SubmissionService(context.db, this.client, incarnation, this.log);
+    this.parties = new PartyManagement(context.db, this.client, this.keys);
+    this.backend = new ParticipantBackend(
+      context.db,
+      () => this.submissions,
+      () => this.parties,
+      this.notifier,
+      incarnation,
+      () => this.ready(),
+    );
+  }
+
+  routes(router: ConnectRouter): void {
+    this.options.ledgerApiRoutes?.(this.backend)(router);
+  }
+
+  /** Starts in the background: a participant started before its sequencer waits for it. */
+  async activate(): Promise<void> {
+    this.starting = this.startClient();
+  }
+
+  /** Resolves once registered, replayed and subscribed (tests and the Ledger API wait for it). */
+  async ready(): Promise<void> {
+    if (!this.starting) throw new LockstepError("NODE_PASSIVE", { node: this.context.entry.name });
+    await this.starting;
+    if (this.client.status().member === null) {
+      throw new LockstepError("NODE_NOT_RUNNING", {
+        node: this.context.entry.name,
+        address: "its sequencer",
+      });
+    }
+  }
+
+  private async startClient(): Promise<void> {
+    try {
+      await this.client.start((event, tx, ctx) => this.handle(event, tx, ctx));
+    } catch (error) {
+      if (!this.stopped) this.context.fail(toLockstepError(error).toJSON());
+      return;
+    }
+    if (this.stopped) return;
+    this.log.info({ member: this.client.member }, "participant active");
+    // Responses decided before a crash but never seen sequenced go out again.
+    this.sender.flush();
+    this.timer = setInterval(() => void this.tick(), TIME_PROOF_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  async status(): Promise<NodeKindStatus> {
+    const clean = this.client.status().clean;
+    return {
+      position: {
+        clean: clean === null ? null : String(clean),
+        ledgerEnd: String(await readLedgerEnd(this.context.db)),
+      },
+    };
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.client.stop();
+    await this.starting;
+    await this.sender.stop();
+    this.notifier.notify();
+  }
+
+  private async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<void> {
+    const outcome = await this.processor.handle(event, tx, context);
+    if (outcome.refusedMessageId) this.sender.refused(outcome.refusedMessageId);
+    if (outcome.responsesToSend || outcome.ledgerChanged || outcome.refusedMessageId)
+      void this.afterClean(
+        event.timestamp,
+        outcome.responsesToSend || outcome.refusedMessageId !== undefined,
+      );
+  }
+
+  /** Effects outside the database wait until the handler's transaction committed. */
+  private async afterClean(timestamp: Micros, flush: boolean): Promise<void> {
+    while (!this.stopped && !this.client.status().failed) {
+      const clean = this.client.status().clean;
+      if (clean !== null && clean >= timestamp) break;
+      await sleep(2);
+    }
+    this.notifier.notify();
+    if (flush) this.sender.flush();
+  }
+
+  /** Resends responses without receipt, and asks for time proofs so timely rejections happen. */
+  private async tick(): Promise<void> {
+    if (this.stopped || this.client.status().failed) return;
+    this.sender.flush();
+    try {
+      if ((await unsequencedInFlightCount(this.context.db)) > 0) await this.client.requestTimeProof();
+    } catch (error) {
+      this.log.warn({ err: error }, "time proof request failed; retrying on the next tick");
+    }
+  }
+}
+
+/** The participant node kind (node-kinds.ts), serving the Ledger API on the node's port. */
+export const participantNodeKind: NodeKindDefinition<Db> = participantNodeKindWith({ ledgerApiRoutes });
