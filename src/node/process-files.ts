@@ -1,5 +1,6 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { isAlive } from "../storage/server-process.ts";
 
 /** Pid and log files of node processes under the data dir (CLI.md: `up --detach`, `down`). */
 export interface ProcessFiles {
@@ -23,14 +24,7 @@ export function ensureProcessDirs(dataDir: string): void {
   mkdirSync(join(dataDir, "logs"), { recursive: true });
 }
 
-export function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
+export { isAlive };
 
 /** The pid in a pid file if that process is still alive; a stale file is removed. */
 export function livePid(pidFile: string): number | undefined {

@@ -20,6 +20,7 @@ import {
   stopAll,
   type TestMember,
 } from "../support/sequencer-client-harness.ts";
+import { waitUntil } from "../support/wait.ts";
 
 after(stopAll);
 const pg = await startTestPostgres();
@@ -28,14 +29,6 @@ const admin = createNodeClient(SequencerService, sequencer.url);
 
 function text(value: string): Uint8Array {
   return encodeMessagePayload(StringValueSchema, create(StringValueSchema, { value }));
-}
-
-async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(50);
-  }
 }
 
 /** Waits for the one fatal error and checks that the client did not subscribe again after it. */

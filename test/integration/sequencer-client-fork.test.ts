@@ -18,6 +18,7 @@ import { createLogger } from "../../src/common/logging.ts";
 import { encodeMessagePayload } from "../../src/sequencer-client/event-payload.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import { createMember, startTestSequencer, stopAll } from "../support/sequencer-client-harness.ts";
+import { waitUntil } from "../support/wait.ts";
 
 const run = promisify(execFile);
 const PG_BIN = "/usr/lib/postgresql/15/bin";
@@ -29,14 +30,6 @@ after(() => rmSync(work, { recursive: true, force: true }));
 
 function text(value: string): Uint8Array {
   return encodeMessagePayload(StringValueSchema, create(StringValueSchema, { value }));
-}
-
-async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(50);
-  }
 }
 
 test("a member ahead of a restored sequencer detects the fork and stops; one behind catches up", async () => {

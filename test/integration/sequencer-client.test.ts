@@ -17,6 +17,7 @@ import {
   stopAll,
   type TestMember,
 } from "../support/sequencer-client-harness.ts";
+import { waitUntil } from "../support/wait.ts";
 
 // Registered first so that it runs first: sequencer and clients stop before the cluster.
 after(stopAll);
@@ -25,14 +26,6 @@ const sequencer = await startTestSequencer(pg);
 
 function text(value: string): Uint8Array {
   return encodeMessagePayload(StringValueSchema, create(StringValueSchema, { value }));
-}
-
-async function waitUntil(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await sleep(50);
-  }
 }
 
 /** Every event handled once, counters and timestamps strictly increasing, clean at the last one. */
