@@ -24,6 +24,7 @@ import { cpus, freemem, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Client } from "@connectrpc/connect";
+import pg from "pg";
 import { stringify } from "yaml";
 import { fromConnectError } from "../src/common/connect-errors.ts";
 import { createNodeClient, nodeBaseUrl } from "../src/common/rpc-client.ts";
@@ -120,24 +121,50 @@ function vmHwmMiB(pid: number): number {
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)?.[1] ?? 0) / 1024;
 }
 
-type CpuSample = Map<string, number>;
+/** Cumulative counters at one moment: CPU seconds per process group, commits per database. */
+interface Sample {
+  cpu: Map<string, number>;
+  postgresPids: Map<number, number>;
+  commits: Map<string, number>;
+}
 
-function sampleCpu(nodes: { name: string; pid: number }[]): CpuSample {
-  const sample: CpuSample = new Map(nodes.map((n) => [n.name, cpuSeconds(n.pid)]));
-  sample.set(
-    "postgres",
-    postgresPids().reduce((sum, pid) => sum + cpuSeconds(pid), 0),
+async function sample(nodes: { name: string; pid: number }[], stats: pg.Client): Promise<Sample> {
+  const cpu = new Map(nodes.map((n) => [n.name, cpuSeconds(n.pid)]));
+  const usage = process.cpuUsage();
+  cpu.set("bench clients", (usage.user + usage.system) / 1e6);
+  const postgres = new Map(postgresPids().map((pid) => [pid, cpuSeconds(pid)]));
+  const { rows } = await stats.query<{ datname: string; xact_commit: string }>(
+    "SELECT datname, xact_commit FROM pg_stat_database WHERE datname IS NOT NULL",
   );
-  sample.set("bench clients", process.cpuUsage().user / 1e6 + process.cpuUsage().system / 1e6);
-  return sample;
+  return {
+    cpu,
+    postgresPids: postgres,
+    commits: new Map(rows.map((r) => [r.datname, Number(r.xact_commit)])),
+  };
+}
+
+/** CPU (cores) per process group and commits per second per database between two samples. */
+function rates(before: Sample, after: Sample, seconds: number) {
+  const cpu = new Map([...after.cpu].map(([k, v]) => [k, (v - (before.cpu.get(k) ?? 0)) / seconds]));
+  // Backends come and go: count only the processes alive at both samples.
+  let postgres = 0;
+  for (const [pid, v] of after.postgresPids) {
+    const was = before.postgresPids.get(pid);
+    if (was !== undefined) postgres += v - was;
+  }
+  cpu.set("postgres", postgres / seconds);
+  const commits = new Map(
+    [...after.commits].map(([k, v]) => [k, (v - (before.commits.get(k) ?? 0)) / seconds] as const),
+  );
+  return { cpu, commits };
 }
 
 function pgbenchInserts(port: number): number {
-  const pg = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
   const script = join(base, "insert.sql");
   writeFileSync(script, "INSERT INTO bench_insert (v) VALUES (1);\n");
-  const pgbench = join(pg.binaries.binDir, "pgbench");
-  const psql = join(pg.binaries.binDir, "psql");
+  const pgbench = join(cluster.binaries.binDir, "pgbench");
+  const psql = join(cluster.binaries.binDir, "psql");
   const env = {
     ...process.env,
     PGHOST: "127.0.0.1",
@@ -172,7 +199,37 @@ interface PhaseResult {
   p99: number;
   committed: number;
   errors: Map<string, number>;
+  /** Cores used per process group. */
   cpu: Map<string, number>;
+  /** Commits per second per node database. */
+  commits: Map<string, number>;
+  /** Share of sampled node-database backends per state / wait event, e.g. "participant1 active IO:WALSync". */
+  waits: Map<string, number>;
+}
+
+/**
+ * Samples pg_stat_activity of the node databases every 50 ms: where their sessions spend the time
+ * (running, waiting for a lock or a WAL flush, or idle in a transaction while the node computes).
+ */
+function sampleWaits(stats: pg.Client, until: () => boolean): Promise<Map<string, number>> {
+  const counts = new Map<string, number>();
+  let samples = 0;
+  return (async () => {
+    while (!until()) {
+      const { rows } = await stats.query<{ datname: string; state: string; wait: string | null }>(
+        `SELECT datname, state, wait_event_type || ':' || wait_event AS wait FROM pg_stat_activity
+          WHERE datname NOT IN ('postgres', 'bench_baseline') AND backend_type = 'client backend'
+            AND state <> 'idle' AND pid <> pg_backend_pid()`,
+      );
+      samples++;
+      for (const r of rows) {
+        const key = `${r.datname} ${r.state}${r.wait ? ` ${r.wait}` : ""}`;
+        counts.set(key, (counts.get(key) ?? 0) + 1);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return new Map([...counts].map(([k, v]) => [k, v / Math.max(1, samples)]));
+  })();
 }
 
 type Submitter = { client: Client<typeof CommandService>; party: string; other: string };
@@ -182,6 +239,7 @@ async function phase(
   clients: number,
   submitters: Submitter[],
   nodes: { name: string; pid: number }[],
+  stats: pg.Client,
 ): Promise<PhaseResult> {
   const latencies: number[] = [];
   const errors = new Map<string, number>();
@@ -218,16 +276,17 @@ async function phase(
   const running = Array.from({ length: clients }, (_, i) => loop(i));
   await new Promise((r) => setTimeout(r, WARMUP_SECONDS * 1000));
   measuring = true;
-  const before = sampleCpu(nodes);
+  const waits = sampleWaits(stats, () => !measuring);
+  const before = await sample(nodes, stats);
   const t0 = performance.now();
   await new Promise((r) => setTimeout(r, SECONDS * 1000));
   measuring = false;
   const elapsed = (performance.now() - t0) / 1000;
-  const after = sampleCpu(nodes);
+  const after = await sample(nodes, stats);
   stop = true;
   await Promise.all(running);
   latencies.sort((a, b) => a - b);
-  const cpu = new Map([...after].map(([name, s]) => [name, (s - (before.get(name) ?? 0)) / elapsed]));
+  const { cpu, commits } = rates(before, after, elapsed);
   return {
     clients,
     tps: latencies.length / elapsed,
@@ -236,6 +295,8 @@ async function phase(
     committed: latencies.length,
     errors,
     cpu,
+    commits,
+    waits: await waits,
   };
 }
 
@@ -274,27 +335,15 @@ async function main(): Promise<void> {
   if (up.code !== 0) throw new Error(`lockstep up failed: ${up.stdout}${up.stderr}`);
   const nodes = (JSON.parse(up.stdout) as { nodes: { name: string; pid: number }[] }).nodes;
 
-  const pg = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
-  const { port: pgPort } = await pg.start();
-  await pg.ensureDatabase("bench_baseline");
-  const settings = execFileSync(
-    join(pg.binaries.binDir, "psql"),
-    [
-      "-At",
-      "-c",
-      "SELECT string_agg(name || '=' || setting, ', ') FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','server_version')",
-    ],
-    {
-      encoding: "utf8",
-      env: {
-        ...process.env,
-        PGHOST: "127.0.0.1",
-        PGPORT: String(pgPort),
-        PGUSER: "postgres",
-        PGDATABASE: "postgres",
-      },
-    },
-  ).trim();
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
+  const { port: pgPort } = await cluster.start();
+  await cluster.ensureDatabase("bench_baseline");
+  const stats = new pg.Client({ host: "127.0.0.1", port: pgPort, user: "postgres", database: "postgres" });
+  await stats.connect();
+  const { rows: settingRows } = await stats.query<{ name: string; setting: string }>(
+    "SELECT name, setting FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','server_version') ORDER BY name",
+  );
+  const settings = settingRows.map((r) => `${r.name}=${r.setting}`).join(", ");
   const cpu0 = cpus()[0]?.model ?? "?";
   console.log(
     `machine: ${cpus().length} cpus (${cpu0}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB (${(freemem() / 2 ** 30).toFixed(1)} free), node ${process.version}`,
@@ -336,16 +385,26 @@ async function main(): Promise<void> {
 
   const results: PhaseResult[] = [];
   for (const clients of CLIENTS) {
-    const r = await phase(clients, submitters, nodes);
+    const r = await phase(clients, submitters, nodes, stats);
     results.push(r);
     const cpu = [...r.cpu].map(([name, c]) => `${name} ${(c * 100).toFixed(0)}%`).join(", ");
+    const commitsPerTx = [...r.commits]
+      .filter(([db, c]) => c > 0 && db !== "postgres")
+      .map(([db, c]) => `${db} ${r.tps > 0 ? (c / r.tps).toFixed(1) : `${c.toFixed(1)}/s`}`)
+      .join(", ");
+    const waits = [...r.waits]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, 8)
+      .map(([k, v]) => `${k} ${v.toFixed(2)}`)
+      .join(", ");
     const errors = r.errors.size ? ` errors: ${JSON.stringify(Object.fromEntries(r.errors))}` : "";
     console.log(
-      `${String(clients).padStart(2)} clients: ${r.tps.toFixed(1)} tx/s (ratio to baseline ${(r.tps / baseline).toFixed(3)}), p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms, ${r.committed} committed${errors}\n   CPU (of one core): ${cpu}`,
+      `${String(clients).padStart(2)} clients: ${r.tps.toFixed(1)} tx/s (ratio to baseline ${(r.tps / baseline).toFixed(3)}), p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms, ${r.committed} committed${errors}\n   CPU (of one core): ${cpu}\n   commits per transaction: ${commitsPerTx}\n   busy PG sessions (average count): ${waits}`,
     );
   }
   console.log("peak RSS (VmHWM):");
   for (const n of nodes) console.log(`  ${n.name.padEnd(13)} ${vmHwmMiB(n.pid).toFixed(0)} MiB`);
+  await stats.end();
   console.log("\n| clients | tx/s | p50 ms | p99 ms | tx/s ÷ baseline |\n|---|---|---|---|---|");
   for (const r of results) {
     console.log(

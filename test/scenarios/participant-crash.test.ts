@@ -1,0 +1,196 @@
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fromConnectError } from "../../src/common/connect-errors.ts";
+import type { Completion } from "../../src/gen/lockstep/ledger/v1/completion_pb.ts";
+import { runLockstep } from "../support/cli.ts";
+import type { LedgerClients } from "../support/ledger-client.ts";
+import {
+  acsFromUpdates,
+  allocateKnownParty,
+  contractKey,
+  createIouCommand,
+  type LedgerNetwork,
+  startLedgerNetwork,
+  waitFor,
+} from "../support/ledger-network.ts";
+
+// SIGKILL of a participant process in the middle of traffic from both participants, then a
+// restart: no command takes effect twice, the ACS each participant stores is the one its updates
+// describe, and both participants agree on their shared contracts.
+
+const PER_PARTICIPANT = 24;
+const WORKERS = 2;
+const KILL_AFTER = 6;
+const USER = "crash-app";
+
+interface Planned {
+  participant: 0 | 1;
+  commandId: string;
+  issuer: string;
+  owner: string;
+  amount: string;
+  /** "ok", an error code, or "unknown" (the connection broke: the outcome is not known). */
+  outcome?: string;
+}
+
+let network: LedgerNetwork | undefined;
+after(() => network?.down());
+
+function clientsOf(n: LedgerNetwork, i: 0 | 1): LedgerClients {
+  return n.clients[i] as LedgerClients;
+}
+
+async function submit(n: LedgerNetwork, cmd: Planned): Promise<string> {
+  try {
+    await clientsOf(n, cmd.participant).commands.submitAndWait(
+      {
+        commands: createIouCommand(cmd.commandId, cmd.issuer, cmd.owner, {
+          userId: USER,
+          amount: cmd.amount,
+        }),
+      },
+      { timeoutMs: 60_000 },
+    );
+    return "ok";
+  } catch (error) {
+    return fromConnectError(error)?.code ?? "unknown";
+  }
+}
+
+/** Completions of USER on one participant, read until the stream has been idle for a while. */
+async function completionsOf(clients: LedgerClients, party: string): Promise<Completion[]> {
+  const abort = new AbortController();
+  const seen: Completion[] = [];
+  let idle = setTimeout(() => abort.abort(), 3000);
+  try {
+    for await (const r of clients.completions.completionStream(
+      { userId: USER, parties: [party], beginExclusive: 0n },
+      { signal: abort.signal },
+    )) {
+      if (r.completion) seen.push(r.completion);
+      clearTimeout(idle);
+      idle = setTimeout(() => abort.abort(), 3000);
+    }
+  } catch (error) {
+    if (!abort.signal.aborted) throw error;
+  } finally {
+    clearTimeout(idle);
+  }
+  return seen;
+}
+
+test("SIGKILL of a participant during traffic: exactly-once commands and consistent ACS after restart", async (t) => {
+  // A short tolerance, so that submissions lost with the process time out within seconds.
+  const n = await startLedgerNetwork({ tolerance: "10s" });
+  network = n;
+  const alice = await allocateKnownParty(n, 0, "alice");
+  const bob = await allocateKnownParty(n, 1, "bob");
+
+  // Every Iou carries a unique amount, so each command's effect can be counted on the ledger.
+  const plan: Planned[] = [];
+  for (let i = 0; i < PER_PARTICIPANT; i++) {
+    plan.push({ participant: 0, commandId: `p1-${i}`, issuer: alice, owner: bob, amount: `${1000 + i}.00` });
+    plan.push({ participant: 1, commandId: `p2-${i}`, issuer: bob, owner: alice, amount: `${2000 + i}.00` });
+  }
+  const pid = n.pid("participant2");
+  assert.ok(pid, "participant2 runs detached");
+  let p2Done = 0;
+  let killed = false;
+  const run = async (participant: 0 | 1, worker: number) => {
+    const mine = plan.filter((p) => p.participant === participant);
+    for (let i = worker; i < mine.length; i += WORKERS) {
+      const cmd = mine[i] as Planned;
+      cmd.outcome = await submit(n, cmd);
+      if (participant === 1 && cmd.outcome === "ok" && ++p2Done >= KILL_AFTER && !killed) {
+        killed = true;
+        process.kill(pid, "SIGKILL");
+      }
+      if (cmd.outcome === "unknown") await sleep(50);
+    }
+  };
+  await Promise.all([0, 1].flatMap((p) => Array.from({ length: WORKERS }, (_, w) => run(p as 0 | 1, w))));
+  assert.ok(killed, "participant2 was killed during the traffic");
+  const lost = plan.filter((p) => p.outcome !== "ok");
+  assert.ok(lost.length > 0, "some participant2 submissions had no known outcome");
+  assert.ok(
+    plan.filter((p) => p.participant === 0).every((p) => p.outcome === "ok"),
+    `participant1 kept working: ${JSON.stringify(plan.filter((p) => p.participant === 0 && p.outcome !== "ok"))}`,
+  );
+
+  const restart = await runLockstep(["node", "start", "participant2", "--detach", "--json", ...n.cfg]);
+  assert.equal(restart.code, 0, restart.stdout + restart.stderr);
+  assert.equal(restart.json<{ role: string }>().role, "active");
+
+  // Resubmit every command with its command id: an accepted one is a duplicate, a lost one may
+  // commit now; an in-flight one is retried until the participant decided it (timeout or commit).
+  const resubmitted = new Map<string, number>();
+  for (const cmd of plan) {
+    const outcome = await waitFor(
+      `the resubmission of ${cmd.commandId}`,
+      async () => {
+        const r = await submit(n, cmd);
+        return r === "SUBMISSION_ALREADY_IN_FLIGHT" || r === "unknown" || r === "NODE_PASSIVE"
+          ? undefined
+          : r;
+      },
+      90_000,
+      500,
+    );
+    if (cmd.outcome === "ok")
+      assert.equal(outcome, "DUPLICATE_COMMAND", `${cmd.commandId} was accepted before`);
+    else assert.ok(outcome === "ok" || outcome === "DUPLICATE_COMMAND", `${cmd.commandId}: ${outcome}`);
+    if (cmd.outcome !== "ok") {
+      const key = `${cmd.outcome} → ${outcome}`;
+      resubmitted.set(key, (resubmitted.get(key) ?? 0) + 1);
+    }
+  }
+  t.diagnostic(`lost with the process, then resubmitted: ${JSON.stringify(Object.fromEntries(resubmitted))}`);
+
+  // Both participants caught up to the same shared contracts (every Iou has alice and bob).
+  const views = await waitFor(
+    "both participants agree",
+    async () => {
+      const [c1, c2] = [clientsOf(n, 0), clientsOf(n, 1)];
+      const [e1, e2] = await Promise.all([c1.state.getLedgerEnd({}), c2.state.getLedgerEnd({})]);
+      const [a1, a2] = await Promise.all([
+        c1.state.getActiveContracts({ parties: [alice], activeAtOffset: e1.offset }),
+        c2.state.getActiveContracts({ parties: [bob], activeAtOffset: e2.offset }),
+      ]);
+      const k1 = a1.contracts.map(contractKey).sort();
+      const k2 = a2.contracts.map(contractKey).sort();
+      return k1.length === plan.length && JSON.stringify(k1) === JSON.stringify(k2)
+        ? { ends: [e1.offset, e2.offset], stored: [a1.contracts, a2.contracts] }
+        : undefined;
+    },
+    60_000,
+    1000,
+  );
+
+  // Exactly once: every planned command created exactly one Iou (its amount), on both participants.
+  for (const [i, party] of [alice, bob].entries()) {
+    const clients = clientsOf(n, i as 0 | 1);
+    const end = views.ends[i] as bigint;
+    const fromUpdates = await acsFromUpdates(clients, [party], end);
+    const stored = views.stored[i] ?? [];
+    assert.deepEqual(
+      [...fromUpdates.values()].map(contractKey).sort(),
+      stored.map(contractKey).sort(),
+      `participant${i + 1}: the ACS recomputed from its updates equals its stored ACS`,
+    );
+    const amounts = stored.map((c) => String(c.arguments?.amount)).sort();
+    assert.deepEqual(amounts, plan.map((p) => p.amount).sort(), `participant${i + 1}: one Iou per command`);
+  }
+
+  // Each participant completed each of its own commands successfully exactly once.
+  for (const [i, party] of [alice, bob].entries()) {
+    const completions = await completionsOf(clientsOf(n, i as 0 | 1), party);
+    const succeeded = completions.filter((c) => c.status.case === "succeeded").map((c) => c.commandId);
+    const own = plan.filter((p) => p.participant === i).map((p) => p.commandId);
+    assert.deepEqual(
+      succeeded.sort(),
+      own.sort(),
+      `participant${i + 1}: one successful completion per command`,
+    );
+  }
+});
