@@ -115,8 +115,16 @@ try {
     start: { batches: 0, events: 0, at: 0 },
     end: { batches: 0, events: 0, at: 0 },
   };
+  await pg.ensureDatabase("member_a");
+  await pg.ensureDatabase("member_b");
   const result = await runLoad(
-    { port: serverPort, seconds: SECONDS, warmupSeconds: WARMUP_SECONDS, senders: SENDERS },
+    {
+      port: serverPort,
+      seconds: SECONDS,
+      warmupSeconds: WARMUP_SECONDS,
+      senders: SENDERS,
+      memberDatabaseUrls: [pg.connectionUrl("member_a"), pg.connectionUrl("member_b")],
+    },
     (edge) => {
       window[edge] = { ...sequencer.writerStats, at: performance.now() };
     },

@@ -1,12 +1,10 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
-import { fileURLToPath } from "node:url";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { ERRORS } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
 import { isAlive, logTail, processFiles } from "../node/process-files.ts";
-
-const BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
+import { LOCKSTEP_BIN } from "./self-process.ts";
 
 export interface LaunchRequest {
   configPath: string;
@@ -35,7 +33,7 @@ export interface LaunchedNode {
 export async function launchDetached(request: LaunchRequest): Promise<LaunchedNode> {
   const { logFile } = processFiles(request.dataDir, request.name, request.replica);
   // --json: a failure is printed as one JSON line, which startFailure() reads back from the log.
-  const args = [BIN, "node", "start", request.name, "--config", request.configPath, "--json"];
+  const args = [LOCKSTEP_BIN, "node", "start", request.name, "--config", request.configPath, "--json"];
   if (request.replica) args.push("--replica", request.replica, "--port", String(request.port));
   const log = openSync(logFile, "a");
   const child = spawn(process.execPath, args, {

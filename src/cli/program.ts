@@ -3,11 +3,13 @@ import { Command, CommanderError } from "commander";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
+import { registerBackupCommands } from "./backup-commands.ts";
 import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
 import { registerLedgerCommands } from "./ledger-commands.ts";
 import { registerNodeCommands } from "./node-commands.ts";
 import { Output } from "./output.ts";
+import { registerRestoreCommands } from "./restore-commands.ts";
 import { registerSequencerCommands } from "./sequencer-commands.ts";
 import { registerStatusCommand } from "./status-command.ts";
 
@@ -32,6 +34,8 @@ export function buildProgram(): Command {
   registerStatusCommand(program);
   registerSequencerCommands(program);
   registerLedgerCommands(program);
+  registerRestoreCommands(program);
+  registerBackupCommands(program);
   registerDemoCommand(program);
   overrideExits(program);
   return program;

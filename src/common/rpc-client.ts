@@ -15,7 +15,14 @@ function transportFor(baseUrl: string, httpVersion: "1.1" | "2"): Transport {
   const key = `${httpVersion} ${baseUrl}`;
   let transport = transports.get(key);
   if (!transport) {
-    transport = createConnectTransport({ baseUrl, httpVersion, useBinaryFormat: true });
+    // No compression: node-to-node traffic is loopback or LAN, where gzip costs CPU and gains nothing
+    // (requests are sent uncompressed by default; accepting none keeps responses uncompressed too).
+    transport = createConnectTransport({
+      baseUrl,
+      httpVersion,
+      useBinaryFormat: true,
+      acceptCompression: [],
+    });
     transports.set(key, transport);
   }
   return transport;

@@ -151,8 +151,27 @@ async function insertKey(q: Queryable, pair: KeyPair, state: KeyState): Promise<
   );
 }
 
-function toStoredKey(row: KeyRow): StoredKey {
+/**
+ * Imported private keys by fingerprint (and purpose): importing the PKCS8 bytes into a KeyObject
+ * costs more than the Ed25519 signature itself, and the active key is read for every signature.
+ * Keyed by fingerprint, so a rotated key is a new entry; an entry is used only for the very same
+ * stored bytes, so a row whose bytes differ is imported (and checked) afresh.
+ */
+const importedKeys = new Map<string, { der: Buffer; pair: KeyPair }>();
+const IMPORTED_KEYS_MAX = 64;
+
+function importStoredKey(row: KeyRow): KeyPair {
+  const cacheKey = `${row.purpose} ${row.fingerprint}`;
+  const cached = importedKeys.get(cacheKey);
+  if (cached?.der.equals(row.private_key)) return cached.pair;
   const pair = keyPairFromPrivateKey(row.private_key, row.purpose);
+  if (importedKeys.size >= IMPORTED_KEYS_MAX) importedKeys.clear();
+  importedKeys.set(cacheKey, { der: Buffer.from(row.private_key), pair });
+  return pair;
+}
+
+function toStoredKey(row: KeyRow): StoredKey {
+  const pair = importStoredKey(row);
   // A row whose private key does not match its fingerprint would sign under a wrong identity.
   if (pair.fingerprint !== row.fingerprint || !pair.publicKey.equals(row.public_key)) {
     throw new LockstepError("INTERNAL_ERROR", {

@@ -245,41 +245,46 @@ export class MediatorNode implements NodeKindRuntime {
     // Sequenced since (its receipt committed): no longer in flight.
     for (const requestId of this.inFlight.keys())
       if (!unsequenced.has(requestId)) this.inFlight.delete(requestId);
-    for (const verdict of verdicts) {
-      if (this.stopped) return;
-      const sent = this.inFlight.get(verdict.requestId);
-      if (sent && Date.now() - sent.sentAt < RESEND_AFTER_MS) continue;
-      // A recipient that has left the synchronizer since the request would make the send fail forever.
-      const topology = this.client.topology();
-      const head = this.client.sequencerTime() ?? verdict.decidedAt;
-      const recipients = verdict.recipients.filter((r) => topology.isMember(r, head));
-      if (recipients.length === 0) {
-        this.log.warn(
-          { requestId: String(verdict.requestId) },
-          "no recipient of the verdict is a member any more",
-        );
-        continue;
-      }
-      const messageId = `${VERDICT_MESSAGE_PREFIX}${verdict.requestId}-${Date.now().toString(36)}`;
-      this.inFlight.set(verdict.requestId, { messageId, sentAt: Date.now() });
-      try {
-        await this.client.send({
-          recipients,
-          payload: protocolPayload({ kind: "verdict", message: toVerdictMessage(verdict) }),
-          messageId,
-        });
-        this.log.info(
-          {
-            requestId: String(verdict.requestId),
-            recipients: verdict.recipients,
-            resend: sent !== undefined,
-          },
-          "verdict sent",
-        );
-      } catch (error) {
-        this.inFlight.delete(verdict.requestId);
-        throw error;
-      }
+    // All at once: the sequencer client coalesces concurrent sends into one SendBatch call.
+    const results = await Promise.allSettled(verdicts.map((verdict) => this.sendVerdict(verdict)));
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+  }
+
+  private async sendVerdict(verdict: DecidedVerdict): Promise<void> {
+    if (this.stopped) return;
+    const sent = this.inFlight.get(verdict.requestId);
+    if (sent && Date.now() - sent.sentAt < RESEND_AFTER_MS) return;
+    // A recipient that has left the synchronizer since the request would make the send fail forever.
+    const topology = this.client.topology();
+    const head = this.client.sequencerTime() ?? verdict.decidedAt;
+    const recipients = verdict.recipients.filter((r) => topology.isMember(r, head));
+    if (recipients.length === 0) {
+      this.log.warn(
+        { requestId: String(verdict.requestId) },
+        "no recipient of the verdict is a member any more",
+      );
+      return;
+    }
+    const messageId = `${VERDICT_MESSAGE_PREFIX}${verdict.requestId}-${Date.now().toString(36)}`;
+    this.inFlight.set(verdict.requestId, { messageId, sentAt: Date.now() });
+    try {
+      await this.client.send({
+        recipients,
+        payload: protocolPayload({ kind: "verdict", message: toVerdictMessage(verdict) }),
+        messageId,
+      });
+      this.log.info(
+        {
+          requestId: String(verdict.requestId),
+          recipients: verdict.recipients,
+          resend: sent !== undefined,
+        },
+        "verdict sent",
+      );
+    } catch (error) {
+      this.inFlight.delete(verdict.requestId);
+      throw error;
     }
   }
 }

@@ -20,20 +20,30 @@ export interface NodeDatabase {
   description: string;
 }
 
+/** Where a node's database is: its connection URL (may hold a password: never print it) and a description. */
+export interface NodeConnection {
+  url: string;
+  database: string;
+  description: string;
+  /** The embedded cluster, when the node uses one (backup drills create scratch databases there). */
+  cluster?: LocalPostgres;
+}
+
 /**
- * Opens a node's own database: `storage.url` when configured, else a database in the embedded
- * cluster under the data dir (started or reused here; it outlives the node, `lockstep down` stops it).
+ * Finds a node's database: `storage.url` when configured, else a database in the embedded cluster
+ * under the data dir (started or reused here; it outlives the node, `lockstep down` stops it).
  */
-export async function openNodeDatabase(
+export async function nodeConnection(
   entry: NodeEntry,
   dataDir: string,
   logger: Logger,
-): Promise<NodeDatabase> {
+): Promise<NodeConnection> {
   const url = entry.config.storage.url;
   if (url) {
     const parsed = new URL(url);
     return {
-      db: createPgDb({ connectionString: url, applicationName: `lockstep-${entry.name}` }),
+      url,
+      database: decodeURIComponent(parsed.pathname.replace(/^\//, "")),
       description: `${parsed.hostname}:${parsed.port || 5432}${parsed.pathname}`,
     };
   }
@@ -42,10 +52,22 @@ export async function openNodeDatabase(
   const database = embeddedDatabaseName(entry.name);
   await cluster.ensureDatabase(database);
   return {
-    db: createPgDb({
-      connectionString: cluster.connectionUrl(database),
-      applicationName: `lockstep-${entry.name}`,
-    }),
+    url: cluster.connectionUrl(database),
+    database,
     description: `embedded ${host}:${port}/${database}`,
+    cluster,
+  };
+}
+
+/** Opens a node's own database (see nodeConnection for where it is). */
+export async function openNodeDatabase(
+  entry: NodeEntry,
+  dataDir: string,
+  logger: Logger,
+): Promise<NodeDatabase> {
+  const connection = await nodeConnection(entry, dataDir, logger);
+  return {
+    db: createPgDb({ connectionString: connection.url, applicationName: `lockstep-${entry.name}` }),
+    description: connection.description,
   };
 }

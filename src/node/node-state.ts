@@ -1,6 +1,6 @@
 import { newId } from "../common/ids.ts";
 import type { MigrationDefinition, NodeIdentity } from "../common/node-kind.ts";
-import type { Db } from "../storage/db.ts";
+import type { Db, Queryable } from "../storage/db.ts";
 
 /** Tables every node kind has: its identity, incarnation and writer epoch (DESIGN.md §3, §4.4). */
 export const nodeStateMigrations: readonly MigrationDefinition[] = [
@@ -18,7 +18,163 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
         activated_at timestamptz
       );`,
   },
+  {
+    version: 2,
+    name: "recovery_records",
+    // One row per restore (DESIGN §4.4–4.5). `state`: complete for nodes without a recovery phase;
+    // a restored participant keeps `recovering` until its deduplication window closed.
+    sql: `
+      CREATE TABLE recovery_records (
+        id bigserial PRIMARY KEY,
+        backup_set text NOT NULL,
+        restored_at timestamptz NOT NULL DEFAULT now(),
+        restored_at_micros bigint NOT NULL,
+        forced boolean NOT NULL DEFAULT false,
+        forced_checks text[] NOT NULL DEFAULT '{}',
+        previous_incarnation text NOT NULL,
+        incarnation text NOT NULL,
+        state text NOT NULL CHECK (state IN ('recovering', 'complete')),
+        first_sequencer_time bigint,
+        expected_end bigint,
+        completed_at timestamptz
+      );`,
+  },
+  {
+    version: 3,
+    name: "backups_taken",
+    // Completed backup sets that hold this node's database (written by `backup create` after the
+    // manifest): key rotation revokes an old key only once a backup holding the new one exists (§4.5).
+    sql: `
+      CREATE TABLE backups_taken (
+        set_id text PRIMARY KEY,
+        repository text NOT NULL,
+        taken_at timestamptz NOT NULL,
+        completed_at timestamptz NOT NULL DEFAULT now(),
+        key_fingerprints text[] NOT NULL,
+        position jsonb NOT NULL,
+        safe boolean NOT NULL
+      );`,
+  },
 ];
+
+export type RecoveryState = "recovering" | "complete";
+
+/** A restore of this node's database, as `restore apply` recorded it. */
+export interface RecoveryRecord {
+  id: bigint;
+  backupSet: string;
+  restoredAt: Date;
+  /** Wall clock of the restore in micros: events sequenced after it are post-restore. */
+  restoredAtMicros: bigint;
+  forced: boolean;
+  forcedChecks: string[];
+  previousIncarnation: string;
+  incarnation: string;
+  state: RecoveryState;
+  firstSequencerTime: bigint | null;
+  expectedEnd: bigint | null;
+}
+
+interface RecoveryRow {
+  id: bigint;
+  backup_set: string;
+  restored_at: Date;
+  restored_at_micros: bigint;
+  forced: boolean;
+  forced_checks: string[];
+  previous_incarnation: string;
+  incarnation: string;
+  state: RecoveryState;
+  first_sequencer_time: bigint | null;
+  expected_end: bigint | null;
+}
+
+function toRecord(row: RecoveryRow): RecoveryRecord {
+  return {
+    id: row.id,
+    backupSet: row.backup_set,
+    restoredAt: row.restored_at,
+    restoredAtMicros: row.restored_at_micros,
+    forced: row.forced,
+    forcedChecks: row.forced_checks,
+    previousIncarnation: row.previous_incarnation,
+    incarnation: row.incarnation,
+    state: row.state,
+    firstSequencerTime: row.first_sequencer_time,
+    expectedEnd: row.expected_end,
+  };
+}
+
+/** The newest recovery record, if the node was ever restored. */
+export async function latestRecoveryRecord(db: Queryable): Promise<RecoveryRecord | undefined> {
+  const row = await db.maybeOne<RecoveryRow>("SELECT * FROM recovery_records ORDER BY id DESC LIMIT 1");
+  return row && toRecord(row);
+}
+
+/**
+ * Stamps a restored database (restore apply, before the node may start on it): a new incarnation,
+ * a writer epoch at least the sequencer's record (so the restored node is not refused as stale),
+ * and the recovery record. One transaction: a database either is stamped or not.
+ */
+export async function stampRestoredDatabase(
+  db: Db,
+  stamp: {
+    backupSet: string;
+    forcedChecks: string[];
+    minWriterEpoch: bigint;
+    /** Participants recover their deduplication state after a restore; other kinds do not. */
+    recovering: boolean;
+    restoredAtMicros: bigint;
+  },
+): Promise<{ incarnation: string; previousIncarnation: string; writerEpoch: bigint }> {
+  return db.transaction(
+    async (tx) => {
+      const previous = await tx.one<{ incarnation: string }>("SELECT incarnation FROM node_state");
+      const incarnation = newId();
+      const updated = await tx.one<{ writer_epoch: bigint }>(
+        `UPDATE node_state SET incarnation = $1, writer_epoch = GREATEST(writer_epoch, $2), activated_at = NULL
+         RETURNING writer_epoch`,
+        [incarnation, stamp.minWriterEpoch],
+      );
+      await tx.execute(
+        `INSERT INTO recovery_records
+           (backup_set, restored_at_micros, forced, forced_checks, previous_incarnation, incarnation, state, completed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text, CASE WHEN $7::text = 'complete' THEN now() END)`,
+        [
+          stamp.backupSet,
+          stamp.restoredAtMicros,
+          stamp.forcedChecks.length > 0,
+          stamp.forcedChecks,
+          previous.incarnation,
+          incarnation,
+          stamp.recovering ? "recovering" : "complete",
+        ],
+      );
+      return { incarnation, previousIncarnation: previous.incarnation, writerEpoch: updated.writer_epoch };
+    },
+    { synchronousCommit: true },
+  );
+}
+
+/** Records the first post-restore sequencer time and the end of the deduplication window. */
+export async function recordRecoveryWindow(
+  tx: Queryable,
+  id: bigint,
+  firstSequencerTime: bigint,
+  expectedEnd: bigint,
+): Promise<void> {
+  await tx.execute(
+    "UPDATE recovery_records SET first_sequencer_time = $2, expected_end = $3 WHERE id = $1 AND first_sequencer_time IS NULL",
+    [id, firstSequencerTime, expectedEnd],
+  );
+}
+
+export async function completeRecovery(tx: Queryable, id: bigint): Promise<void> {
+  await tx.execute(
+    "UPDATE recovery_records SET state = 'complete', completed_at = now() WHERE id = $1 AND state = 'recovering'",
+    [id],
+  );
+}
 
 /** Mismatch between the database and the node that opens it: a wrong storage.url, most likely. */
 export class NodeDatabaseMismatchError extends Error {
@@ -62,4 +218,51 @@ export async function bumpWriterEpoch(db: Db): Promise<NodeIdentity> {
     },
     { synchronousCommit: true },
   );
+}
+
+export interface BackupTaken {
+  setId: string;
+  repository: string;
+  takenAt: Date;
+  keyFingerprints: readonly string[];
+  position: Record<string, unknown>;
+  safe: boolean;
+}
+
+/** Records a completed backup set holding this node's database; idempotent per set. */
+export async function registerBackupTaken(db: Db, backup: BackupTaken): Promise<void> {
+  await db.execute(
+    `INSERT INTO backups_taken (set_id, repository, taken_at, key_fingerprints, position, safe)
+     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (set_id) DO NOTHING`,
+    [
+      backup.setId,
+      backup.repository,
+      backup.takenAt,
+      [...backup.keyFingerprints],
+      backup.position,
+      backup.safe,
+    ],
+  );
+}
+
+/** The backups recorded in this node's database, newest first. */
+export async function backupsTaken(db: Db): Promise<BackupTaken[]> {
+  const rows = await db.query<{
+    set_id: string;
+    repository: string;
+    taken_at: Date;
+    key_fingerprints: string[];
+    position: Record<string, unknown>;
+    safe: boolean;
+  }>(
+    "SELECT set_id, repository, taken_at, key_fingerprints, position, safe FROM backups_taken ORDER BY taken_at DESC, set_id DESC",
+  );
+  return rows.map((r) => ({
+    setId: r.set_id,
+    repository: r.repository,
+    takenAt: r.taken_at,
+    keyFingerprints: r.key_fingerprints,
+    position: r.position,
+    safe: r.safe,
+  }));
 }

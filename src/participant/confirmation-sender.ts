@@ -1,6 +1,7 @@
 import type { Logger } from "../common/logging.ts";
 import type { Micros } from "../common/time.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
+import type { KeyPair } from "../crypto/keys.ts";
 import { protocolPayload, signConfirmationResponse } from "../mediator/confirmation-messages.ts";
 import type { SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import type { Db } from "../storage/db.ts";
@@ -67,15 +68,21 @@ export class ConfirmationSender {
     const requests = await unsentResponses(this.db);
     const unsent = new Set(requests.map((r) => r.requestId));
     for (const requestId of this.inFlight.keys()) if (!unsent.has(requestId)) this.inFlight.delete(requestId);
-    for (const request of requests) {
-      if (this.stopped) return;
+    const due = requests.filter((request) => {
       const sent = this.inFlight.get(request.requestId);
-      if (sent && Date.now() - sent.sentAt < RESEND_AFTER_MS) continue;
-      await this.send(request, sent !== undefined);
-    }
+      return !(sent && Date.now() - sent.sentAt < RESEND_AFTER_MS);
+    });
+    if (due.length === 0 || this.stopped) return;
+    // All at once: the sequencer client coalesces concurrent sends into one SendBatch call.
+    const signing = await this.keys.activeSigningKey();
+    const results = await Promise.allSettled(
+      due.map((request) => this.send(request, this.inFlight.has(request.requestId), signing)),
+    );
+    const failed = results.find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
   }
 
-  private async send(request: StoredRequest, resend: boolean): Promise<void> {
+  private async send(request: StoredRequest, resend: boolean, signing: KeyPair): Promise<void> {
     const self = this.client.member;
     const rejection = request.localRejection;
     const response = signConfirmationResponse(
@@ -88,7 +95,7 @@ export class ConfirmationSender {
           ? { case: "reject", value: { code: rejection.code, reason: rejection.reason, participant: self } }
           : { case: "approve", value: {} },
       },
-      await this.keys.activeSigningKey(),
+      signing,
     );
     const messageId = `response-${request.requestId}-${Date.now().toString(36)}`;
     this.inFlight.set(request.requestId, { messageId, sentAt: Date.now() });

@@ -2,6 +2,7 @@ import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import { type ErrorJson, LockstepError } from "../common/errors.ts";
 import { stakeholdersOf } from "../ledger/contract.ts";
 import type { Db } from "../storage/db.ts";
+import { CompletionLookup } from "./completion-lookup.ts";
 import type {
   ActiveContractsRequest,
   Completion,
@@ -18,7 +19,6 @@ import type {
 } from "./ledger-api-backend.ts";
 import type { LedgerNotifier } from "./ledger-notifier.ts";
 import {
-  completionOfSubmission,
   contractsActiveAt,
   readCompletions,
   readLedgerEnd,
@@ -31,6 +31,8 @@ import type { SubmissionService } from "./submission-service.ts";
 
 /** The participant's LedgerApiBackend over its database (reads) and services (writes). */
 export class ParticipantBackend implements LedgerApiBackend {
+  private readonly completionLookup: CompletionLookup;
+
   constructor(
     private readonly db: Db,
     private readonly submissions: () => SubmissionService,
@@ -39,7 +41,9 @@ export class ParticipantBackend implements LedgerApiBackend {
     private readonly incarnation: () => string,
     /** Resolves once the node is registered with its synchronizer (writes need its member id). */
     private readonly ready: () => Promise<void>,
-  ) {}
+  ) {
+    this.completionLookup = new CompletionLookup(db);
+  }
 
   async allocateParty(partyIdHint: string, displayName?: string): Promise<{ party: string }> {
     await this.ready();
@@ -61,7 +65,7 @@ export class ParticipantBackend implements LedgerApiBackend {
     await this.ready();
     const { submissionId, transaction } = await this.submissions().submit(commands);
     for (;;) {
-      const completion = await completionOfSubmission(this.db, submissionId);
+      const completion = await this.completionLookup.get(submissionId);
       if (completion) {
         const { changeId: _changeId, ...plain } = completion;
         if (plain.status.kind === "failed") throw errorFromJson(plain.status.error);

@@ -20,6 +20,7 @@ import {
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";
 import type { Db, Tx } from "../storage/db.ts";
 import { ConfirmationSender } from "./confirmation-sender.ts";
+import { DeduplicationRecovery } from "./deduplication-recovery.ts";
 import type { LedgerApiBackend } from "./ledger-api-backend.ts";
 import { ledgerApiRoutes } from "./ledger-api-service.ts";
 import { LedgerNotifier } from "./ledger-notifier.ts";
@@ -71,6 +72,7 @@ export class ParticipantNode implements NodeKindRuntime {
   private readonly sender: ConfirmationSender;
   private readonly submissions: SubmissionService;
   private readonly parties: PartyManagement;
+  private readonly recovery: DeduplicationRecovery;
   private timer: NodeJS.Timeout | undefined;
   private starting: Promise<void> | undefined;
   private stopped = false;
@@ -92,7 +94,16 @@ export class ParticipantNode implements NodeKindRuntime {
     const incarnation = () => context.identity().incarnation;
     this.processor = new RequestProcessor(() => this.client.member, this.log);
     this.sender = new ConfirmationSender(context.db, this.client, this.keys, this.log);
-    this.submissions = new SubmissionService(context.db, this.client, incarnation, this.log);
+    const config = context.entry.config;
+    this.recovery = new DeduplicationRecovery(
+      context.db,
+      "restore" in config ? config.restore["deduplication-recovery"] : "reject",
+      (at) => this.client.topology().parameters(at).ledgerTimeRecordTimeToleranceMs,
+      this.log,
+    );
+    this.submissions = new SubmissionService(context.db, this.client, incarnation, this.log, (commandId) =>
+      this.recovery.checkSubmission(commandId),
+    );
     this.parties = new PartyManagement(context.db, this.client, this.keys);
     this.backend = new ParticipantBackend(
       context.db,
@@ -127,6 +138,7 @@ export class ParticipantNode implements NodeKindRuntime {
 
   private async startClient(): Promise<void> {
     try {
+      await this.recovery.load();
       await this.client.start((event, tx, ctx) => this.handle(event, tx, ctx));
     } catch (error) {
       if (!this.stopped) this.context.fail(toLockstepError(error).toJSON());
@@ -147,6 +159,7 @@ export class ParticipantNode implements NodeKindRuntime {
         clean: clean === null ? null : String(clean),
         ledgerEnd: String(await readLedgerEnd(this.context.db)),
       },
+      deduplicationRecovery: this.recovery.status() as Record<string, unknown> | null,
     };
   }
 
@@ -161,6 +174,7 @@ export class ParticipantNode implements NodeKindRuntime {
 
   private async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<void> {
     const outcome = await this.processor.handle(event, tx, context);
+    await this.recovery.observe(event.timestamp, tx);
     if (outcome.refusedMessageId) this.sender.refused(outcome.refusedMessageId);
     if (outcome.responsesToSend || outcome.ledgerChanged || outcome.refusedMessageId)
       void this.afterClean(
@@ -180,12 +194,16 @@ export class ParticipantNode implements NodeKindRuntime {
     if (flush) this.sender.flush();
   }
 
-  /** Resends responses without receipt, and asks for time proofs so timely rejections happen. */
+  /**
+   * Resends responses without receipt, and asks for time proofs so timely rejections happen and a
+   * restored participant's deduplication window closes by itself.
+   */
   private async tick(): Promise<void> {
     if (this.stopped || this.client.status().failed) return;
     this.sender.flush();
     try {
-      if ((await unsequencedInFlightCount(this.context.db)) > 0) await this.client.requestTimeProof();
+      if (this.recovery.active || (await unsequencedInFlightCount(this.context.db)) > 0)
+        await this.client.requestTimeProof();
     } catch (error) {
       this.log.warn({ err: error }, "time proof request failed; retrying on the next tick");
     }

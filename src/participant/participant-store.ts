@@ -323,6 +323,19 @@ export async function completionOfSubmission(
   return row && toCompletion(row);
 }
 
+/** The latest completion of each of these submissions that has one (one query for many waiters). */
+export async function completionsOfSubmissions(
+  q: Queryable,
+  submissionIds: readonly string[],
+): Promise<Map<string, StoredCompletion>> {
+  const rows = await q.query<CompletionRow>(
+    `SELECT DISTINCT ON (submission_id) * FROM participant_completions WHERE submission_id = ANY($1::text[])
+     ORDER BY submission_id, ledger_offset DESC`,
+    [[...submissionIds]],
+  );
+  return new Map(rows.map((r) => [r.submission_id, toCompletion(r)]));
+}
+
 export async function acceptedCompletion(
   q: Queryable,
   changeId: string,

@@ -10,6 +10,7 @@ import { visibleTo } from "../ledger/transaction-view.ts";
 import { parseProtocolMessage } from "../mediator/confirmation-messages.ts";
 import type { EventContext } from "../sequencer-client/sequencer-client.ts";
 import type { Tx } from "../storage/db.ts";
+import { changeId } from "./deduplication.ts";
 import {
   activeContracts,
   archiveContracts,
@@ -35,6 +36,9 @@ import {
 } from "./request-store.ts";
 import { activenessProblems, checkRequest, contractsToLock } from "./request-validation.ts";
 
+/** Transactions in which `SET LOCAL synchronous_commit = on` already ran. */
+const synchronousCommitSet = new WeakSet<Tx>();
+
 /** What the node must do after the handler's transaction committed. */
 export interface ProcessingOutcome {
   /** A request was stored with a response to send. */
@@ -58,8 +62,12 @@ export class RequestProcessor {
   ) {}
 
   async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<ProcessingOutcome> {
-    // The ledger end and the clean index must survive a fail-over (DESIGN §3).
-    await tx.execute("SET LOCAL synchronous_commit = on");
+    // The ledger end and the clean index must survive a fail-over (DESIGN §3). Once per transaction:
+    // the sequencer client processes a run of events in one.
+    if (!synchronousCommitSet.has(tx)) {
+      await tx.execute("SET LOCAL synchronous_commit = on");
+      synchronousCommitSet.add(tx);
+    }
     const self = this.self();
     const own = event.sender === self;
     let responsesToSend = false;
@@ -203,6 +211,24 @@ export class RequestProcessor {
       });
       if (submission) {
         await this.complete(tx, submission, { kind: "succeeded" }, request.requestId, offset, updateId);
+      } else if (transaction.submitter.participant === this.self()) {
+        // Our own submission whose in-flight row is gone (restored from a backup taken before it
+        // was submitted): the replay rebuilds its completion, so a resubmission deduplicates (§4.5).
+        const actAs = [...transaction.command.actAs];
+        const { userId, commandId, submissionId } = transaction.submitter;
+        const durationMs = topology.parameters(request.requestId).maxDeduplicationDurationMs;
+        await insertCompletion(tx, {
+          changeId: changeId(userId, commandId, actAs),
+          commandId,
+          submissionId,
+          userId,
+          actAs,
+          status: { kind: "succeeded" },
+          updateId,
+          offset,
+          deduplicationPeriod: { kind: "duration", durationMs },
+          recordTime: request.requestId,
+        });
       }
       return true;
     }

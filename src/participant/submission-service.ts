@@ -36,6 +36,8 @@ export class SubmissionService {
     private readonly client: SequencerClient,
     private readonly incarnation: () => string,
     private readonly log: Logger,
+    /** Refuses submissions while a restored participant recovers its deduplication state (DESIGN §4.5). */
+    private readonly recoveryGate: (commandId: string) => void = () => {},
   ) {}
 
   async submit(commands: SubmitCommands): Promise<Submitted> {
@@ -45,6 +47,7 @@ export class SubmissionService {
         current: this.incarnation(),
       });
     }
+    this.recoveryGate(commands.commandId);
     if (!commands.userId || !commands.commandId)
       throw new LockstepError("INVALID_ARGUMENT", { details: "user id and command id are required" });
     const self = this.client.member;

@@ -7,6 +7,7 @@ import { createNodeClient } from "../common/rpc-client.ts";
 import { type EventPosition, eventFromProto, type SequencedEvent } from "../common/sequenced-event.ts";
 import { type Micros, maxMicros, msToMicros, nowMicros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
+import type { KeyPair } from "../crypto/keys.ts";
 import {
   type SignedTopologyTransaction,
   signedTopologyToParts,
@@ -15,9 +16,11 @@ import {
 import { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { Db } from "../storage/db.ts";
 import { CleanAcknowledger } from "./clean-acknowledger.ts";
+import { changesTopology, processRun, RunEventFailure, StreamDrain } from "./event-pipeline.ts";
 import { backoffDelayMs, describeRefusal, EventStreamValidator } from "./event-stream-validator.ts";
 import { ensureRegistered } from "./member-registration.ts";
 import { MemberStateStore } from "./member-state-store.ts";
+import { FreshRead, SendCoalescer } from "./send-coalescer.ts";
 import { SequencedEventStore, type StoredEvent } from "./sequenced-event-store.ts";
 import type {
   EventHandler,
@@ -29,7 +32,6 @@ import type {
 } from "./sequencer-client.ts";
 import { callSequencer, classifySubscriptionError } from "./sequencer-errors.ts";
 import { acknowledgeRequest, sendRequest, subscribeRequest } from "./sequencer-requests.ts";
-import { applyTopologyEvent } from "./topology-bootstrap.ts";
 
 type ErrorInfo = SequencerClientStatus["lastError"];
 
@@ -39,6 +41,11 @@ export const SEQUENCER_CLIENT_DEFAULTS = {
   reconnectMaxMs: 5000,
 } as const;
 
+/** At most this many events are stored in one commit and processed in one transaction. */
+const MAX_RUN = 200;
+/** Received events waiting to be stored before the subscription stream is no longer read. */
+const RECEIVE_HIGH_WATER = 4096;
+
 /**
  * The sequencer client over Connect (gRPC). One subscription loop: receive → validate → store →
  * process (handler + clean timestamp in one transaction), strictly sequential, so the topology used
@@ -46,6 +53,10 @@ export const SEQUENCER_CLIENT_DEFAULTS = {
  */
 export class GrpcSequencerClient implements SequencerClient {
   private readonly rpc: Client<typeof SequencerService>;
+  /** Concurrent send()s share SendBatch calls. */
+  private readonly sends: SendCoalescer;
+  /** The active signing key for sends, read once for all the sends that ask meanwhile. */
+  private readonly signingKey: FreshRead<KeyPair>;
   private readonly db: Db;
   private readonly log: Logger;
   private readonly events: SequencedEventStore;
@@ -71,9 +82,15 @@ export class GrpcSequencerClient implements SequencerClient {
     this.db = options.db;
     this.log = options.logger.child({ component: "sequencer-client" });
     this.rpc = createNodeClient(SequencerService, options.sequencerUrl);
+    this.sends = new SendCoalescer({
+      sequencerUrl: options.sequencerUrl,
+      sendBatch: (request) => this.rpc.sendBatch(request),
+      send: (request) => this.rpc.send(request),
+    });
     this.events = new SequencedEventStore(options.db);
     this.memberState = new MemberStateStore(options.db);
     this.keys = new KeyStore(options.db);
+    this.signingKey = new FreshRead(() => this.keys.activeSigningKey());
   }
 
   get member(): string {
@@ -123,11 +140,20 @@ export class GrpcSequencerClient implements SequencerClient {
     this.latestTime = this.lastStoredEvent?.timestamp ?? null;
     // Stored before the last stop but not processed: replayed first, in order, exactly once.
     let replayed = 0;
+    let run: StoredEvent[] = [];
     for await (const stored of this.events.unprocessed(this.cleanTimestamp)) {
       if (signal.aborted) return;
-      await this.processOrFail(stored, true);
+      run.push(stored);
+      if (run.length < MAX_RUN) continue;
+      await this.processOrFail(run, true);
       if (this.failed) return;
-      replayed++;
+      replayed += run.length;
+      run = [];
+    }
+    if (run.length > 0 && !signal.aborted) {
+      await this.processOrFail(run, true);
+      if (this.failed) return;
+      replayed += run.length;
     }
     if (replayed > 0) this.log.info({ replayed }, "replayed stored events that were not processed");
     if (signal.aborted) return;
@@ -193,7 +219,7 @@ export class GrpcSequencerClient implements SequencerClient {
     const messageId = request.messageId ?? newId();
     const now = nowMicros();
     const tolerance = this.topology().parameters(this.latestTime ?? now).ledgerTimeRecordTimeToleranceMs;
-    const signing = await this.keys.activeSigningKey();
+    const signing = await this.signingKey.get();
     const fields = {
       sender: registration.member,
       messageId,
@@ -203,7 +229,7 @@ export class GrpcSequencerClient implements SequencerClient {
       writerEpoch: this.options.identity().writerEpoch,
       timeProof: request.timeProof,
     };
-    await callSequencer(this.options.sequencerUrl, () => this.rpc.send(sendRequest(fields, signing)));
+    await this.sends.send(sendRequest(fields, signing));
     return { messageId };
   }
 
@@ -298,31 +324,60 @@ export class GrpcSequencerClient implements SequencerClient {
       this.lastError = null;
       onConnected();
     };
+    const abort = new AbortController();
     const stream = this.rpc.subscribe(request, {
-      signal: this.stopController.signal,
+      signal: AbortSignal.any([this.stopController.signal, abort.signal]),
       onHeader: markConnected,
     });
-    for await (const response of stream) {
-      markConnected();
-      for (const proto of response.events) {
-        const event = eventFromProto(proto);
-        this.latestTime =
-          this.latestTime === null ? event.timestamp : maxMicros(this.latestTime, event.timestamp);
-        const expected = validator.expected;
-        let verdict: "echo" | "new";
-        try {
-          verdict = validator.accept(event);
-        } catch (error) {
-          this.logValidationFailure(error, expected, event);
-          throw error;
+    // Events keep arriving while a run is stored and processed; the next run takes all of them.
+    const received = new StreamDrain(
+      (async function* () {
+        for await (const response of stream) yield response.events;
+      })(),
+      abort,
+      RECEIVE_HIGH_WATER,
+      markConnected,
+    );
+    try {
+      for (;;) {
+        const protos = await received.take(MAX_RUN);
+        if (protos === null || this.stopController.signal.aborted) return;
+        const run: SequencedEvent[] = [];
+        for (const proto of protos) {
+          const event = eventFromProto(proto);
+          this.latestTime =
+            this.latestTime === null ? event.timestamp : maxMicros(this.latestTime, event.timestamp);
+          const expected = validator.expected;
+          let verdict: "echo" | "new";
+          try {
+            verdict = validator.accept(event);
+          } catch (error) {
+            this.logValidationFailure(error, expected, event);
+            await this.storeAndProcess(run); // the valid events before it
+            throw error;
+          }
+          if (verdict === "echo") continue;
+          run.push(event);
+          // Later events are checked against the sequencer keys this one may change: process it first.
+          if (changesTopology(event, registration.registeredAt)) {
+            await this.storeAndProcess(run.splice(0));
+            if (this.failed) return;
+          }
         }
-        if (verdict === "echo") continue;
-        const counter = await this.events.store(event);
-        this.lastStoredEvent = event;
-        await this.processOrFail({ counter, event }, false);
+        await this.storeAndProcess(run);
         if (this.failed) return;
       }
+    } finally {
+      await received.close();
     }
+  }
+
+  /** Stores a run of validated events in one commit, then processes them in one transaction. */
+  private async storeAndProcess(events: readonly SequencedEvent[]): Promise<void> {
+    if (events.length === 0 || this.failed) return;
+    const run = await this.events.storeAll(events);
+    this.lastStoredEvent = events[events.length - 1] as SequencedEvent;
+    await this.processOrFail(run, false);
   }
 
   private logValidationFailure(
@@ -364,10 +419,12 @@ export class GrpcSequencerClient implements SequencerClient {
 
   // --- processing ----------------------------------------------------------------------------
 
-  private async processOrFail(stored: StoredEvent, replayed: boolean): Promise<void> {
+  private async processOrFail(run: readonly StoredEvent[], replayed: boolean): Promise<void> {
     try {
-      await this.process(stored, replayed);
-    } catch (error) {
+      await this.process(run, replayed);
+    } catch (failed) {
+      const stored = failed instanceof RunEventFailure ? failed.stored : (run[run.length - 1] as StoredEvent);
+      const error = failed instanceof RunEventFailure ? failed.cause : failed;
       const failure =
         error instanceof LockstepError
           ? error
@@ -385,21 +442,22 @@ export class GrpcSequencerClient implements SequencerClient {
     }
   }
 
-  /** Applies the event's topology change, runs the handler and records the clean timestamp, in one tx. */
-  private async process({ counter, event }: StoredEvent, replayed: boolean): Promise<void> {
+  /**
+   * Applies each event's topology change and runs the handler, in order, then records the clean
+   * timestamp (the run's last), all in one tx (event-pipeline.ts processRun).
+   */
+  private async process(run: readonly StoredEvent[], replayed: boolean): Promise<void> {
+    const last = run[run.length - 1];
+    if (!last) return;
+    const deps = {
+      db: this.db,
+      memberState: this.memberState,
+      setClean: (tx: Parameters<EventHandler>[1], t: Micros) => this.events.setClean(tx, t),
+      log: this.log,
+    };
     const registeredAt = (this.registrationInfo as Registration).registeredAt;
-    const { state, accepted, rejected } = applyTopologyEvent(this.topology(), event, registeredAt);
-    for (const { hash, error } of rejected) {
-      this.log.warn({ hash, code: error.code }, `topology change rejected: ${error.message}`);
-    }
     const handler = this.handler as EventHandler;
-    await this.db.transaction(async (tx) => {
-      for (const entry of accepted)
-        await this.memberState.appendTopology(tx, entry.signed, entry.effectiveAt);
-      await handler(event, tx, { counter, topology: state, replayed });
-      await this.events.setClean(tx, event.timestamp);
-    });
-    this.topologyState = state;
-    this.cleanTimestamp = event.timestamp;
+    this.topologyState = await processRun(deps, run, this.topology(), registeredAt, handler, replayed);
+    this.cleanTimestamp = last.event.timestamp;
   }
 }

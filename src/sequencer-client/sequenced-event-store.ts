@@ -1,6 +1,6 @@
 import type { DeliverErrorInfo, SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
-import type { Db, Queryable } from "../storage/db.ts";
+import type { Db, Queryable, SqlParam } from "../storage/db.ts";
 
 /** An event as the member stored it, with its local counter. */
 export interface StoredEvent {
@@ -26,7 +26,7 @@ const COLUMNS =
 
 /**
  * The member's copy of its sequenced events (table sequencer_client_events) and its clean timestamp
- * (sequencer_client_clean). Events are stored, each in its own commit, before they are processed;
+ * (sequencer_client_clean). Events are stored (one commit per received run) before they are processed;
  * the clean timestamp moves in the processing transaction. Between the two lies what a restart
  * replays: the stored events after the clean timestamp.
  */
@@ -53,6 +53,50 @@ export class SequencedEventStore {
       ],
     );
     return row.counter;
+  }
+
+  /**
+   * Stores validated events (in timestamp order) in ONE commit, all or none; returns them with their
+   * counters, in the same order. The events of one received batch are stored together before any
+   * of them is processed.
+   */
+  async storeAll(events: readonly SequencedEvent[]): Promise<StoredEvent[]> {
+    if (events.length === 0) return [];
+    if (events.length === 1) {
+      const event = events[0] as SequencedEvent;
+      return [{ counter: await this.store(event), event }];
+    }
+    const params: SqlParam[] = [];
+    const tuples: string[] = [];
+    for (const event of events) {
+      const n = params.length;
+      tuples.push(
+        `($${n + 1}::bigint, $${n + 2}::bigint, $${n + 3}, $${n + 4}, $${n + 5}::text[], $${n + 6}::bytea, $${n + 7}::jsonb, $${n + 8}::bytea, $${n + 9}::bytea, ${tuples.length})`,
+      );
+      params.push(
+        event.timestamp,
+        event.previousTimestamp,
+        event.sender,
+        event.messageId,
+        [...event.recipients],
+        Buffer.from(event.payload),
+        event.deliverError ? JSON.stringify(event.deliverError) : null,
+        event.chainHash,
+        event.signature,
+      );
+    }
+    // Counters follow timestamp order (bigserial drawn row by row in the ORDER BY order).
+    const rows = await this.db.query<{ counter: bigint; timestamp: bigint }>(
+      `INSERT INTO sequencer_client_events
+         (timestamp, previous_timestamp, sender, message_id, recipients, payload, deliver_error, chain_hash, signature)
+       SELECT t, p, s, m, r, pl, de, ch, sig
+         FROM (VALUES ${tuples.join(", ")}) AS v (t, p, s, m, r, pl, de, ch, sig, ord)
+        ORDER BY ord
+       RETURNING counter, timestamp`,
+      params,
+    );
+    const counters = new Map(rows.map((r) => [r.timestamp, r.counter]));
+    return events.map((event) => ({ counter: counters.get(event.timestamp) as bigint, event }));
   }
 
   /** The newest stored event: where a (re)subscription starts, inclusive. */

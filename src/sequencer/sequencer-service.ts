@@ -1,8 +1,9 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { LockstepError } from "../common/errors.ts";
 import { eventToProto } from "../common/sequenced-event.ts";
 import { signedTopologyToParts } from "../crypto/topology.ts";
+import type { ErrorDetailSchema } from "../gen/lockstep/common/v1/error_pb.ts";
 import {
   MemberStatusSchema,
   SequencerService,
@@ -10,6 +11,20 @@ import {
   SubscribeResponseSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { Sequencer } from "./sequencer.ts";
+
+/** Requests per SendBatch at most (the client's coalescer sends fewer). */
+export const MAX_SEND_BATCH = 1000;
+
+/** A refused submission of a SendBatch, as the ErrorDetail its own Send would have carried. */
+function errorDetail(error: LockstepError): MessageInitShape<typeof ErrorDetailSchema> {
+  return {
+    code: error.code,
+    message: error.message,
+    retryable: error.retryable,
+    remedy: error.remedy,
+    metadata: error.metadata,
+  };
+}
 
 /**
  * lockstep.sequencer.v1.SequencerService over a Sequencer: proto in, proto out, nothing else.
@@ -19,8 +34,23 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
   return (router) => {
     router.service(SequencerService, {
       async send(request) {
-        await current().send(request);
+        const sequencer = current();
+        await sequencer.intake.admit(() => sequencer.send(request));
         return {};
+      },
+      async sendBatch(request) {
+        if (request.requests.length > MAX_SEND_BATCH) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `SendBatch takes at most ${MAX_SEND_BATCH} requests, got ${request.requests.length}`,
+          });
+        }
+        const sequencer = current();
+        const outcomes = await sequencer.intake.admit(() => sequencer.sendBatch(request.requests));
+        return {
+          results: outcomes.map((outcome) =>
+            outcome instanceof LockstepError ? { error: errorDetail(outcome) } : {},
+          ),
+        };
       },
       async *subscribe(request, context) {
         const fromTimestamp = request.fromTimestamp;
@@ -36,13 +66,18 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
         if (!request.memberKeys) {
           throw new LockstepError("INVALID_TOPOLOGY_MAPPING", { reason: "member_keys is missing" });
         }
-        return current().registerMember(request.memberKeys);
+        const sequencer = current();
+        const memberKeys = request.memberKeys;
+        return sequencer.intake.admit(() => sequencer.registerMember(memberKeys));
       },
       async submitTopology(request) {
         if (request.transactions.length === 0) {
           throw new LockstepError("INVALID_TOPOLOGY_MAPPING", { reason: "no transactions" });
         }
-        return { effectiveAt: await current().submitTopology(request.transactions) };
+        const sequencer = current();
+        return {
+          effectiveAt: await sequencer.intake.admit(() => sequencer.submitTopology(request.transactions)),
+        };
       },
       getTopology(request) {
         const sequencer = current();
@@ -64,6 +99,26 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
         }
         const result = await current().prune(request.beforeTimestamp);
         return { pruningLowerBound: result.pruningLowerBound, removedEvents: BigInt(result.removedEvents) };
+      },
+      async getMemberEvent(request) {
+        const info = await current().memberEvent(request.member, request.timestamp);
+        return {
+          registeredAt: info.registeredAt ?? undefined,
+          pruningLowerBound: info.pruningLowerBound ?? undefined,
+          lastDelivered: info.lastDelivered ?? undefined,
+          headTimestamp: info.head ?? undefined,
+          event: info.event ? eventToProto(info.event) : undefined,
+        };
+      },
+      async pauseIntake(request) {
+        const sequencer = current();
+        const leaseMs = request.leaseMs > 0n ? Number(request.leaseMs) : 600_000;
+        await sequencer.intake.pause(leaseMs);
+        return { headTimestamp: (await sequencer.status()).head ?? undefined };
+      },
+      resumeIntake() {
+        current().intake.resume();
+        return {};
       },
       async getSequencerStatus() {
         const status = await current().status();

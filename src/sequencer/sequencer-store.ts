@@ -223,6 +223,13 @@ export class SequencerStore {
     return { events, pruningLowerBound: rows[0]?.pruning_lower_bound ?? null };
   }
 
+  /** The member's view of the event at exactly `timestamp`, if the sequencer still has it. */
+  async deliveryAt(member: string, timestamp: Micros): Promise<SequencedEvent | undefined> {
+    const page = await this.readDeliveries(member, timestamp, 1);
+    const event = page.events[0];
+    return event?.timestamp === timestamp ? event : undefined;
+  }
+
   async recordWriterEpoch(member: string, epoch: bigint): Promise<void> {
     await this.db.transaction(
       (tx) =>

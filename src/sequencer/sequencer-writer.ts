@@ -113,16 +113,22 @@ export class SequencerWriter {
   }
 
   submit(item: WriterItem): Promise<Micros> {
-    if (this.failure) return Promise.reject(this.failure);
-    if (this.stopped) {
-      return Promise.reject(
-        new LockstepError("SEQUENCER_SHUTTING_DOWN", { sequencer: this.options.sequencerId }),
-      );
-    }
-    return new Promise((resolve, reject) => {
-      this.queue.push({ item, resolve, reject });
-      if (!this.draining) this.running = this.drain();
-    });
+    return this.submitAll([item])[0] as Promise<Micros>;
+  }
+
+  /** Queues the items together (so they go into the same transaction, up to maxBatchSize). */
+  submitAll(items: readonly WriterItem[]): Promise<Micros>[] {
+    const refusal = this.failure
+      ? this.failure
+      : this.stopped
+        ? new LockstepError("SEQUENCER_SHUTTING_DOWN", { sequencer: this.options.sequencerId })
+        : undefined;
+    if (refusal) return items.map(() => Promise.reject(refusal));
+    const promises = items.map(
+      (item) => new Promise<Micros>((resolve, reject) => this.queue.push({ item, resolve, reject })),
+    );
+    if (items.length > 0 && !this.draining) this.running = this.drain();
+    return promises;
   }
 
   /** Sequences what is queued, then refuses new submissions. */

@@ -1,5 +1,5 @@
 import { setMaxListeners } from "node:events";
-import { LockstepError } from "../common/errors.ts";
+import { LockstepError, toLockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier, uniqueIdentifier } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
@@ -16,6 +16,7 @@ import {
 import type { Db } from "../storage/db.ts";
 import { EventNotifier } from "./event-notifier.ts";
 import { readEvents } from "./event-reader.ts";
+import { IntakeGate } from "./intake-gate.ts";
 import {
   checkIssuedAt,
   parseSubmission,
@@ -25,7 +26,7 @@ import {
 import { addMediatorTransaction, bootstrapTransactions } from "./sequencer-bootstrap.ts";
 import { checkPruningSafe, safePruningPoint } from "./sequencer-pruning.ts";
 import { type MemberPosition, SequencerStore } from "./sequencer-store.ts";
-import { SequencerWriter } from "./sequencer-writer.ts";
+import { SequencerWriter, type SubmissionItem } from "./sequencer-writer.ts";
 import { WriterEpochs } from "./writer-epochs.ts";
 
 export interface SequencerOptions {
@@ -82,6 +83,14 @@ export interface SequencerStatus {
   members: MemberPosition[];
 }
 
+export interface MemberEventInfo {
+  registeredAt: Micros | null;
+  pruningLowerBound: Micros | null;
+  lastDelivered: Micros | null;
+  head: Micros | null;
+  event: SequencedEvent | null;
+}
+
 /**
  * The sequencer (DESIGN §2 "Sequenced events"): authenticates member requests, hands accepted
  * submissions to the single writer, serves subscriptions, acknowledgements, registration and
@@ -89,6 +98,8 @@ export interface SequencerStatus {
  */
 export class Sequencer {
   private readonly stopping = new AbortController();
+  /** Paused by `backup create --quiesce` (PauseIntake); the service admits submissions through it. */
+  readonly intake = new IntakeGate();
 
   private constructor(
     private readonly options: SequencerOptions,
@@ -187,6 +198,30 @@ export class Sequencer {
 
   /** Resolves once the submission is sequenced durably (its outcome arrives as an event). */
   async send(request: SendRequestFields): Promise<Micros> {
+    return this.writer.submit(await this.checkSend(request));
+  }
+
+  /**
+   * Send for each request, each checked on its own exactly as by send(); one outcome per request,
+   * in order (its timestamp, or the error send() would have thrown), so a refused request does not
+   * affect the others. The accepted ones reach the writer together and share its next commit.
+   */
+  async sendBatch(requests: readonly SendRequestFields[]): Promise<(Micros | LockstepError)[]> {
+    const checked = await Promise.all(
+      requests.map((request) => this.checkSend(request).catch((error: unknown) => toLockstepError(error))),
+    );
+    const accepted = checked.filter((c): c is SubmissionItem => !(c instanceof LockstepError));
+    const sequenced = await Promise.allSettled(this.writer.submitAll(accepted));
+    let next = 0;
+    return checked.map((c) => {
+      if (c instanceof LockstepError) return c;
+      const outcome = sequenced[next++] as PromiseSettledResult<Micros>;
+      return outcome.status === "fulfilled" ? outcome.value : toLockstepError(outcome.reason);
+    });
+  }
+
+  /** Authenticates and validates a Send: the writer item, or the error that refuses it. */
+  private async checkSend(request: SendRequestFields): Promise<SubmissionItem> {
     const submission = parseSubmission(request.submission);
     this.requireMember(submission.sender);
     verifyMemberSignature(this.writer.topology, this.at(), {
@@ -198,7 +233,7 @@ export class Sequencer {
     });
     const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
     await this.epochs.check(submission.sender, submission.writerEpoch);
-    return this.writer.submit(item);
+    return item;
   }
 
   /**
@@ -371,6 +406,24 @@ export class Sequencer {
         retainedBackupBound: this.options.retainedBackupBound?.(),
       }),
       members,
+    };
+  }
+
+  /**
+   * What restore preflight asks about a member (DESIGN §4.4): can it still subscribe from
+   * `timestamp`, and which event did it get there (to compare with a backup's last stored event).
+   */
+  async memberEvent(member: string, timestamp: Micros): Promise<MemberEventInfo> {
+    const [event, pruningLowerBound] = await Promise.all([
+      this.store.deliveryAt(member, timestamp),
+      this.store.pruningLowerBound(),
+    ]);
+    return {
+      registeredAt: this.writer.registeredAt(member) ?? null,
+      pruningLowerBound,
+      lastDelivered: this.writer.lastDelivered(member) ?? null,
+      head: this.writer.head,
+      event: event ?? null,
     };
   }
 

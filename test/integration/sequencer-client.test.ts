@@ -8,7 +8,11 @@ import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { LockstepError } from "../../src/common/errors.ts";
+import { SendBatchResponseSchema } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { encodeMessagePayload, unpackEventMessage } from "../../src/sequencer-client/event-payload.ts";
+import { SendCoalescer } from "../../src/sequencer-client/send-coalescer.ts";
 import { SequencedEventStore } from "../../src/sequencer-client/sequenced-event-store.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";
 import {
@@ -163,6 +167,81 @@ describe("sequencer client", () => {
     await assertHandledOnceInOrder(b);
     assert.deepEqual([a.fatals, b.fatals], [[], []]);
     assert.equal(a.client.status().lastError, null);
+  });
+
+  test("many concurrent sends share SendBatch calls and are all sequenced exactly once", async () => {
+    await waitUntil("B connected", () => b.client.status().connected);
+    const n = 300;
+    const sent = await Promise.all(
+      Array.from({ length: n }, (_, i) =>
+        a.client.send({
+          recipients: [b.client.member],
+          payload: text(`burst ${i}`),
+          messageId: `burst-${i}`,
+        }),
+      ),
+    );
+    assert.deepEqual(
+      sent.map((s) => s.messageId),
+      Array.from({ length: n }, (_, i) => `burst-${i}`),
+    );
+    await b.waitFor((r) => r.messageId === `burst-${n - 1}`, 30_000);
+    await waitUntil(
+      "B got all",
+      async () => (await b.handled()).filter((r) => r.messageId.startsWith("burst-")).length >= n,
+      30_000,
+    );
+    const bursts = (await b.handled()).filter((r) => r.messageId.startsWith("burst-"));
+    assert.equal(bursts.length, n);
+    assert.equal(new Set(bursts.map((r) => r.messageId)).size, n, "each sequenced exactly once");
+    await assertHandledOnceInOrder(b);
+    // A refused submission fails its own send() only, even when it shares the SendBatch.
+    const mixed = await Promise.allSettled([
+      a.client.send({ recipients: [b.client.member], payload: text("ok"), messageId: "mixed-ok" }),
+      a.client.send({ recipients: ["nobody::1220ab"], payload: text("x"), messageId: "mixed-bad" }),
+      a.client.send({ recipients: [b.client.member], payload: text("ok"), messageId: "mixed-ok-2" }),
+    ]);
+    assert.deepEqual(
+      mixed.map((m) => (m.status === "fulfilled" ? "ok" : (m.reason as LockstepError).code)),
+      ["ok", "SEQUENCER_UNKNOWN_RECIPIENTS", "ok"],
+    );
+    await b.waitFor((r) => r.messageId === "mixed-ok-2");
+    assert.deepEqual([a.fatals, b.fatals], [[], []]);
+  });
+
+  test("send coalescing: sends queued during a SendBatch go in the next one, each with its own outcome", async () => {
+    const calls: number[] = [];
+    let release: () => void = () => {};
+    const coalescer = new SendCoalescer({
+      sequencerUrl: "http://127.0.0.1:1",
+      send: () => Promise.reject(new Error("not used")),
+      sendBatch: async (request) => {
+        const requests = request.requests ?? [];
+        calls.push(requests.length);
+        if (calls.length === 1) await new Promise<void>((resolve) => (release = resolve));
+        if (calls.length === 3) throw new ConnectError("connection refused", Code.Unavailable);
+        return create(SendBatchResponseSchema, {
+          results: requests.map((r) =>
+            r.signingKeyFingerprint === "bad"
+              ? { error: { code: "STALE_WRITER_EPOCH", message: "stale", metadata: { member: "m" } } }
+              : {},
+          ),
+        });
+      },
+    });
+    const first = coalescer.send({ signingKeyFingerprint: "ok" });
+    const queued = ["ok", "bad", "ok", "ok"].map((f) =>
+      coalescer.send({ signingKeyFingerprint: f }).then(
+        () => "ok",
+        (e: LockstepError) => e.code,
+      ),
+    );
+    release();
+    await first;
+    assert.deepEqual(await Promise.all(queued), ["ok", "STALE_WRITER_EPOCH", "ok", "ok"]);
+    assert.deepEqual(calls, [1, 4], "one call for the first, one for the four queued meanwhile");
+    // A failed call fails every send in it, as SEQUENCER_UNAVAILABLE.
+    await assert.rejects(coalescer.send({}), (e: LockstepError) => e.code === "SEQUENCER_UNAVAILABLE");
   });
 
   test("a second start on the same DB keeps the registration (idempotent) and member id", async () => {

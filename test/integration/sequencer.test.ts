@@ -219,6 +219,62 @@ test("refused submissions store nothing", async () => {
   bob.writerEpoch = 5n;
 });
 
+test("SendBatch: one result per submission, each verified on its own; refused ones store nothing", async () => {
+  const events = await countRows("sequencer_events");
+  const deliveries = await countRows("sequencer_deliveries");
+  const tampered = alice.sendRequest({ recipients: [carol.id], messageId: "batch-tampered" });
+  const bytes = Buffer.from(tampered.submission as Uint8Array);
+  bytes.writeUInt8((bytes.at(-1) as number) ^ 1, bytes.length - 1);
+  const requests = [
+    alice.sendRequest({ recipients: [carol.id], messageId: "batch-ok-1" }),
+    { ...tampered, submission: bytes },
+    new TestMember("mallory").sendRequest({ messageId: "batch-unknown" }),
+    bob.sendRequest({ recipients: [carol.id], messageId: "batch-ok-2" }),
+    alice.sendRequest({ recipients: [carol.id], messageId: "batch-stale", writerEpoch: 0n }),
+    alice.sendRequest({ recipients: [], messageId: "batch-empty" }),
+    alice.sendRequest({
+      recipients: [carol.id],
+      messageId: "batch-wrong-key",
+      signWith: generateKeyPair("signing"),
+    }),
+    carol.sendRequest({ recipients: [alice.id], messageId: "batch-ok-3" }),
+  ];
+  const { results } = await seq.client.sendBatch({ requests });
+  assert.deepEqual(
+    results.map((r) => r.error?.code ?? "ok"),
+    [
+      "ok",
+      "SEQUENCER_REQUEST_SIGNATURE_INVALID",
+      "SEQUENCER_SENDER_UNKNOWN",
+      "ok",
+      "STALE_WRITER_EPOCH",
+      "SEQUENCER_SUBMISSION_REQUEST_MALFORMED",
+      "SEQUENCER_REQUEST_SIGNATURE_INVALID",
+      "ok",
+    ],
+  );
+  assert.ok(results[1]?.error?.message && results[1].error.remedy, "the full ErrorDetail");
+  // Three events (each to its recipient and its sender), nothing for the refused ones.
+  assert.equal(await countRows("sequencer_events"), events + 3);
+  assert.equal(await countRows("sequencer_deliveries"), deliveries + 6);
+  const carols = (await collectEvents(seq.client, carol, { idleMs: 300 })).filter((e) =>
+    e.messageId.startsWith("batch-"),
+  );
+  assert.deepEqual(carols.map((e) => e.messageId).sort(), ["batch-ok-1", "batch-ok-2", "batch-ok-3"]);
+  const alices = (await collectEvents(seq.client, alice, { idleMs: 300 })).filter((e) =>
+    e.messageId.startsWith("batch-"),
+  );
+  assert.deepEqual(alices.map((e) => e.messageId).sort(), ["batch-ok-1", "batch-ok-3"]);
+
+  assert.deepEqual((await seq.client.sendBatch({ requests: [] })).results, []);
+  await expectCode(
+    seq.client.sendBatch({
+      requests: Array.from({ length: 1001 }, () => requests[0] as (typeof requests)[0]),
+    }),
+    "INVALID_ARGUMENT",
+  );
+});
+
 test("subscriptions are authenticated and never start before the member's registration", async () => {
   const aliceAt = registeredAt.get(alice.id) as bigint;
   await expectCode(

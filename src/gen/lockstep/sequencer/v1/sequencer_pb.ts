@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Any } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_any } from "@bufbuild/protobuf/wkt";
+import type { ErrorDetail } from "../../common/v1/error_pb.ts";
+import { file_lockstep_common_v1_error } from "../../common/v1/error_pb.ts";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file lockstep/sequencer/v1/sequencer.proto.
  */
 export const file_lockstep_sequencer_v1_sequencer: GenFile = /*@__PURE__*/
-  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEinAEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIr4BChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIbCg5mcm9tX3RpbWVzdGFtcBgCIAEoA0gAiAEBEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglpc3N1ZWRfYXQYBCABKAMSDQoFbm9uY2UYBSABKAwSEQoJc2lnbmF0dXJlGAYgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAcgASgJQhEKD19mcm9tX3RpbWVzdGFtcCJKChFTdWJzY3JpYmVSZXNwb25zZRI1CgZldmVudHMYASADKAsyJS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VxdWVuY2VkRXZlbnQihwIKDlNlcXVlbmNlZEV2ZW50EhEKCXRpbWVzdGFtcBgBIAEoAxIfChJwcmV2aW91c190aW1lc3RhbXAYAiABKANIAIgBARIOCgZzZW5kZXIYAyABKAkSEgoKbWVzc2FnZV9pZBgEIAEoCRISCgpyZWNpcGllbnRzGAUgAygJEg8KB3BheWxvYWQYBiABKAwSOgoNZGVsaXZlcl9lcnJvchgHIAEoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5EZWxpdmVyRXJyb3ISEgoKY2hhaW5faGFzaBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAxCFQoTX3ByZXZpb3VzX3RpbWVzdGFtcCJACgxEZWxpdmVyRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEY29kZRgDIAEoCSKDAQoMRXZlbnRQYXlsb2FkEj8KCHRvcG9sb2d5GAEgASgLMisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlRvcG9sb2d5VHJhbnNhY3Rpb25zSAASJwoHbWVzc2FnZRgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIJCgdjb250ZW50Il4KFFRvcG9sb2d5VHJhbnNhY3Rpb25zEkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIl4KGVNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24SEwoLdHJhbnNhY3Rpb24YASABKAwSGQoRc2lnbmVyX3B1YmxpY19rZXkYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIngKGVN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SRQoLdHJhbnNhY3Rpb24YASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIUCgxlZmZlY3RpdmVfYXQYAiABKAMigQEKEkFja25vd2xlZGdlUmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglzaWduYXR1cmUYBCABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYBSABKAkiFQoTQWNrbm93bGVkZ2VSZXNwb25zZSJeChVSZWdpc3Rlck1lbWJlclJlcXVlc3QSRQoLbWVtYmVyX2tleXMYASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiI/ChZSZWdpc3Rlck1lbWJlclJlc3BvbnNlEg4KBm1lbWJlchgBIAEoCRIVCg1yZWdpc3RlcmVkX2F0GAIgASgDIl8KFVN1Ym1pdFRvcG9sb2d5UmVxdWVzdBJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiIuChZTdWJtaXRUb3BvbG9neVJlc3BvbnNlEhQKDGVmZmVjdGl2ZV9hdBgBIAEoAyIyChJHZXRUb3BvbG9neVJlcXVlc3QSEgoFYXNfb2YYASABKANIAIgBAUIICgZfYXNfb2YirAEKE0dldFRvcG9sb2d5UmVzcG9uc2USRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SHgoWc3luY2hyb25pemVyX25hbWVzcGFjZRgCIAEoCRIXCg9zeW5jaHJvbml6ZXJfaWQYAyABKAkSFAoMc2VxdWVuY2VyX2lkGAQgASgJIigKDFBydW5lUmVxdWVzdBIYChBiZWZvcmVfdGltZXN0YW1wGAEgASgDIkQKDVBydW5lUmVzcG9uc2USGwoTcHJ1bmluZ19sb3dlcl9ib3VuZBgBIAEoAxIWCg5yZW1vdmVkX2V2ZW50cxgCIAEoAyIbChlHZXRTZXF1ZW5jZXJTdGF0dXNSZXF1ZXN0Ir4BCgxNZW1iZXJTdGF0dXMSDgoGbWVtYmVyGAEgASgJEhoKDXJlZ2lzdGVyZWRfYXQYAiABKANIAIgBARIbCg5sYXN0X2RlbGl2ZXJlZBgDIAEoA0gBiAEBEhkKDGFja25vd2xlZGdlZBgEIAEoA0gCiAEBEhQKDHdyaXRlcl9lcG9jaBgFIAEoA0IQCg5fcmVnaXN0ZXJlZF9hdEIRCg9fbGFzdF9kZWxpdmVyZWRCDwoNX2Fja25vd2xlZGdlZCKrAgoaR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USFAoMc2VxdWVuY2VyX2lkGAEgASgJEhcKD3N5bmNocm9uaXplcl9pZBgCIAEoCRIbCg5oZWFkX3RpbWVzdGFtcBgDIAEoA0gAiAEBEjQKB21lbWJlcnMYBCADKAsyIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuTWVtYmVyU3RhdHVzEiAKE3BydW5pbmdfbG93ZXJfYm91bmQYBSABKANIAYgBARIjChZzYWZlX3BydW5pbmdfdGltZXN0YW1wGAYgASgDSAKIAQFCEQoPX2hlYWRfdGltZXN0YW1wQhYKFF9wcnVuaW5nX2xvd2VyX2JvdW5kQhkKF19zYWZlX3BydW5pbmdfdGltZXN0YW1wMr4GChBTZXF1ZW5jZXJTZXJ2aWNlEk8KBFNlbmQSIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QaIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3BvbnNlEmAKCVN1YnNjcmliZRInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESZAoLQWNrbm93bGVkZ2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuQWNrbm93bGVkZ2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVzcG9uc2USbQoOUmVnaXN0ZXJNZW1iZXISLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVnaXN0ZXJNZW1iZXJSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USbQoOU3VibWl0VG9wb2xvZ3kSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3VibWl0VG9wb2xvZ3lSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USZAoLR2V0VG9wb2xvZ3kSKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0VG9wb2xvZ3lSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVzcG9uc2USUgoFUHJ1bmUSIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUHJ1bmVSZXF1ZXN0GiQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVzcG9uc2USeQoSR2V0U2VxdWVuY2VyU3RhdHVzEjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QaMS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_any]);
+  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEinAEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIkgKEFNlbmRCYXRjaFJlcXVlc3QSNAoIcmVxdWVzdHMYASADKAsyIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QiRwoRU2VuZEJhdGNoUmVzcG9uc2USMgoHcmVzdWx0cxgBIAMoCzIhLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kUmVzdWx0IjwKClNlbmRSZXN1bHQSLgoFZXJyb3IYASABKAsyHy5sb2Nrc3RlcC5jb21tb24udjEuRXJyb3JEZXRhaWwivgEKEFN1YnNjcmliZVJlcXVlc3QSDgoGbWVtYmVyGAEgASgJEhsKDmZyb21fdGltZXN0YW1wGAIgASgDSACIAQESFAoMd3JpdGVyX2Vwb2NoGAMgASgDEhEKCWlzc3VlZF9hdBgEIAEoAxINCgVub25jZRgFIAEoDBIRCglzaWduYXR1cmUYBiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYByABKAlCEQoPX2Zyb21fdGltZXN0YW1wIkoKEVN1YnNjcmliZVJlc3BvbnNlEjUKBmV2ZW50cxgBIAMoCzIlLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZXF1ZW5jZWRFdmVudCKHAgoOU2VxdWVuY2VkRXZlbnQSEQoJdGltZXN0YW1wGAEgASgDEh8KEnByZXZpb3VzX3RpbWVzdGFtcBgCIAEoA0gAiAEBEg4KBnNlbmRlchgDIAEoCRISCgptZXNzYWdlX2lkGAQgASgJEhIKCnJlY2lwaWVudHMYBSADKAkSDwoHcGF5bG9hZBgGIAEoDBI6Cg1kZWxpdmVyX2Vycm9yGAcgASgLMiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkRlbGl2ZXJFcnJvchISCgpjaGFpbl9oYXNoGAggASgMEhEKCXNpZ25hdHVyZRgJIAEoDEIVChNfcHJldmlvdXNfdGltZXN0YW1wIkAKDERlbGl2ZXJFcnJvchISCgptZXNzYWdlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRjb2RlGAMgASgJIoMBCgxFdmVudFBheWxvYWQSPwoIdG9wb2xvZ3kYASABKAsyKy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuVG9wb2xvZ3lUcmFuc2FjdGlvbnNIABInCgdtZXNzYWdlGAIgASgLMhQuZ29vZ2xlLnByb3RvYnVmLkFueUgAQgkKB2NvbnRlbnQiXgoUVG9wb2xvZ3lUcmFuc2FjdGlvbnMSRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24iXgoZU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhITCgt0cmFuc2FjdGlvbhgBIAEoDBIZChFzaWduZXJfcHVibGljX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwieAoZU3RvcmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhJFCgt0cmFuc2FjdGlvbhgBIAEoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uEhQKDGVmZmVjdGl2ZV9hdBgCIAEoAyKBAQoSQWNrbm93bGVkZ2VSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMSFAoMd3JpdGVyX2Vwb2NoGAMgASgDEhEKCXNpZ25hdHVyZRgEIAEoDBIfChdzaWduaW5nX2tleV9maW5nZXJwcmludBgFIAEoCSIVChNBY2tub3dsZWRnZVJlc3BvbnNlIl4KFVJlZ2lzdGVyTWVtYmVyUmVxdWVzdBJFCgttZW1iZXJfa2V5cxgBIAEoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIj8KFlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USDgoGbWVtYmVyGAEgASgJEhUKDXJlZ2lzdGVyZWRfYXQYAiABKAMiXwoVU3VibWl0VG9wb2xvZ3lSZXF1ZXN0EkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIi4KFlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USFAoMZWZmZWN0aXZlX2F0GAEgASgDIjIKEkdldFRvcG9sb2d5UmVxdWVzdBISCgVhc19vZhgBIAEoA0gAiAEBQggKBl9hc19vZiKsAQoTR2V0VG9wb2xvZ3lSZXNwb25zZRJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3RvcmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIeChZzeW5jaHJvbml6ZXJfbmFtZXNwYWNlGAIgASgJEhcKD3N5bmNocm9uaXplcl9pZBgDIAEoCRIUCgxzZXF1ZW5jZXJfaWQYBCABKAkiKAoMUHJ1bmVSZXF1ZXN0EhgKEGJlZm9yZV90aW1lc3RhbXAYASABKAMiRAoNUHJ1bmVSZXNwb25zZRIbChNwcnVuaW5nX2xvd2VyX2JvdW5kGAEgASgDEhYKDnJlbW92ZWRfZXZlbnRzGAIgASgDIhsKGUdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QivgEKDE1lbWJlclN0YXR1cxIOCgZtZW1iZXIYASABKAkSGgoNcmVnaXN0ZXJlZF9hdBgCIAEoA0gAiAEBEhsKDmxhc3RfZGVsaXZlcmVkGAMgASgDSAGIAQESGQoMYWNrbm93bGVkZ2VkGAQgASgDSAKIAQESFAoMd3JpdGVyX2Vwb2NoGAUgASgDQhAKDl9yZWdpc3RlcmVkX2F0QhEKD19sYXN0X2RlbGl2ZXJlZEIPCg1fYWNrbm93bGVkZ2VkIqsCChpHZXRTZXF1ZW5jZXJTdGF0dXNSZXNwb25zZRIUCgxzZXF1ZW5jZXJfaWQYASABKAkSFwoPc3luY2hyb25pemVyX2lkGAIgASgJEhsKDmhlYWRfdGltZXN0YW1wGAMgASgDSACIAQESNAoHbWVtYmVycxgEIAMoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5NZW1iZXJTdGF0dXMSIAoTcHJ1bmluZ19sb3dlcl9ib3VuZBgFIAEoA0gBiAEBEiMKFnNhZmVfcHJ1bmluZ190aW1lc3RhbXAYBiABKANIAogBAUIRCg9faGVhZF90aW1lc3RhbXBCFgoUX3BydW5pbmdfbG93ZXJfYm91bmRCGQoXX3NhZmVfcHJ1bmluZ190aW1lc3RhbXAiOgoVR2V0TWVtYmVyRXZlbnRSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMilgIKFkdldE1lbWJlckV2ZW50UmVzcG9uc2USGgoNcmVnaXN0ZXJlZF9hdBgBIAEoA0gAiAEBEiAKE3BydW5pbmdfbG93ZXJfYm91bmQYAiABKANIAYgBARIbCg5sYXN0X2RlbGl2ZXJlZBgDIAEoA0gCiAEBEjQKBWV2ZW50GAQgASgLMiUubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlcXVlbmNlZEV2ZW50EhsKDmhlYWRfdGltZXN0YW1wGAUgASgDSAOIAQFCEAoOX3JlZ2lzdGVyZWRfYXRCFgoUX3BydW5pbmdfbG93ZXJfYm91bmRCEQoPX2xhc3RfZGVsaXZlcmVkQhEKD19oZWFkX3RpbWVzdGFtcCImChJQYXVzZUludGFrZVJlcXVlc3QSEAoIbGVhc2VfbXMYASABKAMiRQoTUGF1c2VJbnRha2VSZXNwb25zZRIbCg5oZWFkX3RpbWVzdGFtcBgBIAEoA0gAiAEBQhEKD19oZWFkX3RpbWVzdGFtcCIVChNSZXN1bWVJbnRha2VSZXF1ZXN0IhYKFFJlc3VtZUludGFrZVJlc3BvbnNlMtwJChBTZXF1ZW5jZXJTZXJ2aWNlEk8KBFNlbmQSIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QaIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3BvbnNlEl4KCVNlbmRCYXRjaBInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kQmF0Y2hSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRCYXRjaFJlc3BvbnNlEmAKCVN1YnNjcmliZRInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESZAoLQWNrbm93bGVkZ2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuQWNrbm93bGVkZ2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVzcG9uc2USbQoOUmVnaXN0ZXJNZW1iZXISLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVnaXN0ZXJNZW1iZXJSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USbQoOU3VibWl0VG9wb2xvZ3kSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3VibWl0VG9wb2xvZ3lSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USZAoLR2V0VG9wb2xvZ3kSKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0VG9wb2xvZ3lSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVzcG9uc2USUgoFUHJ1bmUSIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUHJ1bmVSZXF1ZXN0GiQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVzcG9uc2USeQoSR2V0U2VxdWVuY2VyU3RhdHVzEjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QaMS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USbQoOR2V0TWVtYmVyRXZlbnQSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0TWVtYmVyRXZlbnRSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldE1lbWJlckV2ZW50UmVzcG9uc2USZAoLUGF1c2VJbnRha2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUGF1c2VJbnRha2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBhdXNlSW50YWtlUmVzcG9uc2USZwoMUmVzdW1lSW50YWtlEioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlc3VtZUludGFrZVJlcXVlc3QaKy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVzdW1lSW50YWtlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_any, file_lockstep_common_v1_error]);
 
 /**
  * What a member asks the sequencer to sequence. Serialized and signed as bytes, so that the
@@ -121,6 +123,61 @@ export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
   messageDesc(file_lockstep_sequencer_v1_sequencer, 2);
 
 /**
+ * @generated from message lockstep.sequencer.v1.SendBatchRequest
+ */
+export type SendBatchRequest = Message<"lockstep.sequencer.v1.SendBatchRequest"> & {
+  /**
+   * @generated from field: repeated lockstep.sequencer.v1.SendRequest requests = 1;
+   */
+  requests: SendRequest[];
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SendBatchRequest.
+ * Use `create(SendBatchRequestSchema)` to create a new message.
+ */
+export const SendBatchRequestSchema: GenMessage<SendBatchRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 3);
+
+/**
+ * @generated from message lockstep.sequencer.v1.SendBatchResponse
+ */
+export type SendBatchResponse = Message<"lockstep.sequencer.v1.SendBatchResponse"> & {
+  /**
+   * One per request, in the same order.
+   *
+   * @generated from field: repeated lockstep.sequencer.v1.SendResult results = 1;
+   */
+  results: SendResult[];
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SendBatchResponse.
+ * Use `create(SendBatchResponseSchema)` to create a new message.
+ */
+export const SendBatchResponseSchema: GenMessage<SendBatchResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 4);
+
+/**
+ * @generated from message lockstep.sequencer.v1.SendResult
+ */
+export type SendResult = Message<"lockstep.sequencer.v1.SendResult"> & {
+  /**
+   * Absent: accepted, as a successful Send. Present: the error Send would have failed with.
+   *
+   * @generated from field: lockstep.common.v1.ErrorDetail error = 1;
+   */
+  error?: ErrorDetail | undefined;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SendResult.
+ * Use `create(SendResultSchema)` to create a new message.
+ */
+export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 5);
+
+/**
  * @generated from message lockstep.sequencer.v1.SubscribeRequest
  */
 export type SubscribeRequest = Message<"lockstep.sequencer.v1.SubscribeRequest"> & {
@@ -174,7 +231,7 @@ export type SubscribeRequest = Message<"lockstep.sequencer.v1.SubscribeRequest">
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 3);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 6);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubscribeResponse
@@ -193,7 +250,7 @@ export type SubscribeResponse = Message<"lockstep.sequencer.v1.SubscribeResponse
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 4);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 7);
 
 /**
  * An event as delivered to one member (see src/common/sequenced-event.ts): previous_timestamp and
@@ -263,7 +320,7 @@ export type SequencedEvent = Message<"lockstep.sequencer.v1.SequencedEvent"> & {
  * Use `create(SequencedEventSchema)` to create a new message.
  */
 export const SequencedEventSchema: GenMessage<SequencedEvent> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 5);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 8);
 
 /**
  * @generated from message lockstep.sequencer.v1.DeliverError
@@ -292,7 +349,7 @@ export type DeliverError = Message<"lockstep.sequencer.v1.DeliverError"> & {
  * Use `create(DeliverErrorSchema)` to create a new message.
  */
 export const DeliverErrorSchema: GenMessage<DeliverError> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 6);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 9);
 
 /**
  * The payload of every submission and event, so every member can tell topology changes from
@@ -328,7 +385,7 @@ export type EventPayload = Message<"lockstep.sequencer.v1.EventPayload"> & {
  * Use `create(EventPayloadSchema)` to create a new message.
  */
 export const EventPayloadSchema: GenMessage<EventPayload> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 7);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 10);
 
 /**
  * @generated from message lockstep.sequencer.v1.TopologyTransactions
@@ -345,7 +402,7 @@ export type TopologyTransactions = Message<"lockstep.sequencer.v1.TopologyTransa
  * Use `create(TopologyTransactionsSchema)` to create a new message.
  */
 export const TopologyTransactionsSchema: GenMessage<TopologyTransactions> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 8);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 11);
 
 /**
  * See src/crypto/topology.ts.
@@ -380,7 +437,7 @@ export type SignedTopologyTransaction = Message<"lockstep.sequencer.v1.SignedTop
  * Use `create(SignedTopologyTransactionSchema)` to create a new message.
  */
 export const SignedTopologyTransactionSchema: GenMessage<SignedTopologyTransaction> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 9);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 12);
 
 /**
  * @generated from message lockstep.sequencer.v1.StoredTopologyTransaction
@@ -404,7 +461,7 @@ export type StoredTopologyTransaction = Message<"lockstep.sequencer.v1.StoredTop
  * Use `create(StoredTopologyTransactionSchema)` to create a new message.
  */
 export const StoredTopologyTransactionSchema: GenMessage<StoredTopologyTransaction> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 10);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 13);
 
 /**
  * @generated from message lockstep.sequencer.v1.AcknowledgeRequest
@@ -445,7 +502,7 @@ export type AcknowledgeRequest = Message<"lockstep.sequencer.v1.AcknowledgeReque
  * Use `create(AcknowledgeRequestSchema)` to create a new message.
  */
 export const AcknowledgeRequestSchema: GenMessage<AcknowledgeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 11);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 14);
 
 /**
  * @generated from message lockstep.sequencer.v1.AcknowledgeResponse
@@ -458,7 +515,7 @@ export type AcknowledgeResponse = Message<"lockstep.sequencer.v1.AcknowledgeResp
  * Use `create(AcknowledgeResponseSchema)` to create a new message.
  */
 export const AcknowledgeResponseSchema: GenMessage<AcknowledgeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 12);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 15);
 
 /**
  * @generated from message lockstep.sequencer.v1.RegisterMemberRequest
@@ -477,7 +534,7 @@ export type RegisterMemberRequest = Message<"lockstep.sequencer.v1.RegisterMembe
  * Use `create(RegisterMemberRequestSchema)` to create a new message.
  */
 export const RegisterMemberRequestSchema: GenMessage<RegisterMemberRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 13);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 16);
 
 /**
  * @generated from message lockstep.sequencer.v1.RegisterMemberResponse
@@ -502,7 +559,7 @@ export type RegisterMemberResponse = Message<"lockstep.sequencer.v1.RegisterMemb
  * Use `create(RegisterMemberResponseSchema)` to create a new message.
  */
 export const RegisterMemberResponseSchema: GenMessage<RegisterMemberResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 14);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 17);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubmitTopologyRequest
@@ -519,7 +576,7 @@ export type SubmitTopologyRequest = Message<"lockstep.sequencer.v1.SubmitTopolog
  * Use `create(SubmitTopologyRequestSchema)` to create a new message.
  */
 export const SubmitTopologyRequestSchema: GenMessage<SubmitTopologyRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 15);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 18);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubmitTopologyResponse
@@ -538,7 +595,7 @@ export type SubmitTopologyResponse = Message<"lockstep.sequencer.v1.SubmitTopolo
  * Use `create(SubmitTopologyResponseSchema)` to create a new message.
  */
 export const SubmitTopologyResponseSchema: GenMessage<SubmitTopologyResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 16);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 19);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetTopologyRequest
@@ -557,7 +614,7 @@ export type GetTopologyRequest = Message<"lockstep.sequencer.v1.GetTopologyReque
  * Use `create(GetTopologyRequestSchema)` to create a new message.
  */
 export const GetTopologyRequestSchema: GenMessage<GetTopologyRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 17);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 20);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetTopologyResponse
@@ -593,7 +650,7 @@ export type GetTopologyResponse = Message<"lockstep.sequencer.v1.GetTopologyResp
  * Use `create(GetTopologyResponseSchema)` to create a new message.
  */
 export const GetTopologyResponseSchema: GenMessage<GetTopologyResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 18);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 21);
 
 /**
  * @generated from message lockstep.sequencer.v1.PruneRequest
@@ -613,7 +670,7 @@ export type PruneRequest = Message<"lockstep.sequencer.v1.PruneRequest"> & {
  * Use `create(PruneRequestSchema)` to create a new message.
  */
 export const PruneRequestSchema: GenMessage<PruneRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 19);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 22);
 
 /**
  * @generated from message lockstep.sequencer.v1.PruneResponse
@@ -637,7 +694,7 @@ export type PruneResponse = Message<"lockstep.sequencer.v1.PruneResponse"> & {
  * Use `create(PruneResponseSchema)` to create a new message.
  */
 export const PruneResponseSchema: GenMessage<PruneResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 20);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 23);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusRequest
@@ -650,7 +707,7 @@ export type GetSequencerStatusRequest = Message<"lockstep.sequencer.v1.GetSequen
  * Use `create(GetSequencerStatusRequestSchema)` to create a new message.
  */
 export const GetSequencerStatusRequestSchema: GenMessage<GetSequencerStatusRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 21);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 24);
 
 /**
  * @generated from message lockstep.sequencer.v1.MemberStatus
@@ -693,7 +750,7 @@ export type MemberStatus = Message<"lockstep.sequencer.v1.MemberStatus"> & {
  * Use `create(MemberStatusSchema)` to create a new message.
  */
 export const MemberStatusSchema: GenMessage<MemberStatus> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 22);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 25);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusResponse
@@ -741,7 +798,139 @@ export type GetSequencerStatusResponse = Message<"lockstep.sequencer.v1.GetSeque
  * Use `create(GetSequencerStatusResponseSchema)` to create a new message.
  */
 export const GetSequencerStatusResponseSchema: GenMessage<GetSequencerStatusResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 23);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 26);
+
+/**
+ * @generated from message lockstep.sequencer.v1.GetMemberEventRequest
+ */
+export type GetMemberEventRequest = Message<"lockstep.sequencer.v1.GetMemberEventRequest"> & {
+  /**
+   * @generated from field: string member = 1;
+   */
+  member: string;
+
+  /**
+   * @generated from field: int64 timestamp = 2;
+   */
+  timestamp: bigint;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.GetMemberEventRequest.
+ * Use `create(GetMemberEventRequestSchema)` to create a new message.
+ */
+export const GetMemberEventRequestSchema: GenMessage<GetMemberEventRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 27);
+
+/**
+ * @generated from message lockstep.sequencer.v1.GetMemberEventResponse
+ */
+export type GetMemberEventResponse = Message<"lockstep.sequencer.v1.GetMemberEventResponse"> & {
+  /**
+   * Absent when the member is not registered with this sequencer.
+   *
+   * @generated from field: optional int64 registered_at = 1;
+   */
+  registeredAt?: bigint | undefined;
+
+  /**
+   * The oldest timestamp a member can still subscribe from; absent if never pruned.
+   *
+   * @generated from field: optional int64 pruning_lower_bound = 2;
+   */
+  pruningLowerBound?: bigint | undefined;
+
+  /**
+   * The last event delivered to the member; absent before its first.
+   *
+   * @generated from field: optional int64 last_delivered = 3;
+   */
+  lastDelivered?: bigint | undefined;
+
+  /**
+   * The member's view of the event at the timestamp; absent when the sequencer has none (never
+   * delivered to the member, or pruned).
+   *
+   * @generated from field: lockstep.sequencer.v1.SequencedEvent event = 4;
+   */
+  event?: SequencedEvent | undefined;
+
+  /**
+   * @generated from field: optional int64 head_timestamp = 5;
+   */
+  headTimestamp?: bigint | undefined;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.GetMemberEventResponse.
+ * Use `create(GetMemberEventResponseSchema)` to create a new message.
+ */
+export const GetMemberEventResponseSchema: GenMessage<GetMemberEventResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 28);
+
+/**
+ * @generated from message lockstep.sequencer.v1.PauseIntakeRequest
+ */
+export type PauseIntakeRequest = Message<"lockstep.sequencer.v1.PauseIntakeRequest"> & {
+  /**
+   * Intake resumes by itself this long after the (last) pause; a renewed pause extends it.
+   *
+   * @generated from field: int64 lease_ms = 1;
+   */
+  leaseMs: bigint;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.PauseIntakeRequest.
+ * Use `create(PauseIntakeRequestSchema)` to create a new message.
+ */
+export const PauseIntakeRequestSchema: GenMessage<PauseIntakeRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 29);
+
+/**
+ * @generated from message lockstep.sequencer.v1.PauseIntakeResponse
+ */
+export type PauseIntakeResponse = Message<"lockstep.sequencer.v1.PauseIntakeResponse"> & {
+  /**
+   * The last sequenced timestamp: with intake paused, nothing comes after it.
+   *
+   * @generated from field: optional int64 head_timestamp = 1;
+   */
+  headTimestamp?: bigint | undefined;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.PauseIntakeResponse.
+ * Use `create(PauseIntakeResponseSchema)` to create a new message.
+ */
+export const PauseIntakeResponseSchema: GenMessage<PauseIntakeResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 30);
+
+/**
+ * @generated from message lockstep.sequencer.v1.ResumeIntakeRequest
+ */
+export type ResumeIntakeRequest = Message<"lockstep.sequencer.v1.ResumeIntakeRequest"> & {
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.ResumeIntakeRequest.
+ * Use `create(ResumeIntakeRequestSchema)` to create a new message.
+ */
+export const ResumeIntakeRequestSchema: GenMessage<ResumeIntakeRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 31);
+
+/**
+ * @generated from message lockstep.sequencer.v1.ResumeIntakeResponse
+ */
+export type ResumeIntakeResponse = Message<"lockstep.sequencer.v1.ResumeIntakeResponse"> & {
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.ResumeIntakeResponse.
+ * Use `create(ResumeIntakeResponseSchema)` to create a new message.
+ */
+export const ResumeIntakeResponseSchema: GenMessage<ResumeIntakeResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 32);
 
 /**
  * The sequencer: assigns every submission a unique, strictly increasing timestamp, stores it and
@@ -765,6 +954,21 @@ export const SequencerService: GenService<{
     methodKind: "unary";
     input: typeof SendRequestSchema;
     output: typeof SendResponseSchema;
+  },
+  /**
+   * Several Sends in one call (a member's client coalesces the sends that queue while one call is
+   * in flight). Every submission is signed and verified on its own, exactly as by Send; each gets
+   * its own result, in request order, so a refused one does not affect the others. The accepted
+   * ones are handed to the writer together (they usually share one durable commit), and the call
+   * returns once they are sequenced, as Send does. At most 1000 requests per call (INVALID_ARGUMENT
+   * otherwise); refused as a whole only for that, or when intake is paused (SEQUENCER_INTAKE_PAUSED).
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.SendBatch
+   */
+  sendBatch: {
+    methodKind: "unary";
+    input: typeof SendBatchRequestSchema;
+    output: typeof SendBatchResponseSchema;
   },
   /**
    * Streams the member's events from from_timestamp, inclusive, in batches. A timestamp the
@@ -839,6 +1043,37 @@ export const SequencerService: GenService<{
     methodKind: "unary";
     input: typeof GetSequencerStatusRequestSchema;
     output: typeof GetSequencerStatusResponseSchema;
+  },
+  /**
+   * Operator: the event delivered to a member at a timestamp, with what bounds the member's
+   * subscriptions. Restore preflight compares it with a backup's last stored event (fork prediction).
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.GetMemberEvent
+   */
+  getMemberEvent: {
+    methodKind: "unary";
+    input: typeof GetMemberEventRequestSchema;
+    output: typeof GetMemberEventResponseSchema;
+  },
+  /**
+   * Operator (backup --quiesce): stops accepting submissions (Send, SubmitTopology, RegisterMember
+   * refused with SEQUENCER_INTAKE_PAUSED, retryable) once the ones in flight are sequenced, until
+   * ResumeIntake or the lease expires (so a crashed operator cannot leave it paused).
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.PauseIntake
+   */
+  pauseIntake: {
+    methodKind: "unary";
+    input: typeof PauseIntakeRequestSchema;
+    output: typeof PauseIntakeResponseSchema;
+  },
+  /**
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.ResumeIntake
+   */
+  resumeIntake: {
+    methodKind: "unary";
+    input: typeof ResumeIntakeRequestSchema;
+    output: typeof ResumeIntakeResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_lockstep_sequencer_v1_sequencer, 0);

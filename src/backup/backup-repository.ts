@@ -1,0 +1,280 @@
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { join, resolve } from "node:path";
+import { LockstepError } from "../common/errors.ts";
+import { type Logger, silentLogger } from "../common/logging.ts";
+import {
+  artifactName,
+  type BackupFormat,
+  type Manifest,
+  manifestChecksum,
+  manifestSchema,
+  sealManifest,
+  type UnsignedManifest,
+} from "./manifest.ts";
+
+export const MANIFEST_FILE = "manifest.json";
+export const VERIFICATION_FILE = "verification.json";
+/** Marks a set being written: who writes it, so a later run can tell a crashed writer from a live one. */
+const IN_PROGRESS_FILE = "in-progress.json";
+const SET_ID = /^\d{8}T\d{6}Z-[0-9a-z]+$/;
+
+/** The last verification of a set (written beside the manifest; the manifest stays immutable). */
+export interface Verification {
+  set: string;
+  verifiedAt: string;
+  /** checksums: sizes + SHA-256 (+ pg_restore --list); drill: also restored and checked. */
+  level: "checksums" | "drill";
+  ok: boolean;
+  /** What failed, per node/file, when not ok. */
+  problems: string[];
+  durationMs: number;
+}
+
+export interface SetSummary {
+  id: string;
+  manifest: Manifest;
+  verification: Verification | null;
+}
+
+/** `20261127T065012Z-3f9a1c`: sortable by time, unique by the random suffix. */
+export function newSetId(now: Date = new Date()): string {
+  const stamp = now
+    .toISOString()
+    .replace(/[-:]/g, "")
+    .replace(/\.\d+Z$/, "Z");
+  return `${stamp}-${randomBytes(3).toString("hex")}`;
+}
+
+/** Writes a file so that readers see the old content or the new, never a part: temp, fsync, rename, fsync dir. */
+export async function writeFileAtomic(path: string, content: string): Promise<void> {
+  const dir = resolve(path, "..");
+  const temp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
+  const handle = await open(temp, "w", 0o644);
+  try {
+    await handle.writeFile(content, "utf8");
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(temp, path);
+  await fsyncDir(dir);
+}
+
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, "r");
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * A backup repository: a directory with one folder per set. A folder is a backup only once its
+ * manifest exists (written last, atomically); anything else is a set being written or the
+ * remains of a crashed run, never listed, and removed by `cleanIncomplete` once its writer is gone.
+ */
+export class BackupRepository {
+  readonly dir: string;
+  private readonly logger: Logger;
+
+  constructor(dir: string, logger?: Logger) {
+    this.dir = resolve(dir);
+    this.logger = logger ?? silentLogger("backup");
+  }
+
+  setDir(setId: string): string {
+    if (!SET_ID.test(setId)) {
+      throw new LockstepError("BACKUP_NOT_FOUND", { set: setId, repository: this.dir });
+    }
+    return join(this.dir, setId);
+  }
+
+  /** A node's artifact in a set: a file (tar, custom) or a directory (directory format). */
+  artifactPath(setId: string, node: { name: string; format: BackupFormat } | { artifact: string }): string {
+    const rel = "artifact" in node ? node.artifact : artifactName(node.name, node.format);
+    return join(this.setDir(setId), rel);
+  }
+
+  /** Complete sets (with a manifest that parses and matches its checksum), newest first. */
+  async listSets(): Promise<SetSummary[]> {
+    const ids = await this.setIds();
+    const sets: SetSummary[] = [];
+    for (const id of ids) {
+      if (!existsSync(join(this.dir, id, MANIFEST_FILE))) continue;
+      try {
+        sets.push({
+          id,
+          manifest: await this.readManifest(id),
+          verification: await this.readVerification(id),
+        });
+      } catch (error) {
+        // A manifest that does not verify is listed nowhere: it cannot be trusted to restore.
+        this.logger.warn({ set: id, err: error }, "skipping backup set with an invalid manifest");
+      }
+    }
+    return sets.sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+  }
+
+  /** Sets whose manifest exists but fails to parse or verify (for `backup list` to warn about). */
+  async invalidSets(): Promise<{ id: string; reason: string }[]> {
+    const bad: { id: string; reason: string }[] = [];
+    for (const id of await this.setIds()) {
+      if (!existsSync(join(this.dir, id, MANIFEST_FILE))) continue;
+      try {
+        await this.readManifest(id);
+      } catch (error) {
+        bad.push({ id, reason: (error as Error).message });
+      }
+    }
+    return bad;
+  }
+
+  /** The manifest of a complete set; BACKUP_NOT_FOUND without one, BACKUP_CORRUPTED when it does not verify. */
+  async readManifest(setId: string): Promise<Manifest> {
+    const path = join(this.setDir(setId), MANIFEST_FILE);
+    let text: string;
+    try {
+      text = await readFile(path, "utf8");
+    } catch {
+      throw new LockstepError("BACKUP_NOT_FOUND", { set: setId, repository: this.dir });
+    }
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+    } catch (error) {
+      throw corrupted(setId, `${MANIFEST_FILE} is not JSON: ${(error as Error).message}`);
+    }
+    const result = manifestSchema.safeParse(parsed);
+    if (!result.success) {
+      throw corrupted(setId, `${MANIFEST_FILE} is invalid: ${result.error.issues[0]?.message ?? "?"}`);
+    }
+    const manifest = result.data;
+    const expected = manifestChecksum(manifest);
+    if (expected !== manifest.checksum) {
+      throw corrupted(
+        setId,
+        `${MANIFEST_FILE} checksum mismatch (recorded ${manifest.checksum.slice(0, 12)}, computed ${expected.slice(0, 12)})`,
+      );
+    }
+    if (manifest.id !== setId) throw corrupted(setId, `${MANIFEST_FILE} names set ${manifest.id}`);
+    return manifest;
+  }
+
+  /**
+   * Starts a new set: cleans up what crashed runs left, then creates the folder with an
+   * in-progress marker naming this process.
+   */
+  async beginSet(now: Date = new Date()): Promise<string> {
+    await mkdir(this.dir, { recursive: true });
+    await this.cleanIncomplete();
+    const id = newSetId(now);
+    const dir = this.setDir(id);
+    await mkdir(dir);
+    await writeFile(
+      join(dir, IN_PROGRESS_FILE),
+      JSON.stringify({ pid: process.pid, host: hostname(), startedAt: now.toISOString() }),
+    );
+    await fsyncDir(this.dir);
+    return id;
+  }
+
+  /** Completes a set: seals the manifest and writes it last, atomically. Returns the sealed manifest. */
+  async completeSet(manifest: UnsignedManifest): Promise<Manifest> {
+    const sealed = sealManifest(manifest);
+    const dir = this.setDir(manifest.id);
+    await fsyncDir(dir);
+    await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(sealed, null, 2)}\n`);
+    await rm(join(dir, IN_PROGRESS_FILE), { force: true });
+    return sealed;
+  }
+
+  /** Gives up a set being written (e.g. a dump failed): removes its folder. */
+  async abandonSet(setId: string): Promise<void> {
+    await rm(this.setDir(setId), { recursive: true, force: true });
+  }
+
+  /**
+   * Removes folders without a manifest whose writer is gone (crashed or killed); a folder whose
+   * writer still runs on this host is left alone. Returns the removed ids.
+   */
+  async cleanIncomplete(): Promise<string[]> {
+    const removed: string[] = [];
+    for (const id of await this.setIds()) {
+      const dir = join(this.dir, id);
+      if (existsSync(join(dir, MANIFEST_FILE))) continue;
+      const writer = await readFile(join(dir, IN_PROGRESS_FILE), "utf8")
+        .then((t) => JSON.parse(t) as { pid: number; host: string })
+        .catch(() => undefined);
+      if (writer && writer.host === hostname() && writer.pid !== process.pid && isAlive(writer.pid)) continue;
+      await rm(dir, { recursive: true, force: true });
+      removed.push(id);
+      this.logger.warn(
+        { set: id, dir },
+        "removed incomplete backup set (no manifest: its run did not finish)",
+      );
+    }
+    return removed;
+  }
+
+  async readVerification(setId: string): Promise<Verification | null> {
+    try {
+      return JSON.parse(await readFile(join(this.setDir(setId), VERIFICATION_FILE), "utf8")) as Verification;
+    } catch {
+      return null;
+    }
+  }
+
+  async writeVerification(verification: Verification): Promise<void> {
+    await writeFileAtomic(
+      join(this.setDir(verification.set), VERIFICATION_FILE),
+      `${JSON.stringify(verification, null, 2)}\n`,
+    );
+  }
+
+  /** Deletes a set: the manifest first, so that a crash half-way leaves an incomplete set, not a broken one. */
+  async deleteSet(setId: string): Promise<void> {
+    const dir = this.setDir(setId);
+    await rm(join(dir, MANIFEST_FILE), { force: true });
+    await fsyncDir(dir);
+    await rm(dir, { recursive: true, force: true });
+  }
+
+  /** Total bytes of the files under a set's folder. */
+  async sizeOnDisk(setId: string): Promise<bigint> {
+    return dirSize(this.setDir(setId));
+  }
+
+  private async setIds(): Promise<string[]> {
+    try {
+      const entries = await readdir(this.dir, { withFileTypes: true });
+      return entries.filter((e) => e.isDirectory() && SET_ID.test(e.name)).map((e) => e.name);
+    } catch {
+      return [];
+    }
+  }
+}
+
+async function dirSize(path: string): Promise<bigint> {
+  const s = await stat(path);
+  if (!s.isDirectory()) return BigInt(s.size);
+  let total = 0n;
+  for (const entry of await readdir(path)) total += await dirSize(join(path, entry));
+  return total;
+}
+
+function corrupted(set: string, details: string): LockstepError {
+  return new LockstepError("BACKUP_CORRUPTED", { set, details });
+}

@@ -1,0 +1,156 @@
+import { createHash } from "node:crypto";
+import { z } from "zod";
+
+/**
+ * The manifest of a backup set (DESIGN.md §4.1): what each node's artifact holds and where the
+ * node stood when it was taken. Written last and atomically by the repository; never changed
+ * afterwards (verification results live beside it in verification.json). int64 values
+ * (timestamps in micros, offsets, epochs, byte counts) are decimal strings, as in the CLI's JSON.
+ */
+
+export const MANIFEST_VERSION = 1;
+export const BACKUP_FORMATS = ["tar", "custom", "directory"] as const;
+export type BackupFormat = (typeof BACKUP_FORMATS)[number];
+
+const int64 = z.string().regex(/^-?\d+$/, "an integer as a decimal string");
+const micros = int64;
+const sha256Hex = z.string().regex(/^[0-9a-f]{64}$/, "a SHA-256 as 64 lower-case hex digits");
+const isoTime = z.string().min(1);
+
+/** One file of an artifact, relative to the set's directory (`participant1.dump`, `participant1/toc.dat`). */
+export const manifestFileSchema = z.object({
+  path: z.string().min(1),
+  bytes: int64,
+  sha256: sha256Hex,
+});
+export type ManifestFile = z.infer<typeof manifestFileSchema>;
+
+/** The member's last stored sequenced event: what restore compares with the sequencer to predict a fork. */
+export const storedEventRefSchema = z.object({ timestamp: micros, chainHash: sha256Hex });
+export type StoredEventRef = z.infer<typeof storedEventRefSchema>;
+
+export const participantPositionSchema = z.object({
+  /** Timestamp of the last fully processed event (null before the first). */
+  clean: micros.nullable(),
+  ledgerEnd: int64,
+  lastStored: storedEventRefSchema.nullable(),
+});
+export const mediatorPositionSchema = z.object({
+  clean: micros.nullable(),
+  lastStored: storedEventRefSchema.nullable(),
+});
+export const sequencerPositionSchema = z.object({
+  head: micros.nullable(),
+  /** member id → timestamp of the last event delivered to it (null: none yet). */
+  members: z.record(z.string(), micros.nullable()),
+  pruningLowerBound: micros.nullable(),
+});
+export type ParticipantPosition = z.infer<typeof participantPositionSchema>;
+export type MediatorPosition = z.infer<typeof mediatorPositionSchema>;
+export type SequencerPosition = z.infer<typeof sequencerPositionSchema>;
+
+const nodeCommon = {
+  name: z.string().min(1),
+  /** The member id on the synchronizer (null when the node never registered / is the sequencer before init). */
+  member: z.string().nullable(),
+  synchronizerId: z.string().nullable(),
+  incarnation: z.string(),
+  writerEpoch: int64,
+  format: z.enum(BACKUP_FORMATS),
+  /** The artifact relative to the set's directory: a file (tar, custom) or a directory. */
+  artifact: z.string().min(1),
+  files: z.array(manifestFileSchema),
+  bytes: int64,
+  /** The database dumped (its name at the source). */
+  database: z.string(),
+  postgres: z.object({ version: z.string(), systemIdentifier: z.string() }),
+  /** Fingerprints of every key in crypto_private_keys at the snapshot. */
+  keyFingerprints: z.array(z.string()),
+  startedAt: isoTime,
+  finishedAt: isoTime,
+};
+
+export const nodeBackupSchema = z.discriminatedUnion("kind", [
+  z.object({ ...nodeCommon, kind: z.literal("participant"), position: participantPositionSchema }),
+  z.object({ ...nodeCommon, kind: z.literal("mediator"), position: mediatorPositionSchema }),
+  z.object({ ...nodeCommon, kind: z.literal("sequencer"), position: sequencerPositionSchema }),
+]);
+export type NodeBackup = z.infer<typeof nodeBackupSchema>;
+export type NodeBackupKind = NodeBackup["kind"];
+
+/** A participant/mediator whose clean position is beyond what the sequencer of the set knows: restoring both forks. */
+export const unsafeFindingSchema = z.object({
+  node: z.string(),
+  reason: z.literal("fork"),
+  member: z.string().nullable(),
+  /** The node's clean timestamp in this set. */
+  clean: micros.nullable(),
+  /** The node's last stored event (a stored event beyond the sequencer's record forks on reconnect too). */
+  lastStored: micros.nullable(),
+  /** The sequencer's last delivered timestamp for the member (null: member unknown to it). */
+  sequencerLastDelivered: micros.nullable(),
+  /** The set holding the sequencer compared with (this set, or the newest earlier one with a sequencer). */
+  sequencerSet: z.string(),
+});
+export type UnsafeFinding = z.infer<typeof unsafeFindingSchema>;
+
+export const manifestSchema = z.object({
+  manifestVersion: z.literal(MANIFEST_VERSION),
+  id: z.string().min(1),
+  lockstepVersion: z.string(),
+  synchronizerId: z.string(),
+  /** ordered: DESIGN §4.3 order; quiesced: sequencer intake paused, all dumped in parallel. */
+  mode: z.enum(["ordered", "quiesced"]),
+  startedAt: isoTime,
+  finishedAt: isoTime,
+  appHook: z
+    .object({ command: z.string(), exitCode: z.number().int(), startedAt: isoTime, finishedAt: isoTime })
+    .nullable(),
+  nodes: z.array(nodeBackupSchema).min(1),
+  /**
+   * checked: against the sequencer in this set; checked-against-older-set: subset without the
+   * sequencer, compared with `checkedAgainst`; unchecked: no set with a sequencer to compare with.
+   */
+  orderCheck: z.enum(["checked", "checked-against-older-set", "unchecked"]),
+  checkedAgainst: z.string().nullable(),
+  /** false when `unsafe` is non-empty. An unchecked set is not "unsafe", but `orderCheck` says so. */
+  safe: z.boolean(),
+  unsafe: z.array(unsafeFindingSchema),
+  bytes: int64,
+  /** SHA-256 of the canonical JSON of every other field (see manifestChecksum). */
+  checksum: sha256Hex,
+});
+export type Manifest = z.infer<typeof manifestSchema>;
+export type UnsignedManifest = Omit<Manifest, "checksum">;
+
+/** JSON with object keys sorted at every level: the same manifest always hashes the same. */
+export function canonicalJson(value: unknown): string {
+  if (value === null || typeof value !== "object") return JSON.stringify(value);
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
+  const entries = Object.entries(value as Record<string, unknown>)
+    .filter(([, v]) => v !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+}
+
+/** The checksum of a manifest: SHA-256 (hex) of the canonical JSON of all fields but `checksum`. */
+export function manifestChecksum(manifest: UnsignedManifest | Manifest): string {
+  const { checksum: _ignored, ...rest } = manifest as Manifest;
+  return createHash("sha256").update(canonicalJson(rest), "utf8").digest("hex");
+}
+
+export function sealManifest(manifest: UnsignedManifest): Manifest {
+  return { ...manifest, checksum: manifestChecksum(manifest) };
+}
+
+/** Where a node's artifact goes in its set: `<node>.tar`, `<node>.dump`, or the directory `<node>`. */
+export function artifactName(node: string, format: BackupFormat): string {
+  if (format === "tar") return `${node}.tar`;
+  if (format === "custom") return `${node}.dump`;
+  return node;
+}
+
+/** The node with that name in the manifest, if any. */
+export function manifestNode(manifest: Manifest, name: string): NodeBackup | undefined {
+  return manifest.nodes.find((n) => n.name === name);
+}

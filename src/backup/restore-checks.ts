@@ -1,0 +1,180 @@
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
+import type { Client } from "@connectrpc/connect";
+import type { ErrorCodeName } from "../common/error-codes.ts";
+import { LockstepError } from "../common/errors.ts";
+import { parseUniqueIdentifier } from "../common/ids.ts";
+import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
+import type { Manifest, NodeBackup } from "./manifest.ts";
+
+export type Verdict = "pass" | "warn" | "refuse";
+
+/** One preflight check of DESIGN §4.4 for one node (CLI.md `restore plan` JSON). */
+export interface RestoreCheck {
+  node: string;
+  check: string;
+  verdict: Verdict;
+  /** The error code the refusal (or warning) stands for; null when it passed. */
+  code: string | null;
+  message: string;
+  remedy: string | null;
+  /** A refusal that --force turned into a warning (order and fork checks only). */
+  forced?: boolean;
+}
+
+/** The only checks --force may override: restoring out of order / onto a fork is a decision, the rest are facts. */
+export const FORCEABLE_CHECKS: ReadonlySet<string> = new Set(["order", "sequencer-fork"]);
+
+const END_OF_TIME = 2n ** 63n - 1n;
+
+export function passed(node: string, check: string, message: string): RestoreCheck {
+  return { node, check, verdict: "pass", code: null, message, remedy: null };
+}
+
+export function failed(
+  node: string,
+  check: string,
+  verdict: Exclude<Verdict, "pass">,
+  code: ErrorCodeName,
+  metadata: Record<string, unknown>,
+  message?: string,
+): RestoreCheck {
+  const error = new LockstepError(code, metadata);
+  return { node, check, verdict, code, message: message ?? error.message, remedy: error.remedy };
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
+}
+
+/** Sizes and SHA-256 of every file of the node's artifact, as the manifest lists them. */
+export async function checkChecksums(setDir: string, set: string, node: NodeBackup): Promise<RestoreCheck> {
+  for (const file of node.files) {
+    const path = join(setDir, file.path);
+    let size: bigint;
+    try {
+      size = BigInt((await stat(path)).size);
+    } catch {
+      return failed(node.name, "checksums", "refuse", "BACKUP_CORRUPTED", {
+        set,
+        details: `${file.path} is missing`,
+      });
+    }
+    if (size !== BigInt(file.bytes) || (await sha256File(path)) !== file.sha256) {
+      return failed(node.name, "checksums", "refuse", "BACKUP_CORRUPTED", {
+        set,
+        details: `${file.path} does not match its size and SHA-256 in the manifest`,
+      });
+    }
+  }
+  return passed(node.name, "checksums", `${node.files.length} file(s) match the manifest`);
+}
+
+/** DESIGN §4.3: a set flagged `unsafe: fork` is refused (overridable by --force). */
+export function checkOrder(manifest: Manifest, node: NodeBackup): RestoreCheck {
+  const finding = manifest.unsafe.find((u) => u.node === node.name);
+  if (finding) {
+    return failed(node.name, "order", "refuse", "RESTORE_SET_UNSAFE", {
+      set: manifest.id,
+      node: node.name,
+      clean: finding.clean ?? "(none)",
+      sequencerLastDelivered: finding.sequencerLastDelivered ?? "(member unknown)",
+      sequencerSet: finding.sequencerSet,
+    });
+  }
+  if (manifest.orderCheck === "unchecked" && node.kind !== "sequencer") {
+    return failed(node.name, "order", "warn", "RESTORE_CHECK_SKIPPED", {
+      check: "order",
+      node: node.name,
+      reason: "the set was never compared with a sequencer backup",
+    });
+  }
+  return passed(node.name, "order", `set taken in the safe order (${manifest.orderCheck})`);
+}
+
+/**
+ * For a participant or mediator restored against a live sequencer: can the sequencer still serve it
+ * from its last stored event, and is that event the one the sequencer delivered (chain hash)? Two
+ * checks: `sequencer-events` (EVENTS_UNAVAILABLE_FOR_TIMESTAMP predicted) and `sequencer-fork`.
+ */
+export async function checkAgainstSequencer(
+  rpc: Client<typeof SequencerService>,
+  node: NodeBackup,
+): Promise<RestoreCheck[]> {
+  if (node.kind === "sequencer") return [];
+  const name = node.name;
+  if (!node.member) {
+    return [passed(name, "sequencer-events", "the node never registered: it registers anew on start")];
+  }
+  const last = node.position.lastStored;
+  const at = last ? BigInt(last.timestamp) : 0n;
+  const info = await rpc.getMemberEvent({ member: node.member, timestamp: at }, { timeoutMs: 10_000 });
+  const unavailable = (reason: string) =>
+    failed(name, "sequencer-events", "refuse", "EVENTS_UNAVAILABLE_FOR_TIMESTAMP", {
+      timestamp: last?.timestamp ?? "its registration",
+      member: node.member,
+      reason,
+    });
+  if (info.registeredAt === undefined) {
+    return [unavailable("the live sequencer does not know the member (was the synchronizer replaced?)")];
+  }
+  if (!last) {
+    const pruned = info.pruningLowerBound !== undefined && info.pruningLowerBound > info.registeredAt;
+    return pruned
+      ? [unavailable(`the sequencer pruned below ${info.pruningLowerBound}, after the registration`)]
+      : [passed(name, "sequencer-events", "the sequencer still has every event of the member")];
+  }
+  if (at < info.registeredAt) {
+    return [unavailable(`the member was registered at ${info.registeredAt}, after the backup's position`)];
+  }
+  if (info.pruningLowerBound !== undefined && at < info.pruningLowerBound) {
+    return [unavailable(`the sequencer pruned below ${info.pruningLowerBound}`)];
+  }
+  const events = passed(name, "sequencer-events", `the sequencer still has events from ${last.timestamp}`);
+  const received = info.event ? Buffer.from(info.event.chainHash).toString("hex") : null;
+  if (received === last.chainHash) {
+    return [events, passed(name, "sequencer-fork", `the sequencer's event at ${last.timestamp} matches`)];
+  }
+  const fork = failed(
+    name,
+    "sequencer-fork",
+    "refuse",
+    "SEQUENCER_FORK_DETECTED",
+    {
+      timestamp: last.timestamp,
+      storedHash: last.chainHash.slice(0, 16),
+      receivedHash: received?.slice(0, 16),
+    },
+    received === null
+      ? `fork predicted: the sequencer has no event for ${node.member} at ${last.timestamp} (its last is ${info.lastDelivered ?? "none"}): it is behind the backup`
+      : `fork predicted: the sequencer's event at ${last.timestamp} has chain hash ${received.slice(0, 16)}…, the backup's ${last.chainHash.slice(0, 16)}…`,
+  );
+  return [events, fork];
+}
+
+/** Every key topology lists as active for the node must be in the backup's private key store. */
+export async function checkKeys(
+  rpc: Client<typeof SequencerService>,
+  node: NodeBackup,
+): Promise<RestoreCheck> {
+  if (!node.member) return passed(node.name, "keys", "the node never registered: no keys in topology");
+  const { state } = await fetchTopology(rpc);
+  const active = [
+    parseUniqueIdentifier(node.member).namespace,
+    ...state.signingKeysOf(node.member, END_OF_TIME).map((k) => k.fingerprint),
+  ];
+  const held = new Set(node.keyFingerprints);
+  const missing = active.filter((fp) => !held.has(fp));
+  if (missing.length > 0) {
+    return failed(node.name, "keys", "refuse", "MISSING_PRIVATE_KEY", {
+      fingerprint: missing.join(", "),
+      node: node.name,
+    });
+  }
+  return passed(node.name, "keys", `the backup holds all ${active.length} key(s) topology lists as active`);
+}

@@ -1,0 +1,203 @@
+import type { Command } from "commander";
+import { createBackup } from "../backup/backup-create.ts";
+import { BackupRepository, type SetSummary } from "../backup/backup-repository.ts";
+import { expireSets } from "../backup/backup-retention.ts";
+import { verifySet } from "../backup/backup-verify.ts";
+import { BACKUP_FORMATS, type BackupFormat } from "../backup/manifest.ts";
+import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
+import { quiesceNetwork } from "../backup/quiesce.ts";
+import { LockstepError } from "../common/errors.ts";
+import { createLogger } from "../common/logging.ts";
+import { loadCliConfig, outputFor, selectNodes } from "./cli-context.ts";
+import { table } from "./output.ts";
+
+function cliLogger() {
+  return createLogger({ node: "backup", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
+}
+
+function mib(bytes: string | bigint): string {
+  return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
+}
+
+/** One set in CLI.md's `backup list --json` shape (plus orderCheck and unsafe). */
+export function listEntry(set: SetSummary) {
+  const v = set.verification;
+  return {
+    id: set.id,
+    createdAt: set.manifest.startedAt,
+    nodes: set.manifest.nodes.map((n) => n.name),
+    bytes: set.manifest.bytes,
+    safe: set.manifest.safe,
+    unsafe: set.manifest.unsafe.map((u) => u.node),
+    orderCheck: set.manifest.orderCheck,
+    mode: set.manifest.mode,
+    verified: v ? { at: v.verifiedAt, level: v.level, ok: v.ok } : null,
+  };
+}
+
+/** `lockstep backup create | list | verify | expire` (CLI.md; DESIGN §4.1–4.3, §4.6). */
+export function registerBackupCommands(program: Command): void {
+  const backup = program.command("backup").description("take, list, verify and expire backup sets");
+
+  backup
+    .command("create")
+    .description("one backup set, in the safe order; prints the set id and each node's position")
+    .option("--nodes <names>", "back up only these nodes (comma-separated) as their own set")
+    .option(
+      "--quiesce",
+      "pause the sequencer's intake, wait until all are clean at the head, dump all in parallel",
+    )
+    .option("--format <format>", `pg_dump format: ${BACKUP_FORMATS.join(" | ")} (default: backup.format)`)
+    .option("--jobs <n>", "parallel jobs for the directory format (default: backup.jobs)")
+    .action(
+      async (
+        opts: { nodes?: string; quiesce?: boolean; format?: string; jobs?: string },
+        command: Command,
+      ) => {
+        const out = outputFor(command);
+        const loaded = await loadCliConfig(command);
+        const config = loaded.config;
+        const format = (opts.format ?? config.backup.format) as BackupFormat;
+        if (!BACKUP_FORMATS.includes(format)) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `--format ${opts.format}: use ${BACKUP_FORMATS.join(", ")}`,
+          });
+        }
+        const jobs = opts.jobs === undefined ? config.backup.jobs : Number(opts.jobs);
+        if (!Number.isInteger(jobs) || jobs < 1) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `--jobs ${opts.jobs} is not a positive integer`,
+          });
+        }
+        const nodes = selectNodes(loaded, opts.nodes);
+        const logger = cliLogger();
+        const manifest = await createBackup({
+          config,
+          nodes,
+          repository: new BackupRepository(config.backup.repository, logger),
+          engine: new PgDumpEngine(),
+          format,
+          jobs,
+          logger,
+          progress: (line) => out.info(line),
+          ...(opts.quiesce ? { quiesce: (n) => quiesceNetwork(config, n, (line) => out.info(line)) } : {}),
+        });
+        const result = {
+          set: manifest.id,
+          safe: manifest.safe,
+          unsafe: manifest.unsafe,
+          orderCheck: manifest.orderCheck,
+          checkedAgainst: manifest.checkedAgainst,
+          bytes: manifest.bytes,
+          nodes: manifest.nodes.map((n) => ({
+            name: n.name,
+            kind: n.kind,
+            position: n.position,
+            bytes: n.bytes,
+          })),
+        };
+        out.result(result, () =>
+          [
+            `backup set ${manifest.id}: ${manifest.safe ? "safe" : "UNSAFE: fork"} (order ${manifest.orderCheck}${manifest.checkedAgainst ? ` against ${manifest.checkedAgainst}` : ""})`,
+            table(
+              ["NODE", "KIND", "SIZE", "POSITION"],
+              manifest.nodes.map((n) => [n.name, n.kind, mib(n.bytes), JSON.stringify(n.position)]),
+            ),
+            ...manifest.unsafe.map(
+              (u) =>
+                `unsafe: ${u.node} at ${u.clean ?? "-"} is beyond what the sequencer (set ${u.sequencerSet}) delivered to it (${u.sequencerLastDelivered ?? "nothing"}); remedy: back up the sequencer after the participants and mediators (plain \`lockstep backup create\`)`,
+            ),
+          ].join("\n"),
+        );
+        // An unsafe set is written and listed as such (exit 0: the command did what was asked);
+        // `safe: false` in the JSON and restore's refusal are where it bites.
+      },
+    );
+
+  backup
+    .command("list")
+    .description("sets, newest first: id, time, nodes, size, safe/unsafe, verified")
+    .action(async (_opts: unknown, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      const repository = new BackupRepository(loaded.config.backup.repository, cliLogger());
+      const sets = (await repository.listSets()).map(listEntry);
+      for (const bad of await repository.invalidSets()) out.info(`ignored ${bad.id}: ${bad.reason}`);
+      out.result({ sets }, () =>
+        sets.length === 0
+          ? `no backup sets in ${repository.dir}`
+          : table(
+              ["ID", "CREATED", "NODES", "SIZE", "SAFE", "VERIFIED"],
+              sets.map((s) => [
+                s.id,
+                s.createdAt,
+                s.nodes.join(","),
+                mib(s.bytes),
+                s.safe
+                  ? s.orderCheck === "unchecked"
+                    ? "unchecked"
+                    : "safe"
+                  : `UNSAFE: fork (${s.unsafe.join(",")})`,
+                s.verified
+                  ? `${s.verified.ok ? "ok" : "FAILED"} (${s.verified.level}, ${s.verified.at})`
+                  : "-",
+              ]),
+            ),
+      );
+    });
+
+  backup
+    .command("verify")
+    .description(
+      "checksums and archive listing; with --drill, restore into scratch databases and check ledger invariants",
+    )
+    .argument("<set>", "the backup set id")
+    .option(
+      "--drill",
+      "restore each node into a scratch database of the embedded cluster and check invariants",
+    )
+    .action(async (setId: string, opts: { drill?: boolean }, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      const logger = cliLogger();
+      const result = await verifySet({
+        repository: new BackupRepository(loaded.config.backup.repository, logger),
+        engine: new PgDumpEngine(),
+        setId,
+        drill: Boolean(opts.drill),
+        config: loaded.config,
+        jobs: loaded.config.backup.jobs,
+        logger,
+        progress: (line) => out.info(line),
+      });
+      out.result(result, () =>
+        [
+          `backup set ${setId}: ok (${result.level}; ${result.files} files, ${result.listed} archives listed, ${(result.durationMs / 1000).toFixed(1)}s)`,
+          ...(result.drill ?? []).map((d) => `  ${d.node}: ${d.checks.join("; ")}`),
+        ].join("\n"),
+      );
+    });
+
+  backup
+    .command("expire")
+    .description("retention, with the reason for each kept or deleted set; never deletes the newest safe set")
+    .requiredOption("--keep <n>", "keep the newest N sets")
+    .option("--dry-run", "only print what would be kept and deleted, and why")
+    .action(async (opts: { keep: string; dryRun?: boolean }, command: Command) => {
+      const out = outputFor(command);
+      const keep = Number(opts.keep);
+      if (!Number.isInteger(keep) || keep < 0) {
+        throw new LockstepError("INVALID_ARGUMENT", { details: `--keep ${opts.keep} is not a count` });
+      }
+      const loaded = await loadCliConfig(command);
+      const repository = new BackupRepository(loaded.config.backup.repository, cliLogger());
+      const dryRun = Boolean(opts.dryRun);
+      const { decisions, deleted } = await expireSets(repository, keep, dryRun, (line) => out.info(line));
+      out.result({ keep, dryRun, sets: decisions, deleted }, () =>
+        table(
+          ["ID", "ACTION", "REASON"],
+          decisions.map((d) => [d.id, d.action === "delete" && dryRun ? "would delete" : d.action, d.reason]),
+        ),
+      );
+    });
+}

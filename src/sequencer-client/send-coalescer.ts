@@ -1,0 +1,153 @@
+import type { MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
+import { LockstepError } from "../common/errors.ts";
+import type { ErrorDetail } from "../gen/lockstep/common/v1/error_pb.ts";
+import type {
+  SendBatchRequestSchema,
+  SendBatchResponse,
+  SendRequestSchema,
+} from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { sequencerCallError } from "./sequencer-errors.ts";
+
+type SignedSend = MessageInitShape<typeof SendRequestSchema>;
+
+export interface SendCoalescerOptions {
+  sequencerUrl: string;
+  /** The SendBatch RPC. */
+  sendBatch: (request: MessageInitShape<typeof SendBatchRequestSchema>) => Promise<SendBatchResponse>;
+  /** The Send RPC: the fallback for a sequencer without SendBatch. */
+  send: (request: SignedSend) => Promise<unknown>;
+  /** Requests per SendBatch at most; default 256 (the sequencer takes up to 1000). */
+  maxBatch?: number;
+}
+
+interface Queued {
+  readonly request: SignedSend;
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * Group send on the client: a send() that arrives while a SendBatch is in flight waits for it to
+ * return and then goes, with every other one that queued meanwhile, in the next SendBatch. Alone,
+ * a send goes at once (a batch of one), so coalescing adds no latency; under load it saves one RPC
+ * per submission. Every submission stays individually signed (by the caller) and verified (by the
+ * sequencer), and every caller gets its own outcome: the sequencer's error for its submission, or
+ * the call's failure (SEQUENCER_UNAVAILABLE, …) when the whole SendBatch failed.
+ */
+export class SendCoalescer {
+  private readonly queue: Queued[] = [];
+  private readonly maxBatch: number;
+  private flushing = false;
+  private batchUnsupported = false;
+
+  constructor(private readonly options: SendCoalescerOptions) {
+    this.maxBatch = options.maxBatch ?? 256;
+  }
+
+  /** Resolves when the sequencer accepted the submission (as a Send would), or rejects with its error. */
+  send(request: SignedSend): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ request, resolve, reject });
+      if (!this.flushing) void this.flush();
+    });
+  }
+
+  /** The flag is cleared synchronously with the last look at the queue (as the sequencer's writer). */
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      while (this.queue.length > 0) await this.sendBatch(this.queue.splice(0, this.maxBatch));
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  private async sendBatch(batch: readonly Queued[]): Promise<void> {
+    if (this.batchUnsupported) return this.sendEach(batch);
+    let response: SendBatchResponse;
+    try {
+      response = await this.options.sendBatch({ requests: batch.map((q) => q.request) });
+    } catch (error) {
+      if (error instanceof ConnectError && error.code === Code.Unimplemented) {
+        // A sequencer from before SendBatch: one Send per submission from now on.
+        this.batchUnsupported = true;
+        return this.sendEach(batch);
+      }
+      const failure = sequencerCallError(error, this.options.sequencerUrl);
+      for (const q of batch) q.reject(failure);
+      return;
+    }
+    if (response.results.length !== batch.length) {
+      const failure = new LockstepError("INTERNAL_ERROR", {
+        details: `SendBatch returned ${response.results.length} results for ${batch.length} requests`,
+      });
+      for (const q of batch) q.reject(failure);
+      return;
+    }
+    batch.forEach((q, i) => {
+      const error = response.results[i]?.error;
+      if (error) q.reject(fromErrorDetail(error));
+      else q.resolve();
+    });
+  }
+
+  private async sendEach(batch: readonly Queued[]): Promise<void> {
+    await Promise.all(
+      batch.map(async (q) => {
+        try {
+          await this.options.send(q.request);
+          q.resolve();
+        } catch (error) {
+          q.reject(sequencerCallError(error, this.options.sequencerUrl));
+        }
+      }),
+    );
+  }
+}
+
+/** The LockstepError the sequencer refused one submission with (as fromConnectError for a Send). */
+export function fromErrorDetail(detail: ErrorDetail): LockstepError {
+  if (!ERRORS.has(detail.code as ErrorCodeName)) {
+    return new LockstepError("INTERNAL_ERROR", {
+      details: `the sequencer refused the submission with ${detail.code}: ${detail.message}`,
+    });
+  }
+  const error = new LockstepError(detail.code as ErrorCodeName, detail.metadata);
+  // Keep the server's wording: it rendered the same templates, possibly from a newer registry.
+  error.message = detail.message;
+  return error;
+}
+
+/**
+ * A read shared by concurrent callers without ever being stale for them: every caller gets the
+ * result of a read that started after it asked. The callers that ask while a read runs share the
+ * next one (started when it ends), so under load one read serves many callers (group read), and
+ * a change committed before a caller asked (e.g. a newly activated signing key) is always seen.
+ */
+export class FreshRead<T> {
+  private current: Promise<T> | undefined;
+  private next: Promise<T> | undefined;
+
+  constructor(private readonly read: () => Promise<T>) {}
+
+  get(): Promise<T> {
+    if (!this.current) return this.start();
+    this.next ??= this.current
+      .catch(() => {})
+      .then(() => {
+        this.next = undefined;
+        return this.start();
+      });
+    return this.next;
+  }
+
+  private start(): Promise<T> {
+    const read = this.read().finally(() => {
+      if (this.current === read) this.current = undefined;
+    });
+    this.current = read;
+    return read;
+  }
+}

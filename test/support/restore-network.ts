@@ -1,0 +1,130 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { embeddedClusterDir, embeddedDatabaseName } from "../../src/node/node-database.ts";
+import { processFiles } from "../../src/node/process-files.ts";
+import { LocalPostgres } from "../../src/storage/local-postgres.ts";
+import { type CliResult, runLockstep } from "./cli.ts";
+import type { LedgerNetwork } from "./ledger-network.ts";
+import { waitFor } from "./ledger-network.ts";
+
+const LOCKSTEP_BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
+
+/** What restore scenarios do to a network started with startLedgerNetwork, through the CLI. */
+
+export interface PlanJson {
+  set: string;
+  ok: boolean;
+  checks: { node: string; check: string; verdict: string; code: string | null; remedy: string | null }[];
+}
+
+export interface StatusNode {
+  name: string;
+  running: boolean;
+  role: string | null;
+  incarnation: string | null;
+  position: Record<string, unknown> | null;
+  deduplicationRecovery: Record<string, unknown> | null;
+  lastError: { code: string; message: string; remedy: string } | null;
+}
+
+function expectOk(r: CliResult, what: string): CliResult {
+  assert.equal(r.code, 0, `${what} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return r;
+}
+
+/** `lockstep backup create [--nodes …]`; returns the set id. */
+export async function backupCreate(n: LedgerNetwork, nodes?: string[]): Promise<string> {
+  const args = ["backup", "create", "--json", ...(nodes ? ["--nodes", nodes.join(",")] : []), ...n.cfg];
+  const r = expectOk(await runLockstep(args, { timeoutMs: 180_000 }), "backup create");
+  return r.json<{ set: string }>().set;
+}
+
+export async function nodeStop(n: LedgerNetwork, node: string): Promise<void> {
+  expectOk(await runLockstep(["node", "stop", node, "--json", ...n.cfg]), `node stop ${node}`);
+}
+
+export async function nodeStart(n: LedgerNetwork, node: string): Promise<void> {
+  expectOk(
+    await runLockstep(["node", "start", node, "--detach", "--json", ...n.cfg], { timeoutMs: 120_000 }),
+    `node start ${node}`,
+  );
+}
+
+/** Simulates the loss of a node's database (embedded cluster). */
+export async function dropNodeDatabase(n: LedgerNetwork, node: string): Promise<void> {
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(n.dataDir) });
+  await cluster.start();
+  await cluster.dropDatabase(embeddedDatabaseName(node));
+}
+
+export function restore(n: LedgerNetwork, verb: "plan" | "apply", set: string, extra: string[] = []) {
+  const yes = verb === "apply" ? ["--yes"] : [];
+  return runLockstep(["restore", verb, set, "--json", ...yes, ...extra, ...n.cfg], { timeoutMs: 180_000 });
+}
+
+export async function status(n: LedgerNetwork): Promise<StatusNode[]> {
+  const r = expectOk(await runLockstep(["status", "--json", ...n.cfg]), "status");
+  return r.json<{ nodes: StatusNode[] }>().nodes;
+}
+
+export async function nodeStatus(n: LedgerNetwork, node: string): Promise<StatusNode> {
+  const found = (await status(n)).find((s) => s.name === node);
+  assert.ok(found, `status lists ${node}`);
+  return found;
+}
+
+/** Waits until the node reports lastError with one of the codes; returns it. */
+export async function waitForNodeError(n: LedgerNetwork, node: string, codes: string[]): Promise<StatusNode> {
+  return waitFor(
+    `${node} to fail with ${codes.join(" or ")}`,
+    async () => {
+      const s = await nodeStatus(n, node);
+      return s.lastError && codes.includes(s.lastError.code) ? s : undefined;
+    },
+    60_000,
+    1000,
+  );
+}
+
+export function nodeLog(n: LedgerNetwork, node: string): string {
+  try {
+    return readFileSync(processFiles(n.dataDir, node).logFile, "utf8").slice(-4000);
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * Runs `lockstep restore apply` and SIGKILLs it as soon as stderr shows `pattern` (a step of the
+ * apply), as a crash or an impatient operator would. Resolves with the stderr seen.
+ */
+export function killApplyAt(
+  n: LedgerNetwork,
+  set: string,
+  extra: string[],
+  pattern: RegExp,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      [LOCKSTEP_BIN, "restore", "apply", set, "--yes", ...extra, ...n.cfg],
+      { env: { ...process.env, LOCKSTEP_LOG_LEVEL: "warn" }, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    let stderr = "";
+    let killed = false;
+    child.stderr.on("data", (d) => {
+      stderr += d;
+      if (!killed && pattern.test(stderr)) {
+        killed = true;
+        child.kill("SIGKILL");
+      }
+    });
+    child.on("error", reject);
+    child.on("close", (code, signal) => {
+      if (signal === "SIGKILL") resolve(stderr);
+      else reject(new Error(`restore apply ended (${code}) before ${pattern}: ${stderr}`));
+    });
+  });
+}
