@@ -72,6 +72,11 @@ export function registerNodeCommands(program: Command): void {
               await launchDetached({ configPath: loaded.path, dataDir, name: entry.name, port: entry.port }),
             );
           }
+          for (const node of launched.filter((n) => n.role === "failed")) {
+            out.info(
+              `warning: ${node.name} is running but failed; \`lockstep status\` shows its error and remedy`,
+            );
+          }
         } catch (error) {
           // Nothing half-started: stop what this command launched.
           for (const node of launched) await terminate(node.pid);

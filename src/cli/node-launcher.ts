@@ -51,7 +51,9 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
   while (Date.now() < deadline) {
     if (exitCode !== null || !isAlive(pid)) throw startFailure(request.name, logFile);
     const role = await healthRole(request.port);
-    if (role === "active" || role === "passive") {
+    // "failed" counts as started: the node stays up on purpose to show its error and remedy in
+    // status (e.g. a fork detected right after a restore), which is the answer the operator needs.
+    if (role === "active" || role === "passive" || role === "failed") {
       return { name: request.name, replica: request.replica, pid, port: request.port, role, logFile };
     }
     await new Promise((r) => setTimeout(r, 200));
