@@ -35,24 +35,8 @@ export class SequencedEventStore {
 
   /** Stores a validated event; returns its counter. */
   async store(event: SequencedEvent): Promise<bigint> {
-    const row = await this.db.one<{ counter: bigint }>(
-      `INSERT INTO sequencer_client_events
-         (timestamp, previous_timestamp, sender, message_id, recipients, payload, deliver_error, chain_hash, signature)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-       RETURNING counter`,
-      [
-        event.timestamp,
-        event.previousTimestamp,
-        event.sender,
-        event.messageId,
-        [...event.recipients],
-        Buffer.from(event.payload),
-        event.deliverError ? JSON.stringify(event.deliverError) : null,
-        event.chainHash,
-        event.signature,
-      ],
-    );
-    return row.counter;
+    const [stored] = await this.storeAll([event]);
+    return (stored as StoredEvent).counter;
   }
 
   /**
@@ -62,10 +46,6 @@ export class SequencedEventStore {
    */
   async storeAll(events: readonly SequencedEvent[]): Promise<StoredEvent[]> {
     if (events.length === 0) return [];
-    if (events.length === 1) {
-      const event = events[0] as SequencedEvent;
-      return [{ counter: await this.store(event), event }];
-    }
     const params: SqlParam[] = [];
     const tuples: string[] = [];
     for (const event of events) {

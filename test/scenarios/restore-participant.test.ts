@@ -7,13 +7,13 @@ import { runLockstep } from "../support/cli.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
   allocateKnownParty,
-  contractKey,
   createIouCommand,
   type LedgerNetwork,
   startLedgerNetwork,
   waitFor,
 } from "../support/ledger-network.ts";
 import {
+  acsKeys,
   backupCreate,
   dropNodeDatabase,
   killApplyAt,
@@ -49,11 +49,6 @@ async function errorCode(call: () => Promise<unknown>): Promise<string> {
   } catch (error) {
     return fromConnectError(error)?.code ?? String(error);
   }
-}
-
-async function acsKeys(n: LedgerNetwork, i: 0 | 1, party: string): Promise<string[]> {
-  const r = await p(n, i).state.getActiveContracts({ parties: [party] });
-  return r.contracts.map(contractKey).sort();
 }
 
 test("a participant restored from an older set replays, recovers deduplication and resets applications", async (t) => {

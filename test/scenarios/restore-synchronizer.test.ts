@@ -4,13 +4,13 @@ import { runLockstep } from "../support/cli.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
   allocateKnownParty,
-  contractKey,
   createIouCommand,
   type LedgerNetwork,
   startLedgerNetwork,
   waitFor,
 } from "../support/ledger-network.ts";
 import {
+  acsKeys,
   backupCreate,
   nodeStart,
   nodeStop,
@@ -38,11 +38,6 @@ async function create(n: LedgerNetwork, i: 0 | 1, id: string, issuer: string, ow
     { commands: createIouCommand(id, issuer, owner) },
     { timeoutMs: 60_000 },
   );
-}
-
-async function acsKeys(n: LedgerNetwork, i: 0 | 1, party: string): Promise<string[]> {
-  const r = await p(n, i).state.getActiveContracts({ parties: [party] });
-  return r.contracts.map(contractKey).sort();
 }
 
 test("wrong order and an older synchronizer are refused or fail loudly; one consistent set repairs the network", async (t) => {

@@ -6,8 +6,9 @@ import { embeddedClusterDir, embeddedDatabaseName } from "../../src/node/node-da
 import { processFiles } from "../../src/node/process-files.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { type CliResult, runLockstep } from "./cli.ts";
+import type { LedgerClients } from "./ledger-client.ts";
 import type { LedgerNetwork } from "./ledger-network.ts";
-import { waitFor } from "./ledger-network.ts";
+import { contractKey, waitFor } from "./ledger-network.ts";
 
 const LOCKSTEP_BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
 
@@ -127,4 +128,10 @@ export function killApplyAt(
       else reject(new Error(`restore apply ended (${code}) before ${pattern}: ${stderr}`));
     });
   });
+}
+
+/** The sorted contract keys of a party's ACS on participant i (0 or 1): what two views are compared by. */
+export async function acsKeys(n: LedgerNetwork, i: 0 | 1, party: string): Promise<string[]> {
+  const r = await (n.clients[i] as LedgerClients).state.getActiveContracts({ parties: [party] });
+  return r.contracts.map(contractKey).sort();
 }
