@@ -101,6 +101,44 @@ export function membersToDeliver(event: SequencedSubmission): string[] {
   return [...new Set([...event.recipients, event.sender])];
 }
 
+/** A member's view before the sequencer signs it, with the bytes to sign (eventSigningBytes). */
+export interface UnsignedView {
+  readonly view: Omit<SequencedEvent, "signature">;
+  readonly signingBytes: Buffer;
+}
+
+/**
+ * The view of `event` delivered to `member`, chained onto the member's previous event, not yet
+ * signed: the chain must be built in order, the signatures need not (the writer signs a batch's
+ * views in parallel).
+ */
+export function unsignedDeliveryFor(
+  member: string,
+  event: SequencedSubmission,
+  memberPrev: EventPosition | null,
+): UnsignedView {
+  if (!membersToDeliver(event).includes(member)) {
+    throw new TypeError(`event ${event.timestamp} from ${event.sender} is not addressed to ${member}`);
+  }
+  if (memberPrev && memberPrev.timestamp >= event.timestamp) {
+    throw new TypeError(
+      `event ${event.timestamp} for ${member} is not after its previous ${memberPrev.timestamp}`,
+    );
+  }
+  const content = {
+    timestamp: event.timestamp,
+    previousTimestamp: memberPrev?.timestamp ?? null,
+    sender: event.sender,
+    messageId: event.messageId,
+    recipients: [...event.recipients],
+    payload: event.payload,
+    ...(event.deliverError ? { deliverError: { ...event.deliverError } } : {}),
+  };
+  const hash = contentHash(content);
+  const chainHash = nextChainHash(memberPrev?.chainHash ?? null, hash);
+  return { view: { ...content, chainHash }, signingBytes: Buffer.concat([hash, chainHash]) };
+}
+
 /**
  * The view of `event` delivered to `member`, chained onto the member's previous event and signed
  * with `sign` (the sequencer's signing key; a function so that this module stays free of key
@@ -112,25 +150,8 @@ export function deliveryFor(
   memberPrev: EventPosition | null,
   sign: (bytes: Buffer) => Buffer,
 ): SequencedEvent {
-  if (!membersToDeliver(event).includes(member)) {
-    throw new TypeError(`event ${event.timestamp} from ${event.sender} is not addressed to ${member}`);
-  }
-  if (memberPrev && memberPrev.timestamp >= event.timestamp) {
-    throw new TypeError(
-      `event ${event.timestamp} for ${member} is not after its previous ${memberPrev.timestamp}`,
-    );
-  }
-  const view = {
-    timestamp: event.timestamp,
-    previousTimestamp: memberPrev?.timestamp ?? null,
-    sender: event.sender,
-    messageId: event.messageId,
-    recipients: [...event.recipients],
-    payload: event.payload,
-    ...(event.deliverError ? { deliverError: { ...event.deliverError } } : {}),
-  };
-  const chainHash = nextChainHash(memberPrev?.chainHash ?? null, contentHash(view));
-  return { ...view, chainHash, signature: sign(Buffer.concat([contentHash(view), chainHash])) };
+  const { view, signingBytes } = unsignedDeliveryFor(member, event, memberPrev);
+  return { ...view, signature: sign(signingBytes) };
 }
 
 export function positionOf(event: SequencedEvent): EventPosition {

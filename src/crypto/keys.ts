@@ -83,16 +83,39 @@ export function sign(privateKey: KeyObject, bytes: Bytes): Buffer {
   return nodeSign(null, bytes, privateKey);
 }
 
+/**
+ * sign() on the libuv thread pool: the event loop stays free meanwhile, and many signatures
+ * started together run on every core (the sequencer signs each member view of a batch).
+ */
+export function signAsync(privateKey: KeyObject, bytes: Bytes): Promise<Buffer> {
+  return new Promise((resolve, reject) =>
+    nodeSign(null, bytes, privateKey, (error, signature) => (error ? reject(error) : resolve(signature))),
+  );
+}
+
 /** False (never throws) for a wrong signature, a malformed key or a malformed signature. */
 export function verify(publicKeyRaw: Bytes, bytes: Bytes, signature: Bytes): boolean {
-  if (signature.length !== SIGNATURE_LENGTH) return false;
-  let key: KeyObject;
+  const key = verificationKey(publicKeyRaw, signature);
+  return key !== undefined && nodeVerify(null, bytes, key, signature);
+}
+
+/** verify() on the libuv thread pool (see signAsync); resolves false, never rejects, as verify(). */
+export function verifyAsync(publicKeyRaw: Bytes, bytes: Bytes, signature: Bytes): Promise<boolean> {
+  const key = verificationKey(publicKeyRaw, signature);
+  if (key === undefined) return Promise.resolve(false);
+  return new Promise((resolve) =>
+    nodeVerify(null, bytes, key, signature, (error, valid) => resolve(!error && valid)),
+  );
+}
+
+/** The key to verify with, or undefined when the key or the signature cannot be valid. */
+function verificationKey(publicKeyRaw: Bytes, signature: Bytes): KeyObject | undefined {
+  if (signature.length !== SIGNATURE_LENGTH) return undefined;
   try {
-    key = cachedPublicKey(publicKeyRaw);
+    return cachedPublicKey(publicKeyRaw);
   } catch {
-    return false;
+    return undefined;
   }
-  return nodeVerify(null, bytes, key, signature);
 }
 
 /**
@@ -104,6 +127,7 @@ export function verify(publicKeyRaw: Bytes, bytes: Bytes, signature: Bytes): boo
 export type SignaturePurpose =
   | "topology-transaction"
   | "submission"
+  | "submission-batch"
   | "subscription"
   | "acknowledgement"
   | "confirmation-response";
@@ -117,6 +141,11 @@ export function signingDigest(purpose: SignaturePurpose, ...fields: (Bytes | str
 /** Signed by the sender in SendRequest: the serialized Submission bytes as sent. */
 export function submissionDigest(submission: Bytes): Buffer {
   return signingDigest("submission", submission);
+}
+
+/** Signed by the sender in SendBatchRequest.signed: its sender and every serialized Submission. */
+export function submissionBatchDigest(sender: string, submissions: readonly Bytes[]): Buffer {
+  return signingDigest("submission-batch", sender, ...submissions);
 }
 
 /** Signed by the member in SubscribeRequest; an absent fromTimestamp hashes as zero bytes. */

@@ -31,7 +31,13 @@ import type {
   SequencerClientStatus,
 } from "./sequencer-client.ts";
 import { callSequencer, classifySubscriptionError } from "./sequencer-errors.ts";
-import { acknowledgeRequest, sendRequest, subscribeRequest } from "./sequencer-requests.ts";
+import {
+  acknowledgeRequest,
+  signedSend,
+  signedSubmissions,
+  submissionBytes,
+  subscribeRequest,
+} from "./sequencer-requests.ts";
 
 type ErrorInfo = SequencerClientStatus["lastError"];
 
@@ -84,8 +90,12 @@ export class GrpcSequencerClient implements SequencerClient {
     this.rpc = createNodeClient(SequencerService, options.sequencerUrl);
     this.sends = new SendCoalescer({
       sequencerUrl: options.sequencerUrl,
-      sendBatch: (request) => this.rpc.sendBatch(request),
-      send: (request) => this.rpc.send(request),
+      // The key is read when the batch goes, so a newly activated key is used from then on.
+      sendBatch: async (submissions) =>
+        this.rpc.sendBatch({
+          signed: signedSubmissions(this.member, submissions, await this.signingKey.get()),
+        }),
+      send: async (submission) => this.rpc.send(signedSend(submission, await this.signingKey.get())),
     });
     this.events = new SequencedEventStore(options.db);
     this.memberState = new MemberStateStore(options.db);
@@ -219,7 +229,6 @@ export class GrpcSequencerClient implements SequencerClient {
     const messageId = request.messageId ?? newId();
     const now = nowMicros();
     const tolerance = this.topology().parameters(this.latestTime ?? now).ledgerTimeRecordTimeToleranceMs;
-    const signing = await this.signingKey.get();
     const fields = {
       sender: registration.member,
       messageId,
@@ -229,7 +238,7 @@ export class GrpcSequencerClient implements SequencerClient {
       writerEpoch: this.options.identity().writerEpoch,
       timeProof: request.timeProof,
     };
-    await this.sends.send(sendRequest(fields, signing));
+    await this.sends.send(submissionBytes(fields));
     return { messageId };
   }
 

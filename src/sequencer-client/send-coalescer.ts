@@ -1,66 +1,72 @@
-import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { ErrorDetail } from "../gen/lockstep/common/v1/error_pb.ts";
-import type {
-  SendBatchRequestSchema,
-  SendBatchResponse,
-  SendRequestSchema,
-} from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { SendBatchResponse } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { sequencerCallError } from "./sequencer-errors.ts";
-
-type SignedSend = MessageInitShape<typeof SendRequestSchema>;
 
 export interface SendCoalescerOptions {
   sequencerUrl: string;
-  /** The SendBatch RPC. */
-  sendBatch: (request: MessageInitShape<typeof SendBatchRequestSchema>) => Promise<SendBatchResponse>;
-  /** The Send RPC: the fallback for a sequencer without SendBatch. */
-  send: (request: SignedSend) => Promise<unknown>;
+  /** Signs the serialized Submissions once and calls SendBatch (one result per submission). */
+  sendBatch: (submissions: readonly Uint8Array[]) => Promise<SendBatchResponse>;
+  /** Signs one and calls Send: the fallback for a sequencer without SendBatch. */
+  send: (submission: Uint8Array) => Promise<unknown>;
   /** Requests per SendBatch at most; default 256 (the sequencer takes up to 1000). */
   maxBatch?: number;
+  /**
+   * SendBatch calls in flight at once; default 1 (measured best: more calls make smaller batches).
+   * More than one lets the sequencer verify the next
+   * batch while it commits the previous one; sends that are in flight together may be sequenced in
+   * either order, as concurrent Sends may (a send that awaits the previous one stays after it).
+   */
+  maxInFlight?: number;
 }
 
 interface Queued {
-  readonly request: SignedSend;
+  readonly submission: Uint8Array;
   readonly resolve: () => void;
   readonly reject: (error: unknown) => void;
 }
 
 /**
- * Group send on the client: a send() that arrives while a SendBatch is in flight waits for it to
- * return and then goes, with every other one that queued meanwhile, in the next SendBatch. Alone,
- * a send goes at once (a batch of one), so coalescing adds no latency; under load it saves one RPC
- * per submission. Every submission stays individually signed (by the caller) and verified (by the
- * sequencer), and every caller gets its own outcome: the sequencer's error for its submission, or
- * the call's failure (SEQUENCER_UNAVAILABLE, …) when the whole SendBatch failed.
+ * Group send on the client: a send() that arrives while `maxInFlight` SendBatch calls are in flight
+ * waits for one of them to return and then goes, with every other one that queued meanwhile, in
+ * the next SendBatch. Otherwise a send goes at once (a batch of one), so coalescing adds no
+ * latency; under load it saves one RPC, one signature and one verification per submission (the
+ * batch is signed once, see SendBatchRequest.signed). Every caller gets its own outcome: the
+ * sequencer's error for its submission, or the call's failure (SEQUENCER_UNAVAILABLE, …) when the
+ * whole SendBatch failed.
  */
 export class SendCoalescer {
   private readonly queue: Queued[] = [];
   private readonly maxBatch: number;
-  private flushing = false;
+  private readonly maxInFlight: number;
+  private inFlight = 0;
   private batchUnsupported = false;
 
   constructor(private readonly options: SendCoalescerOptions) {
     this.maxBatch = options.maxBatch ?? 256;
+    this.maxInFlight = options.maxInFlight ?? 1;
   }
 
   /** Resolves when the sequencer accepted the submission (as a Send would), or rejects with its error. */
-  send(request: SignedSend): Promise<void> {
+  send(submission: Uint8Array): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ request, resolve, reject });
-      if (!this.flushing) void this.flush();
+      this.queue.push({ submission, resolve, reject });
+      if (this.inFlight < this.maxInFlight) void this.flush();
     });
   }
 
-  /** The flag is cleared synchronously with the last look at the queue (as the sequencer's writer). */
+  /**
+   * One of up to maxInFlight loops; each stops when it finds the queue empty, and the count drops
+   * synchronously with that last look (as the sequencer's writer), so no send is left queued.
+   */
   private async flush(): Promise<void> {
-    this.flushing = true;
+    this.inFlight++;
     try {
       while (this.queue.length > 0) await this.sendBatch(this.queue.splice(0, this.maxBatch));
     } finally {
-      this.flushing = false;
+      this.inFlight--;
     }
   }
 
@@ -68,7 +74,7 @@ export class SendCoalescer {
     if (this.batchUnsupported) return this.sendEach(batch);
     let response: SendBatchResponse;
     try {
-      response = await this.options.sendBatch({ requests: batch.map((q) => q.request) });
+      response = await this.options.sendBatch(batch.map((q) => q.submission));
     } catch (error) {
       if (error instanceof ConnectError && error.code === Code.Unimplemented) {
         // A sequencer from before SendBatch: one Send per submission from now on.
@@ -97,7 +103,7 @@ export class SendCoalescer {
     await Promise.all(
       batch.map(async (q) => {
         try {
-          await this.options.send(q.request);
+          await this.options.send(q.submission);
           q.resolve();
         } catch (error) {
           q.reject(sequencerCallError(error, this.options.sequencerUrl));

@@ -6,6 +6,7 @@ import {
   acknowledgementDigest,
   type KeyPair,
   sign,
+  submissionBatchDigest,
   submissionDigest,
   subscriptionDigest,
 } from "../crypto/keys.ts";
@@ -19,6 +20,7 @@ import {
   type AcknowledgeRequestSchema,
   type RegisterMemberRequestSchema,
   type SendRequestSchema,
+  type SignedSubmissionsSchema,
   SubmissionSchema,
   type SubscribeRequestSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
@@ -61,12 +63,9 @@ export interface SubmissionFields {
   timeProof?: boolean;
 }
 
-/** Serializes the Submission and signs exactly those bytes. */
-export function sendRequest(
-  fields: SubmissionFields,
-  signingKey: KeyPair,
-): MessageInitShape<typeof SendRequestSchema> {
-  const submission = toBinary(
+/** The serialized Submission: the bytes that are signed and sent. */
+export function submissionBytes(fields: SubmissionFields): Uint8Array {
+  return toBinary(
     SubmissionSchema,
     create(SubmissionSchema, {
       sender: fields.sender,
@@ -78,9 +77,38 @@ export function sendRequest(
       timeProof: fields.timeProof ?? false,
     }),
   );
+}
+
+/** Serializes the Submission and signs exactly those bytes. */
+export function sendRequest(
+  fields: SubmissionFields,
+  signingKey: KeyPair,
+): MessageInitShape<typeof SendRequestSchema> {
+  return signedSend(submissionBytes(fields), signingKey);
+}
+
+/** A Send of already serialized Submission bytes. */
+export function signedSend(
+  submission: Uint8Array,
+  signingKey: KeyPair,
+): MessageInitShape<typeof SendRequestSchema> {
   return {
     submission,
     signature: sign(signingKey.privateKey, submissionDigest(submission)),
+    signingKeyFingerprint: signingKey.fingerprint,
+  };
+}
+
+/** One sender's serialized Submissions under one signature (SendBatchRequest.signed). */
+export function signedSubmissions(
+  sender: string,
+  submissions: readonly Uint8Array[],
+  signingKey: KeyPair,
+): MessageInitShape<typeof SignedSubmissionsSchema> {
+  return {
+    sender,
+    submissions: [...submissions],
+    signature: sign(signingKey.privateKey, submissionBatchDigest(sender, submissions)),
     signingKeyFingerprint: signingKey.fingerprint,
   };
 }

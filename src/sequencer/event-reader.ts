@@ -2,11 +2,14 @@ import { LockstepError } from "../common/errors.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import type { EventNotifier } from "./event-notifier.ts";
+import type { RecentEvents } from "./recent-events.ts";
 import type { SequencerStore } from "./sequencer-store.ts";
 
 export interface ReadEventsOptions {
   store: SequencerStore;
   notifier: EventNotifier;
+  /** The writer's recent views: what it can answer needs no database read. */
+  recent?: RecentEvents;
   member: string;
   fromInclusive: Micros;
   /** Ends the stream: the client went away or the sequencer stops. */
@@ -28,7 +31,10 @@ export async function* readEvents(options: ReadEventsOptions): AsyncGenerator<Se
   while (!signal.aborted) {
     // Before reading: an event committed after this read moves the head past `seen` and wakes us.
     const seen = notifier.head;
-    const page = await store.readDeliveries(member, cursor, batchSize);
+    const recent = options.recent?.read(member, cursor, batchSize);
+    const page = recent
+      ? { events: recent, pruningLowerBound: null }
+      : await store.readDeliveries(member, cursor, batchSize);
     if (page.pruningLowerBound !== null && page.pruningLowerBound > cursor) {
       throw new LockstepError("EVENTS_UNAVAILABLE_FOR_TIMESTAMP", {
         timestamp: cursor,

@@ -1,7 +1,7 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { LockstepError } from "../common/errors.ts";
 import type { Micros } from "../common/time.ts";
-import { verify } from "../crypto/keys.ts";
+import { verify, verifyAsync } from "../crypto/keys.ts";
 import type { TopologyState } from "../crypto/topology.ts";
 import {
   EventPayloadSchema,
@@ -28,9 +28,26 @@ export interface SignedMemberRequest {
 /** The request must be signed by one of the member's signing keys in topology at `at`. */
 export function verifyMemberSignature(topology: TopologyState, at: Micros, req: SignedMemberRequest): void {
   const key = topology.signingKey(req.member, req.fingerprint, at);
+  checkSignature(req, key, key !== undefined && verify(key, req.digest, req.signature));
+}
+
+/**
+ * verifyMemberSignature on the libuv thread pool (keys.ts verifyAsync): Send and SendBatch verify
+ * every submission, and so the event loop stays free and a batch's verifications use every core.
+ */
+export async function verifyMemberSignatureAsync(
+  topology: TopologyState,
+  at: Micros,
+  req: SignedMemberRequest,
+): Promise<void> {
+  const key = topology.signingKey(req.member, req.fingerprint, at);
+  checkSignature(req, key, key !== undefined && (await verifyAsync(key, req.digest, req.signature)));
+}
+
+function checkSignature(req: SignedMemberRequest, key: Uint8Array | undefined, valid: boolean): void {
   const reason = !key
     ? "the key is not a signing key of the member in the sequencer's topology"
-    : !verify(key, req.digest, req.signature)
+    : !valid
       ? "wrong signature"
       : undefined;
   if (reason) {

@@ -39,13 +39,22 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
         return {};
       },
       async sendBatch(request) {
-        if (request.requests.length > MAX_SEND_BATCH) {
+        const signed = request.signed;
+        if (signed && request.requests.length > 0) {
           throw new LockstepError("INVALID_ARGUMENT", {
-            details: `SendBatch takes at most ${MAX_SEND_BATCH} requests, got ${request.requests.length}`,
+            details: "SendBatch takes either requests or signed submissions, not both",
+          });
+        }
+        const count = signed ? signed.submissions.length : request.requests.length;
+        if (count > MAX_SEND_BATCH) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `SendBatch takes at most ${MAX_SEND_BATCH} submissions, got ${count}`,
           });
         }
         const sequencer = current();
-        const outcomes = await sequencer.intake.admit(() => sequencer.sendBatch(request.requests));
+        const outcomes = await sequencer.intake.admit(() =>
+          signed ? sequencer.sendSigned(signed) : sequencer.sendBatch(request.requests),
+        );
         return {
           results: outcomes.map((outcome) =>
             outcome instanceof LockstepError ? { error: errorDetail(outcome) } : {},

@@ -2,7 +2,7 @@ import type { DeliverErrorInfo, EventPosition, SequencedEvent } from "../common/
 import type { Micros } from "../common/time.ts";
 import type { TopologyEntry } from "../crypto/topology.ts";
 import { signedTopologyFromParts } from "../crypto/topology.ts";
-import type { Db } from "../storage/db.ts";
+import type { Db, DbSession } from "../storage/db.ts";
 
 /** NOTIFY channel on which every committed batch announces the new head (readers in other processes). */
 export const SEQUENCER_EVENTS_CHANNEL = "lockstep_sequencer_events";
@@ -75,7 +75,43 @@ interface DeliveryRow {
  * (the node holds the single-writer lock); reads are safe from anywhere.
  */
 export class SequencerStore {
+  /** The writer's own connection (see writerConnection). */
+  private writerSession: Promise<DbSession> | undefined;
+
   constructor(private readonly db: Db) {}
+
+  /**
+   * The single writer's dedicated connection, with `synchronous_commit = on` for the session: each
+   * batch is then one autocommit statement, one round trip (BEGIN, SET LOCAL and COMMIT would be
+   * three more, and on loopback in a VM each costs about what the statement does). A connection
+   * that breaks while idle is replaced on the next batch; one that breaks during a batch fails
+   * that batch, and the writer stops (the outcome is unknown).
+   */
+  private writerConnection(): Promise<DbSession> {
+    if (!this.writerSession) {
+      const opening = (async () => {
+        const session = await this.db.session();
+        session.onError(() => {
+          if (this.writerSession === opening) this.writerSession = undefined;
+          session.release(true);
+        });
+        await session.execute("SET synchronous_commit = on");
+        return session;
+      })();
+      opening.catch(() => {
+        if (this.writerSession === opening) this.writerSession = undefined;
+      });
+      this.writerSession = opening;
+    }
+    return this.writerSession;
+  }
+
+  /** Releases the writer's connection (the writer has stopped). */
+  async close(): Promise<void> {
+    const session = await this.writerSession?.catch(() => undefined);
+    this.writerSession = undefined;
+    session?.release(true);
+  }
 
   async load(): Promise<LoadedSequencerState> {
     const state = await this.db.one<{ pruning_lower_bound: bigint | null; head: bigint | null }>(
@@ -123,18 +159,17 @@ export class SequencerStore {
 
   /**
    * Commits a batch durably (synchronous commit) in one statement, and NOTIFYs the new head on
-   * commit so that readers in other processes wake up. Arrays + unnest keep it one round trip
-   * whatever the batch size.
+   * commit so that readers in other processes wake up. One statement is one transaction (all or
+   * nothing), and arrays + unnest keep it one round trip whatever the batch size.
    */
   async writeBatch(batch: WriteBatch, head: Micros): Promise<void> {
     const r = batch.records;
     const d = r.flatMap((rec) => rec.deliveries);
     const h = [...batch.heads];
     const t = batch.topology.map((entry, i) => ({ entry, position: i }));
-    await this.db.transaction(
-      (tx) =>
-        tx.query(
-          `WITH ev AS (
+    const connection = await this.writerConnection();
+    await connection.query(
+      `WITH ev AS (
              INSERT INTO sequencer_events (timestamp, sender, message_id, recipients, payload, deliver_error)
              SELECT x.ts, x.sender, x.mid, ARRAY(SELECT jsonb_array_elements_text(x.rcp)), x.payload, x.err
              FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::bytea[], $6::jsonb[])
@@ -156,32 +191,30 @@ export class SequencerStore {
              SELECT * FROM unnest($17::bigint[], $18::int[], $19::bytea[], $20::bytea[], $21::bytea[])
            )
            SELECT pg_notify('${SEQUENCER_EVENTS_CHANNEL}', $22)`,
-          [
-            r.map((x) => x.timestamp),
-            r.map((x) => x.sender),
-            r.map((x) => x.messageId),
-            r.map((x) => JSON.stringify(x.recipients)),
-            r.map((x) => Buffer.from(x.payload)),
-            r.map((x) => (x.deliverError ? JSON.stringify(x.deliverError) : null)),
-            d.map((x) => x.member),
-            d.map((x) => x.event.timestamp),
-            d.map((x) => x.event.previousTimestamp),
-            d.map((x) => x.event.chainHash),
-            d.map((x) => x.event.signature),
-            h.map(([member]) => member),
-            h.map(([, p]) => p.timestamp),
-            h.map(([, p]) => p.chainHash),
-            batch.newMembers.map((m) => m.member),
-            batch.newMembers.map((m) => m.registeredAt),
-            t.map((x) => x.entry.effectiveAt),
-            t.map((x) => x.position),
-            t.map((x) => x.entry.signed.bytes),
-            t.map((x) => x.entry.signed.signerKey),
-            t.map((x) => x.entry.signed.signature),
-            head.toString(),
-          ],
-        ),
-      { synchronousCommit: true },
+      [
+        r.map((x) => x.timestamp),
+        r.map((x) => x.sender),
+        r.map((x) => x.messageId),
+        r.map((x) => JSON.stringify(x.recipients)),
+        r.map((x) => Buffer.from(x.payload)),
+        r.map((x) => (x.deliverError ? JSON.stringify(x.deliverError) : null)),
+        d.map((x) => x.member),
+        d.map((x) => x.event.timestamp),
+        d.map((x) => x.event.previousTimestamp),
+        d.map((x) => x.event.chainHash),
+        d.map((x) => x.event.signature),
+        h.map(([member]) => member),
+        h.map(([, p]) => p.timestamp),
+        h.map(([, p]) => p.chainHash),
+        batch.newMembers.map((m) => m.member),
+        batch.newMembers.map((m) => m.registeredAt),
+        t.map((x) => x.entry.effectiveAt),
+        t.map((x) => x.position),
+        t.map((x) => x.entry.signed.bytes),
+        t.map((x) => x.entry.signed.signerKey),
+        t.map((x) => x.entry.signed.signature),
+        head.toString(),
+      ],
     );
   }
 

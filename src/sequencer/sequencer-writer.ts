@@ -1,12 +1,12 @@
 import { create, toBinary } from "@bufbuild/protobuf";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import {
-  deliveryFor,
   type EventPosition,
   membersToDeliver,
-  positionOf,
   type SequencedEvent,
   type SequencedSubmission,
+  type UnsignedView,
+  unsignedDeliveryFor,
 } from "../common/sequenced-event.ts";
 import { type Micros, nowMicros } from "../common/time.ts";
 import {
@@ -53,14 +53,17 @@ export interface WriterState {
 export interface SequencerWriterOptions {
   store: SequencerStore;
   sequencerId: string;
-  /** Signs a member view (see deliveryFor) with the sequencer's signing key. */
-  sign: (bytes: Buffer) => Buffer;
+  /**
+   * Signs a member view (its eventSigningBytes) with the sequencer's signing key; a batch's views
+   * are signed concurrently (e.g. on the thread pool, keys.ts signAsync).
+   */
+  sign: (bytes: Buffer) => Buffer | Promise<Buffer>;
   initial: WriterState;
   clock?: () => Micros;
   /** Upper bound of submissions per transaction (group commit takes all queued, up to this). */
   maxBatchSize?: number;
-  /** After each commit, with the new head: wakes the readers. */
-  onCommitted?: (head: Micros) => void;
+  /** After each commit, with the new head and what was committed: feeds and wakes the readers. */
+  onCommitted?: (head: Micros, records: readonly SequencedRecord[]) => void;
   /** A failed commit: the in-memory chain may no longer match the database, so the writer stops. */
   onFailure?: (error: LockstepError) => void;
 }
@@ -179,7 +182,7 @@ export class SequencerWriter {
     let head = base.head;
     const newMembers = new Map<string, Micros>();
     const heads = new Map<string, EventPosition>();
-    const records: SequencedRecord[] = [];
+    const built: { event: SequencedSubmission; views: { member: string; unsigned: UnsignedView }[] }[] = [];
     const topologyEntries: TopologyEntry[] = [];
     const outcomes: [Pending, Micros | LockstepError][] = [];
 
@@ -207,17 +210,22 @@ export class SequencerWriter {
         event = topologyEvent(item, timestamp, sequencerId, [...base.members.keys(), ...newMembers.keys()]);
       }
       head = timestamp;
-      const deliveries: { member: string; event: SequencedEvent }[] = [];
+      const views: { member: string; unsigned: UnsignedView }[] = [];
       for (const member of membersToDeliver(event)) {
         // The sequencer sends topology events but does not subscribe to itself.
         if (member === sequencerId) continue;
-        const view = deliveryFor(member, event, heads.get(member) ?? base.heads.get(member) ?? null, sign);
-        heads.set(member, positionOf(view));
-        deliveries.push({ member, event: view });
+        const unsigned = unsignedDeliveryFor(
+          member,
+          event,
+          heads.get(member) ?? base.heads.get(member) ?? null,
+        );
+        heads.set(member, { timestamp, chainHash: unsigned.view.chainHash });
+        views.push({ member, unsigned });
       }
-      records.push({ ...event, deliveries });
+      built.push({ event, views });
       outcomes.push([pending, timestamp]);
     }
+    const records = await signRecords(built, sign);
 
     if (records.length > 0 && head !== null) {
       try {
@@ -242,13 +250,31 @@ export class SequencerWriter {
         members: new Map([...base.members, ...newMembers]),
         heads: new Map([...base.heads, ...heads]),
       };
-      this.options.onCommitted?.(head);
+      this.options.onCommitted?.(head, records);
     }
     for (const [pending, outcome] of outcomes) {
       if (outcome instanceof LockstepError) pending.reject(outcome);
       else pending.resolve(outcome);
     }
   }
+}
+
+/** Signs every view of the batch at once (the chains are built; the order of signing is free). */
+async function signRecords(
+  built: readonly { event: SequencedSubmission; views: { member: string; unsigned: UnsignedView }[] }[],
+  sign: (bytes: Buffer) => Buffer | Promise<Buffer>,
+): Promise<SequencedRecord[]> {
+  const signatures = await Promise.all(
+    built.flatMap((b) => b.views.map((v) => sign(v.unsigned.signingBytes))),
+  );
+  let next = 0;
+  return built.map(({ event, views }) => ({
+    ...event,
+    deliveries: views.map(({ member, unsigned }): { member: string; event: SequencedEvent } => ({
+      member,
+      event: { ...unsigned.view, signature: signatures[next++] as Buffer },
+    })),
+  }));
 }
 
 function submissionEvent(item: SubmissionItem, timestamp: Micros): SequencedSubmission {
@@ -267,7 +293,9 @@ function submissionEvent(item: SubmissionItem, timestamp: Micros): SequencedSubm
     };
   }
   if (item.timeProof) return { ...base, recipients: [], payload: new Uint8Array(0) };
-  return { ...base, recipients: [...item.recipients], payload: item.payload };
+  // A copy: the request's payload may be a view into the whole request buffer, which the recent
+  // events (recent-events.ts) would otherwise keep alive.
+  return { ...base, recipients: [...item.recipients], payload: Buffer.from(item.payload) };
 }
 
 function topologyEvent(

@@ -5,7 +5,13 @@ import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import { type Micros, maxMicros, nowMicros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
-import { acknowledgementDigest, sign, submissionDigest, subscriptionDigest } from "../crypto/keys.ts";
+import {
+  acknowledgementDigest,
+  signAsync,
+  submissionBatchDigest,
+  submissionDigest,
+  subscriptionDigest,
+} from "../crypto/keys.ts";
 import {
   type SignedTopologyTransactionParts,
   type SynchronizerParametersValues,
@@ -13,15 +19,19 @@ import {
   type TopologyEntry,
   TopologyState,
 } from "../crypto/topology.ts";
+import type { Submission } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { Db } from "../storage/db.ts";
 import { EventNotifier } from "./event-notifier.ts";
 import { readEvents } from "./event-reader.ts";
 import { IntakeGate } from "./intake-gate.ts";
+import { RecentEvents } from "./recent-events.ts";
 import {
   checkIssuedAt,
+  malformed,
   parseSubmission,
   validateSubmission,
   verifyMemberSignature,
+  verifyMemberSignatureAsync,
 } from "./request-verification.ts";
 import { addMediatorTransaction, bootstrapTransactions } from "./sequencer-bootstrap.ts";
 import { checkPruningSafe, safePruningPoint } from "./sequencer-pruning.ts";
@@ -52,6 +62,14 @@ export interface SequencerOptions {
 
 export interface SendRequestFields {
   submission: Uint8Array;
+  signature: Uint8Array;
+  signingKeyFingerprint: string;
+}
+
+/** SendBatchRequest.signed: one sender's submissions under one signature. */
+export interface SignedSubmissionsFields {
+  sender: string;
+  submissions: readonly Uint8Array[];
   signature: Uint8Array;
   signingKeyFingerprint: string;
 }
@@ -106,6 +124,7 @@ export class Sequencer {
     private readonly store: SequencerStore,
     private readonly writer: SequencerWriter,
     private readonly notifier: EventNotifier,
+    private readonly recent: RecentEvents,
     private readonly epochs: WriterEpochs,
     private readonly keys: Awaited<ReturnType<KeyStore["ensureInitialKeys"]>>,
     readonly sequencerId: string,
@@ -122,11 +141,12 @@ export class Sequencer {
     const store = new SequencerStore(options.db);
     const loaded = await store.load();
     const notifier = new EventNotifier(loaded.head);
+    const recent = new RecentEvents(loaded.head);
     const sequencerId = uniqueIdentifier(options.name, namespace);
     const writer = new SequencerWriter({
       store,
       sequencerId,
-      sign: (bytes) => sign(keys.signing.privateKey, bytes),
+      sign: (bytes) => signAsync(keys.signing.privateKey, bytes),
       initial: {
         head: loaded.head,
         topology: TopologyState.replay(namespace, loaded.topology),
@@ -135,7 +155,10 @@ export class Sequencer {
       },
       clock: options.clock,
       maxBatchSize: options.maxBatchSize,
-      onCommitted: (head) => notifier.advance(head),
+      onCommitted: (head, records) => {
+        recent.add(records.flatMap((r) => r.deliveries));
+        notifier.advance(head);
+      },
       onFailure: (error) => options.onFatal?.(error),
     });
     const epochs = new WriterEpochs(
@@ -147,6 +170,7 @@ export class Sequencer {
       store,
       writer,
       notifier,
+      recent,
       epochs,
       keys,
       sequencerId,
@@ -207,9 +231,49 @@ export class Sequencer {
    * affect the others. The accepted ones reach the writer together and share its next commit.
    */
   async sendBatch(requests: readonly SendRequestFields[]): Promise<(Micros | LockstepError)[]> {
-    const checked = await Promise.all(
-      requests.map((request) => this.checkSend(request).catch((error: unknown) => toLockstepError(error))),
+    return this.sequenceChecked(
+      await Promise.all(requests.map((request) => this.checkSend(request).catch(toLockstepError))),
     );
+  }
+
+  /**
+   * One sender's submissions under one signature (verified once): a bad signature or an unknown
+   * sender refuses them all; otherwise each is checked on its own as by send() (a submission that
+   * names another sender is malformed), with one outcome per submission as sendBatch.
+   */
+  async sendSigned(batch: SignedSubmissionsFields): Promise<(Micros | LockstepError)[]> {
+    try {
+      this.requireMember(batch.sender);
+      await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
+        request: "send",
+        member: batch.sender,
+        fingerprint: batch.signingKeyFingerprint,
+        digest: submissionBatchDigest(batch.sender, batch.submissions),
+        signature: batch.signature,
+      });
+    } catch (error) {
+      const refusal = toLockstepError(error);
+      return batch.submissions.map(() => refusal);
+    }
+    const check = async (bytes: Uint8Array) => {
+      const submission = parseSubmission(bytes);
+      if (submission.sender !== batch.sender) {
+        throw malformed(
+          batch.sender,
+          `a submission from ${submission.sender} in a batch signed by another member`,
+        );
+      }
+      return this.checkAuthenticated(submission);
+    };
+    return this.sequenceChecked(
+      await Promise.all(batch.submissions.map((bytes) => check(bytes).catch(toLockstepError))),
+    );
+  }
+
+  /** Hands the accepted ones to the writer together; one outcome per checked item, in order. */
+  private async sequenceChecked(
+    checked: readonly (SubmissionItem | LockstepError)[],
+  ): Promise<(Micros | LockstepError)[]> {
     const accepted = checked.filter((c): c is SubmissionItem => !(c instanceof LockstepError));
     const sequenced = await Promise.allSettled(this.writer.submitAll(accepted));
     let next = 0;
@@ -224,13 +288,18 @@ export class Sequencer {
   private async checkSend(request: SendRequestFields): Promise<SubmissionItem> {
     const submission = parseSubmission(request.submission);
     this.requireMember(submission.sender);
-    verifyMemberSignature(this.writer.topology, this.at(), {
+    await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
       request: "send",
       member: submission.sender,
       fingerprint: request.signingKeyFingerprint,
       digest: submissionDigest(request.submission),
       signature: request.signature,
     });
+    return this.checkAuthenticated(submission);
+  }
+
+  /** The checks after authentication: well formed, and from the sender's current writer epoch. */
+  private async checkAuthenticated(submission: Submission): Promise<SubmissionItem> {
     const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
     await this.epochs.check(submission.sender, submission.writerEpoch);
     return item;
@@ -270,6 +339,7 @@ export class Sequencer {
     yield* readEvents({
       store: this.store,
       notifier: this.notifier,
+      recent: this.recent,
       member,
       fromInclusive: fromTimestamp ?? registeredAt,
       signal: stop,
@@ -383,6 +453,7 @@ export class Sequencer {
         retainedBackupBound: this.options.retainedBackupBound?.(),
       }),
     );
+    this.recent.prune(result.pruningLowerBound);
     this.options.logger.info(
       { before: before.toString(), removedEvents: result.removedEvents },
       "pruned sequencer events",
@@ -431,5 +502,6 @@ export class Sequencer {
   async stop(): Promise<void> {
     this.stopping.abort();
     await this.writer.stop();
+    await this.store.close();
   }
 }

@@ -115,6 +115,10 @@ describe("sequencer client refusals", () => {
     } finally {
       await sequencerDb.close();
     }
+    // The sequencer serves recent events from memory (recent-events.ts): restart it, so that it
+    // serves what its database holds.
+    await sequencer.stop();
+    await sequencer.start();
     await q.start();
     await assertFatalOnce(q, "SEQUENCER_SIGNATURE_INVALID");
     // Refused before it is stored: nothing to replay, nothing processed. (The events before it, e.g.

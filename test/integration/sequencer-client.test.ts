@@ -212,26 +212,27 @@ describe("sequencer client", () => {
   test("send coalescing: sends queued during a SendBatch go in the next one, each with its own outcome", async () => {
     const calls: number[] = [];
     let release: () => void = () => {};
+    const marker = (value: string) => Buffer.from(value);
     const coalescer = new SendCoalescer({
       sequencerUrl: "http://127.0.0.1:1",
+      maxInFlight: 1,
       send: () => Promise.reject(new Error("not used")),
-      sendBatch: async (request) => {
-        const requests = request.requests ?? [];
-        calls.push(requests.length);
+      sendBatch: async (submissions) => {
+        calls.push(submissions.length);
         if (calls.length === 1) await new Promise<void>((resolve) => (release = resolve));
         if (calls.length === 3) throw new ConnectError("connection refused", Code.Unavailable);
         return create(SendBatchResponseSchema, {
-          results: requests.map((r) =>
-            r.signingKeyFingerprint === "bad"
+          results: submissions.map((s) =>
+            Buffer.from(s).toString() === "bad"
               ? { error: { code: "STALE_WRITER_EPOCH", message: "stale", metadata: { member: "m" } } }
               : {},
           ),
         });
       },
     });
-    const first = coalescer.send({ signingKeyFingerprint: "ok" });
+    const first = coalescer.send(marker("ok"));
     const queued = ["ok", "bad", "ok", "ok"].map((f) =>
-      coalescer.send({ signingKeyFingerprint: f }).then(
+      coalescer.send(marker(f)).then(
         () => "ok",
         (e: LockstepError) => e.code,
       ),
@@ -241,7 +242,32 @@ describe("sequencer client", () => {
     assert.deepEqual(await Promise.all(queued), ["ok", "STALE_WRITER_EPOCH", "ok", "ok"]);
     assert.deepEqual(calls, [1, 4], "one call for the first, one for the four queued meanwhile");
     // A failed call fails every send in it, as SEQUENCER_UNAVAILABLE.
-    await assert.rejects(coalescer.send({}), (e: LockstepError) => e.code === "SEQUENCER_UNAVAILABLE");
+    await assert.rejects(
+      coalescer.send(marker("ok")),
+      (e: LockstepError) => e.code === "SEQUENCER_UNAVAILABLE",
+    );
+
+    // With two calls allowed in flight, the second send goes at once; the rest wait for either.
+    const inFlight: (() => void)[] = [];
+    const sizes: number[] = [];
+    const two = new SendCoalescer({
+      sequencerUrl: "http://127.0.0.1:1",
+      maxInFlight: 2,
+      send: () => Promise.reject(new Error("not used")),
+      sendBatch: async (submissions) => {
+        sizes.push(submissions.length);
+        await new Promise<void>((resolve) => inFlight.push(resolve));
+        return create(SendBatchResponseSchema, { results: submissions.map(() => ({})) });
+      },
+    });
+    const sends = Array.from({ length: 5 }, (_, i) => two.send(marker(`s${i}`)));
+    await waitUntil("two calls in flight", () => inFlight.length === 2);
+    assert.deepEqual(sizes, [1, 1]);
+    inFlight.shift()?.();
+    await waitUntil("the three queued in one call", () => inFlight.length === 2);
+    assert.deepEqual(sizes, [1, 1, 3]);
+    for (const resolve of inFlight.splice(0)) resolve();
+    await Promise.all(sends);
   });
 
   test("a second start on the same DB keeps the registration (idempotent) and member id", async () => {

@@ -275,6 +275,75 @@ test("SendBatch: one result per submission, each verified on its own; refused on
   );
 });
 
+test("SendBatch signed once: one verification for the batch, then each submission on its own", async () => {
+  const events = await countRows("sequencer_events");
+  const deliveries = await countRows("sequencer_deliveries");
+  const submissions = [
+    alice.submission({ recipients: [carol.id], messageId: "signed-ok-1" }),
+    alice.submission({ recipients: [carol.id], messageId: "signed-stale", writerEpoch: 0n }),
+    // Alice may not slip in a submission in Bob's name under her own signature.
+    alice.submission({ recipients: [carol.id], messageId: "signed-as-bob", sender: bob.id }),
+    alice.submission({ recipients: ["nobody::1220ab"], messageId: "signed-unknown-recipient" }),
+    alice.submission({ recipients: [carol.id], messageId: "signed-ok-2" }),
+  ];
+  const { results } = await seq.client.sendBatch({ signed: alice.signedSubmissions(submissions) });
+  assert.deepEqual(
+    results.map((r) => r.error?.code ?? "ok"),
+    [
+      "ok",
+      "STALE_WRITER_EPOCH",
+      "SEQUENCER_SUBMISSION_REQUEST_MALFORMED",
+      "SEQUENCER_UNKNOWN_RECIPIENTS",
+      "ok",
+    ],
+  );
+  assert.equal(await countRows("sequencer_events"), events + 2);
+  assert.equal(await countRows("sequencer_deliveries"), deliveries + 4);
+
+  // The signature covers every submission: a changed one, a wrong key or an unknown sender refuses all.
+  const refusedAll = async (signed: Parameters<typeof seq.client.sendBatch>[0]["signed"], code: string) => {
+    const { results: outcome } = await seq.client.sendBatch({ signed });
+    assert.deepEqual(
+      outcome.map((r) => r.error?.code),
+      (signed?.submissions ?? []).map(() => code),
+    );
+  };
+  const good = alice.signedSubmissions([
+    alice.submission({ recipients: [carol.id], messageId: "signed-tampered-1" }),
+    alice.submission({ recipients: [carol.id], messageId: "signed-tampered-2" }),
+  ]);
+  const changed = Buffer.from(good.submissions?.[1] as Uint8Array);
+  changed.writeUInt8((changed.at(-1) as number) ^ 1, changed.length - 1);
+  await refusedAll(
+    { ...good, submissions: [good.submissions?.[0] as Uint8Array, changed] },
+    "SEQUENCER_REQUEST_SIGNATURE_INVALID",
+  );
+  await refusedAll(
+    alice.signedSubmissions([alice.submission({ recipients: [carol.id] })], {
+      signWith: generateKeyPair("signing"),
+    }),
+    "SEQUENCER_REQUEST_SIGNATURE_INVALID",
+  );
+  const mallory = new TestMember("mallory");
+  await refusedAll(mallory.signedSubmissions([mallory.submission()]), "SEQUENCER_SENDER_UNKNOWN");
+  assert.equal(await countRows("sequencer_events"), events + 2, "nothing stored for refused batches");
+
+  const carols = (await collectEvents(seq.client, carol, { idleMs: 300 })).filter((e) =>
+    e.messageId.startsWith("signed-"),
+  );
+  assert.deepEqual(carols.map((e) => e.messageId).sort(), ["signed-ok-1", "signed-ok-2"]);
+  await expectCode(
+    seq.client.sendBatch({ requests: [alice.sendRequest()], signed: alice.signedSubmissions([]) }),
+    "INVALID_ARGUMENT",
+  );
+  await expectCode(
+    seq.client.sendBatch({
+      signed: alice.signedSubmissions(Array.from({ length: 1001 }, () => submissions[0] as Uint8Array)),
+    }),
+    "INVALID_ARGUMENT",
+  );
+});
+
 test("subscriptions are authenticated and never start before the member's registration", async () => {
   const aliceAt = registeredAt.get(alice.id) as bigint;
   await expectCode(

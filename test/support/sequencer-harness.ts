@@ -29,6 +29,7 @@ import {
   generateKeyPair,
   type KeyPair,
   sign,
+  submissionBatchDigest,
   submissionDigest,
   subscriptionDigest,
 } from "../../src/crypto/keys.ts";
@@ -45,6 +46,7 @@ import {
   EventPayloadSchema,
   type SendRequestSchema,
   SequencerService,
+  type SignedSubmissionsSchema,
   SubmissionSchema,
   type SubscribeRequestSchema,
 } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
@@ -180,10 +182,35 @@ export class TestMember {
   }
 
   sendRequest(options: SendOptions = {}): MessageInitShape<typeof SendRequestSchema> {
-    const submission = toBinary(
+    const submission = this.submission(options);
+    const key = options.signWith ?? this.signing;
+    return {
+      submission,
+      signature: sign(key.privateKey, submissionDigest(submission)),
+      signingKeyFingerprint: this.signing.fingerprint,
+    };
+  }
+
+  /** SendBatchRequest.signed: these submissions under one signature of this member's key. */
+  signedSubmissions(
+    submissions: Uint8Array[],
+    options: { signWith?: KeyPair } = {},
+  ): MessageInitShape<typeof SignedSubmissionsSchema> {
+    const key = options.signWith ?? this.signing;
+    return {
+      sender: this.id,
+      submissions,
+      signature: sign(key.privateKey, submissionBatchDigest(this.id, submissions)),
+      signingKeyFingerprint: this.signing.fingerprint,
+    };
+  }
+
+  /** A serialized Submission from this member (sender: options.sender ?? this member). */
+  submission(options: SendOptions & { sender?: string } = {}): Uint8Array {
+    return toBinary(
       SubmissionSchema,
       create(SubmissionSchema, {
-        sender: this.id,
+        sender: options.sender ?? this.id,
         messageId: options.messageId ?? `${this.name}-${++messageCounter}`,
         recipients: options.recipients ?? [this.id],
         payload: options.payload ?? (options.timeProof ? new Uint8Array(0) : messagePayload("hello")),
@@ -192,12 +219,6 @@ export class TestMember {
         timeProof: options.timeProof ?? false,
       }),
     );
-    const key = options.signWith ?? this.signing;
-    return {
-      submission,
-      signature: sign(key.privateKey, submissionDigest(submission)),
-      signingKeyFingerprint: this.signing.fingerprint,
-    };
   }
 
   subscribeRequest(

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lockstep/sequencer/v1/sequencer.proto.
  */
 export const file_lockstep_sequencer_v1_sequencer: GenFile = /*@__PURE__*/
-  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEinAEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIkgKEFNlbmRCYXRjaFJlcXVlc3QSNAoIcmVxdWVzdHMYASADKAsyIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QiRwoRU2VuZEJhdGNoUmVzcG9uc2USMgoHcmVzdWx0cxgBIAMoCzIhLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kUmVzdWx0IjwKClNlbmRSZXN1bHQSLgoFZXJyb3IYASABKAsyHy5sb2Nrc3RlcC5jb21tb24udjEuRXJyb3JEZXRhaWwivgEKEFN1YnNjcmliZVJlcXVlc3QSDgoGbWVtYmVyGAEgASgJEhsKDmZyb21fdGltZXN0YW1wGAIgASgDSACIAQESFAoMd3JpdGVyX2Vwb2NoGAMgASgDEhEKCWlzc3VlZF9hdBgEIAEoAxINCgVub25jZRgFIAEoDBIRCglzaWduYXR1cmUYBiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYByABKAlCEQoPX2Zyb21fdGltZXN0YW1wIkoKEVN1YnNjcmliZVJlc3BvbnNlEjUKBmV2ZW50cxgBIAMoCzIlLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZXF1ZW5jZWRFdmVudCKHAgoOU2VxdWVuY2VkRXZlbnQSEQoJdGltZXN0YW1wGAEgASgDEh8KEnByZXZpb3VzX3RpbWVzdGFtcBgCIAEoA0gAiAEBEg4KBnNlbmRlchgDIAEoCRISCgptZXNzYWdlX2lkGAQgASgJEhIKCnJlY2lwaWVudHMYBSADKAkSDwoHcGF5bG9hZBgGIAEoDBI6Cg1kZWxpdmVyX2Vycm9yGAcgASgLMiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkRlbGl2ZXJFcnJvchISCgpjaGFpbl9oYXNoGAggASgMEhEKCXNpZ25hdHVyZRgJIAEoDEIVChNfcHJldmlvdXNfdGltZXN0YW1wIkAKDERlbGl2ZXJFcnJvchISCgptZXNzYWdlX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCRIMCgRjb2RlGAMgASgJIoMBCgxFdmVudFBheWxvYWQSPwoIdG9wb2xvZ3kYASABKAsyKy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuVG9wb2xvZ3lUcmFuc2FjdGlvbnNIABInCgdtZXNzYWdlGAIgASgLMhQuZ29vZ2xlLnByb3RvYnVmLkFueUgAQgkKB2NvbnRlbnQiXgoUVG9wb2xvZ3lUcmFuc2FjdGlvbnMSRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24iXgoZU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhITCgt0cmFuc2FjdGlvbhgBIAEoDBIZChFzaWduZXJfcHVibGljX2tleRgCIAEoDBIRCglzaWduYXR1cmUYAyABKAwieAoZU3RvcmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhJFCgt0cmFuc2FjdGlvbhgBIAEoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uEhQKDGVmZmVjdGl2ZV9hdBgCIAEoAyKBAQoSQWNrbm93bGVkZ2VSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMSFAoMd3JpdGVyX2Vwb2NoGAMgASgDEhEKCXNpZ25hdHVyZRgEIAEoDBIfChdzaWduaW5nX2tleV9maW5nZXJwcmludBgFIAEoCSIVChNBY2tub3dsZWRnZVJlc3BvbnNlIl4KFVJlZ2lzdGVyTWVtYmVyUmVxdWVzdBJFCgttZW1iZXJfa2V5cxgBIAEoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIj8KFlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USDgoGbWVtYmVyGAEgASgJEhUKDXJlZ2lzdGVyZWRfYXQYAiABKAMiXwoVU3VibWl0VG9wb2xvZ3lSZXF1ZXN0EkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIi4KFlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USFAoMZWZmZWN0aXZlX2F0GAEgASgDIjIKEkdldFRvcG9sb2d5UmVxdWVzdBISCgVhc19vZhgBIAEoA0gAiAEBQggKBl9hc19vZiKsAQoTR2V0VG9wb2xvZ3lSZXNwb25zZRJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3RvcmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIeChZzeW5jaHJvbml6ZXJfbmFtZXNwYWNlGAIgASgJEhcKD3N5bmNocm9uaXplcl9pZBgDIAEoCRIUCgxzZXF1ZW5jZXJfaWQYBCABKAkiKAoMUHJ1bmVSZXF1ZXN0EhgKEGJlZm9yZV90aW1lc3RhbXAYASABKAMiRAoNUHJ1bmVSZXNwb25zZRIbChNwcnVuaW5nX2xvd2VyX2JvdW5kGAEgASgDEhYKDnJlbW92ZWRfZXZlbnRzGAIgASgDIhsKGUdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QivgEKDE1lbWJlclN0YXR1cxIOCgZtZW1iZXIYASABKAkSGgoNcmVnaXN0ZXJlZF9hdBgCIAEoA0gAiAEBEhsKDmxhc3RfZGVsaXZlcmVkGAMgASgDSAGIAQESGQoMYWNrbm93bGVkZ2VkGAQgASgDSAKIAQESFAoMd3JpdGVyX2Vwb2NoGAUgASgDQhAKDl9yZWdpc3RlcmVkX2F0QhEKD19sYXN0X2RlbGl2ZXJlZEIPCg1fYWNrbm93bGVkZ2VkIqsCChpHZXRTZXF1ZW5jZXJTdGF0dXNSZXNwb25zZRIUCgxzZXF1ZW5jZXJfaWQYASABKAkSFwoPc3luY2hyb25pemVyX2lkGAIgASgJEhsKDmhlYWRfdGltZXN0YW1wGAMgASgDSACIAQESNAoHbWVtYmVycxgEIAMoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5NZW1iZXJTdGF0dXMSIAoTcHJ1bmluZ19sb3dlcl9ib3VuZBgFIAEoA0gBiAEBEiMKFnNhZmVfcHJ1bmluZ190aW1lc3RhbXAYBiABKANIAogBAUIRCg9faGVhZF90aW1lc3RhbXBCFgoUX3BydW5pbmdfbG93ZXJfYm91bmRCGQoXX3NhZmVfcHJ1bmluZ190aW1lc3RhbXAiOgoVR2V0TWVtYmVyRXZlbnRSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIRCgl0aW1lc3RhbXAYAiABKAMilgIKFkdldE1lbWJlckV2ZW50UmVzcG9uc2USGgoNcmVnaXN0ZXJlZF9hdBgBIAEoA0gAiAEBEiAKE3BydW5pbmdfbG93ZXJfYm91bmQYAiABKANIAYgBARIbCg5sYXN0X2RlbGl2ZXJlZBgDIAEoA0gCiAEBEjQKBWV2ZW50GAQgASgLMiUubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlcXVlbmNlZEV2ZW50EhsKDmhlYWRfdGltZXN0YW1wGAUgASgDSAOIAQFCEAoOX3JlZ2lzdGVyZWRfYXRCFgoUX3BydW5pbmdfbG93ZXJfYm91bmRCEQoPX2xhc3RfZGVsaXZlcmVkQhEKD19oZWFkX3RpbWVzdGFtcCImChJQYXVzZUludGFrZVJlcXVlc3QSEAoIbGVhc2VfbXMYASABKAMiRQoTUGF1c2VJbnRha2VSZXNwb25zZRIbCg5oZWFkX3RpbWVzdGFtcBgBIAEoA0gAiAEBQhEKD19oZWFkX3RpbWVzdGFtcCIVChNSZXN1bWVJbnRha2VSZXF1ZXN0IhYKFFJlc3VtZUludGFrZVJlc3BvbnNlMtwJChBTZXF1ZW5jZXJTZXJ2aWNlEk8KBFNlbmQSIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QaIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3BvbnNlEl4KCVNlbmRCYXRjaBInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kQmF0Y2hSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRCYXRjaFJlc3BvbnNlEmAKCVN1YnNjcmliZRInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESZAoLQWNrbm93bGVkZ2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuQWNrbm93bGVkZ2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVzcG9uc2USbQoOUmVnaXN0ZXJNZW1iZXISLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVnaXN0ZXJNZW1iZXJSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USbQoOU3VibWl0VG9wb2xvZ3kSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3VibWl0VG9wb2xvZ3lSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USZAoLR2V0VG9wb2xvZ3kSKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0VG9wb2xvZ3lSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVzcG9uc2USUgoFUHJ1bmUSIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUHJ1bmVSZXF1ZXN0GiQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVzcG9uc2USeQoSR2V0U2VxdWVuY2VyU3RhdHVzEjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QaMS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USbQoOR2V0TWVtYmVyRXZlbnQSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0TWVtYmVyRXZlbnRSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldE1lbWJlckV2ZW50UmVzcG9uc2USZAoLUGF1c2VJbnRha2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUGF1c2VJbnRha2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBhdXNlSW50YWtlUmVzcG9uc2USZwoMUmVzdW1lSW50YWtlEioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlc3VtZUludGFrZVJlcXVlc3QaKy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVzdW1lSW50YWtlUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_any, file_lockstep_common_v1_error]);
+  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEinAEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIoIBChBTZW5kQmF0Y2hSZXF1ZXN0EjQKCHJlcXVlc3RzGAEgAygLMiIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXF1ZXN0EjgKBnNpZ25lZBgCIAEoCzIoLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRTdWJtaXNzaW9ucyJsChFTaWduZWRTdWJtaXNzaW9ucxIOCgZzZW5kZXIYASABKAkSEwoLc3VibWlzc2lvbnMYAiADKAwSEQoJc2lnbmF0dXJlGAMgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAQgASgJIkcKEVNlbmRCYXRjaFJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3VsdCI8CgpTZW5kUmVzdWx0Ei4KBWVycm9yGAEgASgLMh8ubG9ja3N0ZXAuY29tbW9uLnYxLkVycm9yRGV0YWlsIr4BChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIbCg5mcm9tX3RpbWVzdGFtcBgCIAEoA0gAiAEBEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglpc3N1ZWRfYXQYBCABKAMSDQoFbm9uY2UYBSABKAwSEQoJc2lnbmF0dXJlGAYgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAcgASgJQhEKD19mcm9tX3RpbWVzdGFtcCJKChFTdWJzY3JpYmVSZXNwb25zZRI1CgZldmVudHMYASADKAsyJS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VxdWVuY2VkRXZlbnQihwIKDlNlcXVlbmNlZEV2ZW50EhEKCXRpbWVzdGFtcBgBIAEoAxIfChJwcmV2aW91c190aW1lc3RhbXAYAiABKANIAIgBARIOCgZzZW5kZXIYAyABKAkSEgoKbWVzc2FnZV9pZBgEIAEoCRISCgpyZWNpcGllbnRzGAUgAygJEg8KB3BheWxvYWQYBiABKAwSOgoNZGVsaXZlcl9lcnJvchgHIAEoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5EZWxpdmVyRXJyb3ISEgoKY2hhaW5faGFzaBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAxCFQoTX3ByZXZpb3VzX3RpbWVzdGFtcCJACgxEZWxpdmVyRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEY29kZRgDIAEoCSKDAQoMRXZlbnRQYXlsb2FkEj8KCHRvcG9sb2d5GAEgASgLMisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlRvcG9sb2d5VHJhbnNhY3Rpb25zSAASJwoHbWVzc2FnZRgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIJCgdjb250ZW50Il4KFFRvcG9sb2d5VHJhbnNhY3Rpb25zEkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIl4KGVNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24SEwoLdHJhbnNhY3Rpb24YASABKAwSGQoRc2lnbmVyX3B1YmxpY19rZXkYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIngKGVN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SRQoLdHJhbnNhY3Rpb24YASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIUCgxlZmZlY3RpdmVfYXQYAiABKAMigQEKEkFja25vd2xlZGdlUmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglzaWduYXR1cmUYBCABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYBSABKAkiFQoTQWNrbm93bGVkZ2VSZXNwb25zZSJeChVSZWdpc3Rlck1lbWJlclJlcXVlc3QSRQoLbWVtYmVyX2tleXMYASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiI/ChZSZWdpc3Rlck1lbWJlclJlc3BvbnNlEg4KBm1lbWJlchgBIAEoCRIVCg1yZWdpc3RlcmVkX2F0GAIgASgDIl8KFVN1Ym1pdFRvcG9sb2d5UmVxdWVzdBJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiIuChZTdWJtaXRUb3BvbG9neVJlc3BvbnNlEhQKDGVmZmVjdGl2ZV9hdBgBIAEoAyIyChJHZXRUb3BvbG9neVJlcXVlc3QSEgoFYXNfb2YYASABKANIAIgBAUIICgZfYXNfb2YirAEKE0dldFRvcG9sb2d5UmVzcG9uc2USRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SHgoWc3luY2hyb25pemVyX25hbWVzcGFjZRgCIAEoCRIXCg9zeW5jaHJvbml6ZXJfaWQYAyABKAkSFAoMc2VxdWVuY2VyX2lkGAQgASgJIigKDFBydW5lUmVxdWVzdBIYChBiZWZvcmVfdGltZXN0YW1wGAEgASgDIkQKDVBydW5lUmVzcG9uc2USGwoTcHJ1bmluZ19sb3dlcl9ib3VuZBgBIAEoAxIWCg5yZW1vdmVkX2V2ZW50cxgCIAEoAyIbChlHZXRTZXF1ZW5jZXJTdGF0dXNSZXF1ZXN0Ir4BCgxNZW1iZXJTdGF0dXMSDgoGbWVtYmVyGAEgASgJEhoKDXJlZ2lzdGVyZWRfYXQYAiABKANIAIgBARIbCg5sYXN0X2RlbGl2ZXJlZBgDIAEoA0gBiAEBEhkKDGFja25vd2xlZGdlZBgEIAEoA0gCiAEBEhQKDHdyaXRlcl9lcG9jaBgFIAEoA0IQCg5fcmVnaXN0ZXJlZF9hdEIRCg9fbGFzdF9kZWxpdmVyZWRCDwoNX2Fja25vd2xlZGdlZCKrAgoaR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USFAoMc2VxdWVuY2VyX2lkGAEgASgJEhcKD3N5bmNocm9uaXplcl9pZBgCIAEoCRIbCg5oZWFkX3RpbWVzdGFtcBgDIAEoA0gAiAEBEjQKB21lbWJlcnMYBCADKAsyIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuTWVtYmVyU3RhdHVzEiAKE3BydW5pbmdfbG93ZXJfYm91bmQYBSABKANIAYgBARIjChZzYWZlX3BydW5pbmdfdGltZXN0YW1wGAYgASgDSAKIAQFCEQoPX2hlYWRfdGltZXN0YW1wQhYKFF9wcnVuaW5nX2xvd2VyX2JvdW5kQhkKF19zYWZlX3BydW5pbmdfdGltZXN0YW1wIjoKFUdldE1lbWJlckV2ZW50UmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDIpYCChZHZXRNZW1iZXJFdmVudFJlc3BvbnNlEhoKDXJlZ2lzdGVyZWRfYXQYASABKANIAIgBARIgChNwcnVuaW5nX2xvd2VyX2JvdW5kGAIgASgDSAGIAQESGwoObGFzdF9kZWxpdmVyZWQYAyABKANIAogBARI0CgVldmVudBgEIAEoCzIlLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZXF1ZW5jZWRFdmVudBIbCg5oZWFkX3RpbWVzdGFtcBgFIAEoA0gDiAEBQhAKDl9yZWdpc3RlcmVkX2F0QhYKFF9wcnVuaW5nX2xvd2VyX2JvdW5kQhEKD19sYXN0X2RlbGl2ZXJlZEIRCg9faGVhZF90aW1lc3RhbXAiJgoSUGF1c2VJbnRha2VSZXF1ZXN0EhAKCGxlYXNlX21zGAEgASgDIkUKE1BhdXNlSW50YWtlUmVzcG9uc2USGwoOaGVhZF90aW1lc3RhbXAYASABKANIAIgBAUIRCg9faGVhZF90aW1lc3RhbXAiFQoTUmVzdW1lSW50YWtlUmVxdWVzdCIWChRSZXN1bWVJbnRha2VSZXNwb25zZTLcCQoQU2VxdWVuY2VyU2VydmljZRJPCgRTZW5kEiIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXF1ZXN0GiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXNwb25zZRJeCglTZW5kQmF0Y2gSJy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZEJhdGNoUmVxdWVzdBooLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kQmF0Y2hSZXNwb25zZRJgCglTdWJzY3JpYmUSJy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3Vic2NyaWJlUmVxdWVzdBooLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXNwb25zZTABEmQKC0Fja25vd2xlZGdlEikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5BY2tub3dsZWRnZVJlc3BvbnNlEm0KDlJlZ2lzdGVyTWVtYmVyEiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZWdpc3Rlck1lbWJlclJlc3BvbnNlEm0KDlN1Ym1pdFRvcG9sb2d5EiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJtaXRUb3BvbG9neVJlc3BvbnNlEmQKC0dldFRvcG9sb2d5EikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRUb3BvbG9neVJlc3BvbnNlElIKBVBydW5lEiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVxdWVzdBokLmxvY2tzdGVwLnNlcXVlbmNlci52MS5QcnVuZVJlc3BvbnNlEnkKEkdldFNlcXVlbmNlclN0YXR1cxIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRTZXF1ZW5jZXJTdGF0dXNSZXF1ZXN0GjEubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1Jlc3BvbnNlEm0KDkdldE1lbWJlckV2ZW50EiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldE1lbWJlckV2ZW50UmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRNZW1iZXJFdmVudFJlc3BvbnNlEmQKC1BhdXNlSW50YWtlEikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBhdXNlSW50YWtlUmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5QYXVzZUludGFrZVJlc3BvbnNlEmcKDFJlc3VtZUludGFrZRIqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZXN1bWVJbnRha2VSZXF1ZXN0GisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlc3VtZUludGFrZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_any, file_lockstep_common_v1_error]);
 
 /**
  * What a member asks the sequencer to sequence. Serialized and signed as bytes, so that the
@@ -123,13 +123,24 @@ export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
   messageDesc(file_lockstep_sequencer_v1_sequencer, 2);
 
 /**
+ * Either individually signed requests, or one sender's submissions signed once (not both).
+ *
  * @generated from message lockstep.sequencer.v1.SendBatchRequest
  */
 export type SendBatchRequest = Message<"lockstep.sequencer.v1.SendBatchRequest"> & {
   /**
+   * Each checked exactly as its own Send would be.
+   *
    * @generated from field: repeated lockstep.sequencer.v1.SendRequest requests = 1;
    */
   requests: SendRequest[];
+
+  /**
+   * What the sequencer client sends: one signature made and verified per batch, not per submission.
+   *
+   * @generated from field: lockstep.sequencer.v1.SignedSubmissions signed = 2;
+   */
+  signed?: SignedSubmissions | undefined;
 };
 
 /**
@@ -140,11 +151,50 @@ export const SendBatchRequestSchema: GenMessage<SendBatchRequest> = /*@__PURE__*
   messageDesc(file_lockstep_sequencer_v1_sequencer, 3);
 
 /**
+ * One sender's submissions under one signature, over
+ * digest("submission-batch", sender, submission 1, ..., submission n) (each length-prefixed).
+ *
+ * @generated from message lockstep.sequencer.v1.SignedSubmissions
+ */
+export type SignedSubmissions = Message<"lockstep.sequencer.v1.SignedSubmissions"> & {
+  /**
+   * @generated from field: string sender = 1;
+   */
+  sender: string;
+
+  /**
+   * Serialized Submissions, each with this sender; checked one by one as by Send otherwise.
+   *
+   * @generated from field: repeated bytes submissions = 2;
+   */
+  submissions: Uint8Array[];
+
+  /**
+   * @generated from field: bytes signature = 3;
+   */
+  signature: Uint8Array;
+
+  /**
+   * One of the sender's signing keys in topology at the sequencer's head.
+   *
+   * @generated from field: string signing_key_fingerprint = 4;
+   */
+  signingKeyFingerprint: string;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SignedSubmissions.
+ * Use `create(SignedSubmissionsSchema)` to create a new message.
+ */
+export const SignedSubmissionsSchema: GenMessage<SignedSubmissions> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 4);
+
+/**
  * @generated from message lockstep.sequencer.v1.SendBatchResponse
  */
 export type SendBatchResponse = Message<"lockstep.sequencer.v1.SendBatchResponse"> & {
   /**
-   * One per request, in the same order.
+   * One per request (or per submission of `signed`), in the same order.
    *
    * @generated from field: repeated lockstep.sequencer.v1.SendResult results = 1;
    */
@@ -156,7 +206,7 @@ export type SendBatchResponse = Message<"lockstep.sequencer.v1.SendBatchResponse
  * Use `create(SendBatchResponseSchema)` to create a new message.
  */
 export const SendBatchResponseSchema: GenMessage<SendBatchResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 4);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 5);
 
 /**
  * @generated from message lockstep.sequencer.v1.SendResult
@@ -175,7 +225,7 @@ export type SendResult = Message<"lockstep.sequencer.v1.SendResult"> & {
  * Use `create(SendResultSchema)` to create a new message.
  */
 export const SendResultSchema: GenMessage<SendResult> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 5);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 6);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubscribeRequest
@@ -231,7 +281,7 @@ export type SubscribeRequest = Message<"lockstep.sequencer.v1.SubscribeRequest">
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 6);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 7);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubscribeResponse
@@ -250,7 +300,7 @@ export type SubscribeResponse = Message<"lockstep.sequencer.v1.SubscribeResponse
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 7);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 8);
 
 /**
  * An event as delivered to one member (see src/common/sequenced-event.ts): previous_timestamp and
@@ -320,7 +370,7 @@ export type SequencedEvent = Message<"lockstep.sequencer.v1.SequencedEvent"> & {
  * Use `create(SequencedEventSchema)` to create a new message.
  */
 export const SequencedEventSchema: GenMessage<SequencedEvent> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 8);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 9);
 
 /**
  * @generated from message lockstep.sequencer.v1.DeliverError
@@ -349,7 +399,7 @@ export type DeliverError = Message<"lockstep.sequencer.v1.DeliverError"> & {
  * Use `create(DeliverErrorSchema)` to create a new message.
  */
 export const DeliverErrorSchema: GenMessage<DeliverError> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 9);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 10);
 
 /**
  * The payload of every submission and event, so every member can tell topology changes from
@@ -385,7 +435,7 @@ export type EventPayload = Message<"lockstep.sequencer.v1.EventPayload"> & {
  * Use `create(EventPayloadSchema)` to create a new message.
  */
 export const EventPayloadSchema: GenMessage<EventPayload> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 10);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 11);
 
 /**
  * @generated from message lockstep.sequencer.v1.TopologyTransactions
@@ -402,7 +452,7 @@ export type TopologyTransactions = Message<"lockstep.sequencer.v1.TopologyTransa
  * Use `create(TopologyTransactionsSchema)` to create a new message.
  */
 export const TopologyTransactionsSchema: GenMessage<TopologyTransactions> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 11);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 12);
 
 /**
  * See src/crypto/topology.ts.
@@ -437,7 +487,7 @@ export type SignedTopologyTransaction = Message<"lockstep.sequencer.v1.SignedTop
  * Use `create(SignedTopologyTransactionSchema)` to create a new message.
  */
 export const SignedTopologyTransactionSchema: GenMessage<SignedTopologyTransaction> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 12);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 13);
 
 /**
  * @generated from message lockstep.sequencer.v1.StoredTopologyTransaction
@@ -461,7 +511,7 @@ export type StoredTopologyTransaction = Message<"lockstep.sequencer.v1.StoredTop
  * Use `create(StoredTopologyTransactionSchema)` to create a new message.
  */
 export const StoredTopologyTransactionSchema: GenMessage<StoredTopologyTransaction> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 13);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 14);
 
 /**
  * @generated from message lockstep.sequencer.v1.AcknowledgeRequest
@@ -502,7 +552,7 @@ export type AcknowledgeRequest = Message<"lockstep.sequencer.v1.AcknowledgeReque
  * Use `create(AcknowledgeRequestSchema)` to create a new message.
  */
 export const AcknowledgeRequestSchema: GenMessage<AcknowledgeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 14);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 15);
 
 /**
  * @generated from message lockstep.sequencer.v1.AcknowledgeResponse
@@ -515,7 +565,7 @@ export type AcknowledgeResponse = Message<"lockstep.sequencer.v1.AcknowledgeResp
  * Use `create(AcknowledgeResponseSchema)` to create a new message.
  */
 export const AcknowledgeResponseSchema: GenMessage<AcknowledgeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 15);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 16);
 
 /**
  * @generated from message lockstep.sequencer.v1.RegisterMemberRequest
@@ -534,7 +584,7 @@ export type RegisterMemberRequest = Message<"lockstep.sequencer.v1.RegisterMembe
  * Use `create(RegisterMemberRequestSchema)` to create a new message.
  */
 export const RegisterMemberRequestSchema: GenMessage<RegisterMemberRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 16);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 17);
 
 /**
  * @generated from message lockstep.sequencer.v1.RegisterMemberResponse
@@ -559,7 +609,7 @@ export type RegisterMemberResponse = Message<"lockstep.sequencer.v1.RegisterMemb
  * Use `create(RegisterMemberResponseSchema)` to create a new message.
  */
 export const RegisterMemberResponseSchema: GenMessage<RegisterMemberResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 17);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 18);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubmitTopologyRequest
@@ -576,7 +626,7 @@ export type SubmitTopologyRequest = Message<"lockstep.sequencer.v1.SubmitTopolog
  * Use `create(SubmitTopologyRequestSchema)` to create a new message.
  */
 export const SubmitTopologyRequestSchema: GenMessage<SubmitTopologyRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 18);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 19);
 
 /**
  * @generated from message lockstep.sequencer.v1.SubmitTopologyResponse
@@ -595,7 +645,7 @@ export type SubmitTopologyResponse = Message<"lockstep.sequencer.v1.SubmitTopolo
  * Use `create(SubmitTopologyResponseSchema)` to create a new message.
  */
 export const SubmitTopologyResponseSchema: GenMessage<SubmitTopologyResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 19);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 20);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetTopologyRequest
@@ -614,7 +664,7 @@ export type GetTopologyRequest = Message<"lockstep.sequencer.v1.GetTopologyReque
  * Use `create(GetTopologyRequestSchema)` to create a new message.
  */
 export const GetTopologyRequestSchema: GenMessage<GetTopologyRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 20);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 21);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetTopologyResponse
@@ -650,7 +700,7 @@ export type GetTopologyResponse = Message<"lockstep.sequencer.v1.GetTopologyResp
  * Use `create(GetTopologyResponseSchema)` to create a new message.
  */
 export const GetTopologyResponseSchema: GenMessage<GetTopologyResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 21);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 22);
 
 /**
  * @generated from message lockstep.sequencer.v1.PruneRequest
@@ -670,7 +720,7 @@ export type PruneRequest = Message<"lockstep.sequencer.v1.PruneRequest"> & {
  * Use `create(PruneRequestSchema)` to create a new message.
  */
 export const PruneRequestSchema: GenMessage<PruneRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 22);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 23);
 
 /**
  * @generated from message lockstep.sequencer.v1.PruneResponse
@@ -694,7 +744,7 @@ export type PruneResponse = Message<"lockstep.sequencer.v1.PruneResponse"> & {
  * Use `create(PruneResponseSchema)` to create a new message.
  */
 export const PruneResponseSchema: GenMessage<PruneResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 23);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 24);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusRequest
@@ -707,7 +757,7 @@ export type GetSequencerStatusRequest = Message<"lockstep.sequencer.v1.GetSequen
  * Use `create(GetSequencerStatusRequestSchema)` to create a new message.
  */
 export const GetSequencerStatusRequestSchema: GenMessage<GetSequencerStatusRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 24);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 25);
 
 /**
  * @generated from message lockstep.sequencer.v1.MemberStatus
@@ -750,7 +800,7 @@ export type MemberStatus = Message<"lockstep.sequencer.v1.MemberStatus"> & {
  * Use `create(MemberStatusSchema)` to create a new message.
  */
 export const MemberStatusSchema: GenMessage<MemberStatus> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 25);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 26);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusResponse
@@ -798,7 +848,7 @@ export type GetSequencerStatusResponse = Message<"lockstep.sequencer.v1.GetSeque
  * Use `create(GetSequencerStatusResponseSchema)` to create a new message.
  */
 export const GetSequencerStatusResponseSchema: GenMessage<GetSequencerStatusResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 26);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 27);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetMemberEventRequest
@@ -820,7 +870,7 @@ export type GetMemberEventRequest = Message<"lockstep.sequencer.v1.GetMemberEven
  * Use `create(GetMemberEventRequestSchema)` to create a new message.
  */
 export const GetMemberEventRequestSchema: GenMessage<GetMemberEventRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 27);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 28);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetMemberEventResponse
@@ -866,7 +916,7 @@ export type GetMemberEventResponse = Message<"lockstep.sequencer.v1.GetMemberEve
  * Use `create(GetMemberEventResponseSchema)` to create a new message.
  */
 export const GetMemberEventResponseSchema: GenMessage<GetMemberEventResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 28);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 29);
 
 /**
  * @generated from message lockstep.sequencer.v1.PauseIntakeRequest
@@ -885,7 +935,7 @@ export type PauseIntakeRequest = Message<"lockstep.sequencer.v1.PauseIntakeReque
  * Use `create(PauseIntakeRequestSchema)` to create a new message.
  */
 export const PauseIntakeRequestSchema: GenMessage<PauseIntakeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 29);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 30);
 
 /**
  * @generated from message lockstep.sequencer.v1.PauseIntakeResponse
@@ -904,7 +954,7 @@ export type PauseIntakeResponse = Message<"lockstep.sequencer.v1.PauseIntakeResp
  * Use `create(PauseIntakeResponseSchema)` to create a new message.
  */
 export const PauseIntakeResponseSchema: GenMessage<PauseIntakeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 30);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 31);
 
 /**
  * @generated from message lockstep.sequencer.v1.ResumeIntakeRequest
@@ -917,7 +967,7 @@ export type ResumeIntakeRequest = Message<"lockstep.sequencer.v1.ResumeIntakeReq
  * Use `create(ResumeIntakeRequestSchema)` to create a new message.
  */
 export const ResumeIntakeRequestSchema: GenMessage<ResumeIntakeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 31);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 32);
 
 /**
  * @generated from message lockstep.sequencer.v1.ResumeIntakeResponse
@@ -930,7 +980,7 @@ export type ResumeIntakeResponse = Message<"lockstep.sequencer.v1.ResumeIntakeRe
  * Use `create(ResumeIntakeResponseSchema)` to create a new message.
  */
 export const ResumeIntakeResponseSchema: GenMessage<ResumeIntakeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 32);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 33);
 
 /**
  * The sequencer: assigns every submission a unique, strictly increasing timestamp, stores it and
