@@ -215,6 +215,7 @@ export class SequencerStore {
         t.map((x) => x.entry.signed.signature),
         head.toString(),
       ],
+      { prepare: "lockstep_sequencer_write_batch" },
     );
   }
 

@@ -15,9 +15,21 @@ export type SqlParam =
   | readonly unknown[]
   | object;
 
+export interface QueryOptions {
+  /**
+   * Run as a named prepared statement: parsed and planned once per connection, not per call (for
+   * a hot statement such as the sequencer writer's). A name must always go with the same SQL.
+   */
+  prepare?: string;
+}
+
 export interface Queryable {
   /** All rows. int8 columns arrive as bigint, bytea as Buffer. */
-  query<R extends object = Record<string, unknown>>(sql: string, params?: readonly SqlParam[]): Promise<R[]>;
+  query<R extends object = Record<string, unknown>>(
+    sql: string,
+    params?: readonly SqlParam[],
+    options?: QueryOptions,
+  ): Promise<R[]>;
   /** Exactly one row, else throws. */
   one<R extends object = Record<string, unknown>>(sql: string, params?: readonly SqlParam[]): Promise<R>;
   /** The first row or undefined. */

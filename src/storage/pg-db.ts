@@ -1,7 +1,7 @@
 import pg from "pg";
 import { LockstepError } from "../common/errors.ts";
 import { type Logger, silentLogger } from "../common/logging.ts";
-import type { Db, DbSession, Queryable, SqlParam, TransactionOptions, Tx } from "./db.ts";
+import type { Db, DbSession, Queryable, QueryOptions, SqlParam, TransactionOptions, Tx } from "./db.ts";
 
 export interface PgDbOptions {
   connectionString: string;
@@ -62,18 +62,22 @@ function firstLine(sql: string): string {
 }
 
 interface PgQueryTarget {
-  query(text: string, values?: unknown[]): Promise<pg.QueryResult>;
+  query(config: pg.QueryConfig): Promise<pg.QueryResult>;
 }
 
 /** The Queryable methods over anything that runs a query; `guard` refuses use after the end of life. */
 function queryable(target: PgQueryTarget, guard: () => void = () => {}): Queryable {
-  const run = async (sql: string, params?: readonly SqlParam[]) => {
+  const run = async (sql: string, params?: readonly SqlParam[], options?: QueryOptions) => {
     guard();
-    return target.query(sql, prepareParams(params));
+    return target.query({
+      text: sql,
+      values: prepareParams(params),
+      ...(options?.prepare ? { name: options.prepare } : {}),
+    });
   };
   return {
-    async query<R extends object>(sql: string, params?: readonly SqlParam[]) {
-      return (await run(sql, params)).rows as R[];
+    async query<R extends object>(sql: string, params?: readonly SqlParam[], options?: QueryOptions) {
+      return (await run(sql, params, options)).rows as R[];
     },
     async one<R extends object>(sql: string, params?: readonly SqlParam[]) {
       const { rows } = await run(sql, params);
