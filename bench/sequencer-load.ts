@@ -25,6 +25,8 @@ export interface LoadSettings {
   seconds: number;
   warmupSeconds: number;
   senders: number;
+  /** Member names (fresh members per run). */
+  memberNames: [string, string];
   /** One database per member (its key store and client state). */
   memberDatabaseUrls: [string, string];
 }
@@ -46,8 +48,8 @@ const members = await Promise.all(
     await runMigrations(db, "bench-member", [...sequencerClientMigrations, ...keyStoreMigrations]);
     const client = createSequencerClient({
       db,
-      logger: silentLogger(`bench-${i}`),
-      memberName: `bench-${i}`,
+      logger: silentLogger(settings.memberNames[i] as string),
+      memberName: settings.memberNames[i] as string,
       sequencerUrl: url,
       identity: () => ({ writerEpoch: 1n }),
       onFatal: (error) => {

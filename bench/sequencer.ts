@@ -1,9 +1,10 @@
 /**
  * Sequencer throughput with durable commits (fsync on, synchronous_commit on): events per second
- * sequenced and delivered to two subscribers, under many concurrent senders, beside the
- * single-row INSERT commits per second of the same cluster (pgbench, one client), and their ratio.
+ * sequenced and delivered to two subscribers, under 64, 256 and 1024 concurrent senders, each
+ * beside the single-row INSERT commits per second of the same cluster (pgbench, one client), and
+ * their ratio. Group commit only pays under concurrency, hence the sweep.
  *
- *   npm run bench:sequencer                     # BENCH_SECONDS=15 BENCH_SENDERS=64 by default
+ *   npm run bench:sequencer          # BENCH_SECONDS=15 BENCH_SENDERS=64,256,1024 by default
  *
  * The sequencer runs in this thread; the members (senders and subscribers) in a worker thread.
  */
@@ -21,12 +22,11 @@ import { sequencerServiceRoutes } from "../src/sequencer/sequencer-service.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
 import { runMigrations } from "../src/storage/migrations.ts";
 import { createPgDb } from "../src/storage/pg-db.ts";
-import { runCoreLoad } from "./sequencer-core.ts";
 import type { LoadResult, LoadSettings } from "./sequencer-load.ts";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 15);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
-const SENDERS = Number(process.env.BENCH_SENDERS ?? 64);
+const SENDERS = (process.env.BENCH_SENDERS ?? "64,256,1024").split(",").map(Number);
 const BASELINE_SECONDS = Number(process.env.BENCH_BASELINE_SECONDS ?? 10);
 
 const base = mkdtempSync(join(tmpdir(), "lockstep-bench-"));
@@ -111,60 +111,54 @@ try {
   });
   const serverPort = await server.start();
 
-  const window: Record<"start" | "end", { batches: number; events: number; at: number }> = {
-    start: { batches: 0, events: 0, at: 0 },
-    end: { batches: 0, events: 0, at: 0 },
-  };
-  await pg.ensureDatabase("member_a");
-  await pg.ensureDatabase("member_b");
-  const result = await runLoad(
-    {
-      port: serverPort,
-      seconds: SECONDS,
-      warmupSeconds: WARMUP_SECONDS,
-      senders: SENDERS,
-      memberDatabaseUrls: [pg.connectionUrl("member_a"), pg.connectionUrl("member_b")],
-    },
-    (edge) => {
-      window[edge] = { ...sequencer.writerStats, at: performance.now() };
-    },
+  console.log(
+    `sequencer: 2 members subscribed, every event to both, ${SECONDS} s measured after ${WARMUP_SECONDS} s warm-up per row`,
   );
+  console.log(
+    "  senders | sends acked/s | delivered to both/s | events per commit | ratio to single-row INSERTs",
+  );
+  let failed = false;
+  let best = 0;
+  for (const senders of SENDERS) {
+    const window: Record<"start" | "end", { batches: number; events: number; at: number }> = {
+      start: { batches: 0, events: 0, at: 0 },
+      end: { batches: 0, events: 0, at: 0 },
+    };
+    const databases = [`member_a_${senders}`, `member_b_${senders}`] as const;
+    for (const database of databases) await pg.ensureDatabase(database);
+    const result = await runLoad(
+      {
+        port: serverPort,
+        seconds: SECONDS,
+        warmupSeconds: WARMUP_SECONDS,
+        senders,
+        memberNames: [`bench-a-${senders}`, `bench-b-${senders}`],
+        memberDatabaseUrls: [pg.connectionUrl(databases[0]), pg.connectionUrl(databases[1])],
+      },
+      (edge) => {
+        window[edge] = { ...sequencer.writerStats, at: performance.now() };
+      },
+    );
+    const elapsed = (window.end.at - window.start.at) / 1000;
+    const batches = window.end.batches - window.start.batches;
+    const events = window.end.events - window.start.events;
+    const eventsPerSecond = Math.min(...result.deliveredInWindow) / elapsed;
+    const ratio = eventsPerSecond / insertsPerSecond;
+    best = Math.max(best, ratio);
+    const complete = result.totalDelivered.every((n) => n === result.totalSent);
+    console.log(
+      `  ${String(senders).padStart(7)} | ${(result.sentInWindow / elapsed).toFixed(0).padStart(13)} | ${eventsPerSecond.toFixed(0).padStart(19)} | ${(events / Math.max(batches, 1)).toFixed(1).padStart(17)} | ${ratio.toFixed(2)}`,
+    );
+    console.log(
+      `          check: ${result.totalSent} sent, delivered ${result.totalDelivered.join(" / ")}, ${result.failedSends} failed sends: ${complete ? "complete" : "INCOMPLETE"}`,
+    );
+    if (!complete || result.failedSends > 0) failed = true;
+  }
+  console.log(`best ratio to single-row INSERTs: ${best.toFixed(2)}`);
   await server.stop();
-  const core = await runCoreLoad(sequencer, {
-    seconds: Math.min(SECONDS, 10),
-    warmupSeconds: WARMUP_SECONDS,
-    senders: SENDERS,
-  });
   await sequencer.stop();
   await db.close();
-
-  const elapsed = (window.end.at - window.start.at) / 1000;
-  const batches = window.end.batches - window.start.batches;
-  const events = window.end.events - window.start.events;
-  const deliveredBoth = Math.min(...result.deliveredInWindow);
-  const eventsPerSecond = deliveredBoth / elapsed;
-  console.log(
-    `sequencer: ${SENDERS} concurrent senders, 2 members subscribed, every event to both, ${elapsed.toFixed(1)} s measured after ${WARMUP_SECONDS} s warm-up`,
-  );
-  console.log(`  sends acknowledged:            ${(result.sentInWindow / elapsed).toFixed(0)} /s`);
-  console.log(`  events delivered to both:      ${eventsPerSecond.toFixed(0)} /s`);
-  console.log(
-    `  writer commits:                ${(batches / elapsed).toFixed(0)} /s, ${(events / Math.max(batches, 1)).toFixed(1)} events per commit`,
-  );
-  console.log(`  ratio to single-row INSERTs:   ${(eventsPerSecond / insertsPerSecond).toFixed(2)}`);
-  const complete = result.totalDelivered.every((n) => n === result.totalSent);
-  console.log(
-    `  check: ${result.totalSent} sent, delivered ${result.totalDelivered.join(" / ")}, ${result.failedSends} failed sends: ${complete ? "complete" : "INCOMPLETE"}`,
-  );
-  const coreRate = core.deliveredToBoth / core.seconds;
-  console.log(`sequencer in-process (no RPC), same settings, ${core.seconds.toFixed(1)} s measured`);
-  console.log(`  events delivered to both:      ${coreRate.toFixed(0)} /s`);
-  console.log(
-    `  writer commits:                ${(core.batches / core.seconds).toFixed(0)} /s, ${(core.events / Math.max(core.batches, 1)).toFixed(1)} events per commit`,
-  );
-  console.log(`  ratio to single-row INSERTs:   ${(coreRate / insertsPerSecond).toFixed(2)}`);
-  console.log(`  check: ${core.complete ? "complete" : "INCOMPLETE"}`);
-  if (!complete || !core.complete || result.failedSends > 0) process.exitCode = 1;
+  if (failed) process.exitCode = 1;
 } finally {
   await pg.stop().catch(() => {});
   rmSync(base, { recursive: true, force: true });

@@ -52,7 +52,8 @@ export interface EventPosition {
 /** The chain hash "before the first event". */
 export const GENESIS_CHAIN_HASH: Buffer = Buffer.alloc(32);
 
-const CONTENT_HASH_TAG = "lockstep/sequenced-event/v1";
+const CONTENT_HASH_TAG = "lockstep/sequenced-event/v2";
+const SUBMISSION_HASH_TAG = "lockstep/sequenced-submission/v1";
 
 /** 8 bytes big-endian two's complement, the encoding of every int64 that is hashed or signed. */
 export function int64Bytes(value: bigint): Buffer {
@@ -62,22 +63,37 @@ export function int64Bytes(value: bigint): Buffer {
 }
 
 /**
- * Hash of every field of the member's view except chainHash and signature. Fields are
- * length-prefixed (hashFields), and optional parts carry a presence marker, so no two different
- * events share an encoding.
+ * Hash of what every member's view of an event shares (all but previousTimestamp, chainHash and
+ * signature), so that the sequencer hashes a submission's payload once, not once per recipient.
+ * Fields are length-prefixed (hashFields), and optional parts carry a presence marker, so no two
+ * different events share an encoding.
  */
-export function contentHash(event: Omit<SequencedEvent, "chainHash" | "signature">): Buffer {
+export function submissionHash(event: SequencedSubmission): Buffer {
   const e = event.deliverError;
   return hashFields(
-    CONTENT_HASH_TAG,
+    SUBMISSION_HASH_TAG,
     int64Bytes(event.timestamp),
-    event.previousTimestamp === null ? Buffer.alloc(0) : int64Bytes(event.previousTimestamp),
     event.sender,
     event.messageId,
     int64Bytes(BigInt(event.recipients.length)),
     ...event.recipients,
     event.payload,
     ...(e ? ["deliver-error", e.messageId, e.reason, e.code] : ["deliver"]),
+  );
+}
+
+/**
+ * Hash of every field of the member's view except chainHash and signature: its previousTimestamp
+ * and the submissionHash (which may be given when already computed for another view).
+ */
+export function contentHash(
+  event: Omit<SequencedEvent, "chainHash" | "signature">,
+  shared: Buffer = submissionHash(event),
+): Buffer {
+  return hashFields(
+    CONTENT_HASH_TAG,
+    event.previousTimestamp === null ? Buffer.alloc(0) : int64Bytes(event.previousTimestamp),
+    shared,
   );
 }
 
@@ -116,6 +132,7 @@ export function unsignedDeliveryFor(
   member: string,
   event: SequencedSubmission,
   memberPrev: EventPosition | null,
+  shared: Buffer = submissionHash(event),
 ): UnsignedView {
   if (!membersToDeliver(event).includes(member)) {
     throw new TypeError(`event ${event.timestamp} from ${event.sender} is not addressed to ${member}`);
@@ -125,16 +142,17 @@ export function unsignedDeliveryFor(
       `event ${event.timestamp} for ${member} is not after its previous ${memberPrev.timestamp}`,
     );
   }
+  // Views of one event share its recipients and payload (never mutated).
   const content = {
     timestamp: event.timestamp,
     previousTimestamp: memberPrev?.timestamp ?? null,
     sender: event.sender,
     messageId: event.messageId,
-    recipients: [...event.recipients],
+    recipients: event.recipients,
     payload: event.payload,
-    ...(event.deliverError ? { deliverError: { ...event.deliverError } } : {}),
+    ...(event.deliverError ? { deliverError: event.deliverError } : {}),
   };
-  const hash = contentHash(content);
+  const hash = contentHash(content, shared);
   const chainHash = nextChainHash(memberPrev?.chainHash ?? null, hash);
   return { view: { ...content, chainHash }, signingBytes: Buffer.concat([hash, chainHash]) };
 }

@@ -5,6 +5,7 @@ import {
   membersToDeliver,
   type SequencedEvent,
   type SequencedSubmission,
+  submissionHash,
   type UnsignedView,
   unsignedDeliveryFor,
 } from "../common/sequenced-event.ts";
@@ -211,6 +212,7 @@ export class SequencerWriter {
       }
       head = timestamp;
       const views: { member: string; unsigned: UnsignedView }[] = [];
+      const shared = submissionHash(event);
       for (const member of membersToDeliver(event)) {
         // The sequencer sends topology events but does not subscribe to itself.
         if (member === sequencerId) continue;
@@ -218,6 +220,7 @@ export class SequencerWriter {
           member,
           event,
           heads.get(member) ?? base.heads.get(member) ?? null,
+          shared,
         );
         heads.set(member, { timestamp, chainHash: unsigned.view.chainHash });
         views.push({ member, unsigned });
