@@ -8,9 +8,9 @@ import {
   MemberStatusSchema,
   SequencerService,
   StoredTopologyTransactionSchema,
-  SubscribeResponseSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { Sequencer } from "./sequencer.ts";
+import { isBinaryRequest, subscribeResponse } from "./subscribe-response.ts";
 
 /** Requests per SendBatch at most (the client's coalescer sends fewer). */
 export const MAX_SEND_BATCH = 1000;
@@ -63,8 +63,9 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
       },
       async *subscribe(request, context) {
         const fromTimestamp = request.fromTimestamp;
+        const binary = isBinaryRequest(context.requestHeader.get("content-type"));
         for await (const events of current().subscribe({ ...request, fromTimestamp }, context.signal)) {
-          yield create(SubscribeResponseSchema, { events: events.map(eventToProto) });
+          yield subscribeResponse(events, binary);
         }
       },
       async acknowledge(request) {

@@ -1,11 +1,13 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
 import type { SequencedEvent } from "../../src/common/sequenced-event.ts";
 import { nowMicros } from "../../src/common/time.ts";
 import { generateKeyPair } from "../../src/crypto/keys.ts";
 import { signedTopologyFromParts, TopologyState } from "../../src/crypto/topology.ts";
+import { SequencerService } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import {
@@ -342,6 +344,21 @@ test("SendBatch signed once: one verification for the batch, then each submissio
     }),
     "INVALID_ARGUMENT",
   );
+});
+
+test("a subscriber over Connect JSON gets the same events as one over gRPC", async () => {
+  const json = createClient(
+    SequencerService,
+    createConnectTransport({
+      baseUrl: `http://127.0.0.1:${seq.port}`,
+      httpVersion: "2",
+      useBinaryFormat: false,
+    }),
+  );
+  const binary = await collectEvents(seq.client, carol, { idleMs: 300 });
+  const viaJson = await collectEvents(json, carol, { idleMs: 300 });
+  assert.ok(binary.length > 0);
+  assert.deepEqual(viaJson, binary);
 });
 
 test("subscriptions are authenticated and never start before the member's registration", async () => {
