@@ -3,7 +3,11 @@ import { test } from "node:test";
 import type { SequencedEvent } from "../../src/common/sequenced-event.ts";
 import { RecentEvents } from "../../src/sequencer/recent-events.ts";
 
-function view(member: string, timestamp: bigint): { member: string; event: SequencedEvent } {
+function view(
+  member: string,
+  timestamp: bigint,
+  payloadBytes = 0,
+): { member: string; event: SequencedEvent } {
   return {
     member,
     event: {
@@ -12,7 +16,7 @@ function view(member: string, timestamp: bigint): { member: string; event: Seque
       sender: "s::1220",
       messageId: `m-${timestamp}`,
       recipients: [member],
-      payload: new Uint8Array(0),
+      payload: new Uint8Array(payloadBytes),
       chainHash: Buffer.alloc(32),
       signature: Buffer.alloc(64),
     },
@@ -51,4 +55,19 @@ test("after pruning, reads from below the new lower bound go to the database", (
   assert.equal(recent.read("b", 19n, 10), undefined);
   assert.deepEqual(stamps(recent.read("a", 20n, 10)), [20]);
   assert.deepEqual(stamps(recent.read("b", 20n, 10)), [30]);
+});
+
+test("big payloads: the byte limit evicts too, and reads from there go to the database", () => {
+  const recent = new RecentEvents(null, 100, 1000);
+  recent.add([view("a", 1n, 600), view("a", 2n, 600), view("a", 3n, 600)]);
+  assert.deepEqual(stamps(recent.read("a", 0n, 10)), [1, 2, 3], "not yet at 2 × 1000 bytes");
+  recent.add([view("a", 4n, 600)]);
+  // 2400 bytes > 2000: evicted down to at most 1000 bytes, i.e. the last one.
+  assert.equal(recent.read("a", 3n, 10), undefined);
+  assert.deepEqual(stamps(recent.read("a", 4n, 10)), [4]);
+  recent.add([view("a", 5n, 600), view("a", 6n, 600)]);
+  assert.deepEqual(stamps(recent.read("a", 4n, 10)), [4, 5, 6]);
+  recent.add([view("a", 7n, 600)]);
+  assert.deepEqual(stamps(recent.read("a", 7n, 10)), [7]);
+  assert.equal(recent.read("a", 6n, 10), undefined);
 });
