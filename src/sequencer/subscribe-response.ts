@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { WireType } from "@bufbuild/protobuf/wire";
 import { eventToProto, type SequencedEvent } from "../common/sequenced-event.ts";
 import {
   type SubscribeResponse,
@@ -35,22 +35,110 @@ export function isBinaryRequest(contentType: string | null): boolean {
 
 /** varint length ‖ SequencedEvent, proto3 rules: a field at its default value is not written. */
 function encodeLengthDelimited(e: SequencedEvent): Uint8Array {
-  const w = new BinaryWriter().fork();
-  if (e.timestamp !== 0n) w.tag(1, WireType.Varint).int64(e.timestamp);
-  if (e.previousTimestamp !== null) w.tag(2, WireType.Varint).int64(e.previousTimestamp);
-  if (e.sender !== "") w.tag(3, WireType.LengthDelimited).string(e.sender);
-  if (e.messageId !== "") w.tag(4, WireType.LengthDelimited).string(e.messageId);
-  for (const recipient of e.recipients) w.tag(5, WireType.LengthDelimited).string(recipient);
-  if (e.payload.length > 0) w.tag(6, WireType.LengthDelimited).bytes(e.payload);
+  const strings = [e.sender, e.messageId, ...e.recipients];
+  const stringBytes = strings.map((value) => Buffer.byteLength(value, "utf8"));
   const error = e.deliverError;
+  const errorFields = error ? [error.messageId, error.reason, error.code] : [];
+  const errorBytes = errorFields.map((value) => Buffer.byteLength(value, "utf8"));
+  const errorSize = errorBytes.reduce((sum, n) => sum + (n > 0 ? fieldSize(n) : 0), 0);
+  const size =
+    (e.timestamp !== 0n ? 1 + varint64Size(e.timestamp) : 0) +
+    (e.previousTimestamp !== null ? 1 + varint64Size(e.previousTimestamp) : 0) +
+    stringBytes.reduce((sum, n, i) => sum + (i < 2 && n === 0 ? 0 : fieldSize(n)), 0) +
+    (e.payload.length > 0 ? fieldSize(e.payload.length) : 0) +
+    (error ? fieldSize(errorSize) : 0) +
+    (e.chainHash.length > 0 ? fieldSize(e.chainHash.length) : 0) +
+    (e.signature.length > 0 ? fieldSize(e.signature.length) : 0);
+  const out = new Writer(Buffer.allocUnsafe(varintSize(size) + size));
+  out.varint(size);
+  if (e.timestamp !== 0n) out.tag(1, WireType.Varint).varint64(e.timestamp);
+  if (e.previousTimestamp !== null) out.tag(2, WireType.Varint).varint64(e.previousTimestamp);
+  strings.forEach((value, i) => {
+    const length = stringBytes[i] as number;
+    // sender (3) and message_id (4) are omitted when empty; every recipient (5) is written.
+    if (i < 2 && length === 0) return;
+    out.tag(Math.min(i + 3, 5), WireType.LengthDelimited).string(value, length);
+  });
+  if (e.payload.length > 0) out.tag(6, WireType.LengthDelimited).bytes(e.payload);
   if (error) {
-    w.tag(7, WireType.LengthDelimited).fork();
-    if (error.messageId !== "") w.tag(1, WireType.LengthDelimited).string(error.messageId);
-    if (error.reason !== "") w.tag(2, WireType.LengthDelimited).string(error.reason);
-    if (error.code !== "") w.tag(3, WireType.LengthDelimited).string(error.code);
-    w.join();
+    out.tag(7, WireType.LengthDelimited).varint(errorSize);
+    errorFields.forEach((value, i) => {
+      const length = errorBytes[i] as number;
+      if (length > 0) out.tag(i + 1, WireType.LengthDelimited).string(value, length);
+    });
   }
-  if (e.chainHash.length > 0) w.tag(8, WireType.LengthDelimited).bytes(e.chainHash);
-  if (e.signature.length > 0) w.tag(9, WireType.LengthDelimited).bytes(e.signature);
-  return w.join().finish();
+  if (e.chainHash.length > 0) out.tag(8, WireType.LengthDelimited).bytes(e.chainHash);
+  if (e.signature.length > 0) out.tag(9, WireType.LengthDelimited).bytes(e.signature);
+  return out.done();
+}
+
+const SAFE = 2n ** 53n;
+
+/** A length-delimited field of `length` bytes with a one-byte tag (field numbers below 16). */
+function fieldSize(length: number): number {
+  return 1 + varintSize(length) + length;
+}
+
+function varintSize(value: number): number {
+  let size = 1;
+  for (let v = value; v >= 0x80; v = Math.floor(v / 0x80)) size++;
+  return size;
+}
+
+/** int64 as protobuf writes it: two's complement, so a negative value takes ten bytes. */
+function varint64Size(value: bigint): number {
+  if (value >= 0n && value < SAFE) return varintSize(Number(value));
+  let v = BigInt.asUintN(64, value);
+  let size = 1;
+  while (v >= 0x80n) {
+    v >>= 7n;
+    size++;
+  }
+  return size;
+}
+
+/** Writes into a buffer of the exact size (computed above). */
+class Writer {
+  private at = 0;
+  constructor(private readonly buffer: Buffer) {}
+
+  tag(field: number, wireType: WireType): this {
+    this.buffer[this.at++] = (field << 3) | wireType;
+    return this;
+  }
+  varint(value: number): this {
+    let v = value;
+    while (v >= 0x80) {
+      this.buffer[this.at++] = (v % 0x80) | 0x80;
+      v = Math.floor(v / 0x80);
+    }
+    this.buffer[this.at++] = v;
+    return this;
+  }
+  varint64(value: bigint): this {
+    // Below 2^53 (every microsecond timestamp), plain numbers are exact and much faster.
+    if (value >= 0n && value < SAFE) return this.varint(Number(value));
+    let v = BigInt.asUintN(64, value);
+    while (v >= 0x80n) {
+      this.buffer[this.at++] = Number(v & 0x7fn) | 0x80;
+      v >>= 7n;
+    }
+    this.buffer[this.at++] = Number(v);
+    return this;
+  }
+  string(value: string, length: number): this {
+    this.varint(length);
+    this.at += this.buffer.write(value, this.at, length, "utf8");
+    return this;
+  }
+  bytes(value: Uint8Array): this {
+    this.varint(value.length);
+    this.buffer.set(value, this.at);
+    this.at += value.length;
+    return this;
+  }
+  done(): Buffer {
+    if (this.at !== this.buffer.length) throw new Error(`encoded ${this.at} of ${this.buffer.length} bytes`);
+    return this.buffer;
+  }
 }

@@ -29,6 +29,10 @@ const events: SequencedEvent[] = [
     deliverError: { messageId: "m-2", reason: "too late", code: "SEQUENCER_MAX_SEQUENCING_TIME_EXCEEDED" },
   },
   { ...base, deliverError: { messageId: "", reason: "", code: "X" } },
+  // Defaults, a negative int64 (ten bytes), multi-byte lengths.
+  { ...base, timestamp: 0n, previousTimestamp: -5n, sender: "", messageId: "" },
+  { ...base, payload: Buffer.alloc(200, 1), recipients: ["", "x".repeat(300)] },
+  { ...base, payload: Buffer.alloc(70_000, 2), timestamp: 2n ** 62n },
 ];
 
 test("the direct encoding of subscribe responses is byte for byte toBinary's", () => {
