@@ -1,17 +1,11 @@
 import { setMaxListeners } from "node:events";
-import { LockstepError, toLockstepError } from "../common/errors.ts";
+import { LockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier, uniqueIdentifier } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import { type Micros, maxMicros, nowMicros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
-import {
-  acknowledgementDigest,
-  signAsync,
-  submissionBatchDigest,
-  submissionDigest,
-  subscriptionDigest,
-} from "../crypto/keys.ts";
+import { acknowledgementDigest, signAsync, subscriptionDigest } from "../crypto/keys.ts";
 import {
   type SignedTopologyTransactionParts,
   type SynchronizerParametersValues,
@@ -19,25 +13,26 @@ import {
   type TopologyEntry,
   TopologyState,
 } from "../crypto/topology.ts";
-import type { Submission } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { Db } from "../storage/db.ts";
 import { EventNotifier } from "./event-notifier.ts";
 import { readEvents } from "./event-reader.ts";
 import { IntakeGate } from "./intake-gate.ts";
 import { RecentEvents } from "./recent-events.ts";
-import {
-  checkIssuedAt,
-  malformed,
-  parseSubmission,
-  validateSubmission,
-  verifyMemberSignature,
-  verifyMemberSignatureAsync,
-} from "./request-verification.ts";
+import { checkIssuedAt, verifyMemberSignature } from "./request-verification.ts";
 import { addMediatorTransaction, bootstrapTransactions } from "./sequencer-bootstrap.ts";
 import { checkPruningSafe, safePruningPoint } from "./sequencer-pruning.ts";
 import { type MemberPosition, SequencerStore } from "./sequencer-store.ts";
-import { SequencerWriter, type SubmissionItem } from "./sequencer-writer.ts";
+import { SequencerWriter } from "./sequencer-writer.ts";
+import {
+  checkTime,
+  requireMember,
+  type SendRequestFields,
+  type SignedSubmissionsFields,
+  SubmissionIntake,
+} from "./submission-intake.ts";
 import { WriterEpochs } from "./writer-epochs.ts";
+
+export type { SendRequestFields, SignedSubmissionsFields } from "./submission-intake.ts";
 
 export interface SequencerOptions {
   db: Db;
@@ -58,20 +53,6 @@ export interface SequencerOptions {
   retainedBackupBound?: () => Micros | null;
   /** The writer failed; the node should report it (it refuses submissions from then on). */
   onFatal?: (error: LockstepError) => void;
-}
-
-export interface SendRequestFields {
-  submission: Uint8Array;
-  signature: Uint8Array;
-  signingKeyFingerprint: string;
-}
-
-/** SendBatchRequest.signed: one sender's submissions under one signature. */
-export interface SignedSubmissionsFields {
-  sender: string;
-  submissions: readonly Uint8Array[];
-  signature: Uint8Array;
-  signingKeyFingerprint: string;
 }
 
 export interface SubscribeRequestFields {
@@ -126,6 +107,7 @@ export class Sequencer {
     private readonly notifier: EventNotifier,
     private readonly recent: RecentEvents,
     private readonly epochs: WriterEpochs,
+    private readonly submissions: SubmissionIntake,
     private readonly keys: Awaited<ReturnType<KeyStore["ensureInitialKeys"]>>,
     readonly sequencerId: string,
     readonly synchronizerId: string,
@@ -172,6 +154,7 @@ export class Sequencer {
       notifier,
       recent,
       epochs,
+      new SubmissionIntake(writer, epochs),
       keys,
       sequencerId,
       uniqueIdentifier(options.synchronizerName, namespace),
@@ -209,100 +192,27 @@ export class Sequencer {
     );
   }
 
-  /** Sequencer time at which member requests are checked: topology at the head. */
   private at(): Micros {
-    return this.writer.head ?? 0n;
+    return checkTime(this.writer);
   }
 
   private requireMember(member: string): Micros {
-    const registeredAt = this.writer.registeredAt(member);
-    if (registeredAt === undefined) throw new LockstepError("SEQUENCER_SENDER_UNKNOWN", { member });
-    return registeredAt;
+    return requireMember(this.writer, member);
   }
 
   /** Resolves once the submission is sequenced durably (its outcome arrives as an event). */
-  async send(request: SendRequestFields): Promise<Micros> {
-    return this.writer.submit(await this.checkSend(request));
+  send(request: SendRequestFields): Promise<Micros> {
+    return this.submissions.send(request);
   }
 
-  /**
-   * Send for each request, each checked on its own exactly as by send(); one outcome per request,
-   * in order (its timestamp, or the error send() would have thrown), so a refused request does not
-   * affect the others. The accepted ones reach the writer together and share its next commit.
-   */
-  async sendBatch(requests: readonly SendRequestFields[]): Promise<(Micros | LockstepError)[]> {
-    return this.sequenceChecked(
-      await Promise.all(requests.map((request) => this.checkSend(request).catch(toLockstepError))),
-    );
+  /** See SubmissionIntake.sendBatch. */
+  sendBatch(requests: readonly SendRequestFields[]): Promise<(Micros | LockstepError)[]> {
+    return this.submissions.sendBatch(requests);
   }
 
-  /**
-   * One sender's submissions under one signature (verified once): a bad signature or an unknown
-   * sender refuses them all; otherwise each is checked on its own as by send() (a submission that
-   * names another sender is malformed), with one outcome per submission as sendBatch.
-   */
-  async sendSigned(batch: SignedSubmissionsFields): Promise<(Micros | LockstepError)[]> {
-    try {
-      this.requireMember(batch.sender);
-      await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
-        request: "send",
-        member: batch.sender,
-        fingerprint: batch.signingKeyFingerprint,
-        digest: submissionBatchDigest(batch.sender, batch.submissions),
-        signature: batch.signature,
-      });
-    } catch (error) {
-      const refusal = toLockstepError(error);
-      return batch.submissions.map(() => refusal);
-    }
-    const check = async (bytes: Uint8Array) => {
-      const submission = parseSubmission(bytes);
-      if (submission.sender !== batch.sender) {
-        throw malformed(
-          batch.sender,
-          `a submission from ${submission.sender} in a batch signed by another member`,
-        );
-      }
-      return this.checkAuthenticated(submission);
-    };
-    return this.sequenceChecked(
-      await Promise.all(batch.submissions.map((bytes) => check(bytes).catch(toLockstepError))),
-    );
-  }
-
-  /** Hands the accepted ones to the writer together; one outcome per checked item, in order. */
-  private async sequenceChecked(
-    checked: readonly (SubmissionItem | LockstepError)[],
-  ): Promise<(Micros | LockstepError)[]> {
-    const accepted = checked.filter((c): c is SubmissionItem => !(c instanceof LockstepError));
-    const sequenced = await Promise.allSettled(this.writer.submitAll(accepted));
-    let next = 0;
-    return checked.map((c) => {
-      if (c instanceof LockstepError) return c;
-      const outcome = sequenced[next++] as PromiseSettledResult<Micros>;
-      return outcome.status === "fulfilled" ? outcome.value : toLockstepError(outcome.reason);
-    });
-  }
-
-  /** Authenticates and validates a Send: the writer item, or the error that refuses it. */
-  private async checkSend(request: SendRequestFields): Promise<SubmissionItem> {
-    const submission = parseSubmission(request.submission);
-    this.requireMember(submission.sender);
-    await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
-      request: "send",
-      member: submission.sender,
-      fingerprint: request.signingKeyFingerprint,
-      digest: submissionDigest(request.submission),
-      signature: request.signature,
-    });
-    return this.checkAuthenticated(submission);
-  }
-
-  /** The checks after authentication: well formed, and from the sender's current writer epoch. */
-  private async checkAuthenticated(submission: Submission): Promise<SubmissionItem> {
-    const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
-    await this.epochs.check(submission.sender, submission.writerEpoch);
-    return item;
+  /** See SubmissionIntake.sendSigned. */
+  sendSigned(batch: SignedSubmissionsFields): Promise<(Micros | LockstepError)[]> {
+    return this.submissions.sendSigned(batch);
   }
 
   /**
