@@ -2,7 +2,7 @@ import type { DeliverErrorInfo, EventPosition, SequencedEvent } from "../common/
 import type { Micros } from "../common/time.ts";
 import type { TopologyEntry } from "../crypto/topology.ts";
 import { signedTopologyFromParts } from "../crypto/topology.ts";
-import type { Db, DbSession } from "../storage/db.ts";
+import type { Db, DbSession, Queryable } from "../storage/db.ts";
 
 /** NOTIFY channel on which every committed batch announces the new head (readers in other processes). */
 export const SEQUENCER_EVENTS_CHANNEL = "lockstep_sequencer_events";
@@ -286,26 +286,7 @@ export class SequencerStore {
   }
 
   async memberPositions(): Promise<MemberPosition[]> {
-    const rows = await this.db.query<{
-      member: string;
-      registered_at: bigint;
-      writer_epoch: bigint;
-      last_timestamp: bigint | null;
-      acknowledged: bigint | null;
-    }>(
-      `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
-       FROM sequencer_members m
-       LEFT JOIN sequencer_member_heads h ON h.member = m.member
-       LEFT JOIN sequencer_acknowledgements a ON a.member = m.member
-       ORDER BY m.member`,
-    );
-    return rows.map((r) => ({
-      member: r.member,
-      registeredAt: r.registered_at,
-      writerEpoch: r.writer_epoch,
-      lastDelivered: r.last_timestamp,
-      acknowledged: r.acknowledged,
-    }));
+    return readMemberPositions(this.db);
   }
 
   async pruningLowerBound(): Promise<Micros | null> {
@@ -332,28 +313,7 @@ export class SequencerStore {
         const lowerBound = state.pruning_lower_bound;
         // Acknowledge takes no lock: lock them too, so none moves during the check.
         await tx.execute("LOCK TABLE sequencer_acknowledgements IN SHARE MODE");
-        const positions = await tx.query<{
-          member: string;
-          registered_at: bigint;
-          writer_epoch: bigint;
-          last_timestamp: bigint | null;
-          acknowledged: bigint | null;
-        }>(
-          `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
-           FROM sequencer_members m
-           LEFT JOIN sequencer_member_heads h ON h.member = m.member
-           LEFT JOIN sequencer_acknowledgements a ON a.member = m.member`,
-        );
-        check(
-          positions.map((r) => ({
-            member: r.member,
-            registeredAt: r.registered_at,
-            writerEpoch: r.writer_epoch,
-            lastDelivered: r.last_timestamp,
-            acknowledged: r.acknowledged,
-          })),
-          lowerBound,
-        );
+        check(await readMemberPositions(tx), lowerBound);
         if (lowerBound !== null && before <= lowerBound) {
           return { pruningLowerBound: lowerBound, removedEvents: 0 };
         }
@@ -365,4 +325,28 @@ export class SequencerStore {
       { synchronousCommit: true },
     );
   }
+}
+
+/** Every member with its registration, writer epoch, last delivered and acknowledged timestamps. */
+async function readMemberPositions(q: Queryable): Promise<MemberPosition[]> {
+  const rows = await q.query<{
+    member: string;
+    registered_at: bigint;
+    writer_epoch: bigint;
+    last_timestamp: bigint | null;
+    acknowledged: bigint | null;
+  }>(
+    `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
+     FROM sequencer_members m
+     LEFT JOIN sequencer_member_heads h ON h.member = m.member
+     LEFT JOIN sequencer_acknowledgements a ON a.member = m.member
+     ORDER BY m.member`,
+  );
+  return rows.map((r) => ({
+    member: r.member,
+    registeredAt: r.registered_at,
+    writerEpoch: r.writer_epoch,
+    lastDelivered: r.last_timestamp,
+    acknowledged: r.acknowledged,
+  }));
 }
