@@ -1,6 +1,11 @@
 import type { LockstepConfig } from "../common/config-schema.ts";
 import type { Logger } from "../common/logging.ts";
-import { contentHash, nextChainHash } from "../common/sequenced-event.ts";
+import {
+  contentHash,
+  eventFromRow,
+  nextChainHash,
+  type SequencedEventRow,
+} from "../common/sequenced-event.ts";
 import { recomputeAcs } from "../ledger/acs.ts";
 import { embeddedClusterDir } from "../node/node-database.ts";
 import { allActiveContracts, readLedgerEnd, readUpdates } from "../participant/participant-store.ts";
@@ -27,16 +32,8 @@ export interface DrillResult {
   problems: string[];
 }
 
-interface ChainRow {
-  timestamp: bigint;
-  previous_timestamp: bigint | null;
-  sender: string;
-  message_id: string;
-  recipients: string[];
-  payload: Buffer;
-  deliver_error: { messageId: string; reason: string; code: string } | null;
-  chain_hash: Buffer;
-}
+/** What the chain check reads of each stored event: everything but the signature. */
+type ChainRow = Omit<SequencedEventRow, "signature">;
 
 /**
  * Checks a stored event chain page by page: increasing timestamps, previous timestamps linking
@@ -54,15 +51,7 @@ async function checkChain(
     const rows = await page(after, 1000);
     for (const row of rows) {
       events++;
-      const content = contentHash({
-        timestamp: row.timestamp,
-        previousTimestamp: row.previous_timestamp,
-        sender: row.sender,
-        messageId: row.message_id,
-        recipients: row.recipients,
-        payload: row.payload,
-        ...(row.deliver_error ? { deliverError: row.deliver_error } : {}),
-      });
+      const content = contentHash(eventFromRow({ ...row, signature: Buffer.alloc(0) }));
       const anchor = prev === undefined && row.previous_timestamp !== null;
       if (prev && row.previous_timestamp !== prev.timestamp) {
         return {

@@ -176,6 +176,34 @@ export function positionOf(event: SequencedEvent): EventPosition {
   return { timestamp: event.timestamp, chainHash: event.chainHash };
 }
 
+/** A sequenced event as both the sequencer's and the members' tables store it (snake_case columns). */
+export interface SequencedEventRow {
+  timestamp: bigint;
+  previous_timestamp: bigint | null;
+  sender: string;
+  message_id: string;
+  recipients: string[];
+  payload: Buffer;
+  deliver_error: DeliverErrorInfo | null;
+  chain_hash: Buffer;
+  signature: Buffer;
+}
+
+export function eventFromRow(row: SequencedEventRow): SequencedEvent {
+  const e = row.deliver_error;
+  return {
+    timestamp: row.timestamp,
+    previousTimestamp: row.previous_timestamp,
+    sender: row.sender,
+    messageId: row.message_id,
+    recipients: row.recipients,
+    payload: row.payload,
+    ...(e ? { deliverError: { messageId: e.messageId, reason: e.reason, code: e.code } } : {}),
+    chainHash: row.chain_hash,
+    signature: row.signature,
+  };
+}
+
 export function eventToProto(event: SequencedEvent): SequencedEventProto {
   return create(SequencedEventSchema, {
     timestamp: event.timestamp,

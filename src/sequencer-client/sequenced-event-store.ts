@@ -1,4 +1,4 @@
-import type { DeliverErrorInfo, SequencedEvent } from "../common/sequenced-event.ts";
+import { eventFromRow, type SequencedEvent, type SequencedEventRow } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import type { Db, Queryable, SqlParam } from "../storage/db.ts";
 
@@ -8,17 +8,8 @@ export interface StoredEvent {
   readonly event: SequencedEvent;
 }
 
-interface EventRow {
+interface EventRow extends SequencedEventRow {
   counter: bigint;
-  timestamp: bigint;
-  previous_timestamp: bigint | null;
-  sender: string;
-  message_id: string;
-  recipients: string[];
-  payload: Buffer;
-  deliver_error: DeliverErrorInfo | null;
-  chain_hash: Buffer;
-  signature: Buffer;
 }
 
 const COLUMNS =
@@ -136,19 +127,5 @@ export class SequencedEventStore {
 }
 
 function toStored(row: EventRow): StoredEvent {
-  const e = row.deliver_error;
-  return {
-    counter: row.counter,
-    event: {
-      timestamp: row.timestamp,
-      previousTimestamp: row.previous_timestamp,
-      sender: row.sender,
-      messageId: row.message_id,
-      recipients: row.recipients,
-      payload: row.payload,
-      ...(e ? { deliverError: { messageId: e.messageId, reason: e.reason, code: e.code } } : {}),
-      chainHash: row.chain_hash,
-      signature: row.signature,
-    },
-  };
+  return { counter: row.counter, event: eventFromRow(row) };
 }

@@ -1,4 +1,10 @@
-import type { DeliverErrorInfo, EventPosition, SequencedEvent } from "../common/sequenced-event.ts";
+import {
+  type DeliverErrorInfo,
+  type EventPosition,
+  eventFromRow,
+  type SequencedEvent,
+  type SequencedEventRow,
+} from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import type { TopologyEntry } from "../crypto/topology.ts";
 import { signedTopologyFromParts } from "../crypto/topology.ts";
@@ -57,18 +63,11 @@ export interface DeliveryPage {
   readonly pruningLowerBound: Micros | null;
 }
 
-interface DeliveryRow {
-  pruning_lower_bound: bigint | null;
-  timestamp: bigint | null;
-  previous_timestamp: bigint | null;
-  chain_hash: Buffer;
-  signature: Buffer;
-  sender: string;
-  message_id: string;
-  recipients: string[];
-  payload: Buffer;
-  deliver_error: DeliverErrorInfo | null;
-}
+/** A delivery joined with its event; all null when the member has nothing from the cursor on. */
+type DeliveryRow = { pruning_lower_bound: bigint | null } & (
+  | SequencedEventRow
+  | { [K in keyof SequencedEventRow]: null }
+);
 
 /**
  * The sequencer's tables (sequencer-migrations.ts). Writes come from the single writer only
@@ -239,21 +238,7 @@ export class SequencerStore {
       [member, fromInclusive, limit],
     );
     const events: SequencedEvent[] = [];
-    for (const row of rows) {
-      if (row.timestamp === null) continue;
-      const e = row.deliver_error;
-      events.push({
-        timestamp: row.timestamp,
-        previousTimestamp: row.previous_timestamp,
-        sender: row.sender,
-        messageId: row.message_id,
-        recipients: row.recipients,
-        payload: row.payload,
-        ...(e ? { deliverError: { messageId: e.messageId, reason: e.reason, code: e.code } } : {}),
-        chainHash: row.chain_hash,
-        signature: row.signature,
-      });
-    }
+    for (const row of rows) if (row.timestamp !== null) events.push(eventFromRow(row as SequencedEventRow));
     return { events, pruningLowerBound: rows[0]?.pruning_lower_bound ?? null };
   }
 

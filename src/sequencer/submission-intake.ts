@@ -47,14 +47,6 @@ export class SubmissionIntake {
     private readonly epochs: WriterEpochs,
   ) {}
 
-  private at(): Micros {
-    return checkTime(this.writer);
-  }
-
-  private requireMember(member: string): Micros {
-    return requireMember(this.writer, member);
-  }
-
   /** Resolves once the submission is sequenced durably (its outcome arrives as an event). */
   async send(request: SendRequestFields): Promise<Micros> {
     return this.writer.submit(await this.checkSend(request));
@@ -78,8 +70,8 @@ export class SubmissionIntake {
    */
   async sendSigned(batch: SignedSubmissionsFields): Promise<(Micros | LockstepError)[]> {
     try {
-      this.requireMember(batch.sender);
-      await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
+      requireMember(this.writer, batch.sender);
+      await verifyMemberSignatureAsync(this.writer.topology, checkTime(this.writer), {
         request: "send",
         member: batch.sender,
         fingerprint: batch.signingKeyFingerprint,
@@ -122,8 +114,8 @@ export class SubmissionIntake {
   /** Authenticates and validates a Send: the writer item, or the error that refuses it. */
   private async checkSend(request: SendRequestFields): Promise<SubmissionItem> {
     const submission = parseSubmission(request.submission);
-    this.requireMember(submission.sender);
-    await verifyMemberSignatureAsync(this.writer.topology, this.at(), {
+    requireMember(this.writer, submission.sender);
+    await verifyMemberSignatureAsync(this.writer.topology, checkTime(this.writer), {
       request: "send",
       member: submission.sender,
       fingerprint: request.signingKeyFingerprint,
