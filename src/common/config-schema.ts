@@ -66,7 +66,9 @@ export const configSchema = z
             "participant-response-timeout": 30_000,
             "max-deduplication-duration": 7 * 86_400_000,
           })),
-        sequencer: node,
+        // retention: how long the operator's pruning schedule keeps events (Canton's default is 7
+        // days); backup list shows, per set, until when the live sequencer can serve it.
+        sequencer: node.extend({ retention: durationSchema.default(7 * 86_400_000) }).strict(),
         mediator: node,
       })
       .strict(),
@@ -118,14 +120,15 @@ export type LockstepConfig = z.output<typeof configSchema>;
 export type ConfigInput = z.input<typeof configSchema>;
 export type NodeKind = "sequencer" | "mediator" | "participant";
 export type ParticipantConfig = LockstepConfig["participants"][number];
-export type NodeConfig = LockstepConfig["synchronizer"]["sequencer"];
+export type NodeConfig = LockstepConfig["synchronizer"]["mediator"];
+export type SequencerConfig = LockstepConfig["synchronizer"]["sequencer"];
 
 /** One node of the config with its kind, as the runtime and the CLI address them. */
 export interface NodeEntry {
   name: string;
   kind: NodeKind;
   port: number;
-  config: NodeConfig | ParticipantConfig;
+  config: NodeConfig | SequencerConfig | ParticipantConfig;
 }
 
 export function configNodes(config: LockstepConfig): NodeEntry[] {

@@ -266,8 +266,19 @@ export const ERROR_DEFINITIONS = [
     Code.FailedPrecondition,
     "safety",
     false,
-    "Writer epoch {epoch} of {member} is older than the sequencer's {current}",
-    "Another process of this node took over; stop this process.",
+    "Writer epoch {epoch} of {member} is older than the sequencer's {current}, or held by another activation of the node",
+    "Another process of this node took over (or a copy of its database runs elsewhere); stop this process.",
+  ),
+  // Canton's id (SyncServiceInjectionError.NotConnectedToSynchronizer). Canton files it under
+  // InvalidGivenCurrentSystemStateOther; ours is UNAVAILABLE and retryable because it is also what a
+  // participant answers while its resubscription check runs, which ends by itself within seconds.
+  def(
+    "NOT_CONNECTED_TO_SYNCHRONIZER",
+    Code.Unavailable,
+    "transient",
+    true,
+    "This participant is not connected to synchronizer {synchronizer}: {reason}",
+    "Retry shortly: the participant is (re)connecting and checking its history against the sequencer. If it persists, `lockstep status` names the node's error and its remedy.",
   ),
   // --- sequencer requests (Canton's SequencerErrors ids where Canton has one) ---
   def(
@@ -324,7 +335,7 @@ export const ERROR_DEFINITIONS = [
     "safety",
     false,
     "Pruning before {requested} is not safe: {reason}",
-    "Prune at or below the safe pruning point ({safePoint}), or wait until the members acknowledge later timestamps.",
+    "Prune at or below the safe pruning point ({safePoint}); wait until the members acknowledge later timestamps, or expire the backup sets that pin it (`lockstep backup expire`). `--force` releases backup holds (those sets can then no longer be restored against this sequencer), never acknowledgements.",
   ),
   def(
     "MISSING_PRIVATE_KEY",
@@ -603,6 +614,14 @@ export const ERROR_DEFINITIONS = [
     false,
     "Backup set {set} is unsafe: {node} is at {clean}, beyond the sequencer's record of it ({sequencerLastDelivered}) in set {sequencerSet}",
     "Restore from a set taken in the safe order (`lockstep backup list` shows safe sets). With --force the node will refuse to connect (SEQUENCER_FORK_DETECTED) until restored from an older set.",
+  ),
+  def(
+    "RESTORE_SET_STRANDED",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "Backup set {set} can no longer be restored against this sequencer: a forced prune removed the events below {prunedBefore} that {node} needs",
+    "Restore a newer set (`lockstep backup list`), or restore the synchronizer from this set too (all its nodes, sequencer included).",
   ),
   def(
     "RESTORE_TARGET_NOT_EMPTY",

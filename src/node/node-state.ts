@@ -55,6 +55,23 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
         safe boolean NOT NULL
       );`,
   },
+  {
+    version: 4,
+    name: "activations_and_recovery_anchor",
+    // writer_activation: random per activation, sent beside the writer epoch (an equal epoch from
+    // another activation is refused). Recovery records gain: the deduplication window's anchor in
+    // sequencer time and where it came from; the replaced database kept until the restored node
+    // passed its first resubscription check; whether the writer epoch still has to be raised above
+    // the sequencer's record (the sequencer was unreachable during the restore).
+    sql: `
+      ALTER TABLE node_state ADD COLUMN writer_activation text NOT NULL DEFAULT '';
+      ALTER TABLE recovery_records
+        ADD COLUMN anchor bigint,
+        ADD COLUMN anchor_source text,
+        ADD COLUMN replaced_database text,
+        ADD COLUMN resubscribed_at timestamptz,
+        ADD COLUMN epoch_unverified boolean NOT NULL DEFAULT false;`,
+  },
 ];
 
 export type RecoveryState = "recovering" | "complete";

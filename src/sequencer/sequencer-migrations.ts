@@ -76,6 +76,29 @@ CREATE TABLE sequencer_topology (
 );
 `,
   },
+  {
+    version: 101,
+    name: "retention_holds_and_activations",
+    sql: `
+-- Retention holds (DESIGN §2, §4.6): one row per member position of a retained backup set. The
+-- safe pruning point stays at or below the oldest; backup expire releases a set's holds.
+CREATE TABLE sequencer_retention_holds (
+  set_id     text NOT NULL,
+  member     text NOT NULL,
+  timestamp  bigint NOT NULL,
+  created_at bigint NOT NULL,
+  PRIMARY KEY (set_id, member)
+);
+-- Sets whose holds a forced prune released: no longer restorable against this sequencer.
+CREATE TABLE sequencer_stranded_sets (
+  set_id        text PRIMARY KEY,
+  pruned_before bigint NOT NULL,
+  stranded_at   bigint NOT NULL
+);
+-- The activation holding writer_epoch: an equal epoch from another activation is refused.
+ALTER TABLE sequencer_members ADD COLUMN writer_activation text NOT NULL DEFAULT '';
+`,
+  },
 ];
 
 /** Everything a sequencer's database needs beyond node_state, in the order the runtime applies it. */

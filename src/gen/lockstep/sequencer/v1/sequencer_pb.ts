@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lockstep/sequencer/v1/sequencer.proto.
  */
 export const file_lockstep_sequencer_v1_sequencer: GenFile = /*@__PURE__*/
-  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEinAEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIoIBChBTZW5kQmF0Y2hSZXF1ZXN0EjQKCHJlcXVlc3RzGAEgAygLMiIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXF1ZXN0EjgKBnNpZ25lZBgCIAEoCzIoLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRTdWJtaXNzaW9ucyJsChFTaWduZWRTdWJtaXNzaW9ucxIOCgZzZW5kZXIYASABKAkSEwoLc3VibWlzc2lvbnMYAiADKAwSEQoJc2lnbmF0dXJlGAMgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAQgASgJIkcKEVNlbmRCYXRjaFJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3VsdCI8CgpTZW5kUmVzdWx0Ei4KBWVycm9yGAEgASgLMh8ubG9ja3N0ZXAuY29tbW9uLnYxLkVycm9yRGV0YWlsIr4BChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIbCg5mcm9tX3RpbWVzdGFtcBgCIAEoA0gAiAEBEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglpc3N1ZWRfYXQYBCABKAMSDQoFbm9uY2UYBSABKAwSEQoJc2lnbmF0dXJlGAYgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAcgASgJQhEKD19mcm9tX3RpbWVzdGFtcCJKChFTdWJzY3JpYmVSZXNwb25zZRI1CgZldmVudHMYASADKAsyJS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VxdWVuY2VkRXZlbnQihwIKDlNlcXVlbmNlZEV2ZW50EhEKCXRpbWVzdGFtcBgBIAEoAxIfChJwcmV2aW91c190aW1lc3RhbXAYAiABKANIAIgBARIOCgZzZW5kZXIYAyABKAkSEgoKbWVzc2FnZV9pZBgEIAEoCRISCgpyZWNpcGllbnRzGAUgAygJEg8KB3BheWxvYWQYBiABKAwSOgoNZGVsaXZlcl9lcnJvchgHIAEoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5EZWxpdmVyRXJyb3ISEgoKY2hhaW5faGFzaBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAxCFQoTX3ByZXZpb3VzX3RpbWVzdGFtcCJACgxEZWxpdmVyRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEY29kZRgDIAEoCSKDAQoMRXZlbnRQYXlsb2FkEj8KCHRvcG9sb2d5GAEgASgLMisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlRvcG9sb2d5VHJhbnNhY3Rpb25zSAASJwoHbWVzc2FnZRgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIJCgdjb250ZW50Il4KFFRvcG9sb2d5VHJhbnNhY3Rpb25zEkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIl4KGVNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24SEwoLdHJhbnNhY3Rpb24YASABKAwSGQoRc2lnbmVyX3B1YmxpY19rZXkYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIngKGVN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SRQoLdHJhbnNhY3Rpb24YASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIUCgxlZmZlY3RpdmVfYXQYAiABKAMigQEKEkFja25vd2xlZGdlUmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglzaWduYXR1cmUYBCABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYBSABKAkiFQoTQWNrbm93bGVkZ2VSZXNwb25zZSJeChVSZWdpc3Rlck1lbWJlclJlcXVlc3QSRQoLbWVtYmVyX2tleXMYASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiI/ChZSZWdpc3Rlck1lbWJlclJlc3BvbnNlEg4KBm1lbWJlchgBIAEoCRIVCg1yZWdpc3RlcmVkX2F0GAIgASgDIl8KFVN1Ym1pdFRvcG9sb2d5UmVxdWVzdBJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiIuChZTdWJtaXRUb3BvbG9neVJlc3BvbnNlEhQKDGVmZmVjdGl2ZV9hdBgBIAEoAyIyChJHZXRUb3BvbG9neVJlcXVlc3QSEgoFYXNfb2YYASABKANIAIgBAUIICgZfYXNfb2YirAEKE0dldFRvcG9sb2d5UmVzcG9uc2USRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SHgoWc3luY2hyb25pemVyX25hbWVzcGFjZRgCIAEoCRIXCg9zeW5jaHJvbml6ZXJfaWQYAyABKAkSFAoMc2VxdWVuY2VyX2lkGAQgASgJIigKDFBydW5lUmVxdWVzdBIYChBiZWZvcmVfdGltZXN0YW1wGAEgASgDIkQKDVBydW5lUmVzcG9uc2USGwoTcHJ1bmluZ19sb3dlcl9ib3VuZBgBIAEoAxIWCg5yZW1vdmVkX2V2ZW50cxgCIAEoAyIbChlHZXRTZXF1ZW5jZXJTdGF0dXNSZXF1ZXN0Ir4BCgxNZW1iZXJTdGF0dXMSDgoGbWVtYmVyGAEgASgJEhoKDXJlZ2lzdGVyZWRfYXQYAiABKANIAIgBARIbCg5sYXN0X2RlbGl2ZXJlZBgDIAEoA0gBiAEBEhkKDGFja25vd2xlZGdlZBgEIAEoA0gCiAEBEhQKDHdyaXRlcl9lcG9jaBgFIAEoA0IQCg5fcmVnaXN0ZXJlZF9hdEIRCg9fbGFzdF9kZWxpdmVyZWRCDwoNX2Fja25vd2xlZGdlZCKrAgoaR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USFAoMc2VxdWVuY2VyX2lkGAEgASgJEhcKD3N5bmNocm9uaXplcl9pZBgCIAEoCRIbCg5oZWFkX3RpbWVzdGFtcBgDIAEoA0gAiAEBEjQKB21lbWJlcnMYBCADKAsyIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuTWVtYmVyU3RhdHVzEiAKE3BydW5pbmdfbG93ZXJfYm91bmQYBSABKANIAYgBARIjChZzYWZlX3BydW5pbmdfdGltZXN0YW1wGAYgASgDSAKIAQFCEQoPX2hlYWRfdGltZXN0YW1wQhYKFF9wcnVuaW5nX2xvd2VyX2JvdW5kQhkKF19zYWZlX3BydW5pbmdfdGltZXN0YW1wIjoKFUdldE1lbWJlckV2ZW50UmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDIpYCChZHZXRNZW1iZXJFdmVudFJlc3BvbnNlEhoKDXJlZ2lzdGVyZWRfYXQYASABKANIAIgBARIgChNwcnVuaW5nX2xvd2VyX2JvdW5kGAIgASgDSAGIAQESGwoObGFzdF9kZWxpdmVyZWQYAyABKANIAogBARI0CgVldmVudBgEIAEoCzIlLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZXF1ZW5jZWRFdmVudBIbCg5oZWFkX3RpbWVzdGFtcBgFIAEoA0gDiAEBQhAKDl9yZWdpc3RlcmVkX2F0QhYKFF9wcnVuaW5nX2xvd2VyX2JvdW5kQhEKD19sYXN0X2RlbGl2ZXJlZEIRCg9faGVhZF90aW1lc3RhbXAiJgoSUGF1c2VJbnRha2VSZXF1ZXN0EhAKCGxlYXNlX21zGAEgASgDIkUKE1BhdXNlSW50YWtlUmVzcG9uc2USGwoOaGVhZF90aW1lc3RhbXAYASABKANIAIgBAUIRCg9faGVhZF90aW1lc3RhbXAiFQoTUmVzdW1lSW50YWtlUmVxdWVzdCIWChRSZXN1bWVJbnRha2VSZXNwb25zZTLcCQoQU2VxdWVuY2VyU2VydmljZRJPCgRTZW5kEiIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXF1ZXN0GiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXNwb25zZRJeCglTZW5kQmF0Y2gSJy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZEJhdGNoUmVxdWVzdBooLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kQmF0Y2hSZXNwb25zZRJgCglTdWJzY3JpYmUSJy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3Vic2NyaWJlUmVxdWVzdBooLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXNwb25zZTABEmQKC0Fja25vd2xlZGdlEikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5BY2tub3dsZWRnZVJlc3BvbnNlEm0KDlJlZ2lzdGVyTWVtYmVyEiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZWdpc3Rlck1lbWJlclJlc3BvbnNlEm0KDlN1Ym1pdFRvcG9sb2d5EiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJtaXRUb3BvbG9neVJlc3BvbnNlEmQKC0dldFRvcG9sb2d5EikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRUb3BvbG9neVJlc3BvbnNlElIKBVBydW5lEiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVxdWVzdBokLmxvY2tzdGVwLnNlcXVlbmNlci52MS5QcnVuZVJlc3BvbnNlEnkKEkdldFNlcXVlbmNlclN0YXR1cxIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRTZXF1ZW5jZXJTdGF0dXNSZXF1ZXN0GjEubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1Jlc3BvbnNlEm0KDkdldE1lbWJlckV2ZW50EiwubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldE1lbWJlckV2ZW50UmVxdWVzdBotLmxvY2tzdGVwLnNlcXVlbmNlci52MS5HZXRNZW1iZXJFdmVudFJlc3BvbnNlEmQKC1BhdXNlSW50YWtlEikubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBhdXNlSW50YWtlUmVxdWVzdBoqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5QYXVzZUludGFrZVJlc3BvbnNlEmcKDFJlc3VtZUludGFrZRIqLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZXN1bWVJbnRha2VSZXF1ZXN0GisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlc3VtZUludGFrZVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_any, file_lockstep_common_v1_error]);
+  fileDesc("CiVsb2Nrc3RlcC9zZXF1ZW5jZXIvdjEvc2VxdWVuY2VyLnByb3RvEhVsb2Nrc3RlcC5zZXF1ZW5jZXIudjEitwEKClN1Ym1pc3Npb24SDgoGc2VuZGVyGAEgASgJEhIKCm1lc3NhZ2VfaWQYAiABKAkSEgoKcmVjaXBpZW50cxgDIAMoCRIPCgdwYXlsb2FkGAQgASgMEhsKE21heF9zZXF1ZW5jaW5nX3RpbWUYBSABKAMSFAoMd3JpdGVyX2Vwb2NoGAYgASgDEhIKCnRpbWVfcHJvb2YYByABKAgSGQoRd3JpdGVyX2FjdGl2YXRpb24YCCABKAkiVQoLU2VuZFJlcXVlc3QSEgoKc3VibWlzc2lvbhgBIAEoDBIRCglzaWduYXR1cmUYAiABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYAyABKAkiDgoMU2VuZFJlc3BvbnNlIoIBChBTZW5kQmF0Y2hSZXF1ZXN0EjQKCHJlcXVlc3RzGAEgAygLMiIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRSZXF1ZXN0EjgKBnNpZ25lZBgCIAEoCzIoLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRTdWJtaXNzaW9ucyJsChFTaWduZWRTdWJtaXNzaW9ucxIOCgZzZW5kZXIYASABKAkSEwoLc3VibWlzc2lvbnMYAiADKAwSEQoJc2lnbmF0dXJlGAMgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAQgASgJIkcKEVNlbmRCYXRjaFJlc3BvbnNlEjIKB3Jlc3VsdHMYASADKAsyIS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3VsdCI8CgpTZW5kUmVzdWx0Ei4KBWVycm9yGAEgASgLMh8ubG9ja3N0ZXAuY29tbW9uLnYxLkVycm9yRGV0YWlsItkBChBTdWJzY3JpYmVSZXF1ZXN0Eg4KBm1lbWJlchgBIAEoCRIbCg5mcm9tX3RpbWVzdGFtcBgCIAEoA0gAiAEBEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglpc3N1ZWRfYXQYBCABKAMSDQoFbm9uY2UYBSABKAwSEQoJc2lnbmF0dXJlGAYgASgMEh8KF3NpZ25pbmdfa2V5X2ZpbmdlcnByaW50GAcgASgJEhkKEXdyaXRlcl9hY3RpdmF0aW9uGAggASgJQhEKD19mcm9tX3RpbWVzdGFtcCJKChFTdWJzY3JpYmVSZXNwb25zZRI1CgZldmVudHMYASADKAsyJS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VxdWVuY2VkRXZlbnQihwIKDlNlcXVlbmNlZEV2ZW50EhEKCXRpbWVzdGFtcBgBIAEoAxIfChJwcmV2aW91c190aW1lc3RhbXAYAiABKANIAIgBARIOCgZzZW5kZXIYAyABKAkSEgoKbWVzc2FnZV9pZBgEIAEoCRISCgpyZWNpcGllbnRzGAUgAygJEg8KB3BheWxvYWQYBiABKAwSOgoNZGVsaXZlcl9lcnJvchgHIAEoCzIjLmxvY2tzdGVwLnNlcXVlbmNlci52MS5EZWxpdmVyRXJyb3ISEgoKY2hhaW5faGFzaBgIIAEoDBIRCglzaWduYXR1cmUYCSABKAxCFQoTX3ByZXZpb3VzX3RpbWVzdGFtcCJACgxEZWxpdmVyRXJyb3ISEgoKbWVzc2FnZV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSDAoEY29kZRgDIAEoCSKDAQoMRXZlbnRQYXlsb2FkEj8KCHRvcG9sb2d5GAEgASgLMisubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlRvcG9sb2d5VHJhbnNhY3Rpb25zSAASJwoHbWVzc2FnZRgCIAEoCzIULmdvb2dsZS5wcm90b2J1Zi5BbnlIAEIJCgdjb250ZW50Il4KFFRvcG9sb2d5VHJhbnNhY3Rpb25zEkYKDHRyYW5zYWN0aW9ucxgBIAMoCzIwLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TaWduZWRUb3BvbG9neVRyYW5zYWN0aW9uIl4KGVNpZ25lZFRvcG9sb2d5VHJhbnNhY3Rpb24SEwoLdHJhbnNhY3Rpb24YASABKAwSGQoRc2lnbmVyX3B1YmxpY19rZXkYAiABKAwSEQoJc2lnbmF0dXJlGAMgASgMIngKGVN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SRQoLdHJhbnNhY3Rpb24YASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbhIUCgxlZmZlY3RpdmVfYXQYAiABKAMinAEKEkFja25vd2xlZGdlUmVxdWVzdBIOCgZtZW1iZXIYASABKAkSEQoJdGltZXN0YW1wGAIgASgDEhQKDHdyaXRlcl9lcG9jaBgDIAEoAxIRCglzaWduYXR1cmUYBCABKAwSHwoXc2lnbmluZ19rZXlfZmluZ2VycHJpbnQYBSABKAkSGQoRd3JpdGVyX2FjdGl2YXRpb24YBiABKAkiFQoTQWNrbm93bGVkZ2VSZXNwb25zZSJeChVSZWdpc3Rlck1lbWJlclJlcXVlc3QSRQoLbWVtYmVyX2tleXMYASABKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiI/ChZSZWdpc3Rlck1lbWJlclJlc3BvbnNlEg4KBm1lbWJlchgBIAEoCRIVCg1yZWdpc3RlcmVkX2F0GAIgASgDIl8KFVN1Ym1pdFRvcG9sb2d5UmVxdWVzdBJGCgx0cmFuc2FjdGlvbnMYASADKAsyMC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2lnbmVkVG9wb2xvZ3lUcmFuc2FjdGlvbiIuChZTdWJtaXRUb3BvbG9neVJlc3BvbnNlEhQKDGVmZmVjdGl2ZV9hdBgBIAEoAyIyChJHZXRUb3BvbG9neVJlcXVlc3QSEgoFYXNfb2YYASABKANIAIgBAUIICgZfYXNfb2YirAEKE0dldFRvcG9sb2d5UmVzcG9uc2USRgoMdHJhbnNhY3Rpb25zGAEgAygLMjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN0b3JlZFRvcG9sb2d5VHJhbnNhY3Rpb24SHgoWc3luY2hyb25pemVyX25hbWVzcGFjZRgCIAEoCRIXCg9zeW5jaHJvbml6ZXJfaWQYAyABKAkSFAoMc2VxdWVuY2VyX2lkGAQgASgJIjcKDFBydW5lUmVxdWVzdBIYChBiZWZvcmVfdGltZXN0YW1wGAEgASgDEg0KBWZvcmNlGAIgASgIInoKDVBydW5lUmVzcG9uc2USGwoTcHJ1bmluZ19sb3dlcl9ib3VuZBgBIAEoAxIWCg5yZW1vdmVkX2V2ZW50cxgCIAEoAxI0CghzdHJhbmRlZBgDIAMoCzIiLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdHJhbmRlZFNldCJWCg1SZXRlbnRpb25Ib2xkEg4KBnNldF9pZBgBIAEoCRIOCgZtZW1iZXIYAiABKAkSEQoJdGltZXN0YW1wGAMgASgDEhIKCmNyZWF0ZWRfYXQYBCABKAMiSQoLU3RyYW5kZWRTZXQSDgoGc2V0X2lkGAEgASgJEhUKDXBydW5lZF9iZWZvcmUYAiABKAMSEwoLc3RyYW5kZWRfYXQYAyABKAMiXwoYU2V0UmV0ZW50aW9uSG9sZHNSZXF1ZXN0Eg4KBnNldF9pZBgBIAEoCRIzCgVob2xkcxgCIAMoCzIkLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZXRlbnRpb25Ib2xkIhsKGVNldFJldGVudGlvbkhvbGRzUmVzcG9uc2UiLwocUmVsZWFzZVJldGVudGlvbkhvbGRzUmVxdWVzdBIPCgdzZXRfaWRzGAEgAygJIjEKHVJlbGVhc2VSZXRlbnRpb25Ib2xkc1Jlc3BvbnNlEhAKCHJlbGVhc2VkGAEgASgDIlMKG0xvd2VyQWNrbm93bGVkZ2VtZW50UmVxdWVzdBIOCgZtZW1iZXIYASABKAkSFgoJdGltZXN0YW1wGAIgASgDSACIAQFCDAoKX3RpbWVzdGFtcCJKChxMb3dlckFja25vd2xlZGdlbWVudFJlc3BvbnNlEhkKDGFja25vd2xlZGdlZBgBIAEoA0gAiAEBQg8KDV9hY2tub3dsZWRnZWQiGwoZR2V0U2VxdWVuY2VyU3RhdHVzUmVxdWVzdCLZAQoMTWVtYmVyU3RhdHVzEg4KBm1lbWJlchgBIAEoCRIaCg1yZWdpc3RlcmVkX2F0GAIgASgDSACIAQESGwoObGFzdF9kZWxpdmVyZWQYAyABKANIAYgBARIZCgxhY2tub3dsZWRnZWQYBCABKANIAogBARIUCgx3cml0ZXJfZXBvY2gYBSABKAMSGQoRd3JpdGVyX2FjdGl2YXRpb24YBiABKAlCEAoOX3JlZ2lzdGVyZWRfYXRCEQoPX2xhc3RfZGVsaXZlcmVkQg8KDV9hY2tub3dsZWRnZWQixwMKGkdldFNlcXVlbmNlclN0YXR1c1Jlc3BvbnNlEhQKDHNlcXVlbmNlcl9pZBgBIAEoCRIXCg9zeW5jaHJvbml6ZXJfaWQYAiABKAkSGwoOaGVhZF90aW1lc3RhbXAYAyABKANIAIgBARI0CgdtZW1iZXJzGAQgAygLMiMubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLk1lbWJlclN0YXR1cxIgChNwcnVuaW5nX2xvd2VyX2JvdW5kGAUgASgDSAGIAQESIwoWc2FmZV9wcnVuaW5nX3RpbWVzdGFtcBgGIAEoA0gCiAEBEjMKBWhvbGRzGAcgAygLMiQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJldGVudGlvbkhvbGQSFQoNcGlubmVkX2J5X3NldBgIIAEoCRI0CghzdHJhbmRlZBgJIAMoCzIiLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdHJhbmRlZFNldBIYChByZXRlbnRpb25fbWljcm9zGAogASgDQhEKD19oZWFkX3RpbWVzdGFtcEIWChRfcHJ1bmluZ19sb3dlcl9ib3VuZEIZChdfc2FmZV9wcnVuaW5nX3RpbWVzdGFtcCI6ChVHZXRNZW1iZXJFdmVudFJlcXVlc3QSDgoGbWVtYmVyGAEgASgJEhEKCXRpbWVzdGFtcBgCIAEoAyKsAgoWR2V0TWVtYmVyRXZlbnRSZXNwb25zZRIaCg1yZWdpc3RlcmVkX2F0GAEgASgDSACIAQESIAoTcHJ1bmluZ19sb3dlcl9ib3VuZBgCIAEoA0gBiAEBEhsKDmxhc3RfZGVsaXZlcmVkGAMgASgDSAKIAQESNAoFZXZlbnQYBCABKAsyJS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VxdWVuY2VkRXZlbnQSGwoOaGVhZF90aW1lc3RhbXAYBSABKANIA4gBARIUCgx3cml0ZXJfZXBvY2gYBiABKANCEAoOX3JlZ2lzdGVyZWRfYXRCFgoUX3BydW5pbmdfbG93ZXJfYm91bmRCEQoPX2xhc3RfZGVsaXZlcmVkQhEKD19oZWFkX3RpbWVzdGFtcCImChJQYXVzZUludGFrZVJlcXVlc3QSEAoIbGVhc2VfbXMYASABKAMiRQoTUGF1c2VJbnRha2VSZXNwb25zZRIbCg5oZWFkX3RpbWVzdGFtcBgBIAEoA0gAiAEBQhEKD19oZWFkX3RpbWVzdGFtcCIVChNSZXN1bWVJbnRha2VSZXF1ZXN0IhYKFFJlc3VtZUludGFrZVJlc3BvbnNlMtoMChBTZXF1ZW5jZXJTZXJ2aWNlEk8KBFNlbmQSIi5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlcXVlc3QaIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2VuZFJlc3BvbnNlEl4KCVNlbmRCYXRjaBInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TZW5kQmF0Y2hSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNlbmRCYXRjaFJlc3BvbnNlEmAKCVN1YnNjcmliZRInLmxvY2tzdGVwLnNlcXVlbmNlci52MS5TdWJzY3JpYmVSZXF1ZXN0GigubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESZAoLQWNrbm93bGVkZ2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuQWNrbm93bGVkZ2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkFja25vd2xlZGdlUmVzcG9uc2USbQoOUmVnaXN0ZXJNZW1iZXISLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVnaXN0ZXJNZW1iZXJSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlZ2lzdGVyTWVtYmVyUmVzcG9uc2USbQoOU3VibWl0VG9wb2xvZ3kSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU3VibWl0VG9wb2xvZ3lSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlN1Ym1pdFRvcG9sb2d5UmVzcG9uc2USZAoLR2V0VG9wb2xvZ3kSKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0VG9wb2xvZ3lSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFRvcG9sb2d5UmVzcG9uc2USUgoFUHJ1bmUSIy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUHJ1bmVSZXF1ZXN0GiQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBydW5lUmVzcG9uc2USeQoSR2V0U2VxdWVuY2VyU3RhdHVzEjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldFNlcXVlbmNlclN0YXR1c1JlcXVlc3QaMS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0U2VxdWVuY2VyU3RhdHVzUmVzcG9uc2USbQoOR2V0TWVtYmVyRXZlbnQSLC5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuR2V0TWVtYmVyRXZlbnRSZXF1ZXN0Gi0ubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkdldE1lbWJlckV2ZW50UmVzcG9uc2USZAoLUGF1c2VJbnRha2USKS5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUGF1c2VJbnRha2VSZXF1ZXN0GioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlBhdXNlSW50YWtlUmVzcG9uc2USZwoMUmVzdW1lSW50YWtlEioubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlc3VtZUludGFrZVJlcXVlc3QaKy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuUmVzdW1lSW50YWtlUmVzcG9uc2USdgoRU2V0UmV0ZW50aW9uSG9sZHMSLy5sb2Nrc3RlcC5zZXF1ZW5jZXIudjEuU2V0UmV0ZW50aW9uSG9sZHNSZXF1ZXN0GjAubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlNldFJldGVudGlvbkhvbGRzUmVzcG9uc2USggEKFVJlbGVhc2VSZXRlbnRpb25Ib2xkcxIzLmxvY2tzdGVwLnNlcXVlbmNlci52MS5SZWxlYXNlUmV0ZW50aW9uSG9sZHNSZXF1ZXN0GjQubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLlJlbGVhc2VSZXRlbnRpb25Ib2xkc1Jlc3BvbnNlEn8KFExvd2VyQWNrbm93bGVkZ2VtZW50EjIubG9ja3N0ZXAuc2VxdWVuY2VyLnYxLkxvd2VyQWNrbm93bGVkZ2VtZW50UmVxdWVzdBozLmxvY2tzdGVwLnNlcXVlbmNlci52MS5Mb3dlckFja25vd2xlZGdlbWVudFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_any, file_lockstep_common_v1_error]);
 
 /**
  * What a member asks the sequencer to sequence. Serialized and signed as bytes, so that the
@@ -67,6 +67,14 @@ export type Submission = Message<"lockstep.sequencer.v1.Submission"> & {
    * @generated from field: bool time_proof = 7;
    */
   timeProof: boolean;
+
+  /**
+   * The sender's activation at writer_epoch (random per activation): an equal epoch from another
+   * activation is refused like a lower one (STALE_WRITER_EPOCH).
+   *
+   * @generated from field: string writer_activation = 8;
+   */
+  writerActivation: string;
 };
 
 /**
@@ -264,7 +272,8 @@ export type SubscribeRequest = Message<"lockstep.sequencer.v1.SubscribeRequest">
   nonce: Uint8Array;
 
   /**
-   * Over digest("subscription", member, from_timestamp, writer_epoch, issued_at, nonce).
+   * Over digest("subscription", member, from_timestamp, writer_epoch, issued_at, nonce,
+   * writer_activation).
    *
    * @generated from field: bytes signature = 6;
    */
@@ -274,6 +283,13 @@ export type SubscribeRequest = Message<"lockstep.sequencer.v1.SubscribeRequest">
    * @generated from field: string signing_key_fingerprint = 7;
    */
   signingKeyFingerprint: string;
+
+  /**
+   * See Submission.writer_activation.
+   *
+   * @generated from field: string writer_activation = 8;
+   */
+  writerActivation: string;
 };
 
 /**
@@ -535,7 +551,7 @@ export type AcknowledgeRequest = Message<"lockstep.sequencer.v1.AcknowledgeReque
   writerEpoch: bigint;
 
   /**
-   * Over digest("acknowledgement", member, timestamp, writer_epoch).
+   * Over digest("acknowledgement", member, timestamp, writer_epoch, writer_activation).
    *
    * @generated from field: bytes signature = 4;
    */
@@ -545,6 +561,13 @@ export type AcknowledgeRequest = Message<"lockstep.sequencer.v1.AcknowledgeReque
    * @generated from field: string signing_key_fingerprint = 5;
    */
   signingKeyFingerprint: string;
+
+  /**
+   * See Submission.writer_activation.
+   *
+   * @generated from field: string writer_activation = 6;
+   */
+  writerActivation: string;
 };
 
 /**
@@ -708,11 +731,19 @@ export const GetTopologyResponseSchema: GenMessage<GetTopologyResponse> = /*@__P
 export type PruneRequest = Message<"lockstep.sequencer.v1.PruneRequest"> & {
   /**
    * Removes events with a timestamp below this one. Refused above the safe pruning timestamp
-   * (min of acknowledgements, and the oldest position a retained backup needs).
+   * (min of acknowledgements, and the oldest retention hold) with UNSAFE_TO_PRUNE.
    *
    * @generated from field: int64 before_timestamp = 1;
    */
   beforeTimestamp: bigint;
+
+  /**
+   * Prune past retention holds: their sets are released and recorded as stranded (no longer
+   * restorable against this sequencer). Acknowledgements are never overridden.
+   *
+   * @generated from field: bool force = 2;
+   */
+  force: boolean;
 };
 
 /**
@@ -737,6 +768,13 @@ export type PruneResponse = Message<"lockstep.sequencer.v1.PruneResponse"> & {
    * @generated from field: int64 removed_events = 2;
    */
   removedEvents: bigint;
+
+  /**
+   * With force: the sets whose holds were released (now stranded).
+   *
+   * @generated from field: repeated lockstep.sequencer.v1.StrandedSet stranded = 3;
+   */
+  stranded: StrandedSet[];
 };
 
 /**
@@ -745,6 +783,195 @@ export type PruneResponse = Message<"lockstep.sequencer.v1.PruneResponse"> & {
  */
 export const PruneResponseSchema: GenMessage<PruneResponse> = /*@__PURE__*/
   messageDesc(file_lockstep_sequencer_v1_sequencer, 24);
+
+/**
+ * One member position of a backup set that the sequencer keeps events for.
+ *
+ * @generated from message lockstep.sequencer.v1.RetentionHold
+ */
+export type RetentionHold = Message<"lockstep.sequencer.v1.RetentionHold"> & {
+  /**
+   * @generated from field: string set_id = 1;
+   */
+  setId: string;
+
+  /**
+   * @generated from field: string member = 2;
+   */
+  member: string;
+
+  /**
+   * Events of the member from this timestamp on are kept.
+   *
+   * @generated from field: int64 timestamp = 3;
+   */
+  timestamp: bigint;
+
+  /**
+   * Wall-clock micros when the hold was set (informational).
+   *
+   * @generated from field: int64 created_at = 4;
+   */
+  createdAt: bigint;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.RetentionHold.
+ * Use `create(RetentionHoldSchema)` to create a new message.
+ */
+export const RetentionHoldSchema: GenMessage<RetentionHold> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 25);
+
+/**
+ * A backup set whose holds a forced prune released: its members cannot be restored against this
+ * sequencer any more.
+ *
+ * @generated from message lockstep.sequencer.v1.StrandedSet
+ */
+export type StrandedSet = Message<"lockstep.sequencer.v1.StrandedSet"> & {
+  /**
+   * @generated from field: string set_id = 1;
+   */
+  setId: string;
+
+  /**
+   * The pruning lower bound the forced prune set.
+   *
+   * @generated from field: int64 pruned_before = 2;
+   */
+  prunedBefore: bigint;
+
+  /**
+   * Wall-clock micros of the forced prune.
+   *
+   * @generated from field: int64 stranded_at = 3;
+   */
+  strandedAt: bigint;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.StrandedSet.
+ * Use `create(StrandedSetSchema)` to create a new message.
+ */
+export const StrandedSetSchema: GenMessage<StrandedSet> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 26);
+
+/**
+ * @generated from message lockstep.sequencer.v1.SetRetentionHoldsRequest
+ */
+export type SetRetentionHoldsRequest = Message<"lockstep.sequencer.v1.SetRetentionHoldsRequest"> & {
+  /**
+   * @generated from field: string set_id = 1;
+   */
+  setId: string;
+
+  /**
+   * member and timestamp of each (set_id and created_at are ignored); empty releases the set.
+   *
+   * @generated from field: repeated lockstep.sequencer.v1.RetentionHold holds = 2;
+   */
+  holds: RetentionHold[];
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SetRetentionHoldsRequest.
+ * Use `create(SetRetentionHoldsRequestSchema)` to create a new message.
+ */
+export const SetRetentionHoldsRequestSchema: GenMessage<SetRetentionHoldsRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 27);
+
+/**
+ * @generated from message lockstep.sequencer.v1.SetRetentionHoldsResponse
+ */
+export type SetRetentionHoldsResponse = Message<"lockstep.sequencer.v1.SetRetentionHoldsResponse"> & {
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.SetRetentionHoldsResponse.
+ * Use `create(SetRetentionHoldsResponseSchema)` to create a new message.
+ */
+export const SetRetentionHoldsResponseSchema: GenMessage<SetRetentionHoldsResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 28);
+
+/**
+ * @generated from message lockstep.sequencer.v1.ReleaseRetentionHoldsRequest
+ */
+export type ReleaseRetentionHoldsRequest = Message<"lockstep.sequencer.v1.ReleaseRetentionHoldsRequest"> & {
+  /**
+   * @generated from field: repeated string set_ids = 1;
+   */
+  setIds: string[];
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.ReleaseRetentionHoldsRequest.
+ * Use `create(ReleaseRetentionHoldsRequestSchema)` to create a new message.
+ */
+export const ReleaseRetentionHoldsRequestSchema: GenMessage<ReleaseRetentionHoldsRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 29);
+
+/**
+ * @generated from message lockstep.sequencer.v1.ReleaseRetentionHoldsResponse
+ */
+export type ReleaseRetentionHoldsResponse = Message<"lockstep.sequencer.v1.ReleaseRetentionHoldsResponse"> & {
+  /**
+   * How many holds were removed.
+   *
+   * @generated from field: int64 released = 1;
+   */
+  released: bigint;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.ReleaseRetentionHoldsResponse.
+ * Use `create(ReleaseRetentionHoldsResponseSchema)` to create a new message.
+ */
+export const ReleaseRetentionHoldsResponseSchema: GenMessage<ReleaseRetentionHoldsResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 30);
+
+/**
+ * @generated from message lockstep.sequencer.v1.LowerAcknowledgementRequest
+ */
+export type LowerAcknowledgementRequest = Message<"lockstep.sequencer.v1.LowerAcknowledgementRequest"> & {
+  /**
+   * @generated from field: string member = 1;
+   */
+  member: string;
+
+  /**
+   * The restored member's last stored event; absent: it has none (the acknowledgement is removed,
+   * so its registration bounds pruning again).
+   *
+   * @generated from field: optional int64 timestamp = 2;
+   */
+  timestamp?: bigint | undefined;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.LowerAcknowledgementRequest.
+ * Use `create(LowerAcknowledgementRequestSchema)` to create a new message.
+ */
+export const LowerAcknowledgementRequestSchema: GenMessage<LowerAcknowledgementRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 31);
+
+/**
+ * @generated from message lockstep.sequencer.v1.LowerAcknowledgementResponse
+ */
+export type LowerAcknowledgementResponse = Message<"lockstep.sequencer.v1.LowerAcknowledgementResponse"> & {
+  /**
+   * The acknowledgement now on record; absent when there is none.
+   *
+   * @generated from field: optional int64 acknowledged = 1;
+   */
+  acknowledged?: bigint | undefined;
+};
+
+/**
+ * Describes the message lockstep.sequencer.v1.LowerAcknowledgementResponse.
+ * Use `create(LowerAcknowledgementResponseSchema)` to create a new message.
+ */
+export const LowerAcknowledgementResponseSchema: GenMessage<LowerAcknowledgementResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 32);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusRequest
@@ -757,7 +984,7 @@ export type GetSequencerStatusRequest = Message<"lockstep.sequencer.v1.GetSequen
  * Use `create(GetSequencerStatusRequestSchema)` to create a new message.
  */
 export const GetSequencerStatusRequestSchema: GenMessage<GetSequencerStatusRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 25);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 33);
 
 /**
  * @generated from message lockstep.sequencer.v1.MemberStatus
@@ -793,6 +1020,13 @@ export type MemberStatus = Message<"lockstep.sequencer.v1.MemberStatus"> & {
    * @generated from field: int64 writer_epoch = 5;
    */
   writerEpoch: bigint;
+
+  /**
+   * The activation that holds writer_epoch (empty before the first request carrying one).
+   *
+   * @generated from field: string writer_activation = 6;
+   */
+  writerActivation: string;
 };
 
 /**
@@ -800,7 +1034,7 @@ export type MemberStatus = Message<"lockstep.sequencer.v1.MemberStatus"> & {
  * Use `create(MemberStatusSchema)` to create a new message.
  */
 export const MemberStatusSchema: GenMessage<MemberStatus> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 26);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 34);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetSequencerStatusResponse
@@ -841,6 +1075,35 @@ export type GetSequencerStatusResponse = Message<"lockstep.sequencer.v1.GetSeque
    * @generated from field: optional int64 safe_pruning_timestamp = 6;
    */
   safePruningTimestamp?: bigint | undefined;
+
+  /**
+   * Every retention hold, oldest first.
+   *
+   * @generated from field: repeated lockstep.sequencer.v1.RetentionHold holds = 7;
+   */
+  holds: RetentionHold[];
+
+  /**
+   * The set whose hold is the safe pruning timestamp, when a hold (not an acknowledgement) pins it.
+   *
+   * @generated from field: string pinned_by_set = 8;
+   */
+  pinnedBySet: string;
+
+  /**
+   * Sets a forced prune stranded.
+   *
+   * @generated from field: repeated lockstep.sequencer.v1.StrandedSet stranded = 9;
+   */
+  stranded: StrandedSet[];
+
+  /**
+   * The configured retention (synchronizer.sequencer.retention) in micros: events older than
+   * this may be pruned by the operator's schedule, so a set older than it needs its holds.
+   *
+   * @generated from field: int64 retention_micros = 10;
+   */
+  retentionMicros: bigint;
 };
 
 /**
@@ -848,7 +1111,7 @@ export type GetSequencerStatusResponse = Message<"lockstep.sequencer.v1.GetSeque
  * Use `create(GetSequencerStatusResponseSchema)` to create a new message.
  */
 export const GetSequencerStatusResponseSchema: GenMessage<GetSequencerStatusResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 27);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 35);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetMemberEventRequest
@@ -870,7 +1133,7 @@ export type GetMemberEventRequest = Message<"lockstep.sequencer.v1.GetMemberEven
  * Use `create(GetMemberEventRequestSchema)` to create a new message.
  */
 export const GetMemberEventRequestSchema: GenMessage<GetMemberEventRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 28);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 36);
 
 /**
  * @generated from message lockstep.sequencer.v1.GetMemberEventResponse
@@ -909,6 +1172,13 @@ export type GetMemberEventResponse = Message<"lockstep.sequencer.v1.GetMemberEve
    * @generated from field: optional int64 head_timestamp = 5;
    */
   headTimestamp?: bigint | undefined;
+
+  /**
+   * The highest writer epoch the sequencer has seen from the member (a restored member takes one above it).
+   *
+   * @generated from field: int64 writer_epoch = 6;
+   */
+  writerEpoch: bigint;
 };
 
 /**
@@ -916,7 +1186,7 @@ export type GetMemberEventResponse = Message<"lockstep.sequencer.v1.GetMemberEve
  * Use `create(GetMemberEventResponseSchema)` to create a new message.
  */
 export const GetMemberEventResponseSchema: GenMessage<GetMemberEventResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 29);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 37);
 
 /**
  * @generated from message lockstep.sequencer.v1.PauseIntakeRequest
@@ -935,7 +1205,7 @@ export type PauseIntakeRequest = Message<"lockstep.sequencer.v1.PauseIntakeReque
  * Use `create(PauseIntakeRequestSchema)` to create a new message.
  */
 export const PauseIntakeRequestSchema: GenMessage<PauseIntakeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 30);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 38);
 
 /**
  * @generated from message lockstep.sequencer.v1.PauseIntakeResponse
@@ -954,7 +1224,7 @@ export type PauseIntakeResponse = Message<"lockstep.sequencer.v1.PauseIntakeResp
  * Use `create(PauseIntakeResponseSchema)` to create a new message.
  */
 export const PauseIntakeResponseSchema: GenMessage<PauseIntakeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 31);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 39);
 
 /**
  * @generated from message lockstep.sequencer.v1.ResumeIntakeRequest
@@ -967,7 +1237,7 @@ export type ResumeIntakeRequest = Message<"lockstep.sequencer.v1.ResumeIntakeReq
  * Use `create(ResumeIntakeRequestSchema)` to create a new message.
  */
 export const ResumeIntakeRequestSchema: GenMessage<ResumeIntakeRequest> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 32);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 40);
 
 /**
  * @generated from message lockstep.sequencer.v1.ResumeIntakeResponse
@@ -980,7 +1250,7 @@ export type ResumeIntakeResponse = Message<"lockstep.sequencer.v1.ResumeIntakeRe
  * Use `create(ResumeIntakeResponseSchema)` to create a new message.
  */
 export const ResumeIntakeResponseSchema: GenMessage<ResumeIntakeResponse> = /*@__PURE__*/
-  messageDesc(file_lockstep_sequencer_v1_sequencer, 33);
+  messageDesc(file_lockstep_sequencer_v1_sequencer, 41);
 
 /**
  * The sequencer: assigns every submission a unique, strictly increasing timestamp, stores it and
@@ -1124,6 +1394,41 @@ export const SequencerService: GenService<{
     methodKind: "unary";
     input: typeof ResumeIntakeRequestSchema;
     output: typeof ResumeIntakeResponseSchema;
+  },
+  /**
+   * Operator (backup create): sets the retention holds of one backup set, replacing any it had. A
+   * hold keeps every event of its member from its timestamp on: pruning stays at or below the
+   * oldest hold (DESIGN §2, §4.6). A hold below the pruning lower bound is refused (the set is
+   * already stranded) with EVENTS_UNAVAILABLE_FOR_TIMESTAMP.
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.SetRetentionHolds
+   */
+  setRetentionHolds: {
+    methodKind: "unary";
+    input: typeof SetRetentionHoldsRequestSchema;
+    output: typeof SetRetentionHoldsResponseSchema;
+  },
+  /**
+   * Operator (backup expire): releases every hold of the named sets.
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.ReleaseRetentionHolds
+   */
+  releaseRetentionHolds: {
+    methodKind: "unary";
+    input: typeof ReleaseRetentionHoldsRequestSchema;
+    output: typeof ReleaseRetentionHoldsResponseSchema;
+  },
+  /**
+   * Operator (restore apply): a restored member goes back behind its own acknowledgement; this
+   * lowers the sequencer's record of it to the restored position (never raises it), so that no
+   * prune can remove what the member will ask for when it resubscribes.
+   *
+   * @generated from rpc lockstep.sequencer.v1.SequencerService.LowerAcknowledgement
+   */
+  lowerAcknowledgement: {
+    methodKind: "unary";
+    input: typeof LowerAcknowledgementRequestSchema;
+    output: typeof LowerAcknowledgementResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_lockstep_sequencer_v1_sequencer, 0);
