@@ -7,10 +7,24 @@ import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
 import { registerBackupTaken } from "../node/node-state.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
+import {
+  holdSet,
+  liveSequencerStatus,
+  provisionalHolds,
+  type SequencerRpc,
+  sequencerRpc,
+} from "./backup-holds.ts";
 import type { BackupRepository } from "./backup-repository.ts";
-import type { BackupFormat, Manifest, NodeBackup, UnsignedManifest } from "./manifest.ts";
+import {
+  type BackupFormat,
+  MANIFEST_VERSION,
+  type Manifest,
+  type NodeBackup,
+  type UnsignedManifest,
+} from "./manifest.ts";
 import { dumpNode } from "./node-dump.ts";
-import { checkOrder } from "./order-check.ts";
+import { readMemberEvents } from "./node-position.ts";
+import { checkOrder, memberLookups } from "./order-check.ts";
 
 export interface CreateBackupOptions {
   config: LockstepConfig;
@@ -29,6 +43,8 @@ export interface CreateBackupOptions {
    */
   quiesce?: (nodes: NodeEntry[]) => Promise<() => Promise<void>>;
   connect?: (entry: NodeEntry) => Promise<NodeConnection>;
+  /** The live sequencer's API (default: from the config). */
+  sequencer?: SequencerRpc;
 }
 
 /** Runs the app hook (a shell command) with the set's id and folder in its environment. */
@@ -71,15 +87,20 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
   const startedAt = new Date().toISOString();
   progress(`backup set ${setId} in ${repository.dir}`);
   let resume: (() => Promise<void>) | undefined;
+  const rpc = input.sequencer ?? sequencerRpc(config);
+  const live = await liveSequencerStatus(rpc);
+  let held = false;
   try {
+    held = await holdProvisionally(rpc, live, setId, options.nodes, progress);
     const hookCommand = config.backup["app-hook"].trim();
     let appHook: Manifest["appHook"] = null;
     if (hookCommand) {
       progress(`app-hook: ${hookCommand}`);
       appHook = await runAppHook(hookCommand, setId, setDir);
     }
-    const dump = (entry: NodeEntry) =>
+    const dump = (entry: NodeEntry, lookups?: NodeBackup[]) =>
       dumpNode({
+        lookups: lookups && memberLookups(lookups),
         entry,
         dataDir: config["data-dir"],
         synchronizerId: config.synchronizer.id,
@@ -95,7 +116,9 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
     if (options.quiesce) {
       resume = await options.quiesce(options.nodes);
       try {
-        nodes = await Promise.all(options.nodes.map(dump));
+        nodes = await Promise.all(options.nodes.map((n) => dump(n)));
+        // Intake is paused: the sequencer's tables are as its dump holds them.
+        await lookUpAfterQuiesce(nodes, options.nodes, connect, options.logger);
       } finally {
         // Intake must resume whatever happened to the dumps.
         const r = resume;
@@ -106,20 +129,29 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
     } else {
       const members = options.nodes.filter((n) => n.kind !== "sequencer");
       const sequencers = options.nodes.filter((n) => n.kind === "sequencer");
-      nodes = await Promise.all(members.map(dump));
-      // The sequencer last: everything the members processed is then in its dump (DESIGN §4.3).
-      for (const s of sequencers) nodes.push(await dump(s));
+      nodes = await Promise.all(members.map((n) => dump(n)));
+      // The sequencer last: everything the members processed is then in its dump (DESIGN §4.3), and
+      // its side of the order check is read in its own snapshot.
+      const memberNodes = [...nodes];
+      for (const s of sequencers) nodes.push(await dump(s, memberNodes));
     }
-    const order = await checkOrder(nodes, setId, repository);
+    const order = await checkOrder(nodes, setId, live && { rpc, sequencerId: live.sequencerId }).catch(
+      (error) => {
+        progress(`order not checked: asking the live sequencer failed: ${(error as Error).message}`);
+        return { orderCheck: "unchecked" as const, checkedAgainst: null, unsafe: [] };
+      },
+    );
     for (const f of order.unsafe) {
       progress(
-        `UNSAFE: ${f.node} is at ${f.clean ?? "-"} (last stored ${f.lastStored ?? "-"}) but the sequencer of set ${f.sequencerSet} last delivered ${f.sequencerLastDelivered ?? "nothing"} to it: restoring both would fork`,
+        `UNSAFE (fork): ${f.node}'s last stored event at ${f.lastStored} (chain hash ${f.storedHash?.slice(0, 16)}…) is ${f.sequencerHash ? `not the sequencer's (${f.sequencerHash.slice(0, 16)}…)` : "not held by the sequencer"} (${f.sequencerSet ? `set ${f.sequencerSet}` : "the live sequencer"}): restoring them together would fork`,
       );
     }
     if (order.orderCheck === "unchecked")
-      progress("order not checked: no backup set holds the sequencer yet");
+      progress(
+        "order not checked: the live sequencer does not answer (restore checks the set against it again)",
+      );
     const unsigned: UnsignedManifest = {
-      manifestVersion: 1,
+      manifestVersion: MANIFEST_VERSION,
       id: setId,
       lockstepVersion: LOCKSTEP_VERSION,
       synchronizerId: config.synchronizer.id,
@@ -136,11 +168,60 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
     };
     const manifest = await repository.completeSet(unsigned);
     await registerInNodes(manifest, options);
+    await holdSet(rpc, manifest).then(
+      (count) =>
+        count > 0 && progress(`retention holds set at the sequencer for ${count} member position(s)`),
+      (error) =>
+        progress(
+          `WARNING: no retention hold for ${manifest.id} (${(error as Error).message}): pruning could strand it; \`lockstep backup expire\` sets missing holds`,
+        ),
+    );
     return manifest;
   } catch (error) {
+    if (held) await rpc.releaseRetentionHolds({ setIds: [setId] }).catch(() => undefined);
     await resume?.().catch(() => undefined);
     await repository.abandonSet(setId).catch(() => undefined);
     throw error;
+  }
+}
+
+/** Provisional holds before the dumps (see provisionalHolds); a set without them still works. */
+async function holdProvisionally(
+  rpc: SequencerRpc,
+  live: Awaited<ReturnType<typeof liveSequencerStatus>>,
+  setId: string,
+  nodes: readonly NodeEntry[],
+  progress: (line: string) => void,
+): Promise<boolean> {
+  const members = nodes.filter((n) => n.kind !== "sequencer").map((n) => n.name);
+  if (members.length === 0) return false;
+  if (!live) {
+    progress("WARNING: the sequencer does not answer: the set gets no retention hold until it does");
+    return false;
+  }
+  try {
+    return (await provisionalHolds(rpc, live, setId, members)) > 0;
+  } catch (error) {
+    progress(`WARNING: could not set retention holds: ${(error as Error).message}`);
+    return false;
+  }
+}
+
+/** After quiesced parallel dumps: the sequencer's side of the order check, from its database. */
+async function lookUpAfterQuiesce(
+  nodes: NodeBackup[],
+  entries: readonly NodeEntry[],
+  connect: (entry: NodeEntry) => Promise<NodeConnection>,
+  logger: Logger,
+): Promise<void> {
+  const sequencer = nodes.find((n) => n.kind === "sequencer");
+  const entry = entries.find((e) => e.kind === "sequencer");
+  if (sequencer?.kind !== "sequencer" || !entry) return;
+  const db = createPgDb({ connectionString: (await connect(entry)).url, max: 1, logger });
+  try {
+    sequencer.position.memberEvents = await readMemberEvents(db, memberLookups(nodes));
+  } finally {
+    await db.close();
   }
 }
 

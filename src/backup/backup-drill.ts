@@ -180,7 +180,16 @@ export async function drillSet(options: DrillOptions): Promise<DrillResult> {
           cluster.connectionUrl(scratch),
           { jobs: options.jobs },
         );
-        const info = await readNodeSnapshotInfo(db, node.kind, manifest.synchronizerId);
+        // The sequencer's side of the order check is looked up again at the same member positions.
+        const views = node.kind === "sequencer" ? node.position.memberEvents : undefined;
+        const lookups = Object.entries(views ?? {}).map(([member, v]) => ({
+          member,
+          timestamp: v.timestamp,
+        }));
+        const info = await readNodeSnapshotInfo(db, node.kind, manifest.synchronizerId, lookups);
+        if (node.kind === "sequencer" && views === undefined && "memberEvents" in info.position) {
+          info.position.memberEvents = undefined; // manifest v1 recorded none
+        }
         const problems: string[] = [];
         const same = (what: string, a: unknown, b: unknown) => {
           if (canonicalJson(a) !== canonicalJson(b))

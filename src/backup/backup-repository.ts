@@ -229,6 +229,13 @@ export class BackupRepository {
     return removed;
   }
 
+  /** Folders without a manifest: sets being written (after cleanIncomplete, by live writers only). */
+  async inProgress(): Promise<string[]> {
+    const ids: string[] = [];
+    for (const id of await this.setIds()) if (!existsSync(join(this.dir, id, MANIFEST_FILE))) ids.push(id);
+    return ids;
+  }
+
   async readVerification(setId: string): Promise<Verification | null> {
     try {
       return JSON.parse(await readFile(join(this.setDir(setId), VERIFICATION_FILE), "utf8")) as Verification;

@@ -1,3 +1,4 @@
+import { holdsOf, type SequencerRpc } from "./backup-holds.ts";
 import type { BackupRepository, SetSummary } from "./backup-repository.ts";
 
 export interface RetentionDecision {
@@ -7,50 +8,74 @@ export interface RetentionDecision {
 }
 
 /**
- * Which sets `backup expire --keep N` keeps, newest first, with the reason for each (DESIGN §4.6):
- * the newest N; the newest safe set, always (even beyond N: it is the one a restore needs); and
- * any set a kept subset set was order-checked against (a restore pairs them). Pure: for --dry-run.
+ * Why a set can (or cannot) be the one a disaster needs: it holds every node of the config, its
+ * order check passed against its own sequencer (chain hashes), and it has not failed verification.
+ * Null when it qualifies.
  */
-export function planRetention(sets: readonly SetSummary[], keep: number): RetentionDecision[] {
-  const newestFirst = [...sets].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
-  const newestSafe = newestFirst.find((s) => s.manifest.safe && s.manifest.orderCheck !== "unchecked");
-  const decisions = new Map<string, RetentionDecision>();
-  newestFirst.forEach((set, index) => {
-    if (index < keep) {
-      decisions.set(set.id, { id: set.id, action: "keep", reason: `among the newest ${keep}` });
-    } else if (set.id === newestSafe?.id) {
-      decisions.set(set.id, { id: set.id, action: "keep", reason: "the newest safe set is never deleted" });
-    } else {
-      decisions.set(set.id, { id: set.id, action: "delete", reason: `older than the newest ${keep}` });
-    }
-  });
-  if (newestSafe && newestFirst.indexOf(newestSafe) < keep) {
-    const d = decisions.get(newestSafe.id);
-    if (d) d.reason += " (and the newest safe set)";
-  }
-  for (const set of newestFirst) {
-    const against = set.manifest.checkedAgainst;
-    const target = against ? decisions.get(against) : undefined;
-    if (decisions.get(set.id)?.action === "keep" && target?.action === "delete") {
-      target.action = "keep";
-      target.reason = `holds the sequencer that kept set ${set.id} was checked against`;
-    }
-  }
-  for (const set of newestFirst) {
-    const d = decisions.get(set.id);
-    if (d?.action === "delete" && !set.manifest.safe) d.reason += "; unsafe (fork)";
-  }
-  return newestFirst.map((s) => decisions.get(s.id) as RetentionDecision);
+export function disqualification(set: SetSummary, configNodes: readonly string[]): string | null {
+  const m = set.manifest;
+  const missing = configNodes.filter((name) => !m.nodes.some((n) => n.name === name));
+  if (missing.length > 0) return `partial (lacks ${missing.join(", ")})`;
+  if (!m.safe) return `unsafe: fork (${m.unsafe.map((u) => u.node).join(", ")})`;
+  if (m.orderCheck !== "checked" || m.manifestVersion < 2)
+    return "order not checked on chain hashes (written by an older build)";
+  if (set.verification && !set.verification.ok) return `failed verification (${set.verification.verifiedAt})`;
+  return null;
 }
 
-/** Applies the plan unless dryRun; returns the decisions with what was deleted. */
+/**
+ * Which sets `backup expire --keep N` keeps, newest first, with the reason for each (DESIGN §4.6):
+ * the newest N, and always the newest set that could restore the whole network (complete, safe by
+ * the chain-hash order check, not failed verification), even beyond N: that is the set a disaster
+ * needs. Pure, for --dry-run.
+ */
+export function planRetention(
+  sets: readonly SetSummary[],
+  keep: number,
+  configNodes: readonly string[],
+): RetentionDecision[] {
+  const newestFirst = [...sets].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+  const protectedSet = newestFirst.find((s) => disqualification(s, configNodes) === null);
+  return newestFirst.map((set, index) => {
+    const isProtected = set.id === protectedSet?.id;
+    if (index < keep) {
+      const also = isProtected ? " (and the newest complete, safe, verified set)" : "";
+      return { id: set.id, action: "keep", reason: `among the newest ${keep}${also}` };
+    }
+    if (isProtected) {
+      return {
+        id: set.id,
+        action: "keep",
+        reason: "the newest set that holds every node, is safe and did not fail verification: never deleted",
+      };
+    }
+    const why = disqualification(set, configNodes);
+    const note = protectedSet
+      ? ""
+      : "; no set qualifies as the one to keep for a disaster (take a full `lockstep backup create`)";
+    return {
+      id: set.id,
+      action: "delete",
+      reason: `older than the newest ${keep}${why ? `; ${why}` : `; ${protectedSet?.id} is newer and complete`}${note}`,
+    };
+  });
+}
+
+/**
+ * Applies the plan unless dryRun; returns the decisions with what was deleted. The live sequencer
+ * releases the deleted sets' retention holds, and any hold of a set no longer in the repository; a
+ * kept set that lacks its holds gets them (e.g. the sequencer was down when it was taken).
+ */
 export async function expireSets(
   repository: BackupRepository,
   keep: number,
   dryRun: boolean,
+  configNodes: readonly string[],
   progress: (line: string) => void,
-): Promise<{ decisions: RetentionDecision[]; deleted: string[] }> {
-  const decisions = planRetention(await repository.listSets(), keep);
+  sequencer?: SequencerRpc,
+): Promise<{ decisions: RetentionDecision[]; deleted: string[]; released: string[]; held: string[] }> {
+  const sets = await repository.listSets();
+  const decisions = planRetention(sets, keep, configNodes);
   const deleted: string[] = [];
   for (const d of decisions) {
     progress(`${d.action === "keep" ? "keep  " : dryRun ? "would delete" : "delete"} ${d.id}: ${d.reason}`);
@@ -59,6 +84,51 @@ export async function expireSets(
       deleted.push(d.id);
     }
   }
-  if (!dryRun) await repository.cleanIncomplete();
-  return { decisions, deleted };
+  if (dryRun) return { decisions, deleted, released: [], held: [] };
+  await repository.cleanIncomplete();
+  const kept = sets.filter((s) => !deleted.includes(s.id));
+  // A set being written has provisional holds: never release those.
+  const writing = await repository.inProgress();
+  const { released, held } = sequencer
+    ? await reconcileHolds(sequencer, kept, writing, progress)
+    : { released: [], held: [] };
+  return { decisions, deleted, released, held };
+}
+
+/** Makes the sequencer's holds match the repository's sets (see expireSets). */
+async function reconcileHolds(
+  rpc: SequencerRpc,
+  kept: readonly SetSummary[],
+  writing: readonly string[],
+  progress: (line: string) => void,
+): Promise<{ released: string[]; held: string[] }> {
+  let status: Awaited<ReturnType<SequencerRpc["getSequencerStatus"]>>;
+  try {
+    status = await rpc.getSequencerStatus({}, { timeoutMs: 5000 });
+  } catch (error) {
+    progress(
+      `WARNING: the sequencer does not answer (${(error as Error).message}): the deleted sets' retention holds stay until the next \`lockstep backup expire\``,
+    );
+    return { released: [], held: [] };
+  }
+  const keptIds = new Set([...kept.map((s) => s.id), ...writing]);
+  const released = [...new Set(status.holds.map((h) => h.setId))].filter((id) => !keptIds.has(id));
+  if (released.length > 0) {
+    await rpc.releaseRetentionHolds({ setIds: released });
+    progress(`released the retention holds of ${released.join(", ")}`);
+  }
+  const held: string[] = [];
+  const stranded = new Set(status.stranded.map((s) => s.setId));
+  for (const set of kept) {
+    const holds = holdsOf(set.manifest.nodes);
+    if (holds.length === 0 || stranded.has(set.id) || status.holds.some((h) => h.setId === set.id)) continue;
+    try {
+      await rpc.setRetentionHolds({ setId: set.id, holds });
+      held.push(set.id);
+      progress(`set the missing retention holds of ${set.id}`);
+    } catch (error) {
+      progress(`${set.id}: cannot be held (${(error as Error).message})`);
+    }
+  }
+  return { released, held };
 }

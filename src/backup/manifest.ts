@@ -8,7 +8,8 @@ import { z } from "zod";
  * (timestamps in micros, offsets, epochs, byte counts) are decimal strings, as in the CLI's JSON.
  */
 
-export const MANIFEST_VERSION = 1;
+/** 2: per-member chain hashes on both sides of the order check (1 compared timestamps only). */
+export const MANIFEST_VERSION = 2;
 export const BACKUP_FORMATS = ["tar", "custom", "directory"] as const;
 export type BackupFormat = (typeof BACKUP_FORMATS)[number];
 
@@ -39,11 +40,25 @@ export const mediatorPositionSchema = z.object({
   clean: micros.nullable(),
   lastStored: storedEventRefSchema.nullable(),
 });
+/**
+ * The sequencer's own view of one member at the member's last stored timestamp in the same set:
+ * whether it knows the member, and the chain hash of the member's event at that timestamp (null:
+ * it has none there). Read in the sequencer's snapshot; what the order check compares.
+ */
+export const memberEventViewSchema = z.object({
+  timestamp: micros,
+  known: z.boolean(),
+  chainHash: sha256Hex.nullable(),
+});
+export type MemberEventView = z.infer<typeof memberEventViewSchema>;
+
 export const sequencerPositionSchema = z.object({
   head: micros.nullable(),
   /** member id → timestamp of the last event delivered to it (null: none yet). */
   members: z.record(z.string(), micros.nullable()),
   pruningLowerBound: micros.nullable(),
+  /** member id → the sequencer's event at that member's last stored timestamp in this set (v2). */
+  memberEvents: z.record(z.string(), memberEventViewSchema).optional(),
 });
 export type ParticipantPosition = z.infer<typeof participantPositionSchema>;
 export type MediatorPosition = z.infer<typeof mediatorPositionSchema>;
@@ -78,7 +93,10 @@ export const nodeBackupSchema = z.discriminatedUnion("kind", [
 export type NodeBackup = z.infer<typeof nodeBackupSchema>;
 export type NodeBackupKind = NodeBackup["kind"];
 
-/** A participant/mediator whose clean position is beyond what the sequencer of the set knows: restoring both forks. */
+/**
+ * A participant/mediator whose history is not a prefix of the sequencer's: the sequencer has no
+ * event for it at its last stored timestamp, or one with another chain hash. Restoring both forks.
+ */
 export const unsafeFindingSchema = z.object({
   node: z.string(),
   reason: z.literal("fork"),
@@ -89,13 +107,16 @@ export const unsafeFindingSchema = z.object({
   lastStored: micros.nullable(),
   /** The sequencer's last delivered timestamp for the member (null: member unknown to it). */
   sequencerLastDelivered: micros.nullable(),
-  /** The set holding the sequencer compared with (this set, or the newest earlier one with a sequencer). */
-  sequencerSet: z.string(),
+  /** The set holding the sequencer compared with (this set); null: the live sequencer. */
+  sequencerSet: z.string().nullable(),
+  /** v2: the chain hash of the node's last stored event, and the sequencer's at that timestamp (null: none). */
+  storedHash: sha256Hex.nullable().optional(),
+  sequencerHash: sha256Hex.nullable().optional(),
 });
 export type UnsafeFinding = z.infer<typeof unsafeFindingSchema>;
 
 export const manifestSchema = z.object({
-  manifestVersion: z.literal(MANIFEST_VERSION),
+  manifestVersion: z.union([z.literal(1), z.literal(MANIFEST_VERSION)]),
   id: z.string().min(1),
   lockstepVersion: z.string(),
   synchronizerId: z.string(),
@@ -108,10 +129,11 @@ export const manifestSchema = z.object({
     .nullable(),
   nodes: z.array(nodeBackupSchema).min(1),
   /**
-   * checked: against the sequencer in this set; checked-against-older-set: subset without the
-   * sequencer, compared with `checkedAgainst`; unchecked: no set with a sequencer to compare with.
+   * checked: against the sequencer in this set; checked-against-live-sequencer: a set without the
+   * sequencer, compared with the live one (`checkedAgainst` names it); unchecked: the live sequencer
+   * did not answer. checked-against-older-set: written by manifest v1 only (timestamps only).
    */
-  orderCheck: z.enum(["checked", "checked-against-older-set", "unchecked"]),
+  orderCheck: z.enum(["checked", "checked-against-live-sequencer", "checked-against-older-set", "unchecked"]),
   checkedAgainst: z.string().nullable(),
   /** false when `unsafe` is non-empty. An unchecked set is not "unsafe", but `orderCheck` says so. */
   safe: z.boolean(),

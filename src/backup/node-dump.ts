@@ -5,7 +5,7 @@ import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import { artifactName, type BackupFormat, type NodeBackup } from "./manifest.ts";
-import { readNodeSnapshotInfo } from "./node-position.ts";
+import { type MemberLookup, readNodeSnapshotInfo } from "./node-position.ts";
 
 export interface NodeDumpOptions {
   entry: NodeEntry;
@@ -19,6 +19,8 @@ export interface NodeDumpOptions {
   progress: (line: string) => void;
   /** Where the node's database is; by default from the config (storage.url or the embedded cluster). */
   connect?: (entry: NodeEntry) => Promise<NodeConnection>;
+  /** For the sequencer: members' last stored events to look up in its snapshot (order check). */
+  lookups?: readonly MemberLookup[];
 }
 
 function mib(bytes: bigint): string {
@@ -46,7 +48,12 @@ export async function dumpNode(options: NodeDumpOptions): Promise<NodeBackup> {
   try {
     await session.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
     const { snapshot } = await session.one<{ snapshot: string }>("SELECT pg_export_snapshot() AS snapshot");
-    const info = await readNodeSnapshotInfo(session, entry.kind, options.synchronizerId).catch((error) => {
+    const info = await readNodeSnapshotInfo(
+      session,
+      entry.kind,
+      options.synchronizerId,
+      options.lookups,
+    ).catch((error) => {
       throw new LockstepError("BACKUP_FAILED", {
         node: entry.name,
         reason: `cannot read its position (has the node ever started on ${connection.description}?): ${(error as Error).message}`,

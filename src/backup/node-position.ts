@@ -1,7 +1,19 @@
 import type { NodeKind } from "../common/config-schema.ts";
 import { uniqueIdentifier } from "../common/ids.ts";
 import type { Queryable } from "../storage/db.ts";
-import type { MediatorPosition, ParticipantPosition, SequencerPosition, StoredEventRef } from "./manifest.ts";
+import type {
+  MediatorPosition,
+  MemberEventView,
+  ParticipantPosition,
+  SequencerPosition,
+  StoredEventRef,
+} from "./manifest.ts";
+
+/** A member's last stored timestamp, whose event the sequencer's side of the order check looks up. */
+export interface MemberLookup {
+  member: string;
+  timestamp: string;
+}
 
 /** What the manifest records about a node, read in the dump's snapshot (DESIGN §4.2). */
 export interface NodeSnapshotInfo {
@@ -77,6 +89,34 @@ export async function sequencerPosition(q: Queryable): Promise<SequencerPosition
 }
 
 /**
+ * The sequencer's event for each member at the given timestamp (DESIGN §4.3): its chain hash from
+ * the member's delivery, or from the member's chain head when that is the event (pruning keeps
+ * heads). In the sequencer's snapshot, so it describes exactly what the dump holds.
+ */
+export async function readMemberEvents(
+  q: Queryable,
+  lookups: readonly MemberLookup[],
+): Promise<Record<string, MemberEventView>> {
+  if (lookups.length === 0) return {};
+  const rows = await q.query<{ member: string; ts: bigint; known: boolean; chain_hash: Buffer | null }>(
+    `SELECT x.member, x.ts,
+            EXISTS (SELECT 1 FROM sequencer_members m WHERE m.member = x.member) AS known,
+            COALESCE(
+              (SELECT d.chain_hash FROM sequencer_deliveries d WHERE d.member = x.member AND d.timestamp = x.ts),
+              (SELECT h.last_chain_hash FROM sequencer_member_heads h WHERE h.member = x.member AND h.last_timestamp = x.ts)
+            ) AS chain_hash
+       FROM unnest($1::text[], $2::bigint[]) AS x(member, ts)`,
+    [lookups.map((l) => l.member), lookups.map((l) => l.timestamp)],
+  );
+  return Object.fromEntries(
+    rows.map((r) => [
+      r.member,
+      { timestamp: r.ts.toString(), known: r.known, chainHash: r.chain_hash?.toString("hex") ?? null },
+    ]),
+  );
+}
+
+/**
  * Reads everything the manifest needs about one node, with `q` inside the dump's REPEATABLE READ
  * transaction, so that the position describes exactly the data in the dump.
  */
@@ -84,6 +124,8 @@ export async function readNodeSnapshotInfo(
   q: Queryable,
   kind: NodeKind,
   configSynchronizerId: string,
+  /** For the sequencer: the members' last stored events of the same set, to look up (order check). */
+  lookups: readonly MemberLookup[] = [],
 ): Promise<NodeSnapshotInfo> {
   const state = await q.one<{ node_name: string; kind: NodeKind; incarnation: string; writer_epoch: bigint }>(
     "SELECT node_name, kind, incarnation, writer_epoch FROM node_state",
@@ -103,7 +145,7 @@ export async function readNodeSnapshotInfo(
     const namespace = keys.find((k) => k.purpose === "namespace" && k.state === "active");
     member = namespace ? uniqueIdentifier(state.node_name, namespace.fingerprint) : null;
     synchronizerId = configSynchronizerId;
-    position = await sequencerPosition(q);
+    position = { ...(await sequencerPosition(q)), memberEvents: await readMemberEvents(q, lookups) };
   } else {
     const reg = await q.maybeOne<{ member: string; synchronizer_id: string }>(
       "SELECT member, synchronizer_id FROM sequencer_client_registration",

@@ -1,19 +1,18 @@
 import type { Client } from "@connectrpc/connect";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
-import { nowMicros } from "../common/time.ts";
+import { msToMicros, nowMicros } from "../common/time.ts";
 import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { nodeKindDefinition } from "../node/node-kinds.ts";
-import { nodeStateMigrations, stampRestoredDatabase } from "../node/node-state.ts";
+import { type AnchorSource, nodeStateMigrations, stampRestoredDatabase } from "../node/node-state.ts";
+import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import type { BackupRepository } from "./backup-repository.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
-import { createStaging, dropStaging, swapIntoPlace } from "./restore-target.ts";
-
-/** How far a restored member's writer epoch jumps when the sequencer's record of it is unknown. */
-const UNKNOWN_EPOCH_MARGIN = 1000n;
+import { syncSequencerAfterRestore } from "./restore-sequencer-sync.ts";
+import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./restore-target.ts";
 
 export interface ApplyOptions {
   engine: BackupEngine;
@@ -31,8 +30,15 @@ export interface RestoredNode {
   incarnation: string | null;
   previousIncarnation: string | null;
   writerEpoch: string | null;
+  /** The epoch was stamped without the sequencer's record; the node raises it on start. */
+  epochUnverified: boolean;
   /** A participant recovers its deduplication state after start (DESIGN §4.5). */
   deduplicationRecovery: boolean;
+  /** The window's anchor in sequencer time (null: the node fixes it after it starts). */
+  anchor: string | null;
+  anchorSource: AnchorSource | null;
+  /** The replaced database, kept under this name (`lockstep restore drop-kept` drops it). */
+  keptDatabase: string | null;
   forced: string[];
   durationMs: number;
 }
@@ -40,9 +46,11 @@ export interface RestoredNode {
 /**
  * `restore apply` (DESIGN §4.4) for a plan whose checks passed (or were forced): per node, in the
  * order sequencer → mediator → participants, pg_restore into a staging database, bring its schema
- * up to this build, stamp a new incarnation and a recovery record, and rename it into place. The
- * node's own database changes only in that last, atomic step; a run killed before it leaves the
- * staging database behind, which the next run drops and redoes.
+ * up to this build, stamp a new incarnation and a recovery record, and rename it into place, the
+ * replaced database renamed aside and kept (the way back) in the same transaction. The node's own
+ * database changes only in that last, atomic step, so a run killed at any step leaves the old or the
+ * new database in place, never neither: before it, the staging database is left behind, which the
+ * next run drops and redoes; after it, the next run sees the node restored from this set and skips it.
  */
 export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Promise<RestoredNode[]> {
   if (!plan.ok) {
@@ -66,25 +74,35 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
         incarnation: null,
         previousIncarnation: null,
         writerEpoch: null,
+        epochUnverified: false,
         deduplicationRecovery: node.backup.kind === "participant",
+        anchor: null,
+        anchorSource: null,
+        keptDatabase: null,
         forced,
         durationMs: 0,
       });
-      continue;
+    } else {
+      try {
+        const done = await restoreNode(plan, node, forced, repository, options, restored);
+        restored.push({ ...done, durationMs: Date.now() - started });
+      } catch (error) {
+        const failure = toLockstepError(error);
+        if (failure.category === "safety") throw failure;
+        throw new LockstepError(
+          "RESTORE_FAILED",
+          { node: node.backup.name, reason: `${failure.code}: ${failure.message}` },
+          { cause: error },
+        );
+      }
     }
-    try {
-      const done = await restoreNode(plan, node, forced, repository, options, restored);
-      restored.push({ ...done, durationMs: Date.now() - started });
-    } catch (error) {
-      const failure = toLockstepError(error);
-      if (failure.category === "safety") throw failure;
-      throw new LockstepError(
-        "RESTORE_FAILED",
-        { node: node.backup.name, reason: `${failure.code}: ${failure.message}` },
-        { cause: error },
-      );
-    }
+    // ── Per-node finishing step (lead): the node's restored database is in place here, whether
+    // this run put it there or an earlier, killed run did (skipped above). Lower the restored
+    // member's acknowledgement at the sequencer and re-register retention holds here; it must be
+    // idempotent, since a rerun after a kill reaches this spot again for the skipped node.
   }
+  // Lead: the sequencer keeps what the restored members will ask for (also after a rerun).
+  await syncSequencerAfterRestore(plan, options.sequencer, (node, line) => options.onStep?.(node, line));
   return restored;
 }
 
@@ -113,18 +131,29 @@ async function restoreNode(
       ...nodeStateMigrations,
       ...nodeKindDefinition(entry.kind).migrations,
     ]);
-    const minWriterEpoch = await sequencerWriterEpoch(plan, node, options.sequencer, earlier);
+    step("reading the sequencer's head and its writer epoch record of the member");
+    const epoch = await sequencerWriterEpoch(plan, node, options.sequencer, earlier);
+    const anchor =
+      backup.kind === "participant" ? await sequencerAnchor(plan, options.sequencer, earlier) : NO_ANCHOR;
+    const kept = keptDatabaseName(target);
     step("stamping a new incarnation and the recovery record");
     const stamp = await stampRestoredDatabase(db, {
       backupSet: plan.set,
       forcedChecks: forced,
-      minWriterEpoch,
+      minWriterEpoch: epoch.epoch,
+      epochUnverified: epoch.unverified,
       recovering: backup.kind === "participant",
+      // The host's wall clock, kept for the record only: the deduplication window is anchored on
+      // sequencer time (a lagging host clock closed it too early, issue 9 defect 4).
       restoredAtMicros: nowMicros(),
+      anchor: anchor.anchor,
+      anchorSource: anchor.source,
+      expectedEnd: anchor.expectedEnd,
+      replacedDatabase: node.state.exists ? kept : null,
     });
     await db.close();
-    step(`renaming ${target.staging} to ${target.database}`);
-    await swapIntoPlace(target);
+    step(`renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`);
+    const replaced = await swapIntoPlace(target, kept);
     return {
       name: backup.name,
       kind: backup.kind,
@@ -132,7 +161,11 @@ async function restoreNode(
       incarnation: stamp.incarnation,
       previousIncarnation: stamp.previousIncarnation,
       writerEpoch: stamp.writerEpoch.toString(),
+      epochUnverified: epoch.unverified,
       deduplicationRecovery: backup.kind === "participant",
+      anchor: anchor.anchor?.toString() ?? null,
+      anchorSource: anchor.source,
+      keptDatabase: replaced ? kept : null,
       forced,
       durationMs: 0,
     };
@@ -144,40 +177,101 @@ async function restoreNode(
   }
 }
 
+/** The sequencer restored by this apply (already in place), if any. */
+function restoredSequencer(plan: RestorePlan, earlier: readonly RestoredNode[]): PlannedNode | undefined {
+  return plan.nodes.find(
+    (n) => n.backup.kind === "sequencer" && earlier.some((r) => r.name === n.backup.name),
+  );
+}
+
+interface Anchor {
+  anchor: bigint | null;
+  source: AnchorSource | null;
+  expectedEnd: bigint | null;
+}
+
+const NO_ANCHOR: Anchor = { anchor: null, source: null, expectedEnd: null };
+
+/**
+ * The deduplication window's anchor in sequencer time (DESIGN §4.5): the restored sequencer's head,
+ * else the live sequencer's time (its clock now, never below its head) with expected end = that +
+ * tolerance (topology at that time), else
+ * none: the node anchors on the first time proof it gets back after it starts. Never a host's clock.
+ */
+async function sequencerAnchor(
+  plan: RestorePlan,
+  sequencer: Client<typeof SequencerService> | undefined,
+  earlier: readonly RestoredNode[],
+): Promise<Anchor> {
+  const restored = restoredSequencer(plan, earlier);
+  if (restored) {
+    const db = createPgDb({ connectionString: restored.target.url, max: 1 });
+    try {
+      // As the sequencer store computes its head: events, member heads and the lower bound.
+      const row = await db.maybeOne<{ head: bigint | null }>(
+        `SELECT GREATEST((SELECT max(timestamp) FROM sequencer_events),
+                         (SELECT max(last_timestamp) FROM sequencer_member_heads),
+                         (SELECT pruning_lower_bound FROM sequencer_state)) AS head`,
+      );
+      // The node computes the expected end from its topology once it processed the anchor.
+      if (row?.head != null)
+        return { anchor: row.head, source: "restored-sequencer-head", expectedEnd: null };
+      return NO_ANCHOR;
+    } finally {
+      await db.close();
+    }
+  }
+  if (!sequencer || !plan.sequencerLive) return NO_ANCHOR;
+  try {
+    const status = await sequencer.getSequencerStatus({}, { timeoutMs: 5000 });
+    // The sequencer's own clock now (never below its head): an idle sequencer's head can be old,
+    // and a submission still on its way could be sequenced up to clock + tolerance.
+    const head = status.sequencerTime > 0n ? status.sequencerTime : status.headTimestamp;
+    if (head === undefined) return NO_ANCHOR;
+    const { state } = await fetchTopology(sequencer, head);
+    const tolerance = msToMicros(state.parameters(head).ledgerTimeRecordTimeToleranceMs);
+    return { anchor: head, source: "live-sequencer-head", expectedEnd: head + tolerance };
+  } catch {
+    return NO_ANCHOR; // it stopped answering since the plan: the node anchors after it starts
+  }
+}
+
 /**
  * The writer epoch the sequencer last saw from the member: the restored node must start above it,
- * else the sequencer refuses it as a stale writer (DESIGN §3). From the live sequencer, or from
- * the sequencer this apply restored.
+ * else the sequencer refuses it as a stale writer (DESIGN §3). From the sequencer this apply
+ * restored, or the live one. When neither is known, the backup's own epoch, marked unverified: the
+ * node raises it above the sequencer's record when it starts (no guessed margin).
  */
 async function sequencerWriterEpoch(
   plan: RestorePlan,
   node: PlannedNode,
   sequencer: Client<typeof SequencerService> | undefined,
   earlier: readonly RestoredNode[],
-): Promise<bigint> {
+): Promise<{ epoch: bigint; unverified: boolean }> {
   const member = node.backup.member;
-  if (!member || node.backup.kind === "sequencer") return 0n;
-  const restoredSequencer = plan.nodes.find(
-    (n) => n.backup.kind === "sequencer" && earlier.some((r) => r.name === n.backup.name),
-  );
-  if (restoredSequencer) {
-    const db = createPgDb({ connectionString: restoredSequencer.target.url, max: 1 });
+  if (!member || node.backup.kind === "sequencer") return { epoch: 0n, unverified: false };
+  const restored = restoredSequencer(plan, earlier);
+  if (restored) {
+    const db = createPgDb({ connectionString: restored.target.url, max: 1 });
     try {
       const row = await db.maybeOne<{ writer_epoch: bigint }>(
         "SELECT writer_epoch FROM sequencer_members WHERE member = $1",
         [member],
       );
-      return row?.writer_epoch ?? 0n;
+      return { epoch: row?.writer_epoch ?? 0n, unverified: false };
     } finally {
       await db.close();
     }
   }
   if (sequencer && plan.sequencerLive) {
-    const status = await sequencer.getSequencerStatus({}, { timeoutMs: 5000 });
-    const epoch = status.members.find((m) => m.member === member)?.writerEpoch;
-    if (epoch !== undefined) return epoch;
+    try {
+      const status = await sequencer.getSequencerStatus({}, { timeoutMs: 5000 });
+      const epoch = status.members.find((m) => m.member === member)?.writerEpoch;
+      // A live sequencer that does not know the member holds no epoch to be above.
+      return { epoch: epoch ?? 0n, unverified: false };
+    } catch {
+      // stopped answering since the plan: unverified below
+    }
   }
-  // The sequencer's record is unknown (it does not answer): the node may have been activated many
-  // times since the backup, so jump well ahead. Epochs only fence; a gap is harmless.
-  return BigInt(node.backup.writerEpoch) + UNKNOWN_EPOCH_MARGIN;
+  return { epoch: BigInt(node.backup.writerEpoch), unverified: true };
 }

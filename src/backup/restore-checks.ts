@@ -6,7 +6,10 @@ import type { Client } from "@connectrpc/connect";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
-import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type {
+  GetSequencerStatusResponse,
+  SequencerService,
+} from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
 
@@ -25,8 +28,19 @@ export interface RestoreCheck {
   forced?: boolean;
 }
 
-/** The only checks --force may override: restoring out of order / onto a fork is a decision, the rest are facts. */
-export const FORCEABLE_CHECKS: ReadonlySet<string> = new Set(["order", "sequencer-fork"]);
+/**
+ * What --force may override, by name: restoring onto a predicted fork is a decision (order,
+ * sequencer-fork), and so is going ahead when a check could not run (RESTORE_CHECK_SKIPPED, e.g.
+ * the sequencer is down); every other refusal is a fact (missing events, a missing key, a running
+ * node, a corrupt artifact) that --force cannot change.
+ */
+export const FORCE_NAMES: readonly string[] = ["order", "sequencer-fork", "sequencer-events", "keys"];
+
+export function isForceable(check: RestoreCheck): boolean {
+  return (
+    check.check === "order" || check.check === "sequencer-fork" || check.code === "RESTORE_CHECK_SKIPPED"
+  );
+}
 
 const END_OF_TIME = 2n ** 63n - 1n;
 
@@ -75,26 +89,59 @@ export async function checkChecksums(setDir: string, set: string, node: NodeBack
   return passed(node.name, "checksums", `${node.files.length} file(s) match the manifest`);
 }
 
-/** DESIGN §4.3: a set flagged `unsafe: fork` is refused (overridable by --force). */
-export function checkOrder(manifest: Manifest, node: NodeBackup): RestoreCheck {
+/**
+ * DESIGN §4.3: restored together with the set's own sequencer, a member must be a prefix of that
+ * sequencer's history (the set's order check, on chain hashes). Restored against the live
+ * sequencer, the set's sequencer (if any) does not matter: the live `sequencer-fork` check decides,
+ * never an older set's sequencer. A refusal is overridable by `--force order`.
+ */
+export function checkOrder(manifest: Manifest, node: NodeBackup, withSetSequencer: boolean): RestoreCheck {
+  if (node.kind === "sequencer") {
+    return passed(node.name, "order", `the members restored with it are checked against it`);
+  }
+  if (!withSetSequencer) {
+    return passed(node.name, "order", "restored against the live sequencer: see sequencer-fork");
+  }
   const finding = manifest.unsafe.find((u) => u.node === node.name);
   if (finding) {
-    return failed(node.name, "order", "refuse", "RESTORE_SET_UNSAFE", {
-      set: manifest.id,
-      node: node.name,
-      clean: finding.clean ?? "(none)",
-      sequencerLastDelivered: finding.sequencerLastDelivered ?? "(member unknown)",
-      sequencerSet: finding.sequencerSet,
-    });
+    return failed(
+      node.name,
+      "order",
+      "refuse",
+      "RESTORE_SET_UNSAFE",
+      {
+        set: manifest.id,
+        node: node.name,
+        clean: finding.clean ?? "(none)",
+        sequencerLastDelivered: finding.sequencerLastDelivered ?? "(none)",
+        sequencerSet: finding.sequencerSet ?? "(live)",
+      },
+      `backup set ${manifest.id} is unsafe: ${node.name}'s last stored event at ${finding.lastStored} (chain hash ${finding.storedHash?.slice(0, 16) ?? "?"}…) is ${finding.sequencerHash ? `not the set's sequencer's (${finding.sequencerHash.slice(0, 16)}…)` : "not held by the set's sequencer"}: restoring both forks`,
+    );
   }
-  if (manifest.orderCheck === "unchecked" && node.kind !== "sequencer") {
+  if (manifest.manifestVersion < 2) {
     return failed(node.name, "order", "warn", "RESTORE_CHECK_SKIPPED", {
       check: "order",
       node: node.name,
-      reason: "the set was never compared with a sequencer backup",
+      reason: "the set was written by an older build that compared timestamps only, not chain hashes",
     });
   }
-  return passed(node.name, "order", `set taken in the safe order (${manifest.orderCheck})`);
+  return passed(node.name, "order", "a prefix of the set's sequencer's history (chain hash)");
+}
+
+/** A forced prune released this set's holds: the live sequencer cannot serve the member from it. */
+export function checkStranded(
+  manifest: Manifest,
+  node: NodeBackup,
+  live: GetSequencerStatusResponse,
+): RestoreCheck | undefined {
+  const stranded = live.stranded.find((s) => s.setId === manifest.id);
+  if (!stranded) return undefined;
+  return failed(node.name, "retention", "refuse", "RESTORE_SET_STRANDED", {
+    set: manifest.id,
+    node: node.name,
+    prunedBefore: stranded.prunedBefore,
+  });
 }
 
 /**

@@ -3,10 +3,10 @@ import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
-import { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { adminClient } from "../node/clients.ts";
 import { livePid, processFiles } from "../node/process-files.ts";
+import { liveSequencerStatus, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository } from "./backup-repository.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
 import {
@@ -14,8 +14,10 @@ import {
   checkChecksums,
   checkKeys,
   checkOrder,
-  FORCEABLE_CHECKS,
+  checkStranded,
+  FORCE_NAMES,
   failed,
+  isForceable,
   passed,
   type RestoreCheck,
 } from "./restore-checks.ts";
@@ -27,7 +29,11 @@ export interface RestorePlanOptions {
   /** Node names; default: every node in the set. */
   nodes?: string[];
   replace?: boolean;
-  force?: boolean;
+  /**
+   * The refusals to override, by check name (`order`) or node and check (`participant1:order`);
+   * only refusals of the nodes being restored, and only of the overridable kinds (isForceable).
+   */
+  force?: readonly string[];
   logger: Logger;
 }
 
@@ -54,9 +60,7 @@ export interface RestorePlan {
 
 const KIND_ORDER = { sequencer: 0, mediator: 1, participant: 2 } as const;
 
-export function sequencerRpc(config: LockstepConfig): Client<typeof SequencerService> {
-  return createNodeClient(SequencerService, nodeBaseUrl(config.synchronizer.sequencer.port));
-}
+export { sequencerRpc };
 
 async function answers(probe: () => Promise<unknown>): Promise<boolean> {
   try {
@@ -74,8 +78,10 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
   const manifest = await repository.readManifest(set);
   const backups = selectBackups(manifest, options.nodes);
   const entries = new Map(configNodes(config).map((e) => [e.name, e]));
+  const force = parseForce(options.force ?? [], backups);
   const rpc = sequencerRpc(config);
-  const sequencerLive = await answers(() => rpc.getSequencerStatus({}, { timeoutMs: 2000 }));
+  const live = await liveSequencerStatus(rpc);
+  const sequencerLive = live !== undefined;
   const restoresSequencer = backups.some((b) => b.kind === "sequencer");
   const checks: RestoreCheck[] = [passed("*", "manifest", `manifest of ${set} verifies (checksum)`)];
   const nodes: PlannedNode[] = [];
@@ -93,7 +99,11 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
       state.exists && !state.empty && state.lastRestore?.backupSet === set && !state.lastRestore.startedSince;
     nodes.push({ entry, backup, target, state, alreadyRestored });
     checks.push(await checkChecksums(repository.setDir(set), set, backup));
-    checks.push(checkOrder(manifest, backup));
+    checks.push(checkOrder(manifest, backup, restoresSequencer));
+    if (!restoresSequencer && backup.kind !== "sequencer" && live) {
+      const stranded = checkStranded(manifest, backup, live);
+      if (stranded) checks.push(stranded);
+    }
     checks.push(checkTarget(backup, target, state, Boolean(options.replace), alreadyRestored));
     checks.push(await checkStopped(entry, config["data-dir"], state));
     if (state.stagingLeft) {
@@ -104,7 +114,9 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
         }),
       );
     }
-    checks.push(...(await sequencerChecks(rpc, backup, sequencerLive, restoresSequencer)));
+    checks.push(
+      ...(await sequencerChecks(rpc, backup, sequencerLive, restoresSequencer, Boolean(options.replace))),
+    );
   }
   const sequencerBackup = backups.find((b) => b.kind === "sequencer");
   if (sequencerBackup?.kind === "sequencer") {
@@ -114,17 +126,44 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     checks.push(...(await membersAhead(others, sequencerBackup)));
   }
   const forced: string[] = [];
+  const restored = new Set(backups.map((b) => b.name));
   for (const check of checks) {
-    if (check.verdict === "refuse" && options.force && FORCEABLE_CHECKS.has(check.check)) {
-      check.verdict = "warn";
-      check.forced = true;
-      check.message = `FORCED: ${check.message}`;
-      forced.push(`${check.node}:${check.check}`);
-    }
+    // Only the nodes being restored: a forced override for one node never silences another's refusal.
+    if (check.verdict !== "refuse" || !restored.has(check.node) || !isForceable(check)) continue;
+    if (!force.some((f) => f.check === check.check && (f.node === null || f.node === check.node))) continue;
+    check.verdict = "warn";
+    check.forced = true;
+    check.message = `FORCED: ${check.message}`;
+    forced.push(`${check.node}:${check.check}`);
   }
   nodes.sort((a, b) => KIND_ORDER[a.backup.kind] - KIND_ORDER[b.backup.kind]);
   const ok = checks.every((c) => c.verdict !== "refuse");
   return { set, ok, checks, manifest, repository, nodes, sequencerLive, forced };
+}
+
+/** `--force order,participant1:sequencer-fork` → what it names; unknown names are a usage error. */
+function parseForce(
+  names: readonly string[],
+  backups: readonly NodeBackup[],
+): { node: string | null; check: string }[] {
+  return names
+    .flatMap((n) => n.split(","))
+    .map((n) => n.trim())
+    .filter(Boolean)
+    .map((entry) => {
+      const [node, check] = entry.includes(":") ? entry.split(":", 2) : [null, entry];
+      if (!check || !FORCE_NAMES.includes(check)) {
+        throw new LockstepError("INVALID_ARGUMENT", {
+          details: `--force ${entry}: name the refused checks to override (${FORCE_NAMES.join(", ")}), optionally as NODE:CHECK`,
+        });
+      }
+      if (node !== null && !backups.some((b) => b.name === node)) {
+        throw new LockstepError("INVALID_ARGUMENT", {
+          details: `--force ${entry}: ${node} is not among the nodes being restored (${backups.map((b) => b.name).join(", ")})`,
+        });
+      }
+      return { node, check };
+    });
 }
 
 function selectBackups(manifest: Manifest, names: string[] | undefined): NodeBackup[] {
@@ -161,7 +200,7 @@ function checkTarget(
       "warn",
       "RESTORE_TARGET_NOT_EMPTY",
       metadata,
-      `database ${target.database} is not empty: --replace drops it once the restore is complete`,
+      `database ${target.database} is not empty: --replace puts the restore in its place and keeps it renamed (restore drop-kept drops it)`,
     );
   }
   return failed(name, "target-empty", "refuse", "RESTORE_TARGET_NOT_EMPTY", metadata);
@@ -185,6 +224,7 @@ async function sequencerChecks(
   backup: NodeBackup,
   sequencerLive: boolean,
   restoresSequencer: boolean,
+  replace: boolean,
 ): Promise<RestoreCheck[]> {
   const name = backup.name;
   if (restoresSequencer) {
@@ -193,9 +233,15 @@ async function sequencerChecks(
       ? []
       : [passed(name, "sequencer-events", "restored with the sequencer of the same set (see order)")];
   }
+  // Checks that could not run (issue 9, defect 5): replacing a node's database without them is
+  // refused unless each is overridden by name (--force CHECK); into an empty target, a warning.
   const skipped = (reason: string) =>
-    ["sequencer-fork", "keys"].map((check) =>
-      failed(name, check, "warn", "RESTORE_CHECK_SKIPPED", { check, node: name, reason }),
+    ["sequencer-events", "sequencer-fork", "keys"].map((check) =>
+      failed(name, check, replace ? "refuse" : "warn", "RESTORE_CHECK_SKIPPED", {
+        check,
+        node: name,
+        reason,
+      }),
     );
   if (!sequencerLive) return skipped("the sequencer does not answer");
   try {

@@ -1,13 +1,22 @@
 import type { Command } from "commander";
 import { createBackup } from "../backup/backup-create.ts";
+import {
+  holdState,
+  liveSequencerStatus,
+  sequencerRpc,
+  withinRetentionUntil,
+} from "../backup/backup-holds.ts";
 import { BackupRepository, type SetSummary } from "../backup/backup-repository.ts";
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
 import { BACKUP_FORMATS, type BackupFormat } from "../backup/manifest.ts";
 import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
+import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
+import { microsToIso } from "../common/time.ts";
+import type { GetSequencerStatusResponse } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { loadCliConfig, outputFor, selectNodes } from "./cli-context.ts";
 import { table } from "./output.ts";
 
@@ -19,9 +28,11 @@ function mib(bytes: string | bigint): string {
   return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
 }
 
-/** One set in CLI.md's `backup list --json` shape (plus orderCheck and unsafe). */
-export function listEntry(set: SetSummary) {
+/** One set in CLI.md's `backup list --json` shape (plus orderCheck, unsafe and the live sequencer's view). */
+export function listEntry(set: SetSummary, live?: GetSequencerStatusResponse) {
   const v = set.verification;
+  const until = withinRetentionUntil(set.manifest, live);
+  const stranded = live?.stranded.find((x) => x.setId === set.id);
   return {
     id: set.id,
     createdAt: set.manifest.startedAt,
@@ -32,7 +43,29 @@ export function listEntry(set: SetSummary) {
     orderCheck: set.manifest.orderCheck,
     mode: set.manifest.mode,
     verified: v ? { at: v.verifiedAt, level: v.level, ok: v.ok } : null,
+    /** held | missing | stranded | not-needed | unknown (the sequencer did not answer). */
+    hold: holdState(set.manifest, live),
+    stranded: stranded
+      ? { prunedBefore: stranded.prunedBefore.toString(), at: microsToIso(stranded.strandedAt) }
+      : null,
+    /** Sequencer time until which the configured retention keeps the set's oldest member position. */
+    withinRetentionUntil: until === null ? null : microsToIso(until),
   };
+}
+
+function safety(s: ReturnType<typeof listEntry>): string {
+  if (!s.safe) return `UNSAFE: fork (${s.unsafe.join(",")})`;
+  if (s.orderCheck === "unchecked") return "unchecked";
+  if (s.orderCheck === "checked-against-older-set") return "safe (v1: timestamps only)";
+  return "safe";
+}
+
+function restorable(s: ReturnType<typeof listEntry>): string {
+  if (s.hold === "stranded") return `STRANDED (forced prune below ${s.stranded?.prunedBefore})`;
+  if (s.hold === "unknown") return "? (sequencer down)";
+  if (s.hold === "not-needed") return "-";
+  const until = s.withinRetentionUntil ? `, retention until ${s.withinRetentionUntil}` : "";
+  return `${s.hold === "held" ? "held" : "NO HOLD"}${until}`;
 }
 
 /** `lockstep backup create | list | verify | expire` (CLI.md; DESIGN §4.1–4.3, §4.6). */
@@ -105,7 +138,7 @@ export function registerBackupCommands(program: Command): void {
             ),
             ...manifest.unsafe.map(
               (u) =>
-                `unsafe: ${u.node} at ${u.clean ?? "-"} is beyond what the sequencer (set ${u.sequencerSet}) delivered to it (${u.sequencerLastDelivered ?? "nothing"}); remedy: back up the sequencer after the participants and mediators (plain \`lockstep backup create\`)`,
+                `unsafe: ${u.node}'s history is not a prefix of ${u.sequencerSet ? `the sequencer's in this set` : "the live sequencer's"}: its last stored event at ${u.lastStored} has chain hash ${u.storedHash?.slice(0, 16) ?? "?"}…, the sequencer ${u.sequencerHash ? `has ${u.sequencerHash.slice(0, 16)}…` : "has no event for it there"}; remedy: if the synchronizer was restored behind this node, restore the node from an older set or roll out a new synchronizer; otherwise back up the sequencer after the participants and mediators (plain \`lockstep backup create\`)`,
             ),
           ].join("\n"),
         );
@@ -121,23 +154,22 @@ export function registerBackupCommands(program: Command): void {
       const out = outputFor(command);
       const loaded = await loadCliConfig(command);
       const repository = new BackupRepository(loaded.config.backup.repository, cliLogger());
-      const sets = (await repository.listSets()).map(listEntry);
+      const live = await liveSequencerStatus(sequencerRpc(loaded.config));
+      if (!live) out.info("the sequencer does not answer: retention holds are not shown");
+      const sets = (await repository.listSets()).map((s) => listEntry(s, live));
       for (const bad of await repository.invalidSets()) out.info(`ignored ${bad.id}: ${bad.reason}`);
       out.result({ sets }, () =>
         sets.length === 0
           ? `no backup sets in ${repository.dir}`
           : table(
-              ["ID", "CREATED", "NODES", "SIZE", "SAFE", "VERIFIED"],
+              ["ID", "CREATED", "NODES", "SIZE", "SAFE", "RESTORABLE AGAINST LIVE SEQUENCER", "VERIFIED"],
               sets.map((s) => [
                 s.id,
                 s.createdAt,
                 s.nodes.join(","),
                 mib(s.bytes),
-                s.safe
-                  ? s.orderCheck === "unchecked"
-                    ? "unchecked"
-                    : "safe"
-                  : `UNSAFE: fork (${s.unsafe.join(",")})`,
+                safety(s),
+                restorable(s),
                 s.verified
                   ? `${s.verified.ok ? "ok" : "FAILED"} (${s.verified.level}, ${s.verified.at})`
                   : "-",
@@ -180,7 +212,9 @@ export function registerBackupCommands(program: Command): void {
 
   backup
     .command("expire")
-    .description("retention, with the reason for each kept or deleted set; never deletes the newest safe set")
+    .description(
+      "retention, with the reason for each kept or deleted set; never deletes the newest complete, safe, verified set",
+    )
     .requiredOption("--keep <n>", "keep the newest N sets")
     .option("--dry-run", "only print what would be kept and deleted, and why")
     .action(async (opts: { keep: string; dryRun?: boolean }, command: Command) => {
@@ -192,8 +226,15 @@ export function registerBackupCommands(program: Command): void {
       const loaded = await loadCliConfig(command);
       const repository = new BackupRepository(loaded.config.backup.repository, cliLogger());
       const dryRun = Boolean(opts.dryRun);
-      const { decisions, deleted } = await expireSets(repository, keep, dryRun, (line) => out.info(line));
-      out.result({ keep, dryRun, sets: decisions, deleted }, () =>
+      const { decisions, deleted, released, held } = await expireSets(
+        repository,
+        keep,
+        dryRun,
+        configNodes(loaded.config).map((n) => n.name),
+        (line) => out.info(line),
+        sequencerRpc(loaded.config),
+      );
+      out.result({ keep, dryRun, sets: decisions, deleted, releasedHolds: released, setHolds: held }, () =>
         table(
           ["ID", "ACTION", "REASON"],
           decisions.map((d) => [d.id, d.action === "delete" && dryRun ? "would delete" : d.action, d.reason]),

@@ -57,6 +57,14 @@ async function ledgerCall<S extends DescService, T>(
   } catch (error) {
     const lockstep = fromConnectError(error);
     if (lockstep) throw lockstep;
+    // Our own deadline fired before the participant's answer arrived.
+    if (error instanceof ConnectError && error.code === Code.DeadlineExceeded) {
+      throw new LockstepError(
+        "REQUEST_TIME_OUT",
+        { reason: `no answer from ${target.name} before the deadline` },
+        { cause: error },
+      );
+    }
     if (error instanceof ConnectError && error.code === Code.Unavailable) {
       throw new LockstepError(
         "NODE_NOT_RUNNING",
@@ -98,6 +106,19 @@ interface SubmitFlags {
   exercise?: string;
   choice?: string;
   args?: string;
+  timeout?: string;
+}
+
+/** `ledger submit --timeout`: the call's deadline in ms (sent to the participant), undefined when absent. */
+export function timeoutFromFlag(timeout: string | undefined): number | undefined {
+  if (timeout === undefined) return undefined;
+  try {
+    return parseDuration(timeout);
+  } catch (error) {
+    if (error instanceof DurationFormatError)
+      throw new LockstepError("INVALID_ARGUMENT", { details: `--timeout: ${error.message}` });
+    throw error;
+  }
 }
 
 /** The Commands message of `ledger submit`, validating the flag combinations (INVALID_ARGUMENT → exit 2). */
@@ -177,11 +198,16 @@ export function registerLedgerCommands(program: Command): void {
     .option("--exercise <contractId>", "exercise a choice on this contract")
     .option("--choice <name>", "the choice to exercise, e.g. Transfer")
     .option("--args <json>", "contract or choice arguments as a JSON object")
+    .option(
+      "--timeout <duration>",
+      "give up waiting after this long, e.g. 30s (REQUEST_TIME_OUT; the participant's default: 5m)",
+    )
     .action(async (opts: SubmitFlags, command: Command) => {
       const out = outputFor(command);
       const commands = commandsFromFlags(opts);
+      const timeoutMs = timeoutFromFlag(opts.timeout);
       const target = await participantTarget(command, opts.participant);
-      const r = await ledgerCall(target, CommandService, (c) => c.submitAndWait({ commands }));
+      const r = await ledgerCall(target, CommandService, (c) => c.submitAndWait({ commands }, { timeoutMs }));
       const result = {
         updateId: r.updateId,
         offset: r.offset.toString(),

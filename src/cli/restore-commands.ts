@@ -2,8 +2,10 @@ import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
 import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
 import { applyRestore } from "../backup/restore-apply.ts";
-import type { RestoreCheck } from "../backup/restore-checks.ts";
+import { FORCE_NAMES, type RestoreCheck } from "../backup/restore-checks.ts";
 import { planRestore, type RestorePlan, sequencerRpc } from "../backup/restore-plan.ts";
+import { dropKeptDatabases, type NodeKeptDatabase } from "../backup/restore-target.ts";
+import { configNodes } from "../common/config-schema.ts";
 import { isLockstepError, LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
@@ -12,9 +14,14 @@ import { table } from "./output.ts";
 interface RestoreOptions {
   nodes?: string;
   replace?: boolean;
-  force?: boolean;
+  force?: string[];
   yes?: boolean;
   jobs?: number;
+}
+
+/** `--force a,b --force c` → [a, b, c]. */
+function collectForce(value: string, previous: string[] = []): string[] {
+  return [...previous, ...value.split(",").map((v) => v.trim())].filter(Boolean);
 }
 
 function nodeNames(opts: RestoreOptions): string[] | undefined {
@@ -36,6 +43,7 @@ function planJson(plan: RestorePlan) {
       database: n.target.database,
       position: n.backup.position,
       alreadyRestored: n.alreadyRestored,
+      keptDatabases: n.state.kept,
     })),
     forced: plan.forced,
     checks: plan.checks.map((c: RestoreCheck) => ({
@@ -55,10 +63,12 @@ function planText(plan: RestorePlan): string {
   const remedies = plan.checks
     .filter((c) => c.verdict !== "pass" && c.remedy)
     .map((c) => `${c.node} ${c.check} (${c.verdict}): ${c.remedy}`);
+  const kept = plan.nodes.flatMap((n) => n.state.kept.map((k) => ({ node: n.backup.name, ...k })));
   return [
     `restore plan for backup set ${plan.set}: ${plan.ok ? "OK" : "REFUSED"}`,
     table(["NODE", "CHECK", "VERDICT", "CODE", "DETAILS"], rows),
     ...(remedies.length ? ["", "remedies:", ...remedies.map((r) => `  ${r}`)] : []),
+    ...(kept.length ? ["", keptText(kept)] : []),
   ].join("\n");
 }
 
@@ -101,7 +111,22 @@ async function confirm(question: string): Promise<boolean> {
   }
 }
 
-/** `lockstep restore plan | apply` (CLI.md; DESIGN §4.4). */
+/** The kept databases of earlier restores (the way back), for plan, drop-kept and status. */
+export function keptText(kept: readonly NodeKeptDatabase[]): string {
+  const rows = kept.map((k) => [
+    k.node,
+    k.database,
+    k.backupSet ?? "(not recorded)",
+    k.restoredAt ?? "-",
+    k.resubscribed ? `yes (${k.resubscribedAt})` : "no",
+  ]);
+  return [
+    "kept databases of earlier restores (`lockstep restore drop-kept` drops them once resubscribed):",
+    table(["NODE", "KEPT DATABASE", "REPLACED BY SET", "RESTORED AT", "RESUBSCRIBED SINCE"], rows),
+  ].join("\n");
+}
+
+/** `lockstep restore plan | apply | drop-kept` (CLI.md; DESIGN §4.4). */
 export function registerRestoreCommands(program: Command): void {
   const restore = program.command("restore").description("restore nodes from a backup set, safely");
 
@@ -110,7 +135,11 @@ export function registerRestoreCommands(program: Command): void {
     .description("every preflight check with its verdict; exit 3 if any refuses")
     .option("--nodes <names>", "only these nodes (comma-separated); default: every node in the set")
     .option("--replace", "plan as for apply --replace (non-empty target databases are replaced)")
-    .option("--force", "plan as for apply --force (order and fork refusals become warnings)")
+    .option(
+      "--force <checks>",
+      "plan as for apply --force CHECKS (those refusals of the named nodes become warnings)",
+      collectForce,
+    )
     .action(async (set: string, opts: RestoreOptions, command: Command) => {
       const out = outputFor(command);
       const { config } = await loadCliConfig(command);
@@ -135,8 +164,15 @@ export function registerRestoreCommands(program: Command): void {
     .command("apply <set>")
     .description("restore the named nodes (default: all in the set); the nodes must be stopped")
     .option("--nodes <names>", "only these nodes (comma-separated); default: every node in the set")
-    .option("--replace", "drop and replace non-empty target databases (once the restore is complete)")
-    .option("--force", "override ONLY the order and fork checks (recorded in the recovery record)")
+    .option(
+      "--replace",
+      "replace non-empty target databases once the restore is complete (the replaced one is kept, renamed, until restore drop-kept)",
+    )
+    .option(
+      "--force <checks>",
+      `override the named refused checks of the nodes being restored, e.g. \`--force sequencer-fork\` or \`--force participant1:order\` (${FORCE_NAMES.join(", ")}; the last two only when they could not run); each override is listed and recorded in the node's recovery record`,
+      collectForce,
+    )
     .option("--yes", "do not ask for confirmation")
     .option("--jobs <n>", "parallel pg_restore jobs (custom and directory formats)", (v) =>
       Number.parseInt(v, 10),
@@ -175,7 +211,7 @@ export function registerRestoreCommands(program: Command): void {
             throw new LockstepError("INVALID_ARGUMENT", { details: "restore not confirmed" });
         } else if (replacing) {
           throw new LockstepError("INVALID_ARGUMENT", {
-            details: "--replace drops databases: pass --yes to confirm without a terminal",
+            details: "--replace replaces databases: pass --yes to confirm without a terminal",
           });
         }
       }
@@ -195,6 +231,41 @@ export function registerRestoreCommands(program: Command): void {
           ),
           "start the restored nodes (`lockstep node start NAME --detach` or `lockstep up --detach`): they replay from the sequencer",
         ].join("\n"),
+      );
+    });
+
+  restore
+    .command("drop-kept")
+    .description(
+      "drop the databases earlier restores replaced and kept, once each node passed its resubscription check",
+    )
+    .option("--nodes <names>", "only these nodes (comma-separated); default: every node of the config")
+    .option(
+      "--force",
+      "also drop kept databases of nodes that have not passed the check yet (no way back then)",
+    )
+    .action(async (opts: { nodes?: string; force?: boolean }, command: Command) => {
+      const out = outputFor(command);
+      const { config } = await loadCliConfig(command);
+      prepareDataDir(config["data-dir"]);
+      const logger = createLogger({ node: "restore", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
+      const names = nodeNames({ nodes: opts.nodes });
+      const all = configNodes(config);
+      const unknown = names?.filter((n) => !all.some((e) => e.name === n)) ?? [];
+      if (unknown.length > 0) {
+        throw new LockstepError("NODE_UNKNOWN", {
+          node: unknown.join(", "),
+          known: all.map((e) => e.name).join(", "),
+        });
+      }
+      const entries = names ? all.filter((e) => names.includes(e.name)) : all;
+      const dropped = await dropKeptDatabases(entries, config["data-dir"], Boolean(opts.force), logger);
+      out.result({ dropped }, () =>
+        dropped.length === 0
+          ? "no kept databases"
+          : dropped
+              .map((d) => `${d.node}: dropped ${d.database}${d.resubscribed ? "" : " (FORCED)"}`)
+              .join("\n"),
       );
     });
 }

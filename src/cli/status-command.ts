@@ -1,9 +1,12 @@
 import type { Command } from "commander";
-import type { LockstepConfig } from "../common/config-schema.ts";
+import { type KeptDatabase, listKeptDatabases, runningTargetFor } from "../backup/restore-target.ts";
+import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
+import { silentLogger } from "../common/logging.ts";
 import { adminClient } from "../node/clients.ts";
 import { loadCliConfig, outputFor } from "./cli-context.ts";
 import { table } from "./output.ts";
+import { keptText } from "./restore-commands.ts";
 
 /** One node's status in CLI.md's `status --json` shape. */
 export interface NodeStatusJson {
@@ -19,6 +22,18 @@ export interface NodeStatusJson {
   replication: string[];
   lastError: { code: string; message: string; remedy: string } | null;
   pid: number | null;
+  /** Databases earlier restores replaced and kept (the way back); null when the database server is not reachable. */
+  keptDatabases: KeptDatabase[] | null;
+}
+
+/** Read straight from the node's database server (a stopped node has them too); never starts a server. */
+async function keptDatabasesOf(config: LockstepConfig, entry: NodeEntry): Promise<KeptDatabase[] | null> {
+  try {
+    const target = await runningTargetFor(entry, config["data-dir"], silentLogger());
+    return target ? await listKeptDatabases(target) : null;
+  } catch {
+    return null;
+  }
 }
 
 function parseJson(text: string): Record<string, unknown> | null {
@@ -29,7 +44,12 @@ function parseJson(text: string): Record<string, unknown> | null {
 export async function collectStatus(config: LockstepConfig, timeoutMs = 2000): Promise<NodeStatusJson[]> {
   return Promise.all(
     configNodes(config).map(async (entry): Promise<NodeStatusJson> => {
-      const base = { name: entry.name, kind: entry.kind, port: entry.port };
+      const base = {
+        name: entry.name,
+        kind: entry.kind,
+        port: entry.port,
+        keptDatabases: await keptDatabasesOf(config, entry),
+      };
       try {
         const s = await adminClient(entry.port).getStatus({}, { timeoutMs });
         return {
@@ -97,7 +117,14 @@ export function statusTable(nodes: NodeStatusJson[]): string {
   const remedies = nodes
     .filter((n) => n.lastError)
     .map((n) => `${n.name}: ${n.lastError?.code}: ${n.lastError?.message}\n  remedy: ${n.lastError?.remedy}`);
-  return [text, ...remedies].join("\n");
+  const recovering = nodes
+    .filter((n) => n.deduplicationRecovery)
+    .map(
+      (n) =>
+        `${n.name}: deduplication recovery waits for ${String(n.deduplicationRecovery?.waitingFor ?? "-")}`,
+    );
+  const kept = nodes.flatMap((n) => (n.keptDatabases ?? []).map((k) => ({ node: n.name, ...k })));
+  return [text, ...remedies, ...recovering, ...(kept.length ? [keptText(kept)] : [])].join("\n");
 }
 
 export function registerStatusCommand(program: Command): void {

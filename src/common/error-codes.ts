@@ -661,7 +661,15 @@ export const ERROR_DEFINITIONS = [
     "safety",
     false,
     "Check {check} of {node} could not run: {reason}",
-    "Start the sequencer so that restore can compare the node's position and keys with it, or accept the risk the check covers.",
+    "Start the sequencer so that restore can compare the node's position and keys with it, or accept the risk the check covers by overriding it by name (`--force {check}`, recorded in the recovery record).",
+  ),
+  def(
+    "RESTORE_KEPT_DATABASE_NEEDED",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{node} has not passed its first resubscription check against the sequencer since it was restored: its replaced database {database} is still the way back",
+    "Start the node and wait until `lockstep status` shows its kept database as resubscribed, then drop it; or pass --force to drop it now (there is no way back then).",
   ),
   def(
     "INTERNAL_ERROR",

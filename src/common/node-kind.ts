@@ -14,6 +14,8 @@ export interface MigrationDefinition {
 export interface NodeIdentity {
   incarnation: string;
   writerEpoch: bigint;
+  /** Random per activation, sent beside the epoch: an equal epoch from another activation is refused. */
+  writerActivation: string;
 }
 
 /**
@@ -27,6 +29,12 @@ export interface NodeKindContext<TDb = unknown> {
   logger: Logger;
   dataDir: string;
   identity: () => NodeIdentity;
+  /**
+   * After a restore that could not read the sequencer's record of this member's writer epoch
+   * (recovery record epoch_unverified): raises the epoch above `sequencerRecord()` before the node
+   * acts, so identity() changes. A no-op otherwise. Call before registering, subscribing or sending.
+   */
+  settleWriterEpoch: (sequencerRecord: () => Promise<bigint>) => Promise<void>;
   /** Report a fatal error: the node stays up (health: failed) so status can show code and remedy. */
   fail: (error: ErrorJson) => void;
 }

@@ -148,13 +148,17 @@ export function submissionBatchDigest(sender: string, submissions: readonly Byte
   return signingDigest("submission-batch", sender, ...submissions);
 }
 
-/** Signed by the member in SubscribeRequest; an absent fromTimestamp hashes as zero bytes. */
+/**
+ * Signed by the member in SubscribeRequest; an absent fromTimestamp hashes as zero bytes. The
+ * writer activation is signed with the epoch, so neither can be swapped in transit.
+ */
 export function subscriptionDigest(request: {
   member: string;
   fromTimestamp: bigint | null;
   writerEpoch: bigint;
   issuedAt: bigint;
   nonce: Bytes;
+  writerActivation: string;
 }): Buffer {
   return signingDigest(
     "subscription",
@@ -163,6 +167,7 @@ export function subscriptionDigest(request: {
     int64Bytes(request.writerEpoch),
     int64Bytes(request.issuedAt),
     request.nonce,
+    request.writerActivation,
   );
 }
 
@@ -171,12 +176,14 @@ export function acknowledgementDigest(request: {
   member: string;
   timestamp: bigint;
   writerEpoch: bigint;
+  writerActivation: string;
 }): Buffer {
   return signingDigest(
     "acknowledgement",
     request.member,
     int64Bytes(request.timestamp),
     int64Bytes(request.writerEpoch),
+    request.writerActivation,
   );
 }
 

@@ -12,6 +12,7 @@ import {
   type Verdict,
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
+import { markResubscribed } from "../node/node-state.ts";
 import {
   createSequencerClient,
   type EventContext,
@@ -79,7 +80,9 @@ export class MediatorNode implements NodeKindRuntime {
       memberName: context.config.synchronizer.mediator.name,
       sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
       identity: context.identity,
+      settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => context.fail(error.toJSON()),
+      onSubscriptionCheckPassed: () => void this.resubscribed(),
     });
   }
 
@@ -133,13 +136,23 @@ export class MediatorNode implements NodeKindRuntime {
     }
   }
 
-  async status(): Promise<{ position: { clean: Micros | null; openRequests: number } }> {
+  async status(): Promise<{
+    position: { clean: Micros | null; openRequests: number; subscriptionCheck: string };
+  }> {
+    const { clean, subscriptionCheck } = this.client.status();
     return {
-      position: {
-        clean: this.client.status().clean,
-        openRequests: await openRequestCount(this.context.db),
-      },
+      position: { clean, openRequests: await openRequestCount(this.context.db), subscriptionCheck },
     };
+  }
+
+  /** The resubscription check passed: a restore is recorded as checked (restore drop-kept needs it). */
+  private async resubscribed(): Promise<void> {
+    try {
+      if (await markResubscribed(this.context.db))
+        this.log.info("restored node passed its first resubscription check; recovery record stamped");
+    } catch (error) {
+      this.log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
+    }
   }
 
   async stop(): Promise<void> {

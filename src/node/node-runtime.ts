@@ -1,4 +1,5 @@
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
+import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import type { ErrorJson } from "../common/errors.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
@@ -12,7 +13,13 @@ import { adminServiceRoutes } from "./admin-service.ts";
 import type { HealthReport } from "./health.ts";
 import { openNodeDatabase } from "./node-database.ts";
 import { NodeServer } from "./node-server.ts";
-import { bumpWriterEpoch, ensureNodeState, nodeStateMigrations } from "./node-state.ts";
+import {
+  bumpWriterEpoch,
+  ensureNodeState,
+  nodeStateMigrations,
+  raiseWriterEpochAbove,
+  unverifiedWriterEpoch,
+} from "./node-state.ts";
 
 const ADMIN_SERVICE = AdminService.typeName;
 
@@ -104,6 +111,7 @@ export class NodeRuntime {
         logger: this.log,
         dataDir: this.options.dataDir,
         identity: () => this.requireIdentity(),
+        settleWriterEpoch: (sequencerRecord) => this.settleWriterEpoch(sequencerRecord),
         fail: (error) => this.fail(error),
       });
       const kind = this.kind;
@@ -134,10 +142,34 @@ export class NodeRuntime {
   }
 
   /**
+   * A restore that could not reach the sequencer stamped the backup's own epoch and flagged it
+   * (recovery_records.epoch_unverified); the member may have been activated since the backup, so
+   * before acting the node takes an epoch above the sequencer's record of it, exactly + 1, instead
+   * of guessing a margin. `sequencerRecord` throws while the sequencer is unreachable (the caller
+   * retries): the flag stays set and nothing is sent on the unverified epoch.
+   */
+  private async settleWriterEpoch(sequencerRecord: () => Promise<bigint>): Promise<void> {
+    const db = this.db as Db;
+    const recoveryId = await unverifiedWriterEpoch(db);
+    if (recoveryId === undefined) return;
+    const record = await sequencerRecord();
+    this.identity = await raiseWriterEpochAbove(db, recoveryId, record);
+    this.log.info(
+      { writerEpoch: this.identity.writerEpoch.toString(), sequencerRecord: record.toString() },
+      "writer epoch raised above the sequencer's record after a restore",
+    );
+  }
+
+  /**
    * Only the active process serves its kind's services; a passive replica answers the Admin API and
    * health only, so clients see NODE_PASSIVE (retryable) and go to the active one.
    */
   private guardPassive<T>(service: string, next: (request: T) => Promise<unknown>, request: T) {
+    // A failed node answers with its own error (e.g. SEQUENCER_FORK_DETECTED and its remedy), not
+    // NODE_PASSIVE: no other replica would do better, and the caller must see why.
+    if (service !== ADMIN_SERVICE && this.role === "failed" && this.lastError) {
+      throw nodeFailure(this.lastError);
+    }
     if (service !== ADMIN_SERVICE && this.role !== "active") {
       throw new LockstepError("NODE_PASSIVE", { node: this.name });
     }
@@ -255,4 +287,12 @@ export class NodeRuntime {
 
 export function bigintReplacer(_key: string, value: unknown): unknown {
   return typeof value === "bigint" ? value.toString() : value;
+}
+
+/** A failed node's error, rebuilt with its code, message and remedy. */
+function nodeFailure(error: ErrorJson): LockstepError {
+  if (!ERRORS.has(error.code as ErrorCodeName)) {
+    return new LockstepError("INTERNAL_ERROR", { details: `${error.code}: ${error.message}` });
+  }
+  return new LockstepError(error.code as ErrorCodeName, error.metadata ?? {});
 }

@@ -76,20 +76,37 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
 
 export type RecoveryState = "recovering" | "complete";
 
+/**
+ * Where the deduplication window's anchor (sequencer time, DESIGN §4.5) came from: the live
+ * sequencer's head when `restore apply` ran, the head of the sequencer restored in the same apply,
+ * or a sequencer timestamp the node observed after it started (time proof it requested).
+ */
+export type AnchorSource = "live-sequencer-head" | "restored-sequencer-head" | "first-observed";
+
 /** A restore of this node's database, as `restore apply` recorded it. */
 export interface RecoveryRecord {
   id: bigint;
   backupSet: string;
   restoredAt: Date;
-  /** Wall clock of the restore in micros: events sequenced after it are post-restore. */
+  /** Wall clock of the host that ran the restore, in micros: informational only, decides nothing. */
   restoredAtMicros: bigint;
   forced: boolean;
   forcedChecks: string[];
   previousIncarnation: string;
   incarnation: string;
   state: RecoveryState;
+  /** The first processed event at or after the anchor: the node had replayed to the anchor's head. */
   firstSequencerTime: bigint | null;
+  /** anchor + ledgerTimeRecordTimeTolerance at the anchor; the window closes after it. */
   expectedEnd: bigint | null;
+  anchor: bigint | null;
+  anchorSource: AnchorSource | null;
+  /** The database this restore replaced, kept under this name (restore-target.ts). */
+  replacedDatabase: string | null;
+  /** When the restored node first passed its resubscription check against the sequencer. */
+  resubscribedAt: Date | null;
+  /** The writer epoch was stamped without the sequencer's record (it did not answer). */
+  epochUnverified: boolean;
 }
 
 interface RecoveryRow {
@@ -104,6 +121,11 @@ interface RecoveryRow {
   state: RecoveryState;
   first_sequencer_time: bigint | null;
   expected_end: bigint | null;
+  anchor: bigint | null;
+  anchor_source: AnchorSource | null;
+  replaced_database: string | null;
+  resubscribed_at: Date | null;
+  epoch_unverified: boolean;
 }
 
 function toRecord(row: RecoveryRow): RecoveryRecord {
@@ -119,6 +141,11 @@ function toRecord(row: RecoveryRow): RecoveryRecord {
     state: row.state,
     firstSequencerTime: row.first_sequencer_time,
     expectedEnd: row.expected_end,
+    anchor: row.anchor,
+    anchorSource: row.anchor_source,
+    replacedDatabase: row.replaced_database,
+    resubscribedAt: row.resubscribed_at,
+    epochUnverified: row.epoch_unverified,
   };
 }
 
@@ -128,6 +155,27 @@ export async function latestRecoveryRecord(db: Queryable): Promise<RecoveryRecor
   return row && toRecord(row);
 }
 
+/** What `restore apply` stamps into a restored database (stampRestoredDatabase). */
+export interface RestoreStamp {
+  backupSet: string;
+  forcedChecks: string[];
+  /** The sequencer's record of the member's writer epoch, or the backup's own when unknown. */
+  minWriterEpoch: bigint;
+  /** True when the sequencer did not answer: the node raises its epoch above its record on start. */
+  epochUnverified: boolean;
+  /** Participants recover their deduplication state after a restore; other kinds do not. */
+  recovering: boolean;
+  /** Informational wall clock of the restoring host (decides nothing). */
+  restoredAtMicros: bigint;
+  /** Sequencer time; null: the node fixes it after it starts ('first-observed'). */
+  anchor: bigint | null;
+  anchorSource: AnchorSource | null;
+  /** anchor + tolerance when known at restore time; else the node computes it. */
+  expectedEnd: bigint | null;
+  /** The kept name of the database this restore replaces, if one exists. */
+  replacedDatabase: string | null;
+}
+
 /**
  * Stamps a restored database (restore apply, before the node may start on it): a new incarnation,
  * a writer epoch at least the sequencer's record (so the restored node is not refused as stale),
@@ -135,14 +183,7 @@ export async function latestRecoveryRecord(db: Queryable): Promise<RecoveryRecor
  */
 export async function stampRestoredDatabase(
   db: Db,
-  stamp: {
-    backupSet: string;
-    forcedChecks: string[];
-    minWriterEpoch: bigint;
-    /** Participants recover their deduplication state after a restore; other kinds do not. */
-    recovering: boolean;
-    restoredAtMicros: bigint;
-  },
+  stamp: RestoreStamp,
 ): Promise<{ incarnation: string; previousIncarnation: string; writerEpoch: bigint }> {
   return db.transaction(
     async (tx) => {
@@ -155,8 +196,10 @@ export async function stampRestoredDatabase(
       );
       await tx.execute(
         `INSERT INTO recovery_records
-           (backup_set, restored_at_micros, forced, forced_checks, previous_incarnation, incarnation, state, completed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::text, CASE WHEN $7::text = 'complete' THEN now() END)`,
+           (backup_set, restored_at_micros, forced, forced_checks, previous_incarnation, incarnation, state,
+            completed_at, anchor, anchor_source, expected_end, replaced_database, epoch_unverified)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::text, CASE WHEN $7::text = 'complete' THEN now() END,
+                 $8, $9, $10, $11, $12)`,
         [
           stamp.backupSet,
           stamp.restoredAtMicros,
@@ -165,6 +208,11 @@ export async function stampRestoredDatabase(
           previous.incarnation,
           incarnation,
           stamp.recovering ? "recovering" : "complete",
+          stamp.anchor,
+          stamp.anchor === null ? null : stamp.anchorSource,
+          stamp.anchor === null ? null : stamp.expectedEnd,
+          stamp.replacedDatabase,
+          stamp.epochUnverified,
         ],
       );
       return { incarnation, previousIncarnation: previous.incarnation, writerEpoch: updated.writer_epoch };
@@ -173,7 +221,19 @@ export async function stampRestoredDatabase(
   );
 }
 
-/** Records the first post-restore sequencer time and the end of the deduplication window. */
+/** Fixes the anchor the restore could not take (the sequencer did not answer): 'first-observed'. */
+export async function recordRecoveryAnchor(tx: Queryable, id: bigint, anchor: bigint): Promise<void> {
+  await tx.execute(
+    `UPDATE recovery_records SET anchor = $2, anchor_source = 'first-observed'
+     WHERE id = $1 AND anchor IS NULL`,
+    [id, anchor],
+  );
+}
+
+/**
+ * Records the first processed event at or after the anchor (the node has replayed to the head the
+ * anchor stands for) and the end of the deduplication window.
+ */
 export async function recordRecoveryWindow(
   tx: Queryable,
   id: bigint,
@@ -181,7 +241,8 @@ export async function recordRecoveryWindow(
   expectedEnd: bigint,
 ): Promise<void> {
   await tx.execute(
-    "UPDATE recovery_records SET first_sequencer_time = $2, expected_end = $3 WHERE id = $1 AND first_sequencer_time IS NULL",
+    `UPDATE recovery_records SET first_sequencer_time = $2, expected_end = COALESCE(expected_end, $3)
+     WHERE id = $1 AND first_sequencer_time IS NULL`,
     [id, firstSequencerTime, expectedEnd],
   );
 }
@@ -191,6 +252,19 @@ export async function completeRecovery(tx: Queryable, id: bigint): Promise<void>
     "UPDATE recovery_records SET state = 'complete', completed_at = now() WHERE id = $1 AND state = 'recovering'",
     [id],
   );
+}
+
+/**
+ * The restored node passed its first resubscription check (its last stored event came back from
+ * the sequencer): stamps the newest recovery record once. `restore drop-kept` keeps the replaced
+ * database until then (DESIGN §4.6). Idempotent; true when this call stamped it.
+ */
+export async function markResubscribed(db: Queryable): Promise<boolean> {
+  const stamped = await db.execute(
+    `UPDATE recovery_records SET resubscribed_at = now()
+     WHERE id = (SELECT max(id) FROM recovery_records) AND resubscribed_at IS NULL`,
+  );
+  return stamped > 0;
 }
 
 /** Mismatch between the database and the node that opens it: a wrong storage.url, most likely. */
@@ -212,13 +286,27 @@ export async function ensureNodeState(db: Db, name: string, kind: string): Promi
     `INSERT INTO node_state (node_name, kind, incarnation) VALUES ($1, $2, $3) ON CONFLICT (singleton) DO NOTHING`,
     [name, kind, newId()],
   );
-  const row = await db.one<{ node_name: string; kind: string; incarnation: string; writer_epoch: bigint }>(
-    "SELECT node_name, kind, incarnation, writer_epoch FROM node_state",
+  const row = await db.one<IdentityRow & { node_name: string; kind: string }>(
+    "SELECT node_name, kind, incarnation, writer_epoch, writer_activation FROM node_state",
   );
   if (row.node_name !== name || row.kind !== kind) {
     throw new NodeDatabaseMismatchError({ name, kind }, { name: row.node_name, kind: row.kind });
   }
-  return { incarnation: row.incarnation, writerEpoch: row.writer_epoch };
+  return toIdentity(row);
+}
+
+interface IdentityRow {
+  incarnation: string;
+  writer_epoch: bigint;
+  writer_activation: string;
+}
+
+function toIdentity(row: IdentityRow): NodeIdentity {
+  return {
+    incarnation: row.incarnation,
+    writerEpoch: row.writer_epoch,
+    writerActivation: row.writer_activation,
+  };
 }
 
 /**
@@ -228,10 +316,51 @@ export async function ensureNodeState(db: Db, name: string, kind: string): Promi
 export async function bumpWriterEpoch(db: Db): Promise<NodeIdentity> {
   return db.transaction(
     async (tx) => {
-      const row = await tx.one<{ incarnation: string; writer_epoch: bigint }>(
-        "UPDATE node_state SET writer_epoch = writer_epoch + 1, activated_at = now() RETURNING incarnation, writer_epoch",
+      // A fresh activation id too: two copies of one database (restored twice from the same set)
+      // reach the same epoch, and the sequencer tells them apart by it.
+      const row = await tx.one<IdentityRow>(
+        `UPDATE node_state SET writer_epoch = writer_epoch + 1, writer_activation = $1, activated_at = now()
+         RETURNING incarnation, writer_epoch, writer_activation`,
+        [newId()],
       );
-      return { incarnation: row.incarnation, writerEpoch: row.writer_epoch };
+      return toIdentity(row);
+    },
+    { synchronousCommit: true },
+  );
+}
+
+/**
+ * The newest recovery record, when it says the writer epoch was not checked against the
+ * sequencer's record (the sequencer was unreachable during the restore): its id, else undefined.
+ */
+export async function unverifiedWriterEpoch(db: Queryable): Promise<bigint | undefined> {
+  const row = await db.maybeOne<{ id: bigint; epoch_unverified: boolean }>(
+    "SELECT id, epoch_unverified FROM recovery_records ORDER BY id DESC LIMIT 1",
+  );
+  return row?.epoch_unverified ? row.id : undefined;
+}
+
+/**
+ * Raises the writer epoch to `sequencerRecord + 1` unless it is already above (with a new
+ * activation id), and clears the recovery record's epoch_unverified, in one durable transaction:
+ * a crash in between leaves the flag set and the next activation asks again.
+ */
+export async function raiseWriterEpochAbove(
+  db: Db,
+  recoveryId: bigint,
+  sequencerRecord: bigint,
+): Promise<NodeIdentity> {
+  return db.transaction(
+    async (tx) => {
+      const row = await tx.one<IdentityRow>(
+        `UPDATE node_state SET
+           writer_activation = CASE WHEN writer_epoch > $1 THEN writer_activation ELSE $2 END,
+           writer_epoch = GREATEST(writer_epoch, $1 + 1)
+         RETURNING incarnation, writer_epoch, writer_activation`,
+        [sequencerRecord, newId()],
+      );
+      await tx.execute("UPDATE recovery_records SET epoch_unverified = false WHERE id = $1", [recoveryId]);
+      return toIdentity(row);
     },
     { synchronousCommit: true },
   );

@@ -24,8 +24,16 @@ export interface LedgerApiBackend {
    * confirmation request; resolves then. The outcome arrives on completions().
    */
   submit(commands: SubmitCommands): Promise<{ submissionId: string }>;
-  /** submit, then waits for the completion; a rejection is thrown as its LockstepError. */
-  submitAndWait(commands: SubmitCommands, signal?: AbortSignal): Promise<SubmitResult>;
+  /**
+   * submit, then waits for the completion; a rejection is thrown as its LockstepError. Ends at the
+   * latest by the deadline (`timeoutMs`, the caller's gRPC deadline, else the tracking timeout)
+   * with REQUEST_TIME_OUT, and at once with the error the sequencer connection stopped on.
+   */
+  submitAndWait(
+    commands: SubmitCommands,
+    signal?: AbortSignal,
+    deadline?: { timeoutMs?: number },
+  ): Promise<SubmitResult>;
   ledgerEnd(request?: { incarnation?: string }): Promise<LedgerEnd>;
   /** Contracts of which one of the parties is a stakeholder, at `activeAtOffset` (default: the ledger end). */
   activeContracts(request: ActiveContractsRequest): Promise<{ offset: bigint; contracts: ContractView[] }>;

@@ -35,7 +35,10 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
 
     router.service(CommandService, {
       submitAndWait: async (req, ctx: HandlerContext) => {
-        const r = await backend.submitAndWait(toSubmitCommands(req.commands), ctx.signal);
+        // The caller's deadline (grpc-timeout / connect-timeout-ms), as Canton's command service takes it.
+        const r = await backend.submitAndWait(toSubmitCommands(req.commands), ctx.signal, {
+          timeoutMs: ctx.timeoutMs(),
+        });
         return {
           updateId: r.updateId,
           offset: r.offset,

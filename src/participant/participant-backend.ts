@@ -28,6 +28,23 @@ import {
 } from "./participant-store.ts";
 import type { PartyManagement } from "./party-management.ts";
 import type { SubmissionService } from "./submission-service.ts";
+import { SUBMISSION_CHECK_GRACE_MS, type SynchronizerConnection } from "./synchronizer-connection.ts";
+
+/**
+ * How long SubmitAndWait tracks a command when the caller sent no deadline: Canton's command
+ * service default (`ledger-api.command-service.default-tracking-timeout`,
+ * CommandServiceConfig.DefaultDefaultTrackingTimeout = 5 minutes; ApiCommandService takes the gRPC
+ * deadline when the call has one, else this).
+ */
+export const DEFAULT_COMMAND_TRACKING_TIMEOUT_MS = 5 * 60_000;
+
+/**
+ * Answer this much before the caller's own deadline (at most 200 ms, a tenth of it for short ones),
+ * so that REQUEST_TIME_OUT with its metadata reaches the caller before its own timer fires.
+ */
+function deadlineMargin(timeoutMs: number): number {
+  return Math.min(200, Math.floor(timeoutMs / 10));
+}
 
 /** The participant's LedgerApiBackend over its database (reads) and services (writes). */
 export class ParticipantBackend implements LedgerApiBackend {
@@ -40,7 +57,10 @@ export class ParticipantBackend implements LedgerApiBackend {
     private readonly notifier: LedgerNotifier,
     private readonly incarnation: () => string,
     /** Resolves once the node is registered with its synchronizer (writes need its member id). */
-    private readonly ready: () => Promise<void>,
+    private readonly ready: (stage?: "registered" | "recovery" | "submit", graceMs?: number) => Promise<void>,
+    /** Submissions only once the resubscription check passed; waiters end when it stops for good. */
+    private readonly connection?: SynchronizerConnection,
+    private readonly trackingTimeoutMs = DEFAULT_COMMAND_TRACKING_TIMEOUT_MS,
   ) {
     this.completionLookup = new CompletionLookup(db);
   }
@@ -56,14 +76,39 @@ export class ParticipantBackend implements LedgerApiBackend {
   }
 
   async submit(commands: SubmitCommands): Promise<{ submissionId: string }> {
-    await this.ready();
+    // The refusals that say more than "not connected" first (a restored node's recovery).
+    await this.ready("recovery");
+    this.submissions().precheck(commands);
+    await this.ready("submit");
+    await this.connection?.awaitSubmittable();
     const { submissionId } = await this.submissions().submit(commands);
     return { submissionId };
   }
 
-  async submitAndWait(commands: SubmitCommands, signal?: AbortSignal): Promise<SubmitResult> {
-    await this.ready();
+  /**
+   * Ends with the outcome, or with the connection's fatal error as soon as it stops for good (e.g.
+   * SEQUENCER_FORK_DETECTED), or with REQUEST_TIME_OUT at the deadline (the caller's, else the
+   * tracking timeout). Giving up leaves the submission in flight: it completes (or times out by
+   * its max sequencing time) when the node learns the outcome, and a resubmission of the same
+   * change id meanwhile is SUBMISSION_ALREADY_IN_FLIGHT.
+   */
+  async submitAndWait(
+    commands: SubmitCommands,
+    signal?: AbortSignal,
+    deadline: { timeoutMs?: number } = {},
+  ): Promise<SubmitResult> {
+    const started = Date.now();
+    const timeoutMs = deadline.timeoutMs ?? this.trackingTimeoutMs;
+    const until =
+      started + timeoutMs - (deadline.timeoutMs === undefined ? 0 : deadlineMargin(deadline.timeoutMs));
+    await this.ready("recovery");
+    this.submissions().precheck(commands);
+    await this.ready("submit", Math.max(0, Math.min(SUBMISSION_CHECK_GRACE_MS, until - Date.now())));
+    // Within the caller's deadline, so that the refusal (not a timeout) reaches it.
+    await this.connection?.awaitSubmittable(signal, Math.min(SUBMISSION_CHECK_GRACE_MS, until - Date.now()));
     const { submissionId, transaction } = await this.submissions().submit(commands);
+    const expired = AbortSignal.timeout(Math.max(0, until - Date.now()));
+    const wake = signal ? AbortSignal.any([signal, expired]) : expired;
     for (;;) {
       const completion = await this.completionLookup.get(submissionId);
       if (completion) {
@@ -77,9 +122,18 @@ export class ParticipantBackend implements LedgerApiBackend {
           completion: plain,
         };
       }
+      const fatal = this.connection?.fatal();
+      if (fatal) throw fatal;
       if (signal?.aborted)
-        throw new LockstepError("REQUEST_TIME_OUT", { reason: "the caller gave up waiting" });
-      await this.notifier.wait(signal);
+        throw new LockstepError("REQUEST_TIME_OUT", { reason: "the caller gave up waiting", submissionId });
+      if (expired.aborted || Date.now() >= until) {
+        throw new LockstepError("REQUEST_TIME_OUT", {
+          reason: `no outcome of submission ${submissionId} within ${timeoutMs} ms; it stays in flight until the participant learns its outcome`,
+          submissionId,
+          timeoutMs,
+        });
+      }
+      await this.notifier.wait(wake);
     }
   }
 

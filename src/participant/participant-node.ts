@@ -12,6 +12,7 @@ import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
+import { markResubscribed } from "../node/node-state.ts";
 import {
   createSequencerClient,
   type EventContext,
@@ -31,6 +32,7 @@ import { PartyManagement } from "./party-management.ts";
 import { RequestProcessor } from "./request-processor.ts";
 import { unsequencedInFlightCount } from "./request-store.ts";
 import { SubmissionService } from "./submission-service.ts";
+import { SynchronizerConnection } from "./synchronizer-connection.ts";
 
 /** How often the participant asks for a time proof while submissions wait to be sequenced. */
 export const TIME_PROOF_INTERVAL_MS = 1000;
@@ -40,6 +42,8 @@ export interface ParticipantNodeOptions {
   readonly ledgerApiRoutes?: (backend: LedgerApiBackend) => (router: ConnectRouter) => void;
   /** Called with each started node (tests reach the backend through it). */
   readonly onCreate?: (node: ParticipantNode) => void;
+  /** SubmitAndWait's deadline when the caller sent none; default 5 minutes, as Canton's. */
+  readonly commandTrackingTimeoutMs?: number;
 }
 
 /** The participant node kind, for node-kinds.ts; tests may build one with other options. */
@@ -75,7 +79,10 @@ export class ParticipantNode implements NodeKindRuntime {
   private readonly recovery: DeduplicationRecovery;
   private timer: NodeJS.Timeout | undefined;
   private starting: Promise<void> | undefined;
+  private recoveryLoaded: Promise<void> | undefined;
   private stopped = false;
+  /** The fatal error the node stopped on: submissions are refused with it, waiters end with it. */
+  private stoppedWith: LockstepError | undefined;
 
   constructor(
     private readonly context: NodeKindContext<Db>,
@@ -88,7 +95,9 @@ export class ParticipantNode implements NodeKindRuntime {
       memberName: context.entry.name,
       sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
       identity: context.identity,
-      onFatal: (error) => context.fail(error.toJSON()),
+      settleWriterEpoch: context.settleWriterEpoch,
+      onFatal: (error) => this.stopOn(error),
+      onSubscriptionCheckPassed: () => void this.resubscribed(),
     });
     this.keys = new KeyStore(context.db);
     const incarnation = () => context.identity().incarnation;
@@ -100,6 +109,7 @@ export class ParticipantNode implements NodeKindRuntime {
       "restore" in config ? config.restore["deduplication-recovery"] : "reject",
       (at) => this.client.topology().parameters(at).ledgerTimeRecordTimeToleranceMs,
       this.log,
+      TIME_PROOF_INTERVAL_MS,
     );
     this.submissions = new SubmissionService(context.db, this.client, incarnation, this.log, (commandId) =>
       this.recovery.checkSubmission(commandId),
@@ -111,7 +121,13 @@ export class ParticipantNode implements NodeKindRuntime {
       () => this.parties,
       this.notifier,
       incarnation,
-      () => this.ready(),
+      (stage, graceMs) => this.ready(stage, graceMs),
+      new SynchronizerConnection(
+        context.config.synchronizer.id,
+        () => this.client.status(),
+        () => this.stoppedWith,
+      ),
+      options.commandTrackingTimeoutMs,
     );
   }
 
@@ -124,9 +140,34 @@ export class ParticipantNode implements NodeKindRuntime {
     this.starting = this.startClient();
   }
 
-  /** Resolves once registered, replayed and subscribed (tests and the Ledger API wait for it). */
-  async ready(): Promise<void> {
+  /**
+   * Resolves once registered, replayed and subscribed (tests and the Ledger API wait for it).
+   * `stage`: "recovery" resolves once the restore's recovery state is loaded (the Ledger API's
+   * precheck needs it); "submit" waits for registration at most `graceMs`, then refuses with
+   * NOT_CONNECTED_TO_SYNCHRONIZER (retryable) rather than hold a submission while the sequencer is
+   * down (a restored node may need it before it can register: writer epoch settling).
+   */
+  async ready(stage: "registered" | "recovery" | "submit" = "registered", graceMs = 2000): Promise<void> {
     if (!this.starting) throw new LockstepError("NODE_PASSIVE", { node: this.context.entry.name });
+    if (stage === "recovery") {
+      await this.recoveryLoaded;
+      return;
+    }
+    if (stage === "submit") {
+      let timer: NodeJS.Timeout | undefined;
+      const started = await Promise.race([
+        this.starting.then(() => true),
+        new Promise<boolean>((resolve) => {
+          timer = setTimeout(() => resolve(false), graceMs);
+        }),
+      ]).finally(() => clearTimeout(timer));
+      if (!started) {
+        throw new LockstepError("NOT_CONNECTED_TO_SYNCHRONIZER", {
+          synchronizer: this.context.config.synchronizer.id,
+          reason: "it is still registering with its sequencer (is the sequencer running?)",
+        });
+      }
+    }
     await this.starting;
     if (this.client.status().member === null) {
       throw new LockstepError("NODE_NOT_RUNNING", {
@@ -138,10 +179,11 @@ export class ParticipantNode implements NodeKindRuntime {
 
   private async startClient(): Promise<void> {
     try {
-      await this.recovery.load();
+      this.recoveryLoaded = this.recovery.load();
+      await this.recoveryLoaded;
       await this.client.start((event, tx, ctx) => this.handle(event, tx, ctx));
     } catch (error) {
-      if (!this.stopped) this.context.fail(toLockstepError(error).toJSON());
+      if (!this.stopped) this.stopOn(toLockstepError(error));
       return;
     }
     if (this.stopped) return;
@@ -153,11 +195,12 @@ export class ParticipantNode implements NodeKindRuntime {
   }
 
   async status(): Promise<NodeKindStatus> {
-    const clean = this.client.status().clean;
+    const { clean, subscriptionCheck } = this.client.status();
     return {
       position: {
         clean: clean === null ? null : String(clean),
         ledgerEnd: String(await readLedgerEnd(this.context.db)),
+        subscriptionCheck,
       },
       deduplicationRecovery: this.recovery.status() as Record<string, unknown> | null,
     };
@@ -172,9 +215,26 @@ export class ParticipantNode implements NodeKindRuntime {
     this.notifier.notify();
   }
 
+  /** A fatal error: status shows it, and every SubmitAndWait still waiting ends with it at once. */
+  private stopOn(error: LockstepError): void {
+    this.stoppedWith ??= error;
+    this.context.fail(error.toJSON());
+    this.notifier.notify();
+  }
+
+  /** The resubscription check passed: a restore is recorded as checked (restore drop-kept needs it). */
+  private async resubscribed(): Promise<void> {
+    try {
+      if (await markResubscribed(this.context.db))
+        this.log.info("restored node passed its first resubscription check; recovery record stamped");
+    } catch (error) {
+      this.log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
+    }
+  }
+
   private async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<void> {
     const outcome = await this.processor.handle(event, tx, context);
-    await this.recovery.observe(event.timestamp, tx);
+    await this.recovery.observe(event, tx);
     if (outcome.refusedMessageId) this.sender.refused(outcome.refusedMessageId);
     if (outcome.responsesToSend || outcome.ledgerChanged || outcome.refusedMessageId)
       void this.afterClean(
@@ -202,8 +262,11 @@ export class ParticipantNode implements NodeKindRuntime {
     if (this.stopped || this.client.status().failed) return;
     this.sender.flush();
     try {
-      if (this.recovery.active || (await unsequencedInFlightCount(this.context.db)) > 0)
-        await this.client.requestTimeProof();
+      if (this.recovery.active || (await unsequencedInFlightCount(this.context.db)) > 0) {
+        const proof = await this.client.requestTimeProof();
+        // Requested after start: when it comes back it may anchor the deduplication window.
+        this.recovery.timeProofRequested(proof.messageId);
+      }
     } catch (error) {
       this.log.warn({ err: error }, "time proof request failed; retrying on the next tick");
     }

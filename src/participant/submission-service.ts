@@ -40,7 +40,11 @@ export class SubmissionService {
     private readonly recoveryGate: (commandId: string) => void = () => {},
   ) {}
 
-  async submit(commands: SubmitCommands): Promise<Submitted> {
+  /**
+   * The refusals that tell the application more than "not connected" (an old incarnation, the
+   * deduplication recovery after a restore): the Ledger API runs them before the connection check.
+   */
+  precheck(commands: SubmitCommands): void {
     if (commands.incarnation && commands.incarnation !== this.incarnation()) {
       throw new LockstepError("PARTICIPANT_INCARNATION_CHANGED", {
         requested: commands.incarnation,
@@ -48,6 +52,10 @@ export class SubmissionService {
       });
     }
     this.recoveryGate(commands.commandId);
+  }
+
+  async submit(commands: SubmitCommands): Promise<Submitted> {
+    this.precheck(commands);
     if (!commands.userId || !commands.commandId)
       throw new LockstepError("INVALID_ARGUMENT", { details: "user id and command id are required" });
     const self = this.client.member;

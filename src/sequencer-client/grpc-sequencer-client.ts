@@ -38,6 +38,7 @@ import {
   submissionBytes,
   subscribeRequest,
 } from "./sequencer-requests.ts";
+import { SubscriptionCheck } from "./subscription-check.ts";
 
 type ErrorInfo = SequencerClientStatus["lastError"];
 
@@ -83,10 +84,17 @@ export class GrpcSequencerClient implements SequencerClient {
   private subscribeAttempts = 0;
   private loop: Promise<void> | undefined;
   private acknowledger: CleanAcknowledger | undefined;
+  /** The resubscription check of the current subscription (probes with time proofs). */
+  private readonly check: SubscriptionCheck;
 
   constructor(private readonly options: SequencerClientOptions) {
     this.db = options.db;
     this.log = options.logger.child({ component: "sequencer-client" });
+    this.check = new SubscriptionCheck({
+      requestTimeProof: () => this.requestTimeProof(),
+      onPassed: (info) => options.onSubscriptionCheckPassed?.(info),
+      log: this.log,
+    });
     this.rpc = createNodeClient(SequencerService, options.sequencerUrl);
     this.sends = new SendCoalescer({
       sequencerUrl: options.sequencerUrl,
@@ -101,6 +109,12 @@ export class GrpcSequencerClient implements SequencerClient {
     this.memberState = new MemberStateStore(options.db);
     this.keys = new KeyStore(options.db);
     this.signingKey = new FreshRead(() => this.keys.activeSigningKey());
+  }
+
+  /** The writer epoch and activation every request carries (read per request: settling may raise them). */
+  private writer(): { writerEpoch: bigint; writerActivation: string } {
+    const { writerEpoch, writerActivation } = this.options.identity();
+    return { writerEpoch, writerActivation: writerActivation ?? "" };
   }
 
   get member(): string {
@@ -128,6 +142,7 @@ export class GrpcSequencerClient implements SequencerClient {
       memberState: this.memberState,
       memberName: this.options.memberName,
       log: this.log,
+      settleWriterEpoch: this.options.settleWriterEpoch,
     });
     this.topologyState = await this.memberState.loadTopology(registration.synchronizerNamespace);
     this.registrationInfo = registration;
@@ -172,7 +187,7 @@ export class GrpcSequencerClient implements SequencerClient {
       clean: () => this.cleanTimestamp,
       send: async (timestamp, signal) => {
         const signing = await this.keys.activeSigningKey();
-        const fields = { member: this.member, timestamp, writerEpoch: this.options.identity().writerEpoch };
+        const fields = { member: this.member, timestamp, ...this.writer() };
         await this.rpc.acknowledge(acknowledgeRequest(fields, signing), { signal });
       },
       onFatal: (error) => {
@@ -235,7 +250,7 @@ export class GrpcSequencerClient implements SequencerClient {
       recipients: request.recipients,
       payload: request.payload,
       maxSequencingTime: request.maxSequencingTime ?? now + msToMicros(tolerance),
-      writerEpoch: this.options.identity().writerEpoch,
+      ...this.writer(),
       timeProof: request.timeProof,
     };
     await this.sends.send(submissionBytes(fields));
@@ -266,6 +281,7 @@ export class GrpcSequencerClient implements SequencerClient {
       lastError: this.lastError,
       failed: this.failed,
       subscribeAttempts: this.subscribeAttempts,
+      subscriptionCheck: this.check.state,
     };
   }
 
@@ -275,6 +291,7 @@ export class GrpcSequencerClient implements SequencerClient {
     await this.acknowledger?.stop();
     await this.loop;
     this.connected = false;
+    this.check.end();
   }
 
   // --- subscription ------------------------------------------------------------------------
@@ -315,7 +332,7 @@ export class GrpcSequencerClient implements SequencerClient {
       {
         member: registration.member,
         fromTimestamp: this.lastStoredEvent?.timestamp ?? null,
-        writerEpoch: this.options.identity().writerEpoch,
+        ...this.writer(),
         issuedAt: nowMicros(),
       },
       signing,
@@ -327,11 +344,13 @@ export class GrpcSequencerClient implements SequencerClient {
         .map((k) => k.publicKey),
     );
     this.subscribeAttempts++;
+    this.check.begin(this.lastStoredEvent !== null);
     const markConnected = () => {
       if (!this.connected) this.log.info({ from: String(request.fromTimestamp ?? "start") }, "subscribed");
       this.connected = true;
       this.lastError = null;
       onConnected();
+      this.check.connected();
     };
     const abort = new AbortController();
     const stream = this.rpc.subscribe(request, {
@@ -365,7 +384,10 @@ export class GrpcSequencerClient implements SequencerClient {
             await this.storeAndProcess(run); // the valid events before it
             throw error;
           }
-          if (verdict === "echo") continue;
+          if (verdict === "echo") {
+            this.check.echoed();
+            continue;
+          }
           run.push(event);
           // Later events are checked against the sequencer keys this one may change: process it first.
           if (changesTopology(event, registration.registeredAt)) {
@@ -377,6 +399,7 @@ export class GrpcSequencerClient implements SequencerClient {
         if (this.failed) return;
       }
     } finally {
+      this.check.end();
       await received.close();
     }
   }
@@ -416,6 +439,7 @@ export class GrpcSequencerClient implements SequencerClient {
     if (this.failed) return;
     this.failed = true;
     this.connected = false;
+    this.check.end();
     this.lastError = { code: error.code, message: error.message, remedy: error.remedy };
     void this.acknowledger?.stop();
     this.log.error({ code: error.code, remedy: error.remedy }, `sequencer client stopped: ${error.message}`);

@@ -16,6 +16,8 @@ export interface RegistrationDeps {
   memberState: MemberStateStore;
   memberName: string;
   log: Logger;
+  /** NodeKindContext.settleWriterEpoch: runs before anything else reaches the sequencer. */
+  settleWriterEpoch?: (sequencerRecord: () => Promise<bigint>) => Promise<void>;
 }
 
 /**
@@ -28,6 +30,12 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
   const { rpc, sequencerUrl, log } = deps;
   const { namespace, signing } = await deps.keys.ensureInitialKeys();
   const member = memberIdFor(deps.memberName, namespace);
+  // After a restore whose sequencer did not answer: the epoch must clear the sequencer's record
+  // before the first request that carries it (throws SEQUENCER_UNAVAILABLE meanwhile; retried).
+  await deps.settleWriterEpoch?.(
+    async () =>
+      (await callSequencer(sequencerUrl, () => rpc.getMemberEvent({ member, timestamp: 0n }))).writerEpoch,
+  );
   const known = await deps.memberState.registration();
   if (known) {
     if (known.member !== member) {

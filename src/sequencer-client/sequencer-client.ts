@@ -126,6 +126,13 @@ export interface SequencerClientStatus {
   failed: boolean;
   /** How many Subscribe calls this client made (tests assert "no retry" with it). */
   subscribeAttempts: number;
+  /**
+   * The resubscription check of the current subscription (subscription-check.ts): "passed" once the
+   * sequencer gave back the member's last stored event (or, with nothing stored, once subscribed);
+   * "pending" before, and again from every reconnect. A node must not act on the synchronizer
+   * (e.g. accept submissions) while it is pending.
+   */
+  subscriptionCheck: "pending" | "passed";
 }
 
 export interface SequencerClientOptions {
@@ -136,13 +143,23 @@ export interface SequencerClientOptions {
   memberName: string;
   /** e.g. nodeBaseUrl(sequencerPort). */
   sequencerUrl: string;
-  /** The node's current writer epoch (NodeKindContext.identity), sent with every request. */
-  identity: () => { writerEpoch: bigint };
+  /** The node's current writer epoch and activation (NodeKindContext.identity), sent with every request. */
+  identity: () => { writerEpoch: bigint; writerActivation?: string };
+  /**
+   * NodeKindContext.settleWriterEpoch, run at registration before any other request: raises the
+   * epoch above the sequencer's record when a restore could not check it.
+   */
+  settleWriterEpoch?: (sequencerRecord: () => Promise<bigint>) => Promise<void>;
   /**
    * Called once when the client stops for good: fork detected, events unavailable, stale writer
    * epoch, a handler failure, … The node should show it in its status (NodeKindContext.fail).
    */
   onFatal: (error: LockstepError) => void;
+  /**
+   * Called each time the resubscription check passes (after start and after every reconnect), e.g.
+   * to record that a restored node has checked its history against the sequencer.
+   */
+  onSubscriptionCheckPassed?: (info: { subscription: number }) => void;
   /** How often the clean timestamp is acknowledged when it changed; default 1000 ms. */
   ackIntervalMs?: number;
   /** Reconnect backoff, doubling from initial to max, jittered; default 100 ms → 5000 ms. */

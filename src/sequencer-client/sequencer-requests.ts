@@ -60,6 +60,8 @@ export interface SubmissionFields {
   payload: Uint8Array;
   maxSequencingTime: Micros;
   writerEpoch: bigint;
+  /** The activation at writerEpoch (NodeIdentity.writerActivation); signed with the submission bytes. */
+  writerActivation?: string;
   timeProof?: boolean;
 }
 
@@ -74,6 +76,7 @@ export function submissionBytes(fields: SubmissionFields): Uint8Array {
       payload: fields.payload,
       maxSequencingTime: fields.maxSequencingTime,
       writerEpoch: fields.writerEpoch,
+      writerActivation: fields.writerActivation ?? "",
       timeProof: fields.timeProof ?? false,
     }),
   );
@@ -114,15 +117,23 @@ export function signedSubmissions(
 }
 
 export function subscribeRequest(
-  fields: { member: string; fromTimestamp: Micros | null; writerEpoch: bigint; issuedAt: Micros },
+  fields: {
+    member: string;
+    fromTimestamp: Micros | null;
+    writerEpoch: bigint;
+    writerActivation?: string;
+    issuedAt: Micros;
+  },
   signingKey: KeyPair,
 ): MessageInitShape<typeof SubscribeRequestSchema> {
   const nonce = randomBytes(16);
-  const digest = subscriptionDigest({ ...fields, nonce });
+  const writerActivation = fields.writerActivation ?? "";
+  const digest = subscriptionDigest({ ...fields, writerActivation, nonce });
   return {
     member: fields.member,
     fromTimestamp: fields.fromTimestamp ?? undefined,
     writerEpoch: fields.writerEpoch,
+    writerActivation,
     issuedAt: fields.issuedAt,
     nonce,
     signature: sign(signingKey.privateKey, digest),
@@ -131,12 +142,13 @@ export function subscribeRequest(
 }
 
 export function acknowledgeRequest(
-  fields: { member: string; timestamp: Micros; writerEpoch: bigint },
+  fields: { member: string; timestamp: Micros; writerEpoch: bigint; writerActivation?: string },
   signingKey: KeyPair,
 ): MessageInitShape<typeof AcknowledgeRequestSchema> {
+  const signed = { ...fields, writerActivation: fields.writerActivation ?? "" };
   return {
-    ...fields,
-    signature: sign(signingKey.privateKey, acknowledgementDigest(fields)),
+    ...signed,
+    signature: sign(signingKey.privateKey, acknowledgementDigest(signed)),
     signingKeyFingerprint: signingKey.fingerprint,
   };
 }

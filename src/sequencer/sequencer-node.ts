@@ -33,6 +33,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
             maxDeduplicationDurationMs: parameters["max-deduplication-duration"],
           },
           mediatorName: mediator.name,
+          retentionMs: ctx.config.synchronizer.sequencer.retention,
           onFatal: (error) => ctx.fail(error.toJSON()),
         });
       },

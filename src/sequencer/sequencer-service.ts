@@ -6,9 +6,12 @@ import { signedTopologyToParts } from "../crypto/topology.ts";
 import type { ErrorDetailSchema } from "../gen/lockstep/common/v1/error_pb.ts";
 import {
   MemberStatusSchema,
+  RetentionHoldSchema,
   SequencerService,
   StoredTopologyTransactionSchema,
+  StrandedSetSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { StrandedSet } from "./retention-holds.ts";
 import type { Sequencer } from "./sequencer.ts";
 import { isBinaryRequest, subscribeResponse } from "./subscribe-response.ts";
 
@@ -25,6 +28,8 @@ function errorDetail(error: LockstepError): MessageInitShape<typeof ErrorDetailS
     metadata: error.metadata,
   };
 }
+
+const strandedProto = (s: StrandedSet) => create(StrandedSetSchema, s);
 
 /**
  * lockstep.sequencer.v1.SequencerService over a Sequencer: proto in, proto out, nothing else.
@@ -107,8 +112,24 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
         if (request.beforeTimestamp <= 0n) {
           throw new LockstepError("INVALID_ARGUMENT", { details: "before_timestamp must be positive" });
         }
-        const result = await current().prune(request.beforeTimestamp);
-        return { pruningLowerBound: result.pruningLowerBound, removedEvents: BigInt(result.removedEvents) };
+        const result = await current().prune(request.beforeTimestamp, request.force);
+        return {
+          pruningLowerBound: result.pruningLowerBound,
+          removedEvents: BigInt(result.removedEvents),
+          stranded: result.stranded.map(strandedProto),
+        };
+      },
+      async setRetentionHolds(request) {
+        if (!request.setId) throw new LockstepError("INVALID_ARGUMENT", { details: "set_id is missing" });
+        await current().setRetentionHolds(request.setId, request.holds);
+        return {};
+      },
+      async releaseRetentionHolds(request) {
+        return { released: BigInt(await current().releaseRetentionHolds(request.setIds)) };
+      },
+      async lowerAcknowledgement(request) {
+        const acknowledged = await current().lowerAcknowledgement(request.member, request.timestamp ?? null);
+        return { acknowledged: acknowledged ?? undefined };
       },
       async getMemberEvent(request) {
         const info = await current().memberEvent(request.member, request.timestamp);
@@ -118,6 +139,7 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
           lastDelivered: info.lastDelivered ?? undefined,
           headTimestamp: info.head ?? undefined,
           event: info.event ? eventToProto(info.event) : undefined,
+          writerEpoch: info.writerEpoch,
         };
       },
       async pauseIntake(request) {
@@ -138,6 +160,11 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
           headTimestamp: status.head ?? undefined,
           pruningLowerBound: status.pruningLowerBound ?? undefined,
           safePruningTimestamp: status.safePruningTimestamp ?? undefined,
+          pinnedBySet: status.pinnedBySet ?? "",
+          holds: status.holds.map((h) => create(RetentionHoldSchema, h)),
+          stranded: status.stranded.map(strandedProto),
+          retentionMicros: BigInt(status.retentionMs) * 1000n,
+          sequencerTime: status.sequencerTime,
           members: status.members.map((m) =>
             create(MemberStatusSchema, {
               member: m.member,
@@ -145,6 +172,7 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
               lastDelivered: m.lastDelivered ?? undefined,
               acknowledged: m.acknowledged ?? undefined,
               writerEpoch: m.writerEpoch,
+              writerActivation: m.writerActivation,
             }),
           ),
         };

@@ -9,6 +9,7 @@ import type { Micros } from "../common/time.ts";
 import type { TopologyEntry } from "../crypto/topology.ts";
 import { signedTopologyFromParts } from "../crypto/topology.ts";
 import type { Db, DbSession, Queryable } from "../storage/db.ts";
+import { type RetentionHold, readHolds, type StrandedSet, strandSets } from "./retention-holds.ts";
 
 /** NOTIFY channel on which every committed batch announces the new head (readers in other processes). */
 export const SEQUENCER_EVENTS_CHANNEL = "lockstep_sequencer_events";
@@ -17,6 +18,7 @@ export interface StoredMember {
   readonly member: string;
   readonly registeredAt: Micros;
   readonly writerEpoch: bigint;
+  readonly writerActivation: string;
 }
 
 /** What the writer needs to continue where the last process stopped. */
@@ -53,6 +55,7 @@ export interface MemberPosition {
   readonly member: string;
   readonly registeredAt: Micros;
   readonly writerEpoch: bigint;
+  readonly writerActivation: string;
   readonly lastDelivered: Micros | null;
   readonly acknowledged: Micros | null;
 }
@@ -78,6 +81,11 @@ export class SequencerStore {
   private writerSession: Promise<DbSession> | undefined;
 
   constructor(private readonly db: Db) {}
+
+  /** The sequencer's database, for the stores of other tables (retention-holds.ts). */
+  get database(): Db {
+    return this.db;
+  }
 
   /**
    * The single writer's dedicated connection, with `synchronous_commit = on` for the session: each
@@ -116,8 +124,13 @@ export class SequencerStore {
     const state = await this.db.one<{ pruning_lower_bound: bigint | null; head: bigint | null }>(
       `SELECT pruning_lower_bound, (SELECT max(timestamp) FROM sequencer_events) AS head FROM sequencer_state`,
     );
-    const members = await this.db.query<{ member: string; registered_at: bigint; writer_epoch: bigint }>(
-      "SELECT member, registered_at, writer_epoch FROM sequencer_members ORDER BY member",
+    const members = await this.db.query<{
+      member: string;
+      registered_at: bigint;
+      writer_epoch: bigint;
+      writer_activation: string;
+    }>(
+      "SELECT member, registered_at, writer_epoch, writer_activation FROM sequencer_members ORDER BY member",
     );
     const heads = await this.db.query<{ member: string; last_timestamp: bigint; last_chain_hash: Buffer }>(
       "SELECT member, last_timestamp, last_chain_hash FROM sequencer_member_heads",
@@ -141,6 +154,7 @@ export class SequencerStore {
         member: m.member,
         registeredAt: m.registered_at,
         writerEpoch: m.writer_epoch,
+        writerActivation: m.writer_activation,
       })),
       heads: new Map(
         heads.map((h) => [h.member, { timestamp: h.last_timestamp, chainHash: h.last_chain_hash }]),
@@ -249,12 +263,14 @@ export class SequencerStore {
     return event?.timestamp === timestamp ? event : undefined;
   }
 
-  async recordWriterEpoch(member: string, epoch: bigint): Promise<void> {
+  /** A higher epoch with its activation, or the first activation at an epoch recorded without one. */
+  async recordWriterEpoch(member: string, epoch: bigint, activation: string): Promise<void> {
     await this.db.transaction(
       (tx) =>
         tx.execute(
-          "UPDATE sequencer_members SET writer_epoch = GREATEST(writer_epoch, $2) WHERE member = $1",
-          [member, epoch],
+          `UPDATE sequencer_members SET writer_epoch = $2, writer_activation = $3
+           WHERE member = $1 AND (writer_epoch < $2 OR (writer_epoch = $2 AND writer_activation = ''))`,
+          [member, epoch, activation],
         ),
       { synchronousCommit: true },
     );
@@ -283,13 +299,16 @@ export class SequencerStore {
 
   /**
    * Deletes events and deliveries below `before` and raises the lower bound, in one transaction.
-   * `check` runs first, under the state row's lock, with the members' positions of that moment,
-   * so acknowledgements cannot change between the safety check and the delete.
+   * `check` runs first, under the state row's lock (which setting holds takes too) and with the
+   * acknowledgements locked, with the members' positions and the holds of that moment, so neither
+   * can change between the safety check and the delete. It returns the sets a forced prune
+   * strands: their holds are released and they are recorded, in the same transaction.
    */
   async prune(
     before: Micros,
-    check: (positions: MemberPosition[], lowerBound: Micros | null) => void,
-  ): Promise<{ pruningLowerBound: Micros; removedEvents: number }> {
+    check: (positions: MemberPosition[], holds: RetentionHold[], lowerBound: Micros | null) => string[],
+    now: Micros,
+  ): Promise<{ pruningLowerBound: Micros; removedEvents: number; stranded: StrandedSet[] }> {
     return this.db.transaction(
       async (tx) => {
         const state = await tx.one<{ pruning_lower_bound: bigint | null }>(
@@ -298,14 +317,41 @@ export class SequencerStore {
         const lowerBound = state.pruning_lower_bound;
         // Acknowledge takes no lock: lock them too, so none moves during the check.
         await tx.execute("LOCK TABLE sequencer_acknowledgements IN SHARE MODE");
-        check(await readMemberPositions(tx), lowerBound);
+        const toStrand = check(await readMemberPositions(tx), await readHolds(tx), lowerBound);
         if (lowerBound !== null && before <= lowerBound) {
-          return { pruningLowerBound: lowerBound, removedEvents: 0 };
+          return { pruningLowerBound: lowerBound, removedEvents: 0, stranded: [] };
         }
+        const stranded = await strandSets(tx, toStrand, before, now);
         await tx.execute("DELETE FROM sequencer_deliveries WHERE timestamp < $1", [before]);
         const removedEvents = await tx.execute("DELETE FROM sequencer_events WHERE timestamp < $1", [before]);
         await tx.execute("UPDATE sequencer_state SET pruning_lower_bound = $1", [before]);
-        return { pruningLowerBound: before, removedEvents };
+        return { pruningLowerBound: before, removedEvents, stranded };
+      },
+      { synchronousCommit: true },
+    );
+  }
+
+  /**
+   * Lowers the member's acknowledgement to `timestamp` (null: removes it, so its registration
+   * bounds pruning again); never raises it. For a restored member, which goes back behind its own
+   * acknowledgement (DESIGN §2). Returns the acknowledgement on record afterwards.
+   */
+  async lowerAcknowledgement(member: string, timestamp: Micros | null): Promise<Micros | null> {
+    return this.db.transaction(
+      async (tx) => {
+        if (timestamp === null) {
+          await tx.execute("DELETE FROM sequencer_acknowledgements WHERE member = $1", [member]);
+          return null;
+        }
+        await tx.execute(
+          "UPDATE sequencer_acknowledgements SET timestamp = $2, acknowledged_at = now() WHERE member = $1 AND timestamp > $2",
+          [member, timestamp],
+        );
+        const row = await tx.maybeOne<{ timestamp: bigint }>(
+          "SELECT timestamp FROM sequencer_acknowledgements WHERE member = $1",
+          [member],
+        );
+        return row?.timestamp ?? null;
       },
       { synchronousCommit: true },
     );
@@ -318,10 +364,11 @@ async function readMemberPositions(q: Queryable): Promise<MemberPosition[]> {
     member: string;
     registered_at: bigint;
     writer_epoch: bigint;
+    writer_activation: string;
     last_timestamp: bigint | null;
     acknowledged: bigint | null;
   }>(
-    `SELECT m.member, m.registered_at, m.writer_epoch, h.last_timestamp, a.timestamp AS acknowledged
+    `SELECT m.member, m.registered_at, m.writer_epoch, m.writer_activation, h.last_timestamp, a.timestamp AS acknowledged
      FROM sequencer_members m
      LEFT JOIN sequencer_member_heads h ON h.member = m.member
      LEFT JOIN sequencer_acknowledgements a ON a.member = m.member
@@ -331,6 +378,7 @@ async function readMemberPositions(q: Queryable): Promise<MemberPosition[]> {
     member: r.member,
     registeredAt: r.registered_at,
     writerEpoch: r.writer_epoch,
+    writerActivation: r.writer_activation,
     lastDelivered: r.last_timestamp,
     acknowledged: r.acknowledged,
   }));

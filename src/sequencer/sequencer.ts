@@ -19,6 +19,14 @@ import { readEvents } from "./event-reader.ts";
 import { IntakeGate } from "./intake-gate.ts";
 import { RecentEvents } from "./recent-events.ts";
 import { checkIssuedAt, verifyMemberSignature } from "./request-verification.ts";
+import {
+  type RetentionHold,
+  readHolds,
+  readStranded,
+  releaseHolds,
+  replaceHolds,
+  type StrandedSet,
+} from "./retention-holds.ts";
 import { addMediatorTransaction, bootstrapTransactions } from "./sequencer-bootstrap.ts";
 import { checkPruningSafe, safePruningPoint } from "./sequencer-pruning.ts";
 import { type MemberPosition, SequencerStore } from "./sequencer-store.ts";
@@ -49,8 +57,8 @@ export interface SequencerOptions {
   subscriptionBatchSize?: number;
   /** Submissions per writer transaction at most. */
   maxBatchSize?: number;
-  /** Hook for backups (DESIGN §4.6): the oldest position a retained backup still needs. */
-  retainedBackupBound?: () => Micros | null;
+  /** synchronizer.sequencer.retention: reported in status so backup list can show it per set. */
+  retentionMs?: number;
   /** The writer failed; the node should report it (it refuses submissions from then on). */
   onFatal?: (error: LockstepError) => void;
 }
@@ -59,6 +67,7 @@ export interface SubscribeRequestFields {
   member: string;
   fromTimestamp?: bigint;
   writerEpoch: bigint;
+  writerActivation: string;
   issuedAt: bigint;
   nonce: Uint8Array;
   signature: Uint8Array;
@@ -69,6 +78,7 @@ export interface AcknowledgeRequestFields {
   member: string;
   timestamp: bigint;
   writerEpoch: bigint;
+  writerActivation: string;
   signature: Uint8Array;
   signingKeyFingerprint: string;
 }
@@ -79,7 +89,14 @@ export interface SequencerStatus {
   head: Micros | null;
   pruningLowerBound: Micros | null;
   safePruningTimestamp: Micros | null;
+  /** The set whose retention hold is the safe pruning point, if a hold pins it. */
+  pinnedBySet: string | null;
   members: MemberPosition[];
+  holds: RetentionHold[];
+  stranded: StrandedSet[];
+  retentionMs: number;
+  /** The sequencer's clock now, never below the head. */
+  sequencerTime: Micros;
 }
 
 export interface MemberEventInfo {
@@ -88,6 +105,8 @@ export interface MemberEventInfo {
   lastDelivered: Micros | null;
   head: Micros | null;
   event: SequencedEvent | null;
+  /** The member's writer epoch on record (0 if none): a member restored unverified takes one above. */
+  writerEpoch: bigint;
 }
 
 /**
@@ -145,7 +164,7 @@ export class Sequencer {
     });
     const epochs = new WriterEpochs(
       store,
-      loaded.members.map((m) => [m.member, m.writerEpoch]),
+      loaded.members.map((m) => [m.member, { epoch: m.writerEpoch, activation: m.writerActivation }]),
     );
     const sequencer = new Sequencer(
       options,
@@ -234,10 +253,11 @@ export class Sequencer {
         writerEpoch: request.writerEpoch,
         issuedAt: request.issuedAt,
         nonce: request.nonce,
+        writerActivation: request.writerActivation,
       }),
       signature: request.signature,
     });
-    await this.epochs.check(member, request.writerEpoch);
+    await this.epochs.check(member, request.writerEpoch, request.writerActivation);
     if (fromTimestamp !== null && fromTimestamp < registeredAt) {
       throw new LockstepError("EVENTS_UNAVAILABLE_FOR_TIMESTAMP", {
         timestamp: fromTimestamp,
@@ -261,13 +281,13 @@ export class Sequencer {
   }
 
   async acknowledge(request: AcknowledgeRequestFields): Promise<void> {
-    const { member, timestamp, writerEpoch } = request;
+    const { member, timestamp, writerEpoch, writerActivation } = request;
     this.requireMember(member);
     verifyMemberSignature(this.writer.topology, this.at(), {
       request: "acknowledge",
       member,
       fingerprint: request.signingKeyFingerprint,
-      digest: acknowledgementDigest({ member, timestamp, writerEpoch }),
+      digest: acknowledgementDigest({ member, timestamp, writerEpoch, writerActivation }),
       signature: request.signature,
     });
     const last = this.writer.lastDelivered(member);
@@ -277,7 +297,7 @@ export class Sequencer {
         reason: `acknowledged ${timestamp} is after the member's last event ${last ?? "(none)"}`,
       });
     }
-    await this.epochs.check(member, writerEpoch);
+    await this.epochs.check(member, writerEpoch, writerActivation);
     await this.store.acknowledge(member, timestamp);
   }
 
@@ -355,38 +375,73 @@ export class Sequencer {
     return this.writer.topology.transactions(asOf);
   }
 
-  async prune(before: Micros): Promise<{ pruningLowerBound: Micros; removedEvents: number }> {
-    const result = await this.store.prune(before, (positions) =>
-      checkPruningSafe(before, {
-        positions,
-        head: this.writer.head,
-        retainedBackupBound: this.options.retainedBackupBound?.(),
-      }),
+  /**
+   * Removes events below `before` where that is safe; with `force`, past retention holds (never
+   * past an acknowledgement): the holds' sets are released and recorded as stranded.
+   */
+  async prune(
+    before: Micros,
+    force = false,
+  ): Promise<{ pruningLowerBound: Micros; removedEvents: number; stranded: StrandedSet[] }> {
+    const result = await this.store.prune(
+      before,
+      (positions, holds) => checkPruningSafe(before, { positions, head: this.writer.head, holds }, force),
+      nowMicros(),
     );
     this.recent.prune(result.pruningLowerBound);
     this.options.logger.info(
       { before: before.toString(), removedEvents: result.removedEvents },
       "pruned sequencer events",
     );
+    if (result.stranded.length > 0) {
+      this.options.logger.warn(
+        { sets: result.stranded.map((s) => s.setId) },
+        "forced prune released retention holds: those backup sets can no longer be restored against this sequencer",
+      );
+    }
     return result;
   }
 
+  /** Replaces a backup set's retention holds; timestamp 0 stands for the member's registration. */
+  async setRetentionHolds(setId: string, holds: readonly { member: string; timestamp: Micros }[]) {
+    const resolved = holds.map((h) => ({
+      member: h.member,
+      timestamp: h.timestamp > 0n ? h.timestamp : (this.writer.registeredAt(h.member) ?? 0n),
+    }));
+    await replaceHolds(this.store.database, setId, resolved, nowMicros());
+  }
+
+  releaseRetentionHolds(setIds: readonly string[]): Promise<number> {
+    return releaseHolds(this.store.database, setIds);
+  }
+
+  /** A restored member goes back behind its acknowledgement: lower it (never raise it). */
+  lowerAcknowledgement(member: string, timestamp: Micros | null): Promise<Micros | null> {
+    this.requireMember(member);
+    return this.store.lowerAcknowledgement(member, timestamp);
+  }
+
   async status(): Promise<SequencerStatus> {
-    const [members, pruningLowerBound] = await Promise.all([
+    const db = this.store.database;
+    const [members, pruningLowerBound, holds, stranded] = await Promise.all([
       this.store.memberPositions(),
       this.store.pruningLowerBound(),
+      readHolds(db),
+      readStranded(db),
     ]);
+    const safe = safePruningPoint({ positions: members, head: this.writer.head, holds });
     return {
       sequencerId: this.sequencerId,
       synchronizerId: this.synchronizerId,
       head: this.writer.head,
       pruningLowerBound,
-      safePruningTimestamp: safePruningPoint({
-        positions: members,
-        head: this.writer.head,
-        retainedBackupBound: this.options.retainedBackupBound?.(),
-      }),
+      safePruningTimestamp: safe.timestamp,
+      pinnedBySet: safe.pinnedBySet,
       members,
+      holds,
+      stranded,
+      retentionMs: this.options.retentionMs ?? 7 * 86_400_000,
+      sequencerTime: maxMicros((this.options.clock ?? nowMicros)(), (this.writer.head ?? 0n) + 1n),
     };
   }
 
@@ -405,6 +460,7 @@ export class Sequencer {
       lastDelivered: this.writer.lastDelivered(member) ?? null,
       head: this.writer.head,
       event: event ?? null,
+      writerEpoch: this.epochs.get(member).epoch,
     };
   }
 

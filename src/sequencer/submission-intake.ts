@@ -128,7 +128,7 @@ export class SubmissionIntake {
   /** The checks after authentication: well formed, and from the sender's current writer epoch. */
   private async checkAuthenticated(submission: Submission): Promise<SubmissionItem> {
     const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
-    await this.epochs.check(submission.sender, submission.writerEpoch);
+    await this.epochs.check(submission.sender, submission.writerEpoch, submission.writerActivation);
     return item;
   }
 }

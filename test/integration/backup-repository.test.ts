@@ -95,50 +95,82 @@ test("incomplete folders: kept while their writer lives, removed once it is gone
   rmSync(live, { recursive: true });
 });
 
-test("retention keeps the newest N and the newest safe set, with a reason for each", () => {
-  const set = (id: string, safe: boolean, checkedAgainst: string | null = null) => {
-    const m = { ...unsigned(id, { safe, checkedAgainst }), checksum: "" } as Manifest;
-    return { id, manifest: m, verification: null };
+const SEQUENCER_NODE = {
+  ...(unsigned("x").nodes[0] as object),
+  name: "sequencer1",
+  kind: "sequencer",
+  member: "sequencer1::1220bb",
+  position: { head: "200", members: {}, pruningLowerBound: null },
+} as Manifest["nodes"][number];
+
+test("retention never deletes the newest complete, safe, verified set; partial, unsafe and failed sets do not count", () => {
+  const set = (id: string, o: { safe?: boolean; full?: boolean; failed?: boolean; version?: 1 | 2 } = {}) => {
+    const base = unsigned(id, { safe: o.safe ?? true, manifestVersion: o.version ?? 2 });
+    const nodes = o.full === false ? base.nodes : [...base.nodes, SEQUENCER_NODE];
+    const m = { ...base, nodes, checksum: "" } as Manifest;
+    const verification = o.failed
+      ? {
+          set: id,
+          verifiedAt: "2026-11-27T09:00:00.000Z",
+          level: "drill" as const,
+          ok: false,
+          problems: ["x"],
+          durationMs: 1,
+        }
+      : null;
+    return { id, manifest: m, verification };
   };
+  const config = ["sequencer1", "participant1"];
   const plan = planRetention(
     [
-      set("20261127T010000Z-aaaaaa", true),
-      set("20261127T020000Z-bbbbbb", true),
-      set("20261127T030000Z-cccccc", false, "20261127T020000Z-bbbbbb"),
-      set("20261127T040000Z-dddddd", false),
+      set("20261127T010000Z-aaaaaa"),
+      set("20261127T015000Z-a2a2a2", { version: 1 }),
+      set("20261127T020000Z-bbbbbb", { failed: true }),
+      set("20261127T030000Z-cccccc", { full: false }),
+      set("20261127T040000Z-dddddd", { safe: false }),
+      set("20261127T050000Z-eeeeee", { full: false }),
     ],
     1,
+    config,
   );
   assert.deepEqual(
     plan.map((d) => [d.id.slice(-6), d.action]),
     [
-      ["dddddd", "keep"],
+      ["eeeeee", "keep"],
+      ["dddddd", "delete"],
       ["cccccc", "delete"],
-      ["bbbbbb", "keep"],
-      ["aaaaaa", "delete"],
+      ["bbbbbb", "delete"],
+      ["a2a2a2", "delete"],
+      ["aaaaaa", "keep"],
     ],
   );
-  assert.match(plan[2]?.reason ?? "", /newest safe set/);
-  assert.match(plan[1]?.reason ?? "", /unsafe/);
+  const reason = (suffix: string) => plan.find((d) => d.id.endsWith(suffix))?.reason ?? "";
+  assert.match(reason("aaaaaa"), /never deleted/);
+  assert.match(reason("dddddd"), /unsafe: fork/);
+  assert.match(reason("cccccc"), /partial \(lacks sequencer1\)/);
+  assert.match(reason("bbbbbb"), /failed verification/);
+  assert.match(reason("a2a2a2"), /older build/);
+  // Nothing qualifies: every set beyond N goes, and the plan says why.
+  const none = planRetention([set("20261127T030000Z-cccccc", { full: false })], 0, config);
+  assert.equal(none[0]?.action, "delete");
+  assert.match(none[0]?.reason ?? "", /no set qualifies/);
 });
 
-test("fork check: a member ahead of the sequencer's record is unsafe", () => {
+test("fork check: the member's last stored event must be the sequencer's, by chain hash, not by timestamp", () => {
   const node = unsigned("20261127T000000Z-000000").nodes;
-  const ok = findForks(
-    node,
-    { head: "200", members: { "participant1::1220aa": "150" }, pruningLowerBound: null },
-    "s",
-  );
-  assert.deepEqual(ok, []);
-  const forks = findForks(
-    node,
-    { head: "90", members: { "participant1::1220aa": "90" }, pruningLowerBound: null },
-    "s",
-  );
+  const member = "participant1::1220aa";
+  const view = (known: boolean, chainHash: string | null, timestamp = "100") => ({
+    [member]: { timestamp, known, chainHash },
+  });
+  assert.deepEqual(findForks(node, view(true, "1".repeat(64)), "s"), []);
+  // Same timestamp, another history: the timestamps-only check called this safe.
+  const forked = findForks(node, view(true, "2".repeat(64)), "s");
   assert.deepEqual(
-    forks.map((f) => [f.node, f.reason, f.sequencerLastDelivered]),
-    [["participant1", "fork", "90"]],
+    forked.map((f) => [f.node, f.reason, f.storedHash?.[0], f.sequencerHash?.[0]]),
+    [["participant1", "fork", "1", "2"]],
   );
-  const unknown = findForks(node, { head: "90", members: {}, pruningLowerBound: null }, "s");
-  assert.equal(unknown.length, 1);
+  // No event for the member there (the sequencer is behind, or its later events are a new history).
+  assert.equal(findForks(node, view(true, null), null)[0]?.sequencerHash, null);
+  assert.equal(findForks(node, view(false, null), "s").length, 1);
+  assert.equal(findForks(node, {}, "s").length, 1);
 });

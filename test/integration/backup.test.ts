@@ -110,29 +110,26 @@ test("verify names the corrupted file and the truncated file (exit 1, BACKUP_COR
   assert.equal(list.sets.find((s) => s.id === set)?.verified?.ok, false);
 });
 
-test("--nodes participant1 makes its own set, checked against the newest set with the sequencer", async () => {
+test("--nodes participant1 makes its own set, checked against the live sequencer", async () => {
   const sub = await create("--nodes", "participant1");
   assert.deepEqual(
     sub.nodes.map((x) => x.name),
     ["participant1"],
   );
-  assert.equal(sub.orderCheck, "checked-against-older-set");
-  // Nothing happened since the last full set: the participant is not ahead of its sequencer.
+  assert.equal(sub.orderCheck, "checked-against-live-sequencer");
+  assert.match(sub.checkedAgainst ?? "", /^sequencer1::/);
   assert.equal(sub.safe, true, JSON.stringify(sub.unsafe));
 });
 
-test("wrong order: sequencer alone, more traffic, then participant1 alone → unsafe: fork", async () => {
+test("sets taken apart: each member set is checked against the live sequencer, never an older set's", async () => {
+  // Old code compared participant1 with the sequencer-only set by timestamp and called it a fork;
+  // its history is a prefix of the live sequencer's, so restoring it against that sequencer is safe.
   const seqOnly = await create("--nodes", "sequencer1");
   await n.traffic();
   const late = await create("--nodes", "participant1");
-  assert.equal(late.safe, false);
-  assert.equal(late.checkedAgainst, seqOnly.set);
-  assert.deepEqual(
-    late.unsafe.map((u) => [u.node, u.reason]),
-    [["participant1", "fork"]],
-  );
-  const list = (await n.cli("backup", "list", "--json")).json<ListJson>();
-  assert.equal(list.sets.find((s) => s.id === late.set)?.safe, false);
+  assert.equal(late.safe, true, JSON.stringify(late.unsafe));
+  assert.notEqual(late.checkedAgainst, seqOnly.set);
+  assert.equal(late.orderCheck, "checked-against-live-sequencer");
 });
 
 test("--quiesce: intake paused, all dumped in parallel, intake resumed (traffic works after)", async () => {
@@ -140,6 +137,11 @@ test("--quiesce: intake paused, all dumped in parallel, intake resumed (traffic 
   assert.equal(q.safe, true);
   const manifest = await n.repository.readManifest(q.set);
   assert.equal(manifest.mode, "quiesced");
+  // The sequencer's side of the order check is read even though all were dumped in parallel.
+  const seq = manifest.nodes.find((x) => x.kind === "sequencer");
+  const p1 = manifest.nodes.find((x) => x.name === "participant1");
+  assert.ok(seq?.kind === "sequencer" && p1?.kind === "participant" && p1.member);
+  assert.equal(seq.position.memberEvents?.[p1.member]?.chainHash, p1.position.lastStored?.chainHash);
   await n.traffic();
 });
 
@@ -182,17 +184,17 @@ test("expire --dry-run explains each keep and delete, never deletes the newest s
   for (const s of plan.sets) assert.ok(s.reason.length > 0);
   // dry run: nothing deleted
   assert.equal((await n.cli("backup", "list", "--json")).json<ListJson>().sets.length, list.sets.length);
-  // Unsafe newest: the newest safe set is kept beyond --keep.
-  const late = await create("--nodes", "sequencer1");
-  await n.traffic();
-  const unsafe = await create("--nodes", "participant1");
-  assert.equal(unsafe.safe, false);
+  // A partial newest set: the newest complete, safe set is kept beyond --keep, the others go.
+  const newestFull = list.sets.find((s) => s.nodes.length === 3 && s.safe && s.verified?.ok !== false);
+  assert.ok(newestFull, "a complete set exists");
+  const partial = await create("--nodes", "participant1");
   const r2 = (await n.cli("backup", "expire", "--keep", "1", "--json")).json<{
     sets: { id: string; action: string; reason: string }[];
     deleted: string[];
   }>();
-  const keptSafe = r2.sets.find((s) => s.reason.includes("newest safe set"));
-  assert.equal(keptSafe?.id, late.set);
+  const kept = r2.sets.find((s) => s.id === newestFull.id);
+  assert.equal(kept?.action, "keep", JSON.stringify(r2.sets));
+  assert.match(kept?.reason ?? "", /never deleted/);
   const after = (await n.cli("backup", "list", "--json")).json<ListJson>();
-  assert.deepEqual(after.sets.map((s) => s.id).sort(), [late.set, unsafe.set].sort());
+  assert.deepEqual(after.sets.map((s) => s.id).sort(), [newestFull.id, partial.set].sort());
 });

@@ -77,15 +77,26 @@ test("a restore goes to a staging database, is stamped, and replaces the target 
     backupSet: "set-1",
     forcedChecks: [],
     minWriterEpoch: 7n,
+    epochUnverified: false,
     recovering: true,
-    restoredAtMicros: 1_000n,
+    // The wall clock decides nothing: the anchor (sequencer time) does.
+    restoredAtMicros: 999_999_999n,
+    anchor: 1_000n,
+    anchorSource: "live-sequencer-head",
+    expectedEnd: null,
+    replacedDatabase: "node_a__replaced_test01",
   });
   assert.equal(stamp.writerEpoch, 7n, "at least the sequencer's record");
   await staged.close();
-  await swapIntoPlace(target);
+  assert.equal(await swapIntoPlace(target, "node_a__replaced_test01"), true);
 
   state = await inspectTarget(target);
   assert.equal(state.stagingLeft, false);
+  // The replaced database is kept (old code dropped it), not yet droppable: no resubscription yet.
+  assert.deepEqual(
+    state.kept.map((k) => [k.database, k.backupSet, k.resubscribed]),
+    [["node_a__replaced_test01", "set-1", false]],
+  );
   assert.deepEqual(state.lastRestore, { backupSet: "set-1", startedSince: false });
   const restored = await nodeDb(target.url);
   const identity = await bumpWriterEpoch(restored);
@@ -94,23 +105,59 @@ test("a restore goes to a staging database, is stamped, and replaces the target 
   assert.equal(identity.writerEpoch, 8n);
   assert.deepEqual((await inspectTarget(target)).lastRestore, { backupSet: "set-1", startedSince: true });
 
-  // Deduplication recovery over the record: window from the first post-restore event, then complete.
+  // Deduplication recovery over the record: window from the anchor (sequencer time), then complete.
   const recovery = new DeduplicationRecovery(restored, "reject", () => 5, log);
   await recovery.load();
   assert.equal(recovery.active, true);
-  await restored.transaction((tx) => recovery.observe(500n, tx));
-  assert.equal(recovery.status()?.replayedToHead, false, "an event before the restore does not count");
-  await restored.transaction((tx) => recovery.observe(2_000n, tx));
-  assert.equal(recovery.status()?.expectedEnd, "7000");
+  const ev = (timestamp: bigint, messageId = "m") => ({ timestamp, messageId });
+  await restored.transaction((tx) => recovery.observe(ev(500n), tx));
+  assert.equal(recovery.status()?.replayedToHead, false, "an event before the anchor does not count");
+  await restored.transaction((tx) => recovery.observe(ev(2_000n), tx));
+  assert.equal(recovery.status()?.expectedEnd, "6000", "anchor 1000 + 5 ms tolerance");
   assert.throws(
     () => recovery.checkSubmission("c1"),
     (e) => isLockstepError(e, "DEDUPLICATION_STATE_RECOVERING"),
   );
-  await restored.transaction((tx) => recovery.observe(7_000n, tx));
+  await restored.transaction((tx) => recovery.observe(ev(6_000n), tx));
   assert.equal(recovery.active, true, "not before a timestamp later than the expected end");
-  await restored.transaction((tx) => recovery.observe(7_001n, tx));
+  await restored.transaction((tx) => recovery.observe(ev(6_001n), tx));
   assert.equal(recovery.active, false);
   recovery.checkSubmission("c1");
   assert.equal((await latestRecoveryRecord(restored))?.state, "complete");
   await restored.close();
+});
+
+test("without an anchor the first time proof the node requested after start anchors the window", async () => {
+  await pg.ensureDatabase("node_b");
+  const db = await nodeDb(pg.connectionUrl("node_b"));
+  await stampRestoredDatabase(db, {
+    backupSet: "set-2",
+    forcedChecks: [],
+    minWriterEpoch: 3n,
+    epochUnverified: true,
+    recovering: true,
+    restoredAtMicros: 1n,
+    anchor: null,
+    anchorSource: null,
+    expectedEnd: null,
+    replacedDatabase: null,
+  });
+  const record = await latestRecoveryRecord(db);
+  assert.equal(record?.epochUnverified, true, "the sequencer's record was not known: no guessed margin");
+  const recovery = new DeduplicationRecovery(db, "reject", () => 5, log);
+  await recovery.load();
+  assert.match(recovery.status()?.waitingFor ?? "", /anchor unknown/);
+  // Events of any time do not anchor it, however late: only a time proof requested since start.
+  await db.transaction((tx) => recovery.observe({ timestamp: 50_000n, messageId: "other" }, tx));
+  assert.equal(recovery.status()?.anchor, null);
+  recovery.timeProofRequested("proof-1");
+  await db.transaction((tx) => recovery.observe({ timestamp: 60_000n, messageId: "proof-1" }, tx));
+  const s = recovery.status();
+  assert.deepEqual([s?.anchor, s?.anchorSource, s?.expectedEnd], ["60000", "first-observed", "65000"]);
+  assert.match(s?.waitingFor ?? "", /after 65000/);
+  await db.transaction((tx) => recovery.observe({ timestamp: 65_001n, messageId: "x" }, tx));
+  assert.equal(recovery.active, false);
+  const done = await latestRecoveryRecord(db);
+  assert.deepEqual([done?.anchor, done?.anchorSource, done?.state], [60_000n, "first-observed", "complete"]);
+  await db.close();
 });

@@ -171,6 +171,7 @@ test("requests are signed over the bytes sequencer.proto names", () => {
       payload: Buffer.from("x"),
       maxSequencingTime: 123n,
       writerEpoch: 4n,
+      writerActivation: "act-1",
     },
     signing,
   );
@@ -178,25 +179,45 @@ test("requests are signed over the bytes sequencer.proto names", () => {
   assert.ok(verify(signing.publicKey, submissionDigest(bytes), send.signature as Uint8Array));
   const parsed = fromBinary(SubmissionSchema, bytes);
   assert.deepEqual(
-    [parsed.sender, parsed.messageId, parsed.writerEpoch, parsed.timeProof],
-    [id, "m1", 4n, false],
+    [parsed.sender, parsed.messageId, parsed.writerEpoch, parsed.writerActivation, parsed.timeProof],
+    [id, "m1", 4n, "act-1", false],
   );
   assert.equal(send.signingKeyFingerprint, signing.fingerprint);
 
-  const sub = subscribeRequest({ member: id, fromTimestamp: null, writerEpoch: 4n, issuedAt: 99n }, signing);
+  const writer = { writerEpoch: 4n, writerActivation: "act-1" };
+  const sub = subscribeRequest({ member: id, fromTimestamp: null, ...writer, issuedAt: 99n }, signing);
   const digest = subscriptionDigest({
     member: id,
     fromTimestamp: null,
-    writerEpoch: 4n,
+    ...writer,
     issuedAt: 99n,
     nonce: sub.nonce as Uint8Array,
   });
   assert.equal(sub.fromTimestamp, undefined);
+  assert.equal(sub.writerActivation, "act-1");
   assert.ok(verify(signing.publicKey, digest, sub.signature as Uint8Array));
+  // The activation is signed: the same request claimed by another activation does not verify.
+  const otherDigest = subscriptionDigest({
+    member: id,
+    fromTimestamp: null,
+    writerEpoch: 4n,
+    writerActivation: "act-2",
+    issuedAt: 99n,
+    nonce: sub.nonce as Uint8Array,
+  });
+  assert.ok(!verify(signing.publicKey, otherDigest, sub.signature as Uint8Array));
 
-  const ack = acknowledgeRequest({ member: id, timestamp: 77n, writerEpoch: 4n }, signing);
-  const ackDigest = acknowledgementDigest({ member: id, timestamp: 77n, writerEpoch: 4n });
+  const ack = acknowledgeRequest({ member: id, timestamp: 77n, ...writer }, signing);
+  const ackDigest = acknowledgementDigest({ member: id, timestamp: 77n, ...writer });
+  assert.equal(ack.writerActivation, "act-1");
   assert.ok(verify(signing.publicKey, ackDigest, ack.signature as Uint8Array));
+  const otherAck = acknowledgementDigest({
+    member: id,
+    timestamp: 77n,
+    writerEpoch: 4n,
+    writerActivation: "",
+  });
+  assert.ok(!verify(signing.publicKey, otherAck, ack.signature as Uint8Array));
 });
 
 test("the event store keeps events with counters and a clean timestamp that never moves back", async () => {

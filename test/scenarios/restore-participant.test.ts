@@ -167,30 +167,47 @@ test("a participant restored from an older set replays, recovers deduplication a
   }
   assert.deepEqual(await acsKeys(n, 1, bob), await acsKeys(n, 0, alice), "the ledgers agree");
 
-  // Scenario 6: once the sequencer pruned past the set's position, restoring participant2 from it
-  // would leave a gap: the plan refuses with EVENTS_UNAVAILABLE_FOR_TIMESTAMP.
+  // Scenario 6: the set's retention holds keep `prune --safe` below its position; once a forced
+  // prune passed it anyway, restoring participant2 from it would leave a gap: the plan refuses with
+  // EVENTS_UNAVAILABLE_FOR_TIMESTAMP and names the set as stranded.
   const position = BigInt(
     (await restore(n, "plan", set, ["--nodes", "participant2"])).json<{
       nodes: { position: { lastStored: { timestamp: string } } }[];
     }>().nodes[0]?.position.lastStored.timestamp ?? "0",
   );
-  await waitFor(
-    "a safe pruning point past the set's position",
+  const minAck = await waitFor(
+    "every acknowledgement past the set's position",
     async () => {
       const s = await runLockstep(["sequencer", "status", "--json", ...n.cfg]);
-      const safe = s.json<{ safePruningTimestamp: string | null }>().safePruningTimestamp;
-      return safe !== null && BigInt(safe) > position ? safe : undefined;
+      const status = s.json<{
+        safePruningTimestamp: string | null;
+        members: { acknowledged: string | null }[];
+      }>();
+      assert.ok(BigInt(status.safePruningTimestamp ?? 0) <= position, "the hold keeps the safe point");
+      const acks = status.members.map((m) => BigInt(m.acknowledged ?? 0));
+      const [min = 0n] = acks.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+      return min > position ? min : undefined;
     },
     30_000,
     1000,
   );
-  const pruned = await runLockstep(["sequencer", "prune", "--safe", "--json", ...n.cfg]);
+  const pruned = await runLockstep([
+    "sequencer",
+    "prune",
+    "--before",
+    String(minAck),
+    "--force",
+    "--json",
+    ...n.cfg,
+  ]);
   assert.equal(pruned.code, 0, pruned.stdout + pruned.stderr);
   const refused = await restore(n, "plan", set, ["--nodes", "participant2"]);
   assert.equal(refused.code, 3, refused.stdout);
   const events = refused.json<PlanJson>().checks.find((c) => c.check === "sequencer-events");
   assert.equal(events?.verdict, "refuse");
   assert.equal(events?.code, "EVENTS_UNAVAILABLE_FOR_TIMESTAMP");
+  const stranded = refused.json<PlanJson>().checks.find((c) => c.check === "retention");
+  assert.equal(stranded?.code, "RESTORE_SET_STRANDED");
 
   // A damaged set is refused: an artifact that does not match its checksum, then the manifest itself.
   const setDir = join(n.net.dir, "backups", set);

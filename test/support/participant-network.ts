@@ -17,12 +17,18 @@ import { mediatorNodeKind } from "../../src/mediator/mediator-node.ts";
 import { NodeRuntime } from "../../src/node/node-runtime.ts";
 import type { LedgerApiBackend } from "../../src/participant/ledger-api-backend.ts";
 import { ledgerApiRoutes } from "../../src/participant/ledger-api-service.ts";
-import { type ParticipantNode, participantNodeKindWith } from "../../src/participant/participant-node.ts";
+import {
+  type ParticipantNode,
+  type ParticipantNodeOptions,
+  participantNodeKindWith,
+} from "../../src/participant/participant-node.ts";
 import type { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { startTestSequencer, type TestSequencer } from "./sequencer-harness.ts";
 
 export interface ParticipantNetwork {
   readonly sequencer: TestSequencer;
+  /** The mediator's runtime (tests stop it so that requests wait for a verdict). */
+  readonly mediator: NodeRuntime;
   readonly config: LockstepConfig;
   /** The running participant node of that name (changes on restart). */
   node(name: string): ParticipantNode;
@@ -39,6 +45,7 @@ export async function startParticipantNetwork(
   pg: LocalPostgres,
   participants: readonly string[],
   parameters: Record<string, string> = { "participant-response-timeout": "5s" },
+  participantOptions: Pick<ParticipantNodeOptions, "commandTrackingTimeoutMs"> = {},
 ): Promise<ParticipantNetwork> {
   const sequencer = await startTestSequencer(pg, { parameters });
   const dataDir = mkdtempSync(join(tmpdir(), "lockstep-participants-"));
@@ -80,6 +87,7 @@ export async function startParticipantNetwork(
 
   const startParticipant = async (name: string) => {
     const definition = participantNodeKindWith({
+      ...participantOptions,
       ledgerApiRoutes,
       onCreate: (node) => nodes.set(name, node),
     });
@@ -110,6 +118,7 @@ export async function startParticipantNetwork(
   };
   return {
     sequencer,
+    mediator,
     config,
     node: (name) => get(nodes, name),
     backend: (name) => get(nodes, name).backend,

@@ -148,6 +148,7 @@ export interface SendOptions {
   /** Default: an hour from now. */
   maxSequencingTime?: bigint;
   writerEpoch?: bigint;
+  writerActivation?: string;
   timeProof?: boolean;
   /** Sign as if this member sent it (e.g. an impostor's key). */
   signWith?: KeyPair;
@@ -161,6 +162,8 @@ export class TestMember {
   readonly signing: KeyPair = generateKeyPair("signing");
   readonly id: string;
   writerEpoch = 1n;
+  /** Sent beside writerEpoch; '' is a valid activation too (the first seen at an epoch holds it). */
+  writerActivation = "";
 
   constructor(readonly name: string) {
     this.id = uniqueIdentifier(name, this.namespace.fingerprint);
@@ -216,18 +219,20 @@ export class TestMember {
         payload: options.payload ?? (options.timeProof ? new Uint8Array(0) : messagePayload("hello")),
         maxSequencingTime: options.maxSequencingTime ?? nowMicros() + 3_600_000_000n,
         writerEpoch: options.writerEpoch ?? this.writerEpoch,
+        writerActivation: options.writerActivation ?? this.writerActivation,
         timeProof: options.timeProof ?? false,
       }),
     );
   }
 
   subscribeRequest(
-    options: { from?: bigint; writerEpoch?: bigint; issuedAt?: bigint } = {},
+    options: { from?: bigint; writerEpoch?: bigint; writerActivation?: string; issuedAt?: bigint } = {},
   ): MessageInitShape<typeof SubscribeRequestSchema> {
     const request = {
       member: this.id,
       fromTimestamp: options.from ?? null,
       writerEpoch: options.writerEpoch ?? this.writerEpoch,
+      writerActivation: options.writerActivation ?? this.writerActivation,
       issuedAt: options.issuedAt ?? nowMicros(),
       nonce: randomBytes(16),
     };
@@ -242,14 +247,16 @@ export class TestMember {
   acknowledgeRequest(
     timestamp: bigint,
     writerEpoch = this.writerEpoch,
+    writerActivation = this.writerActivation,
   ): MessageInitShape<typeof AcknowledgeRequestSchema> {
     return {
       member: this.id,
       timestamp,
       writerEpoch,
+      writerActivation,
       signature: sign(
         this.signing.privateKey,
-        acknowledgementDigest({ member: this.id, timestamp, writerEpoch }),
+        acknowledgementDigest({ member: this.id, timestamp, writerEpoch, writerActivation }),
       ),
       signingKeyFingerprint: this.signing.fingerprint,
     };
