@@ -12,7 +12,7 @@ import {
   type Verdict,
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
-import { markResubscribed } from "../node/node-state.ts";
+import { recordResubscribed } from "../node/node-state.ts";
 import {
   createSequencerClient,
   type EventContext,
@@ -82,7 +82,8 @@ export class MediatorNode implements NodeKindRuntime {
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => context.fail(error.toJSON()),
-      onSubscriptionCheckPassed: () => void this.resubscribed(),
+      // A restore is recorded as checked (restore drop-kept needs it).
+      onSubscriptionCheckPassed: () => void recordResubscribed(context.db, this.log),
     });
   }
 
@@ -143,16 +144,6 @@ export class MediatorNode implements NodeKindRuntime {
     return {
       position: { clean, openRequests: await openRequestCount(this.context.db), subscriptionCheck },
     };
-  }
-
-  /** The resubscription check passed: a restore is recorded as checked (restore drop-kept needs it). */
-  private async resubscribed(): Promise<void> {
-    try {
-      if (await markResubscribed(this.context.db))
-        this.log.info("restored node passed its first resubscription check; recovery record stamped");
-    } catch (error) {
-      this.log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
-    }
   }
 
   async stop(): Promise<void> {

@@ -1,4 +1,5 @@
 import { newId } from "../common/ids.ts";
+import type { Logger } from "../common/logging.ts";
 import type { MigrationDefinition, NodeIdentity } from "../common/node-kind.ts";
 import type { Db, Queryable } from "../storage/db.ts";
 
@@ -265,6 +266,19 @@ export async function markResubscribed(db: Queryable): Promise<boolean> {
      WHERE id = (SELECT max(id) FROM recovery_records) AND resubscribed_at IS NULL`,
   );
   return stamped > 0;
+}
+
+/**
+ * For a member's onSubscriptionCheckPassed: markResubscribed, logged; a failure is only logged
+ * (the next check passing tries again).
+ */
+export async function recordResubscribed(db: Queryable, log: Logger): Promise<void> {
+  try {
+    if (await markResubscribed(db))
+      log.info("restored node passed its first resubscription check; recovery record stamped");
+  } catch (error) {
+    log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
+  }
 }
 
 /** Mismatch between the database and the node that opens it: a wrong storage.url, most likely. */

@@ -12,7 +12,7 @@ import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
-import { markResubscribed } from "../node/node-state.ts";
+import { recordResubscribed } from "../node/node-state.ts";
 import {
   createSequencerClient,
   type EventContext,
@@ -97,7 +97,8 @@ export class ParticipantNode implements NodeKindRuntime {
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => this.stopOn(error),
-      onSubscriptionCheckPassed: () => void this.resubscribed(),
+      // A restore is recorded as checked (restore drop-kept needs it).
+      onSubscriptionCheckPassed: () => void recordResubscribed(context.db, this.log),
     });
     this.keys = new KeyStore(context.db);
     const incarnation = () => context.identity().incarnation;
@@ -220,16 +221,6 @@ export class ParticipantNode implements NodeKindRuntime {
     this.stoppedWith ??= error;
     this.context.fail(error.toJSON());
     this.notifier.notify();
-  }
-
-  /** The resubscription check passed: a restore is recorded as checked (restore drop-kept needs it). */
-  private async resubscribed(): Promise<void> {
-    try {
-      if (await markResubscribed(this.context.db))
-        this.log.info("restored node passed its first resubscription check; recovery record stamped");
-    } catch (error) {
-      this.log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
-    }
   }
 
   private async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<void> {
