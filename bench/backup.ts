@@ -14,8 +14,8 @@ import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
+import { LOCKSTEP_BIN } from "../src/cli/self-process.ts";
 import { embeddedClusterDir } from "../src/node/node-database.ts";
 import { ensureNodeState, nodeStateMigrations } from "../src/node/node-state.ts";
 import { participantNodeKind } from "../src/participant/participant-node.ts";
@@ -27,7 +27,6 @@ import { findClientTools } from "../src/storage/postgres-binaries.ts";
 const SIZES_GB = (process.env.BENCH_SIZES_GB ?? "1").split(",").map(Number);
 const FORMAT = (process.env.BENCH_FORMAT ?? "custom") as "custom" | "tar" | "directory";
 const RUNS = Number(process.env.BENCH_RUNS ?? 3);
-const BIN = fileURLToPath(new URL("../bin/lockstep.js", import.meta.url));
 const FLAG = { custom: "c", tar: "t", directory: "d" }[FORMAT];
 // Writes the CLI process's own peak RSS (kB) to $BENCH_RSS_FILE at exit (pg_dump's is not in it).
 const RSS_HOOK =
@@ -140,7 +139,7 @@ async function main(): Promise<void> {
     `backup bench: format ${FORMAT}, ${RUNS} run(s) per size; ${cpus().length} CPUs, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM; pg_dump ${tools.version}; cluster port ${port}`,
   );
   // The CLI's fixed cost (node + tsx start-up, config): what a one-off command costs at any size.
-  const startup = await timed(process.execPath, [BIN, "backup", "list", "--config", configPath]);
+  const startup = await timed(process.execPath, [LOCKSTEP_BIN, "backup", "list", "--config", configPath]);
   console.log(
     `  CLI start-up (lockstep backup list): ${startup.wall.toFixed(2)} s wall, ${startup.cpu.toFixed(2)} s CPU`,
   );
@@ -161,7 +160,7 @@ async function main(): Promise<void> {
       const args = [
         "--import",
         RSS_HOOK,
-        BIN,
+        LOCKSTEP_BIN,
         "backup",
         "create",
         "--nodes",

@@ -10,36 +10,28 @@
  *
  * BENCH_CPU_PROF=DIR starts the nodes with --cpu-prof (profiles written to DIR at `down`).
  */
-import { execFileSync, spawn } from "node:child_process";
-import {
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readdirSync,
-  readFileSync,
-  rmSync,
-  writeFileSync,
-} from "node:fs";
+
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, freemem, tmpdir, totalmem } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Client } from "@connectrpc/connect";
 import pg from "pg";
 import { stringify } from "yaml";
+import { type LockstepRun, runLockstep } from "../src/cli/self-process.ts";
 import { fromConnectError } from "../src/common/connect-errors.ts";
+import { freePort, LOOPBACK } from "../src/common/loopback.ts";
 import { createNodeClient, nodeBaseUrl } from "../src/common/rpc-client.ts";
 import { CommandService } from "../src/gen/lockstep/ledger/v1/command_service_pb.ts";
 import { PartyManagementService } from "../src/gen/lockstep/ledger/v1/party_management_service_pb.ts";
-import { freePort } from "../src/node/free-port.ts";
 import { embeddedClusterDir } from "../src/node/node-database.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
+import { pgbenchInserts } from "./pgbench-baseline.ts";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 15);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
 const CLIENTS = (process.env.BENCH_CLIENTS ?? "1,8,32").split(",").map(Number);
-const BASELINE_SECONDS = Number(process.env.BENCH_BASELINE_SECONDS ?? 10);
 const CPU_PROF = process.env.BENCH_CPU_PROF ? resolve(process.env.BENCH_CPU_PROF) : undefined;
-const BIN = fileURLToPath(new URL("../bin/lockstep.js", import.meta.url));
 const CLK_TCK = 100; // Linux USER_HZ: /proc/PID/stat counts CPU time in 1/100 s.
 
 /** Profiles the process from start to exit; the session is synchronous, so the exit handler can write. */
@@ -62,25 +54,9 @@ const base = mkdtempSync(join(tmpdir(), "lockstep-bench-ledger-"));
 const configPath = join(base, "lockstep.yaml");
 const dataDir = join(base, "data");
 
-function lockstep(
-  args: string[],
-  env: NodeJS.ProcessEnv = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [BIN, ...args, "--config", configPath], {
-      env: { ...process.env, LOCKSTEP_LOG_LEVEL: "warn", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    child.on("error", fail);
-    child.on("close", (code) => done({ code: code ?? -1, stdout, stderr }));
+function lockstep(args: string[], env: NodeJS.ProcessEnv = {}): Promise<LockstepRun> {
+  return runLockstep([...args, "--config", configPath], {
+    env: { ...process.env, LOCKSTEP_LOG_LEVEL: "warn", ...env },
   });
 }
 
@@ -159,34 +135,6 @@ function rates(before: Sample, after: Sample, seconds: number) {
   return { cpu, commits };
 }
 
-function pgbenchInserts(port: number): number {
-  const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
-  const script = join(base, "insert.sql");
-  writeFileSync(script, "INSERT INTO bench_insert (v) VALUES (1);\n");
-  const pgbench = join(cluster.binaries.binDir, "pgbench");
-  const psql = join(cluster.binaries.binDir, "psql");
-  const env = {
-    ...process.env,
-    PGHOST: "127.0.0.1",
-    PGPORT: String(port),
-    PGUSER: "postgres",
-    PGDATABASE: "bench_baseline",
-  };
-  execFileSync(
-    existsSync(psql) ? psql : "psql",
-    ["-q", "-c", "CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, v int)"],
-    { env },
-  );
-  const out = execFileSync(
-    existsSync(pgbench) ? pgbench : "pgbench",
-    ["-n", "-c", "1", "-j", "1", "-T", String(BASELINE_SECONDS), "-f", script],
-    { encoding: "utf8", env },
-  );
-  const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)?.[1];
-  if (!tps) throw new Error(`cannot read pgbench output:\n${out}`);
-  return Number(tps);
-}
-
 function percentile(sorted: number[], p: number): number {
   if (sorted.length === 0) return Number.NaN;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
@@ -226,7 +174,7 @@ function sampleWaits(stats: pg.Client, until: () => boolean): Promise<Map<string
         const key = `${r.datname} ${r.state}${r.wait ? ` ${r.wait}` : ""}`;
         counts.set(key, (counts.get(key) ?? 0) + 1);
       }
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
     }
     return new Map([...counts].map(([k, v]) => [k, v / Math.max(1, samples)]));
   })();
@@ -274,12 +222,12 @@ async function phase(
     }
   };
   const running = Array.from({ length: clients }, (_, i) => loop(i));
-  await new Promise((r) => setTimeout(r, WARMUP_SECONDS * 1000));
+  await sleep(WARMUP_SECONDS * 1000);
   measuring = true;
   const waits = sampleWaits(stats, () => !measuring);
   const before = await sample(nodes, stats);
   const t0 = performance.now();
-  await new Promise((r) => setTimeout(r, SECONDS * 1000));
+  await sleep(SECONDS * 1000);
   measuring = false;
   const elapsed = (performance.now() - t0) / 1000;
   const after = await sample(nodes, stats);
@@ -338,7 +286,7 @@ async function main(): Promise<void> {
   const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir) });
   const { port: pgPort } = await cluster.start();
   await cluster.ensureDatabase("bench_baseline");
-  const stats = new pg.Client({ host: "127.0.0.1", port: pgPort, user: "postgres", database: "postgres" });
+  const stats = new pg.Client({ host: LOOPBACK, port: pgPort, user: "postgres", database: "postgres" });
   await stats.connect();
   const { rows: settingRows } = await stats.query<{ name: string; setting: string }>(
     "SELECT name, setting FROM pg_settings WHERE name IN ('fsync','synchronous_commit','wal_sync_method','server_version') ORDER BY name",
@@ -349,7 +297,12 @@ async function main(): Promise<void> {
     `machine: ${cpus().length} cpus (${cpu0}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB (${(freemem() / 2 ** 30).toFixed(1)} free), node ${process.version}`,
   );
   console.log(`PostgreSQL (embedded, shared by all nodes): ${settings}`);
-  const baseline = pgbenchInserts(pgPort);
+  const baseline = pgbenchInserts({
+    binDir: cluster.binaries.binDir,
+    port: pgPort,
+    database: "bench_baseline",
+    workDir: base,
+  });
   console.log(
     `baseline: pgbench, 1 client, one-row INSERT per transaction: ${baseline.toFixed(0)} commits/s`,
   );
@@ -367,7 +320,7 @@ async function main(): Promise<void> {
       const known = (await client.listParties({})).parties.map((p) => p.party);
       if (parties.every((p) => known.includes(p))) break;
       if (i > 300) throw new Error("parties did not become known");
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
   }
   const submitters: Submitter[] = [

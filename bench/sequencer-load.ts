@@ -6,6 +6,7 @@
  * Subscribe stream (signed with the member's key), so that the figure is the sequencer's delivery
  * rate, not the members' own per-event processing transactions.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import { parentPort, workerData } from "node:worker_threads";
 import { silentLogger } from "../src/common/logging.ts";
 import { createNodeClient, nodeBaseUrl } from "../src/common/rpc-client.ts";
@@ -13,7 +14,7 @@ import { nowMicros } from "../src/common/time.ts";
 import { KeyStore } from "../src/crypto/key-store.ts";
 import { keyStoreMigrations } from "../src/crypto/key-store-migrations.ts";
 import { SequencerService } from "../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
-import { createSequencerClient } from "../src/sequencer-client/sequencer-client.ts";
+import { createSequencerClient } from "../src/sequencer-client/create-sequencer-client.ts";
 import { sequencerClientMigrations } from "../src/sequencer-client/sequencer-client-migrations.ts";
 import { subscribeRequest } from "../src/sequencer-client/sequencer-requests.ts";
 import { runMigrations } from "../src/storage/migrations.ts";
@@ -95,18 +96,17 @@ const senders = Array.from({ length: settings.senders }, async (_, i) => {
   }
 });
 
-const sleep = (s: number) => new Promise((resolve) => setTimeout(resolve, s * 1000));
-await sleep(settings.warmupSeconds);
+await sleep(settings.warmupSeconds * 1000);
 const start = { sent, delivered: [...delivered] };
 parentPort?.postMessage({ type: "window-start" });
-await sleep(settings.seconds);
+await sleep(settings.seconds * 1000);
 const end = { sent, delivered: [...delivered] };
 parentPort?.postMessage({ type: "window-end" });
 sending = false;
 await Promise.all(senders);
 // Every acknowledged send must reach both subscribers.
 const deadline = Date.now() + 30_000;
-while ((delivered[0] < sent || delivered[1] < sent) && Date.now() < deadline) await sleep(0.05);
+while ((delivered[0] < sent || delivered[1] < sent) && Date.now() < deadline) await sleep(50);
 stopSubscribers.abort();
 await Promise.all(subscribers);
 for (const m of members) {

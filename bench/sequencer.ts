@@ -8,8 +8,7 @@
  *
  * The sequencer runs in this thread; the members (senders and subscribers) in a worker thread.
  */
-import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { cpus, freemem, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { Worker } from "node:worker_threads";
@@ -22,39 +21,15 @@ import { sequencerServiceRoutes } from "../src/sequencer/sequencer-service.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
 import { runMigrations } from "../src/storage/migrations.ts";
 import { createPgDb } from "../src/storage/pg-db.ts";
+import { pgbenchInserts } from "./pgbench-baseline.ts";
 import type { LoadResult, LoadSettings } from "./sequencer-load.ts";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 15);
 const WARMUP_SECONDS = Number(process.env.BENCH_WARMUP_SECONDS ?? 3);
 const SENDERS = (process.env.BENCH_SENDERS ?? "64,256,1024").split(",").map(Number);
-const BASELINE_SECONDS = Number(process.env.BENCH_BASELINE_SECONDS ?? 10);
 
 const base = mkdtempSync(join(tmpdir(), "lockstep-bench-"));
 const pg = new LocalPostgres({ dir: join(base, "postgres"), fsync: true });
-
-/** Single-row INSERT commits per second: pgbench, one client, autocommit, same cluster. */
-function pgbenchInserts(database: string, port: number): number {
-  const pgbench = join(pg.binaries.binDir, "pgbench");
-  const script = join(base, "insert.sql");
-  writeFileSync(script, "INSERT INTO bench_insert (v) VALUES (1);\n");
-  const out = execFileSync(
-    existsSync(pgbench) ? pgbench : "pgbench",
-    ["-n", "-c", "1", "-j", "1", "-T", String(BASELINE_SECONDS), "-f", script],
-    {
-      encoding: "utf8",
-      env: {
-        ...process.env,
-        PGHOST: "127.0.0.1",
-        PGPORT: String(port),
-        PGUSER: "postgres",
-        PGDATABASE: database,
-      },
-    },
-  );
-  const tps = /tps = ([\d.]+) \(without initial connection time\)/.exec(out)?.[1];
-  if (!tps) throw new Error(`cannot read pgbench output:\n${out}`);
-  return Number(tps);
-}
 
 function runLoad(settings: LoadSettings, onWindow: (edge: "start" | "end") => void): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
@@ -76,7 +51,6 @@ try {
   const { port } = await pg.start();
   await pg.ensureDatabase("baseline");
   const admin = createPgDb({ connectionString: pg.connectionUrl("baseline"), max: 1 });
-  await admin.execute("CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, v int)");
   const settings = await admin.query<{ name: string; setting: string }>(
     "SELECT name, setting FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'server_version')",
   );
@@ -86,7 +60,12 @@ try {
     `machine: ${cpus().length} cpus (${cpus()[0]?.model}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB (${(freemem() / 2 ** 30).toFixed(1)} free)`,
   );
 
-  const insertsPerSecond = pgbenchInserts("baseline", port);
+  const insertsPerSecond = pgbenchInserts({
+    binDir: pg.binaries.binDir,
+    port,
+    database: "baseline",
+    workDir: base,
+  });
   console.log(
     `baseline: pgbench, 1 client, one-row INSERT per transaction: ${insertsPerSecond.toFixed(0)} commits/s`,
   );

@@ -63,7 +63,7 @@ async function runAppHook(command: string, setId: string, setDir: string): Promi
 }
 
 /**
- * `lockstep backup create` (DESIGN §4.3): app hook first, then participants and mediators in
+ * `lockstep backup create` (docs/design.md §4.3): app hook first, then participants and mediators in
  * parallel, then the sequencer last, then the order check; the manifest is written last. On any
  * failure the set's folder is removed (a crash leaves it without manifest: never listed, cleaned later).
  */
@@ -130,7 +130,7 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
       const members = options.nodes.filter((n) => n.kind !== "sequencer");
       const sequencers = options.nodes.filter((n) => n.kind === "sequencer");
       nodes = await Promise.all(members.map((n) => dump(n)));
-      // The sequencer last: everything the members processed is then in its dump (DESIGN §4.3), and
+      // The sequencer last: everything the members processed is then in its dump (docs/design.md §4.3), and
       // its side of the order check is read in its own snapshot.
       const memberNodes = [...nodes];
       for (const s of sequencers) nodes.push(await dump(s, memberNodes));

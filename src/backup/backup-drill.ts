@@ -14,7 +14,7 @@ import { LocalPostgres } from "../storage/local-postgres.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import type { BackupRepository } from "./backup-repository.ts";
-import { canonicalJson, type Manifest, type NodeBackup } from "./manifest.ts";
+import { type Manifest, manifestJson, type NodeBackup } from "./manifest.ts";
 import { readNodeSnapshotInfo } from "./node-position.ts";
 
 export interface DrillOptions {
@@ -104,7 +104,7 @@ async function checkMemberNode(
       const stored = await allActiveContracts(q);
       const want = [...recomputed.keys()].sort();
       const have = stored.map((c) => c.contractId).sort();
-      if (canonicalJson(want) !== canonicalJson(have)) {
+      if (manifestJson(want) !== manifestJson(have)) {
         const missing = want.filter((id) => !have.includes(id));
         const extra = have.filter((id) => !want.includes(id));
         problems.push(
@@ -151,7 +151,7 @@ async function checkSequencer(
 }
 
 /**
- * The restore drill (DESIGN §4.6): each node of the set restored into a scratch database of the
+ * The restore drill (docs/design.md §4.6): each node of the set restored into a scratch database of the
  * local embedded cluster, checked (identity and position = manifest, event chains, participant ACS =
  * ACS recomputed from its updates), then dropped.
  */
@@ -192,7 +192,7 @@ export async function drillSet(options: DrillOptions): Promise<DrillResult> {
         }
         const problems: string[] = [];
         const same = (what: string, a: unknown, b: unknown) => {
-          if (canonicalJson(a) !== canonicalJson(b))
+          if (manifestJson(a) !== manifestJson(b))
             problems.push(`${node.name}: restored ${what} differs from the manifest`);
         };
         same("position", info.position, node.position);

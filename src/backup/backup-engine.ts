@@ -40,7 +40,7 @@ export interface RestoreOptions {
   onProgress?: (line: string) => void;
 }
 
-/** A way to take and restore a node's database (pg_dump now; basebackup/pgBackRest later, DESIGN §4.6). */
+/** A way to take and restore a node's database (pg_dump now; basebackup/pgBackRest later, docs/design.md §4.6). */
 export interface BackupEngine {
   readonly name: string;
   dump(request: DumpRequest): Promise<DumpResult>;

@@ -8,7 +8,7 @@ import {
 import type { Manifest, NodeBackup } from "./manifest.ts";
 
 /**
- * The backup side of retention holds (DESIGN §2, §4.6): a retained set's participants and mediators
+ * The backup side of retention holds (docs/design.md §2, §4.6): a retained set's participants and mediators
  * must stay restorable against the live sequencer, so every set registers, at the sequencer, a hold
  * per member position it contains; expiring the set releases them.
  */

@@ -5,6 +5,7 @@ import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { LockstepError } from "../common/errors.ts";
 import { type Logger, silentLogger } from "../common/logging.ts";
+import { isAlive } from "../storage/server-process.ts";
 import {
   artifactName,
   type BackupFormat,
@@ -69,15 +70,6 @@ export async function fsyncDir(dir: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM";
   }
 }
 

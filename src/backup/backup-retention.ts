@@ -24,7 +24,7 @@ export function disqualification(set: SetSummary, configNodes: readonly string[]
 }
 
 /**
- * Which sets `backup expire --keep N` keeps, newest first, with the reason for each (DESIGN §4.6):
+ * Which sets `backup expire --keep N` keeps, newest first, with the reason for each (docs/design.md §4.6):
  * the newest N, and always the newest set that could restore the whole network (complete, safe by
  * the chain-hash order check, not failed verification), even beyond N: that is the set a disaster
  * needs. Pure, for --dry-run.

@@ -69,7 +69,7 @@ export async function checkFiles(
 }
 
 /**
- * `lockstep backup verify SET [--drill]` (DESIGN §4.6): the manifest's checksum (on read), every
+ * `lockstep backup verify SET [--drill]` (docs/design.md §4.6): the manifest's checksum (on read), every
  * file's size and SHA-256, `pg_restore --list` of every artifact, and with --drill a restore of
  * each node into a scratch database with ledger invariant checks. The result is recorded beside
  * the manifest (verification.json); a failure throws BACKUP_CORRUPTED / BACKUP_DRILL_FAILED naming what broke.

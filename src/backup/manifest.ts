@@ -1,8 +1,9 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
+import { canonicalJson } from "../common/canonical-json.ts";
 
 /**
- * The manifest of a backup set (DESIGN.md §4.1): what each node's artifact holds and where the
+ * The manifest of a backup set (docs/design.md §4.1): what each node's artifact holds and where the
  * node stood when it was taken. Written last and atomically by the repository; never changed
  * afterwards (verification results live beside it in verification.json). int64 values
  * (timestamps in micros, offsets, epochs, byte counts) are decimal strings, as in the CLI's JSON.
@@ -120,7 +121,7 @@ export const manifestSchema = z.object({
   id: z.string().min(1),
   lockstepVersion: z.string(),
   synchronizerId: z.string(),
-  /** ordered: DESIGN §4.3 order; quiesced: sequencer intake paused, all dumped in parallel. */
+  /** ordered: docs/design.md §4.3 order; quiesced: sequencer intake paused, all dumped in parallel. */
   mode: z.enum(["ordered", "quiesced"]),
   startedAt: isoTime,
   finishedAt: isoTime,
@@ -145,20 +146,18 @@ export const manifestSchema = z.object({
 export type Manifest = z.infer<typeof manifestSchema>;
 export type UnsignedManifest = Omit<Manifest, "checksum">;
 
-/** JSON with object keys sorted at every level: the same manifest always hashes the same. */
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== "object") return JSON.stringify(value);
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  const entries = Object.entries(value as Record<string, unknown>)
-    .filter(([, v]) => v !== undefined)
-    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
+/**
+ * The manifest's canonical JSON (common/canonical-json.ts): the same manifest always hashes the
+ * same. Its numbers are integers (int64 values are decimal strings): safe integers only.
+ */
+export function manifestJson(value: unknown): string {
+  return canonicalJson(value, "safe-integer");
 }
 
 /** The checksum of a manifest: SHA-256 (hex) of the canonical JSON of all fields but `checksum`. */
 export function manifestChecksum(manifest: UnsignedManifest | Manifest): string {
   const { checksum: _ignored, ...rest } = manifest as Manifest;
-  return createHash("sha256").update(canonicalJson(rest), "utf8").digest("hex");
+  return createHash("sha256").update(manifestJson(rest), "utf8").digest("hex");
 }
 
 export function sealManifest(manifest: UnsignedManifest): Manifest {

@@ -28,7 +28,7 @@ function mib(bytes: bigint): string {
 }
 
 /**
- * Dumps one node's database with its position read in the same snapshot (DESIGN §4.2): a
+ * Dumps one node's database with its position read in the same snapshot (docs/design.md §4.2): a
  * REPEATABLE READ transaction on a dedicated session exports its snapshot, the position is read
  * in it, and pg_dump --snapshot runs while the transaction stays open.
  */

@@ -15,7 +15,7 @@ export interface MemberLookup {
   timestamp: string;
 }
 
-/** What the manifest records about a node, read in the dump's snapshot (DESIGN §4.2). */
+/** What the manifest records about a node, read in the dump's snapshot (docs/design.md §4.2). */
 export interface NodeSnapshotInfo {
   nodeName: string;
   kind: NodeKind;
@@ -89,7 +89,7 @@ export async function sequencerPosition(q: Queryable): Promise<SequencerPosition
 }
 
 /**
- * The sequencer's event for each member at the given timestamp (DESIGN §4.3): its chain hash from
+ * The sequencer's event for each member at the given timestamp (docs/design.md §4.3): its chain hash from
  * the member's delivery, or from the member's chain head when that is the event (pruning keeps
  * heads). In the sequencer's snapshot, so it describes exactly what the dump holds.
  */

@@ -20,7 +20,7 @@ export function memberLookups(nodes: readonly NodeBackup[]): MemberLookup[] {
 }
 
 /**
- * The members of `nodes` whose history is not a prefix of the sequencer's (DESIGN §4.3): the
+ * The members of `nodes` whose history is not a prefix of the sequencer's (docs/design.md §4.3): the
  * sequencer must hold, for the member, an event at the member's last stored timestamp with the same
  * chain hash. Timestamps alone are not enough: a synchronizer restored behind the members sends new
  * events at later timestamps, and a member ahead of it then looks "behind the head" while forked.

@@ -76,7 +76,7 @@ function redact(url: string): string {
 }
 
 /**
- * pg_dump / pg_restore of PostgreSQL 15 (DESIGN §4.2). Archive formats are streamed from pg_dump's
+ * pg_dump / pg_restore of PostgreSQL 15 (docs/design.md §4.2). Archive formats are streamed from pg_dump's
  * stdout to the artifact through a SHA-256, so memory stays flat whatever the database size; the
  * directory format is written by pg_dump itself (in parallel with --jobs) and hashed file by file after.
  */

@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
@@ -13,7 +14,7 @@ export interface QuiesceOptions {
 }
 
 /**
- * `backup create --quiesce` (DESIGN §4.3): pauses the sequencer's intake, waits until each
+ * `backup create --quiesce` (docs/design.md §4.3): pauses the sequencer's intake, waits until each
  * participant/mediator has processed everything the sequencer delivered to it (clean = its last
  * delivered), and returns the function that resumes intake. The pause is a lease renewed while the
  * dumps run, so a killed CLI leaves the sequencer paused for at most the lease.
@@ -71,7 +72,7 @@ async function waitUntilClean(
       progress(`every node is clean at the head ${status.headTimestamp ?? "-"}`);
       return;
     }
-    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    await sleep(POLL_MS);
   }
   throw new LockstepError("BACKUP_QUIESCE_TIMEOUT", {
     timeout: `${timeoutMs / 1000}s`,

@@ -32,7 +32,7 @@ export interface RestoredNode {
   writerEpoch: string | null;
   /** The epoch was stamped without the sequencer's record; the node raises it on start. */
   epochUnverified: boolean;
-  /** A participant recovers its deduplication state after start (DESIGN §4.5). */
+  /** A participant recovers its deduplication state after start (docs/design.md §4.5). */
   deduplicationRecovery: boolean;
   /** The window's anchor in sequencer time (null: the node fixes it after it starts). */
   anchor: string | null;
@@ -44,7 +44,7 @@ export interface RestoredNode {
 }
 
 /**
- * `restore apply` (DESIGN §4.4) for a plan whose checks passed (or were forced): per node, in the
+ * `restore apply` (docs/design.md §4.4) for a plan whose checks passed (or were forced): per node, in the
  * order sequencer → mediator → participants, pg_restore into a staging database, bring its schema
  * up to this build, stamp a new incarnation and a recovery record, and rename it into place, the
  * replaced database renamed aside and kept (the way back) in the same transaction. The node's own
@@ -193,7 +193,7 @@ interface Anchor {
 const NO_ANCHOR: Anchor = { anchor: null, source: null, expectedEnd: null };
 
 /**
- * The deduplication window's anchor in sequencer time (DESIGN §4.5): the restored sequencer's head,
+ * The deduplication window's anchor in sequencer time (docs/design.md §4.5): the restored sequencer's head,
  * else the live sequencer's time (its clock now, never below its head) with expected end = that +
  * tolerance (topology at that time), else
  * none: the node anchors on the first time proof it gets back after it starts. Never a host's clock.
@@ -238,7 +238,7 @@ async function sequencerAnchor(
 
 /**
  * The writer epoch the sequencer last saw from the member: the restored node must start above it,
- * else the sequencer refuses it as a stale writer (DESIGN §3). From the sequencer this apply
+ * else the sequencer refuses it as a stale writer (docs/design.md §3). From the sequencer this apply
  * restored, or the live one. When neither is known, the backup's own epoch, marked unverified: the
  * node raises it above the sequencer's record when it starts (no guessed margin).
  */

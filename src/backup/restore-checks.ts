@@ -4,7 +4,7 @@ import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Client } from "@connectrpc/connect";
 import type { ErrorCodeName } from "../common/error-codes.ts";
-import { LockstepError } from "../common/errors.ts";
+import { LockstepError, type MetadataFor } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
 import type {
   GetSequencerStatusResponse,
@@ -15,7 +15,7 @@ import type { Manifest, NodeBackup } from "./manifest.ts";
 
 export type Verdict = "pass" | "warn" | "refuse";
 
-/** One preflight check of DESIGN §4.4 for one node (CLI.md `restore plan` JSON). */
+/** One preflight check of docs/design.md §4.4 for one node (docs/cli.md `restore plan` JSON). */
 export interface RestoreCheck {
   node: string;
   check: string;
@@ -48,15 +48,16 @@ export function passed(node: string, check: string, message: string): RestoreChe
   return { node, check, verdict: "pass", code: null, message, remedy: null };
 }
 
-export function failed(
+export function failed<C extends ErrorCodeName>(
   node: string,
   check: string,
   verdict: Exclude<Verdict, "pass">,
-  code: ErrorCodeName,
-  metadata: Record<string, unknown>,
+  code: C,
+  metadata: MetadataFor<C>,
   message?: string,
 ): RestoreCheck {
-  const error = new LockstepError(code, metadata);
+  // The keys were checked against C at the call; the constructor cannot see through a type parameter.
+  const error = new LockstepError<ErrorCodeName>(code, metadata);
   return { node, check, verdict, code, message: message ?? error.message, remedy: error.remedy };
 }
 
@@ -90,7 +91,7 @@ export async function checkChecksums(setDir: string, set: string, node: NodeBack
 }
 
 /**
- * DESIGN §4.3: restored together with the set's own sequencer, a member must be a prefix of that
+ * docs/design.md §4.3: restored together with the set's own sequencer, a member must be a prefix of that
  * sequencer's history (the set's order check, on chain hashes). Restored against the live
  * sequencer, the set's sequencer (if any) does not matter: the live `sequencer-fork` check decides,
  * never an older set's sequencer. A refusal is overridable by `--force order`.
@@ -155,16 +156,17 @@ export async function checkAgainstSequencer(
 ): Promise<RestoreCheck[]> {
   if (node.kind === "sequencer") return [];
   const name = node.name;
-  if (!node.member) {
+  const member = node.member;
+  if (!member) {
     return [passed(name, "sequencer-events", "the node never registered: it registers anew on start")];
   }
   const last = node.position.lastStored;
   const at = last ? BigInt(last.timestamp) : 0n;
-  const info = await rpc.getMemberEvent({ member: node.member, timestamp: at }, { timeoutMs: 10_000 });
+  const info = await rpc.getMemberEvent({ member, timestamp: at }, { timeoutMs: 10_000 });
   const unavailable = (reason: string) =>
     failed(name, "sequencer-events", "refuse", "EVENTS_UNAVAILABLE_FOR_TIMESTAMP", {
       timestamp: last?.timestamp ?? "its registration",
-      member: node.member,
+      member,
       reason,
     });
   if (info.registeredAt === undefined) {
@@ -195,7 +197,7 @@ export async function checkAgainstSequencer(
     {
       timestamp: last.timestamp,
       storedHash: last.chainHash.slice(0, 16),
-      receivedHash: received?.slice(0, 16),
+      receivedHash: received?.slice(0, 16) ?? "none",
     },
     received === null
       ? `fork predicted: the sequencer has no event for ${node.member} at ${last.timestamp} (its last is ${info.lastDelivered ?? "none"}): it is behind the backup`

@@ -71,7 +71,7 @@ async function answers(probe: () => Promise<unknown>): Promise<boolean> {
   }
 }
 
-/** DESIGN §4.4 preflight: every check of every selected node, nothing changed (but the embedded cluster started). */
+/** docs/design.md §4.4 preflight: every check of every selected node, nothing changed (but the embedded cluster started). */
 export async function planRestore(options: RestorePlanOptions): Promise<RestorePlan> {
   const { config, set, logger } = options;
   const repository = new BackupRepository(config.backup.repository, logger);

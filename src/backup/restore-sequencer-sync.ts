@@ -24,7 +24,7 @@ function restoredMembers(plan: RestorePlan): { name: string; member: string; tim
 }
 
 /**
- * After the databases are in place, before any restored node starts (DESIGN §2): the sequencer the
+ * After the databases are in place, before any restored node starts (docs/design.md §2): the sequencer the
  * restored members will meet must keep everything they will ask for. A restored member goes back
  * behind its own acknowledgement, so its acknowledgement is lowered to the restored position; a
  * restored sequencer also gets the retention holds of every set in the repository (its dump

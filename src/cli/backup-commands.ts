@@ -28,7 +28,7 @@ function mib(bytes: string | bigint): string {
   return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
 }
 
-/** One set in CLI.md's `backup list --json` shape (plus orderCheck, unsafe and the live sequencer's view). */
+/** One set in docs/cli.md's `backup list --json` shape (plus orderCheck, unsafe and the live sequencer's view). */
 export function listEntry(set: SetSummary, live?: GetSequencerStatusResponse) {
   const v = set.verification;
   const until = withinRetentionUntil(set.manifest, live);
@@ -68,7 +68,7 @@ function restorable(s: ReturnType<typeof listEntry>): string {
   return `${s.hold === "held" ? "held" : "NO HOLD"}${until}`;
 }
 
-/** `lockstep backup create | list | verify | expire` (CLI.md; DESIGN §4.1–4.3, §4.6). */
+/** `lockstep backup create | list | verify | expire` (docs/cli.md; docs/design.md §4.1–4.3, §4.6). */
 export function registerBackupCommands(program: Command): void {
   const backup = program.command("backup").description("take, list, verify and expire backup sets");
 

@@ -21,7 +21,7 @@ export function outputFor(command: Command): Output {
   return new Output(Boolean(globalOptions(command).json));
 }
 
-/** The config per CLI.md: --config FILE, else $LOCKSTEP_CONFIG, else ./lockstep.yaml. */
+/** The config per docs/cli.md: --config FILE, else $LOCKSTEP_CONFIG, else ./lockstep.yaml. */
 export function loadCliConfig(command: Command): Promise<LoadedConfig> {
   const path = globalOptions(command).config ?? process.env.LOCKSTEP_CONFIG ?? "lockstep.yaml";
   return loadConfig({ path: resolve(path) });

@@ -2,9 +2,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Command } from "commander";
+import { LockstepError } from "../common/errors.ts";
 import { outputFor, prepareDataDir } from "./cli-context.ts";
 import { DemoStory } from "./demo-story.ts";
-import { table } from "./output.ts";
+import { alreadyReported, table } from "./output.ts";
 
 /**
  * `lockstep demo` (and `npm start`): the backup/restore story on an embedded database, each step
@@ -34,6 +35,14 @@ export function registerDemoCommand(program: Command): void {
           ok ? "demo: every check passed" : `demo: FAILED (data kept in ${dataDir})`,
         ].join("\n"),
       );
-      if (!ok) process.exitCode = 1;
+      if (!ok) {
+        // A failed step is a guarantee the product did not keep: internal (exit 1), already printed.
+        const failedSteps = story.steps.filter((s) => !s.ok).map((s) => s.step);
+        throw alreadyReported(
+          new LockstepError("INTERNAL_ERROR", {
+            details: `demo failed at ${failedSteps.join(", ") || "setup"}; data kept in ${dataDir}`,
+          }),
+        );
+      }
     });
 }

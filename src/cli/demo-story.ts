@@ -1,14 +1,15 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { DescService } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import { stringify } from "yaml";
 import { fromConnectError } from "../common/connect-errors.ts";
+import { freePort } from "../common/loopback.ts";
 import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
 import { CommandService } from "../gen/lockstep/ledger/v1/command_service_pb.ts";
 import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_management_service_pb.ts";
 import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
-import { freePort } from "../node/free-port.ts";
 import { embeddedClusterDir } from "../node/node-database.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
 import type { Output } from "./output.ts";
@@ -33,7 +34,7 @@ function clients(port: number) {
 }
 
 /**
- * The whole backup/restore story on an embedded database (CLI.md `lockstep demo`): every step runs
+ * The whole backup/restore story on an embedded database (docs/cli.md `lockstep demo`): every step runs
  * the real operator commands (`lockstep up/backup/restore/node … --json` as subprocesses) or the real
  * Ledger API, and states what it proves. The verdict is ok only if every step passed.
  */
@@ -69,7 +70,7 @@ export class DemoStory {
     if (r.code !== expectCode) {
       const error = (r.json?.error as { code?: string; message?: string } | undefined) ?? {};
       throw new Error(
-        `lockstep ${args.join(" ")} exited ${r.code}: ${error.code ?? ""} ${error.message ?? r.stderr.slice(-400)}`,
+        `lockstep ${args.join(" ")} ${r.signal ? `was killed by ${r.signal}` : `exited ${r.code}`}: ${error.code ?? ""} ${error.message ?? r.stderr.slice(-400)}`,
       );
     }
     return r.json ?? {};
@@ -232,7 +233,7 @@ export class DemoStory {
             const code = fromConnectError(error)?.code;
             if (code !== "DEDUPLICATION_STATE_RECOVERING" || Date.now() > deadline) throw error;
             refusals++;
-            await new Promise((r) => setTimeout(r, 1000));
+            await sleep(1000);
           }
         }
         if (refusals === 0) throw new Error("the first submission after the restore was not refused");

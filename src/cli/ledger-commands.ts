@@ -14,10 +14,10 @@ import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
 import { findNode, loadCliConfig, outputFor } from "./cli-context.ts";
 import { table } from "./output.ts";
 
-/** CLI.md: `ledger submit --user-id` defaults to this. */
+/** docs/cli.md: `ledger submit --user-id` defaults to this. */
 export const DEFAULT_CLI_USER_ID = "lockstep-cli";
 
-/** A contract as `ledger acs --json` prints it (CLI.md). */
+/** A contract as `ledger acs --json` prints it (docs/cli.md). */
 export interface AcsContractJson {
   contractId: string;
   template: string;

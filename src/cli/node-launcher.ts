@@ -1,8 +1,10 @@
 import { spawn } from "node:child_process";
 import { openSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { ERRORS } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
+import { nodeBaseUrl } from "../common/rpc-client.ts";
 import { isAlive, logTail, processFiles } from "../node/process-files.ts";
 import { LOCKSTEP_BIN } from "./self-process.ts";
 
@@ -56,7 +58,7 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
     if (role === "active" || role === "passive" || role === "failed") {
       return { name: request.name, replica: request.replica, pid, port: request.port, role, logFile };
     }
-    await new Promise((r) => setTimeout(r, 200));
+    await sleep(200);
   }
   throw new LockstepError("NODE_START_FAILED", {
     node: request.name,
@@ -67,7 +69,7 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
 
 async function healthRole(port: number): Promise<string | undefined> {
   try {
-    const response = await fetch(`http://127.0.0.1:${port}/health`, { signal: AbortSignal.timeout(1000) });
+    const response = await fetch(`${nodeBaseUrl(port)}/health`, { signal: AbortSignal.timeout(1000) });
     const body = (await response.json()) as { status?: string };
     return body.status;
   } catch {
@@ -83,7 +85,7 @@ function startFailure(name: string, logFile: string): LockstepError {
     try {
       const { error } = JSON.parse(line) as { error: { code: string; metadata?: Record<string, string> } };
       if (ERRORS.has(error.code as ErrorCodeName))
-        return new LockstepError(error.code as ErrorCodeName, error.metadata);
+        return new LockstepError(error.code as ErrorCodeName, error.metadata ?? {});
     } catch {
       // not our line
     }

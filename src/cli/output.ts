@@ -1,8 +1,8 @@
 import type { ErrorJson } from "../common/errors.ts";
-import { toLockstepError } from "../common/errors.ts";
+import { LockstepError, toLockstepError } from "../common/errors.ts";
 
 /**
- * CLI output per CLI.md: with --json one JSON document on stdout and nothing else; human text
+ * CLI output per docs/cli.md: with --json one JSON document on stdout and nothing else; human text
  * and progress go to stderr, results to stdout. int64 values are written as strings.
  */
 export class Output {
@@ -19,7 +19,7 @@ export class Output {
     process.stderr.write(ensureNewline(line));
   }
 
-  /** Prints the failure and returns the exit code CLI.md prescribes. */
+  /** Prints the failure and returns the exit code docs/cli.md prescribes. */
   failure(error: unknown): number {
     const e = toLockstepError(error);
     const body: { error: ErrorJson } = {
@@ -38,6 +38,22 @@ export class Output {
     }
     return e.exitCode;
   }
+}
+
+const reportedErrors = new WeakSet<LockstepError>();
+
+/**
+ * For a command that printed its own outcome before failing (a refused restore plan's JSON, a
+ * failed demo's steps): returns the error to throw. runCli then exits with the error's exit code
+ * (its category decides, as for every failure) and prints nothing more.
+ */
+export function alreadyReported(error: LockstepError): LockstepError {
+  reportedErrors.add(error);
+  return error;
+}
+
+export function wasReported(error: unknown): error is LockstepError {
+  return error instanceof LockstepError && reportedErrors.has(error);
 }
 
 export function jsonReplacer(_key: string, value: unknown): unknown {

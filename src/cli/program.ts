@@ -8,7 +8,7 @@ import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
 import { registerLedgerCommands } from "./ledger-commands.ts";
 import { registerNodeCommands } from "./node-commands.ts";
-import { Output } from "./output.ts";
+import { Output, wasReported } from "./output.ts";
 import { registerRestoreCommands } from "./restore-commands.ts";
 import { registerSequencerCommands } from "./sequencer-commands.ts";
 import { registerStatusCommand } from "./status-command.ts";
@@ -41,14 +41,16 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Runs the CLI and returns the exit code of CLI.md: 0 done, 1 failed, 2 usage/config, 3 refused by a safety check. */
+/** Runs the CLI and returns the exit code of docs/cli.md: 0 done, 1 failed, 2 usage/config, 3 refused by a safety check. */
 export async function runCli(argv: string[]): Promise<number> {
   const program = buildProgram();
   const json = argv.includes("--json");
   try {
     await program.parseAsync(argv, { from: "user" });
-    return typeof process.exitCode === "number" ? process.exitCode : 0;
+    return 0;
   } catch (error) {
+    // The one place an exit code is decided: from the error's category (LockstepError.exitCode).
+    if (wasReported(error)) return error.exitCode;
     if (error instanceof CommanderError) {
       if (error.code === "commander.helpDisplayed" || error.code === "commander.version") return 0;
       if (error.code === "commander.help") return 0;

@@ -9,7 +9,7 @@ import { configNodes } from "../common/config-schema.ts";
 import { isLockstepError, LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
-import { table } from "./output.ts";
+import { alreadyReported, table } from "./output.ts";
 
 interface RestoreOptions {
   nodes?: string;
@@ -32,7 +32,7 @@ function nodeNames(opts: RestoreOptions): string[] | undefined {
   return names && names.length > 0 ? names : undefined;
 }
 
-/** CLI.md's `restore plan` JSON. */
+/** docs/cli.md's `restore plan` JSON. */
 function planJson(plan: RestorePlan) {
   return {
     set: plan.set,
@@ -74,12 +74,12 @@ function planText(plan: RestorePlan): string {
 
 /**
  * planRestore, with a manifest that does not verify reported as the refused `manifest` check
- * (exit 3) rather than a failure: it is the first preflight check of DESIGN §4.4.
+ * (RESTORE_REFUSED, exit 3) rather than a failure: it is the first preflight check of docs/design.md §4.4.
  */
 async function planOrRefusal(
   options: Parameters<typeof planRestore>[0],
   out: ReturnType<typeof outputFor>,
-): Promise<RestorePlan | undefined> {
+): Promise<RestorePlan> {
   try {
     return await planRestore(options);
   } catch (error) {
@@ -97,9 +97,22 @@ async function planOrRefusal(
       () =>
         `restore plan for backup set ${options.set}: REFUSED\nmanifest: ${error.message}\n  remedy: ${error.remedy}`,
     );
-    process.exitCode = 3;
-    return undefined;
+    throw alreadyReported(refusal(options.set, [check], error));
   }
+}
+
+/** RESTORE_REFUSED naming the refused checks (safety: exit 3). */
+function refusal(
+  set: string,
+  checks: readonly { node: string; check: string; verdict: string; code: string | null }[],
+  cause?: unknown,
+): LockstepError {
+  const refused = checks.filter((c) => c.verdict === "refuse");
+  return new LockstepError(
+    "RESTORE_REFUSED",
+    { set, checks: refused.map((c) => `${c.node}:${c.check} (${c.code})`).join(", ") },
+    { cause },
+  );
 }
 
 async function confirm(question: string): Promise<boolean> {
@@ -126,7 +139,7 @@ export function keptText(kept: readonly NodeKeptDatabase[]): string {
   ].join("\n");
 }
 
-/** `lockstep restore plan | apply | drop-kept` (CLI.md; DESIGN §4.4). */
+/** `lockstep restore plan | apply | drop-kept` (docs/cli.md; docs/design.md §4.4). */
 export function registerRestoreCommands(program: Command): void {
   const restore = program.command("restore").description("restore nodes from a backup set, safely");
 
@@ -155,9 +168,8 @@ export function registerRestoreCommands(program: Command): void {
         },
         out,
       );
-      if (!plan) return;
       out.result(planJson(plan), () => planText(plan));
-      if (!plan.ok) process.exitCode = 3;
+      if (!plan.ok) throw alreadyReported(refusal(set, plan.checks));
     });
 
   restore
@@ -186,18 +198,12 @@ export function registerRestoreCommands(program: Command): void {
         { config, set, nodes: nodeNames(opts), replace: opts.replace, force: opts.force, logger },
         out,
       );
-      if (!plan) return;
       if (!out.json) out.info(planText(plan));
       if (!plan.ok) {
-        const refused = plan.checks.filter((c) => c.verdict === "refuse");
-        const error = new LockstepError("RESTORE_REFUSED", {
-          set,
-          checks: refused.map((c) => `${c.node}:${c.check} (${c.code})`).join(", "),
-        });
+        const error = refusal(set, plan.checks);
         if (out.json) out.result({ ...planJson(plan), error: error.toJSON() }, () => "");
         else out.info(`error ${error.code}: ${error.message}\n  remedy: ${error.remedy}`);
-        process.exitCode = 3;
-        return;
+        throw alreadyReported(error);
       }
       for (const f of plan.forced) out.info(`WARNING: --force overrides the refused check ${f}; recorded`);
       const todo = plan.nodes.filter((n) => !n.alreadyRestored);

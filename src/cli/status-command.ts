@@ -8,7 +8,7 @@ import { loadCliConfig, outputFor } from "./cli-context.ts";
 import { table } from "./output.ts";
 import { keptText } from "./restore-commands.ts";
 
-/** One node's status in CLI.md's `status --json` shape. */
+/** One node's status in docs/cli.md's `status --json` shape. */
 export interface NodeStatusJson {
   name: string;
   kind: string;

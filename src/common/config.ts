@@ -244,7 +244,7 @@ function setIn(root: Json, path: Segment[], value: unknown, issues: ConfigIssue[
   return true;
 }
 
-/** The built-in example network of CLI.md, used by `lockstep demo`. */
+/** The built-in example network of docs/cli.md, used by `lockstep demo`. */
 export function exampleConfig(
   dataDir: string,
   ports: { sequencer?: number; mediator?: number; participants?: number[] } = {},

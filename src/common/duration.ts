@@ -1,4 +1,4 @@
-/** Durations as operators write them (CLI.md): `500ms`, `30s`, `5m`, `2h`, `7d`. Values are milliseconds. */
+/** Durations as operators write them (docs/cli.md): `500ms`, `30s`, `5m`, `2h`, `7d`. Values are milliseconds. */
 const UNITS: Record<string, number> = { ms: 1, s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
 

@@ -1,7 +1,7 @@
 import { Code } from "@connectrpc/connect";
 
 /**
- * What kind of failure an error is. The CLI derives its exit code from it (CLI.md "Exit codes"):
+ * What kind of failure an error is. The CLI derives its exit code from it (docs/cli.md "Exit codes"):
  * usage/config → 2, safety → 3, everything else → 1.
  */
 export type ErrorCategory =
@@ -24,14 +24,16 @@ export interface ErrorDefinition {
   readonly remedy: string;
 }
 
-function def<const C extends string>(
+// The templates keep their literal types: errors.ts derives from them the metadata keys each code
+// needs, so a missing key is a compile error rather than `{key}` shown to an operator.
+function def<const C extends string, const M extends string, const R extends string>(
   code: C,
   grpc: Code,
   category: ErrorCategory,
   retryable: boolean,
-  message: string,
-  remedy: string,
-): ErrorDefinition & { code: C } {
+  message: M,
+  remedy: R,
+): ErrorDefinition & { code: C; message: M; remedy: R } {
   return { code, grpc, category, retryable, message, remedy };
 }
 
@@ -682,6 +684,18 @@ export const ERROR_DEFINITIONS = [
 ] as const;
 
 export type ErrorCodeName = (typeof ERROR_DEFINITIONS)[number]["code"];
+
+/** The `{key}`s of a template, as a union of string literals. */
+type TemplateKeys<T extends string> = T extends `${string}{${infer K}}${infer Rest}`
+  ? K | TemplateKeys<Rest>
+  : never;
+
+type DefinitionOf<C extends ErrorCodeName> = Extract<(typeof ERROR_DEFINITIONS)[number], { code: C }>;
+
+/** The metadata keys that code C's message and remedy templates use. */
+export type ErrorTemplateKeys<C extends ErrorCodeName> =
+  | TemplateKeys<DefinitionOf<C>["message"]>
+  | TemplateKeys<DefinitionOf<C>["remedy"]>;
 
 export const ERRORS: ReadonlyMap<ErrorCodeName, ErrorDefinition> = new Map(
   ERROR_DEFINITIONS.map((d) => [d.code, d]),

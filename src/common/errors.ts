@@ -1,7 +1,26 @@
 import type { Code } from "@connectrpc/connect";
-import { ERRORS, type ErrorCategory, type ErrorCodeName } from "./error-codes.ts";
+import { ERRORS, type ErrorCategory, type ErrorCodeName, type ErrorTemplateKeys } from "./error-codes.ts";
 
 export type ErrorMetadata = Record<string, string>;
+
+/** A value that fills a `{key}` (String(value)); undefined would leave `{key}` in the text. */
+export type MetadataValue = string | number | bigint | boolean;
+
+/**
+ * The metadata `new LockstepError(code, …)` takes: every key the code's templates use, plus any
+ * others (for a union of codes, every key of each). Any record for a code only known at run time
+ * (ErrorCodeName itself, e.g. an error rebuilt from the wire): its metadata was filled where the
+ * error was raised.
+ */
+export type MetadataFor<C extends ErrorCodeName> = ErrorCodeName extends C
+  ? Record<string, unknown>
+  : { [K in ErrorTemplateKeys<C>]: MetadataValue } & Record<string, unknown>;
+
+type ErrorArgs<C extends ErrorCodeName> = ErrorCodeName extends C
+  ? [metadata?: MetadataFor<C>, options?: { cause?: unknown }]
+  : [ErrorTemplateKeys<C>] extends [never]
+    ? [metadata?: MetadataFor<C>, options?: { cause?: unknown }]
+    : [metadata: MetadataFor<C>, options?: { cause?: unknown }];
 
 function fill(template: string, metadata: ErrorMetadata): string {
   return template.replace(/\{(\w+)\}/g, (whole, key: string) => metadata[key] ?? whole);
@@ -20,16 +39,17 @@ export interface ErrorJson {
  * Every error Lockstep reports on purpose. Fields come from the registry in error-codes.ts;
  * `metadata` fills the message and remedy templates and travels to clients unchanged.
  */
-export class LockstepError extends Error {
+export class LockstepError<C extends ErrorCodeName = ErrorCodeName> extends Error {
   override readonly name = "LockstepError";
-  readonly code: ErrorCodeName;
+  readonly code: C;
   readonly grpc: Code;
   readonly retryable: boolean;
   readonly category: ErrorCategory;
   readonly remedy: string;
   readonly metadata: ErrorMetadata;
 
-  constructor(code: ErrorCodeName, metadata: Record<string, unknown> = {}, options?: { cause?: unknown }) {
+  constructor(code: C, ...args: ErrorArgs<C>) {
+    const [metadata = {}, options] = args as [Record<string, unknown>?, { cause?: unknown }?];
     const definition = ERRORS.get(code);
     if (!definition) throw new TypeError(`unregistered error code ${code}`);
     const meta: ErrorMetadata = {};
@@ -43,7 +63,7 @@ export class LockstepError extends Error {
     this.metadata = meta;
   }
 
-  /** CLI exit code per CLI.md: 2 bad usage/config, 3 refused by a safety check, else 1. */
+  /** CLI exit code per docs/cli.md: 2 bad usage/config, 3 refused by a safety check, else 1. */
   get exitCode(): 1 | 2 | 3 {
     if (this.category === "usage") return 2;
     if (this.category === "safety") return 3;

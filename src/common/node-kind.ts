@@ -3,8 +3,11 @@ import type { LockstepConfig, NodeEntry, NodeKind } from "./config-schema.ts";
 import type { ErrorJson } from "./errors.ts";
 import type { Logger } from "./logging.ts";
 
-/** A schema migration, applied in version order per node kind (see storage/migrations.ts). */
-export interface MigrationDefinition {
+/**
+ * One schema change of a node kind, applied once, in version order (storage/migrations.ts runs
+ * them). Here, in the lowest layer, because node kinds declare theirs; storage re-exports it.
+ */
+export interface Migration {
   version: number;
   name: string;
   sql: string;
@@ -54,6 +57,6 @@ export interface NodeKindRuntime {
 
 export interface NodeKindDefinition<TDb = unknown> {
   kind: NodeKind;
-  migrations: readonly MigrationDefinition[];
+  migrations: readonly Migration[];
   create(context: NodeKindContext<TDb>): NodeKindRuntime;
 }

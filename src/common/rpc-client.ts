@@ -1,6 +1,7 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { LOOPBACK } from "./loopback.ts";
 
 export interface NodeClientOptions {
   /** "2" (default) multiplexes calls on one connection; "1.1" for proxies or debugging. */
@@ -40,6 +41,6 @@ export function createNodeClient<S extends DescService>(
   return createClient(service, transportFor(baseUrl, options.httpVersion ?? "2"));
 }
 
-export function nodeBaseUrl(port: number, host = "127.0.0.1"): string {
+export function nodeBaseUrl(port: number, host = LOOPBACK): string {
   return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
 }

@@ -9,7 +9,7 @@ import type { Micros } from "./time.ts";
 
 /**
  * The sequenced event format, shared by the sequencer (which produces it) and the sequencer client
- * (which validates it). DESIGN §2 "Sequenced events".
+ * (which validates it). docs/design.md §2 "Sequenced events".
  *
  * The sequencer sequences a submission once (one timestamp) and delivers one *view* per member:
  * `previousTimestamp` and `chainHash` are the receiving member's, so that each member's events form

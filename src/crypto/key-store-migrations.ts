@@ -3,7 +3,7 @@ import type { Migration } from "../storage/migrations.ts";
 /**
  * Schema of the private key store, shared by every node kind: each kind appends these to its own
  * migration list (versions 1000+ stay clear of the kinds' own numbering). Private keys live in the
- * node's own database so that they are inside its backups (DESIGN §2 "Topology and keys").
+ * node's own database so that they are inside its backups (docs/design.md §2 "Topology and keys").
  */
 export const keyStoreMigrations: readonly Migration[] = [
   {

@@ -11,7 +11,7 @@ import {
 /**
  * Life of a key: `pending` (generated and stored, not yet announced in topology), `active` (in use),
  * `revoked` (kept, so that old backups and audits can still be explained, never used again).
- * Rotation (DESIGN §4.5): generate → store pending → backup → announce → activate → revoke the old.
+ * Rotation (docs/design.md §4.5): generate → store pending → backup → announce → activate → revoke the old.
  */
 export type KeyState = "pending" | "active" | "revoked";
 

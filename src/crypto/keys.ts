@@ -12,7 +12,7 @@ import { int64Bytes } from "../common/sequenced-event.ts";
 /**
  * Ed25519 keys through node:crypto only. A node has a namespace key (its identity: member and
  * party ids end in its fingerprint, and it signs topology transactions) and signing keys (for
- * protocol messages; the sequencer's signs sequenced events). DESIGN §2 "Topology and keys".
+ * protocol messages; the sequencer's signs sequenced events). docs/design.md §2 "Topology and keys".
  */
 export type KeyPurpose = "namespace" | "signing";
 

@@ -1,11 +1,12 @@
 import { z } from "zod";
+import { canonicalJson } from "../common/canonical-json.ts";
 import { LockstepError } from "../common/errors.ts";
 import { type Bytes, sha256Hex, toHex } from "../common/hash.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
 import { FINGERPRINT_PATTERN, type KeyPair, type PublicKeyInfo, sign, signingDigest } from "./keys.ts";
 
 /**
- * Topology transactions (DESIGN §2 "Topology and keys"): the mappings, their canonical
+ * Topology transactions (docs/design.md §2 "Topology and keys"): the mappings, their canonical
  * serialization (JSON with sorted keys, no white space) and signing. topology.ts reduces them
  * into a state; it re-exports everything here.
  *
@@ -123,32 +124,18 @@ const transactionSchema = z.strictObject({
   ]),
 });
 
-/** JSON with object keys sorted and no white space: one byte string per transaction. */
-export function canonicalJson(value: unknown): string {
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(",")}]`;
-  if (value !== null && typeof value === "object") {
-    const entries = Object.entries(value)
-      .filter(([, v]) => v !== undefined)
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
-    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
-  }
-  if (typeof value === "number" && !Number.isSafeInteger(value))
-    throw new TypeError(`not an integer: ${value}`);
-  if (
-    typeof value === "string" ||
-    typeof value === "number" ||
-    typeof value === "boolean" ||
-    value === null
-  ) {
-    return JSON.stringify(value);
-  }
-  throw new TypeError(`cannot serialize a ${typeof value}`);
+/**
+ * One byte string per transaction: the canonical JSON of common/canonical-json.ts. Numbers are
+ * serials and durations in millis: safe integers only.
+ */
+function topologyJson(value: unknown): string {
+  return canonicalJson(value, "safe-integer");
 }
 
 export function serializeTopologyTransaction(tx: TopologyTransaction): Buffer {
   const parsed = transactionSchema.safeParse(tx);
   if (!parsed.success) throw invalidMapping(z.prettifyError(parsed.error));
-  return Buffer.from(canonicalJson(parsed.data), "utf8");
+  return Buffer.from(topologyJson(parsed.data), "utf8");
 }
 
 /** Parses and validates the shape; refuses any encoding but the canonical one. */
@@ -161,7 +148,7 @@ export function parseTopologyTransaction(bytes: Bytes): TopologyTransaction {
   }
   const parsed = transactionSchema.safeParse(json);
   if (!parsed.success) throw invalidMapping(z.prettifyError(parsed.error));
-  if (!Buffer.from(canonicalJson(parsed.data), "utf8").equals(Buffer.from(bytes))) {
+  if (!Buffer.from(topologyJson(parsed.data), "utf8").equals(Buffer.from(bytes))) {
     throw invalidMapping("the transaction is not in canonical form (sorted keys, no white space)");
   }
   return parsed.data;

@@ -18,7 +18,7 @@ import {
 export * from "./topology-transaction.ts";
 
 /**
- * The topology state (DESIGN §2 "Topology and keys"): signed topology transactions, sequenced like
+ * The topology state (docs/design.md §2 "Topology and keys"): signed topology transactions, sequenced like
  * any event and effective from their sequencing timestamp, reduced into a state that answers
  * "as of t" queries. Which key must sign what, and serials: see topology-transaction.ts.
  */

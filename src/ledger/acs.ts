@@ -9,7 +9,7 @@ export type Acs = ReadonlyMap<string, ActiveContract>;
 export type AcsChange = Pick<Transaction, "inputContracts" | "createdContracts" | "archivedContracts">;
 
 /**
- * Activeness (DESIGN §2 step 4): every input contract must be active, and no created contract may
+ * Activeness (docs/design.md §2 step 4): every input contract must be active, and no created contract may
  * exist already. Returns one error per kind of problem; empty when the change applies.
  */
 export function activenessProblems(acs: Acs, change: AcsChange): LockstepError[] {

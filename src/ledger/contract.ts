@@ -1,5 +1,5 @@
 import { hashFields } from "../common/hash.ts";
-import { canonicalJson, type LedgerRecord, partySet } from "./ledger-value.ts";
+import { type LedgerRecord, ledgerJson, partySet } from "./ledger-value.ts";
 
 /**
  * A contract instance as the ACS keeps it. The id authenticates the rest (as Canton's authenticated
@@ -33,9 +33,9 @@ export function deriveContractId(contract: Omit<ActiveContract, "contractId">): 
     "lockstep-contract-id-v1",
     contract.salt,
     contract.template,
-    canonicalJson(contract.arguments),
-    canonicalJson(contract.signatories),
-    canonicalJson(contract.observers),
+    ledgerJson(contract.arguments),
+    ledgerJson(contract.signatories),
+    ledgerJson(contract.observers),
     contract.createdAt.toString(),
   );
   return `00${digest.toString("hex")}`;
@@ -57,5 +57,5 @@ export function sameContract(a: ActiveContract, b: ActiveContract): boolean {
 }
 
 function canonicalContract(c: ActiveContract): string {
-  return canonicalJson({ ...c, createdAt: c.createdAt.toString() });
+  return ledgerJson({ ...c, createdAt: c.createdAt.toString() });
 }

@@ -2,7 +2,7 @@ import { z } from "zod";
 import { LockstepError } from "../common/errors.ts";
 import { type Bytes, hashFields } from "../common/hash.ts";
 import type { ActiveContract } from "./contract.ts";
-import { canonicalJson } from "./ledger-value.ts";
+import { ledgerJson } from "./ledger-value.ts";
 import { issuesText } from "./templates/template-registry.ts";
 import type { Transaction, TransactionNode } from "./transaction.ts";
 
@@ -100,7 +100,7 @@ export function transactionToJson(tx: Transaction): Record<string, unknown> {
 }
 
 export function serializeTransaction(tx: Transaction): Uint8Array {
-  return Buffer.from(canonicalJson(transactionToJson(tx)), "utf8");
+  return Buffer.from(ledgerJson(transactionToJson(tx)), "utf8");
 }
 
 /** Parses and checks the shape; LOCAL_VERDICT_MALFORMED_PAYLOAD for anything but the canonical encoding. */
@@ -115,7 +115,7 @@ export function parseTransaction(bytes: Bytes): Transaction {
   const parsed = transactionSchema.safeParse(json);
   if (!parsed.success) throw malformed(issuesText(parsed.error));
   const tx: Transaction = parsed.data;
-  if (canonicalJson(transactionToJson(tx)) !== text) {
+  if (ledgerJson(transactionToJson(tx)) !== text) {
     throw malformed("the transaction is not in canonical form (sorted keys, no white space)");
   }
   return tx;

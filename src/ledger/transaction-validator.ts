@@ -2,7 +2,7 @@ import { LockstepError, toLockstepError } from "../common/errors.ts";
 import { authorizationProblems } from "./authorization.ts";
 import { type ActiveContract, contractIdMatches } from "./contract.ts";
 import { interpret } from "./interpreter.ts";
-import { canonicalJson } from "./ledger-value.ts";
+import { ledgerJson } from "./ledger-value.ts";
 import { builtinTemplates } from "./templates/builtin-templates.ts";
 import {
   contractParties,
@@ -75,7 +75,7 @@ export function validateTransaction(tx: Transaction, context: ValidationContext 
     const expected = transactionToJson(reinterpreted);
     const actual = transactionToJson(tx);
     const differing = Object.keys({ ...expected, ...actual }).filter(
-      (key) => canonicalJson(expected[key]) !== canonicalJson(actual[key]),
+      (key) => ledgerJson(expected[key]) !== ledgerJson(actual[key]),
     );
     if (differing.length > 0) {
       add(
@@ -98,9 +98,9 @@ function inputContractProblems(contract: ActiveContract, templates: TemplateRegi
     const args = parseTemplateArguments(template, contract.arguments);
     const { signatories, observers } = contractParties(template, args);
     const same =
-      canonicalJson(args) === canonicalJson(contract.arguments) &&
-      canonicalJson(signatories) === canonicalJson(contract.signatories) &&
-      canonicalJson(observers) === canonicalJson(contract.observers);
+      ledgerJson(args) === ledgerJson(contract.arguments) &&
+      ledgerJson(signatories) === ledgerJson(contract.signatories) &&
+      ledgerJson(observers) === ledgerJson(contract.observers);
     return same ? [] : [conformance(`input contract ${id} is not a canonical ${template.name} contract`)];
   } catch (error) {
     return [conformance(`input contract ${id}: ${toLockstepError(error).message}`)];

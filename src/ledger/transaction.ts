@@ -3,7 +3,7 @@ import type { LedgerRecord, LedgerValue } from "./ledger-value.ts";
 import { partySet } from "./ledger-value.ts";
 
 /**
- * Transactions (DESIGN §2 "Transactions"): the result of interpreting one command. A transaction
+ * Transactions (docs/design.md §2 "Transactions"): the result of interpreting one command. A transaction
  * carries the command it came from and the submitter's identifiers, so that every informee
  * participant can re-interpret it (Canton's model conformance check), and the instances of the
  * contracts it uses, so that a participant that never saw their creation can still re-interpret.
@@ -103,7 +103,7 @@ export function transactionInformees(nodes: readonly TransactionNode[]): string[
   return partySet(...[...preorder(nodes)].map(nodeInformees));
 }
 
-/** DESIGN §2: the confirming parties are the signatories (of exercised and of created contracts). */
+/** docs/design.md §2: the confirming parties are the signatories (of exercised and of created contracts). */
 export function transactionConfirmingParties(nodes: readonly TransactionNode[]): string[] {
   return partySet(...[...preorder(nodes)].map((n) => n.signatories));
 }

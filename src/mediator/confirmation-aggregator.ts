@@ -7,10 +7,10 @@ import type {
   ConfirmationRequest,
   ConfirmationResponse,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
-import { confirmationResponseDigest, type ProtocolMessage } from "./confirmation-messages.ts";
+import { confirmationResponseDigest, type ProtocolMessage } from "../protocol/confirmation-messages.ts";
 
 /**
- * The mediator's aggregation of confirmations (DESIGN §2 "Transactions", step 5): a deterministic
+ * The mediator's aggregation of confirmations (docs/design.md §2 "Transactions", step 5): a deterministic
  * function of the sequenced events it is fed, in order, and of the topology at their timestamps.
  * No I/O and no clocks: time is the timestamp of the events observed. Replaying the same events
  * (after a crash, or a restore) yields the same verdicts, which is what makes restore-and-replay

@@ -12,16 +12,14 @@ import {
   type Verdict,
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
-import { recordResubscribed } from "../node/node-state.ts";
-import {
-  createSequencerClient,
-  type EventContext,
-  type SequencerClient,
-} from "../sequencer-client/sequencer-client.ts";
+import { parseProtocolMessage, protocolPayload } from "../protocol/confirmation-messages.ts";
+import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
+import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";
+import { UnsequencedSender } from "../sequencer-client/unsequenced-sender.ts";
 import type { Db, Tx } from "../storage/db.ts";
+import { recordResubscribed } from "../storage/recovery-records.ts";
 import { type DecidedVerdict, processMediatorEvent } from "./confirmation-aggregator.ts";
-import { parseProtocolMessage, protocolPayload } from "./confirmation-messages.ts";
 import {
   DbRequestStore,
   markVerdictSequenced,
@@ -37,7 +35,7 @@ const RESEND_AFTER_MS = 120_000;
 const VERDICT_MESSAGE_PREFIX = "verdict-";
 
 /**
- * The mediator (DESIGN §2 "Transactions"): a sequencer-client member that aggregates confirmation
+ * The mediator (docs/design.md §2 "Transactions"): a sequencer-client member that aggregates confirmation
  * requests and responses into verdicts (confirmation-aggregator.ts) and sends each verdict through
  * the sequencer to the request's informee participants.
  *
@@ -54,19 +52,12 @@ export const mediatorNodeKind: NodeKindDefinition<Db> = {
   create: (context) => new MediatorNode(context),
 };
 
-interface InFlight {
-  readonly messageId: string;
-  readonly sentAt: number;
-}
-
 export class MediatorNode implements NodeKindRuntime {
   readonly client: SequencerClient;
   private readonly log: NodeKindContext["logger"];
-  /** Verdict submissions sent and not yet seen sequenced or refused, by request id. */
-  private readonly inFlight = new Map<Micros, InFlight>();
+  /** Sends every decided verdict not yet seen sequenced, after the decision committed. */
+  private readonly verdicts: UnsequencedSender<DecidedVerdict>;
   private timer: NodeJS.Timeout | undefined;
-  private flushing: Promise<void> | undefined;
-  private flushAgain = false;
   /** The newest event whose handler decided a verdict or saw a receipt: flush once it is clean. */
   private pendingClean: Micros | null = null;
   private stopped = false;
@@ -85,6 +76,17 @@ export class MediatorNode implements NodeKindRuntime {
       // A restore is recorded as checked (restore drop-kept needs it).
       onSubscriptionCheckPassed: () => void recordResubscribed(context.db, this.log),
     });
+    this.verdicts = new UnsequencedSender({
+      unsequenced: () => unsequencedVerdicts(context.db),
+      keyOf: (verdict) => verdict.requestId,
+      messagePrefix: VERDICT_MESSAGE_PREFIX,
+      resendAfterMs: RESEND_AFTER_MS,
+      prepare: async () => {},
+      send: (verdict, submission) => this.sendVerdict(verdict, submission),
+      beforeRound: () => this.waitForClean(),
+      what: "verdicts",
+      log: this.log,
+    });
   }
 
   routes(): void {
@@ -92,49 +94,27 @@ export class MediatorNode implements NodeKindRuntime {
   }
 
   /**
-   * Starts in the background, so that a mediator started before its sequencer waits for it
-   * (retrying registration while the sequencer is unreachable) instead of failing.
+   * Starts in the background, so that a mediator started before its sequencer waits for it (the
+   * client retries registration while the sequencer is unreachable) instead of failing.
    */
   async activate(): Promise<void> {
     this.starting = this.startClient();
   }
 
   private async startClient(): Promise<void> {
-    for (let attempt = 0; !(await this.tryRegister(attempt)); attempt++) {
-      await new Promise((resolve) => setTimeout(resolve, Math.min(100 * 2 ** attempt, 5000)));
-      if (this.stopped) return;
-    }
-    if (this.stopped) return;
     try {
       await this.client.start((event, tx, ctx) => this.handle(event, tx, ctx));
     } catch (error) {
+      // Registration refused for good (not retryable).
       this.context.fail(toLockstepError(error).toJSON());
       return;
     }
+    if (this.stopped) return;
     this.log.info({ member: this.client.member }, "mediator active");
     // Verdicts decided before a crash but never seen sequenced go out again.
     this.requestFlush();
     this.timer = setInterval(() => void this.tick(), TIME_PROOF_INTERVAL_MS);
     this.timer.unref();
-  }
-
-  /** True once registered (or stopped); false to retry; a non-retryable error fails the node. */
-  private async tryRegister(attempt: number): Promise<boolean> {
-    if (this.stopped) return true;
-    try {
-      await this.client.register();
-      return true;
-    } catch (error) {
-      const failure = toLockstepError(error);
-      if (!failure.retryable) {
-        this.context.fail(failure.toJSON());
-        this.stopped = true;
-        return true;
-      }
-      if (attempt % 10 === 0)
-        this.log.warn({ code: failure.code }, `waiting for the sequencer: ${failure.message}`);
-      return false;
-    }
   }
 
   async status(): Promise<{
@@ -148,10 +128,12 @@ export class MediatorNode implements NodeKindRuntime {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    // No new rounds; the current one ends once the client stopped (its wait for clean rejects).
+    const sending = this.verdicts.stop();
+    await this.client.stop();
     await this.starting;
     clearInterval(this.timer);
-    await this.client.stop();
-    await this.flushing;
+    await sending;
   }
 
   /** The event handler: runs inside the client's transaction, so it writes only through `tx`. */
@@ -185,16 +167,13 @@ export class MediatorNode implements NodeKindRuntime {
 
   /** The sequencer refused a verdict submission (e.g. its max sequencing time passed): send it again. */
   private onOwnDeliverError(event: SequencedEvent): void {
-    const messageId = event.deliverError?.messageId ?? event.messageId;
-    for (const [requestId, sent] of this.inFlight) {
-      if (sent.messageId !== messageId) continue;
-      this.log.warn(
-        { requestId: String(requestId), code: event.deliverError?.code },
-        `verdict submission refused: ${event.deliverError?.reason}; sending it again`,
-      );
-      this.inFlight.delete(requestId);
-      this.requestFlush();
-    }
+    const requestId = this.verdicts.refused(event.deliverError?.messageId ?? event.messageId);
+    if (requestId === undefined) return;
+    this.log.warn(
+      { requestId: String(requestId), code: event.deliverError?.code },
+      `verdict submission refused: ${event.deliverError?.reason}; sending it again`,
+    );
+    this.requestFlush();
   }
 
   private async tick(): Promise<void> {
@@ -209,56 +188,23 @@ export class MediatorNode implements NodeKindRuntime {
 
   /** Coalesces flushes: one runs at a time, and one more after it if asked meanwhile. */
   private requestFlush(): void {
-    if (this.stopped) return;
-    if (this.flushing) {
-      this.flushAgain = true;
-      return;
-    }
-    this.flushing = this.flushLoop().finally(() => {
-      this.flushing = undefined;
-    });
-  }
-
-  private async flushLoop(): Promise<void> {
-    do {
-      this.flushAgain = false;
-      await this.waitForClean();
-      try {
-        await this.sendUnsequenced();
-      } catch (error) {
-        this.log.warn({ err: error }, "sending verdicts failed; retrying on the next tick");
-      }
-    } while (this.flushAgain && !this.stopped);
+    if (!this.stopped) this.verdicts.flush();
   }
 
   /** Verdicts are read from committed state: wait until the handler's transaction has committed. */
   private async waitForClean(): Promise<void> {
     const target = this.pendingClean;
     if (target === null) return;
-    while (!this.stopped && !this.client.status().failed) {
-      const clean = this.client.status().clean;
-      if (clean !== null && clean >= target) break;
-      await new Promise((resolve) => setTimeout(resolve, 5));
-    }
+    // Rejects once the client failed or stopped: no more waiting then (as before, the round goes on).
+    await this.client.whenClean(target).catch(() => {});
     if (this.pendingClean === target) this.pendingClean = null;
   }
 
-  private async sendUnsequenced(): Promise<void> {
-    const verdicts = await unsequencedVerdicts(this.context.db);
-    const unsequenced = new Set(verdicts.map((v) => v.requestId));
-    // Sequenced since (its receipt committed): no longer in flight.
-    for (const requestId of this.inFlight.keys())
-      if (!unsequenced.has(requestId)) this.inFlight.delete(requestId);
-    // All at once: the sequencer client coalesces concurrent sends into one SendBatch call.
-    const results = await Promise.allSettled(verdicts.map((verdict) => this.sendVerdict(verdict)));
-    const failed = results.find((r) => r.status === "rejected");
-    if (failed) throw failed.reason;
-  }
-
-  private async sendVerdict(verdict: DecidedVerdict): Promise<void> {
-    if (this.stopped) return;
-    const sent = this.inFlight.get(verdict.requestId);
-    if (sent && Date.now() - sent.sentAt < RESEND_AFTER_MS) return;
+  /** One verdict submission (UnsequencedSender: false when it has no recipient left). */
+  private async sendVerdict(
+    verdict: DecidedVerdict,
+    { messageId, resend }: { messageId: string; resend: boolean },
+  ): Promise<boolean> {
     // A recipient that has left the synchronizer since the request would make the send fail forever.
     const topology = this.client.topology();
     const head = this.client.sequencerTime() ?? verdict.decidedAt;
@@ -268,28 +214,18 @@ export class MediatorNode implements NodeKindRuntime {
         { requestId: String(verdict.requestId) },
         "no recipient of the verdict is a member any more",
       );
-      return;
+      return false;
     }
-    const messageId = `${VERDICT_MESSAGE_PREFIX}${verdict.requestId}-${Date.now().toString(36)}`;
-    this.inFlight.set(verdict.requestId, { messageId, sentAt: Date.now() });
-    try {
-      await this.client.send({
-        recipients,
-        payload: protocolPayload({ kind: "verdict", message: toVerdictMessage(verdict) }),
-        messageId,
-      });
-      this.log.info(
-        {
-          requestId: String(verdict.requestId),
-          recipients: verdict.recipients,
-          resend: sent !== undefined,
-        },
-        "verdict sent",
-      );
-    } catch (error) {
-      this.inFlight.delete(verdict.requestId);
-      throw error;
-    }
+    await this.client.send({
+      recipients,
+      payload: protocolPayload({ kind: "verdict", message: toVerdictMessage(verdict) }),
+      messageId,
+    });
+    this.log.info(
+      { requestId: String(verdict.requestId), recipients: verdict.recipients, resend },
+      "verdict sent",
+    );
+    return true;
   }
 }
 

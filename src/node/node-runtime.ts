@@ -176,7 +176,7 @@ export class NodeRuntime {
     return next(request) as never;
   }
 
-  /** Single writer (DESIGN.md §3): the session advisory lock decides active or passive. */
+  /** Single writer (docs/design.md §3): the session advisory lock decides active or passive. */
   private async takeLockOrWait(): Promise<void> {
     const db = this.db as Db;
     this.session = await db.session();

@@ -6,6 +6,7 @@ import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@conne
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
+import { LOOPBACK } from "../common/loopback.ts";
 import { errorInterceptor } from "./error-interceptor.ts";
 import { type HealthReport, healthHttpStatus } from "./health.ts";
 
@@ -83,7 +84,7 @@ export class NodeServer {
   }
 
   start(): Promise<number> {
-    const { port, host = "127.0.0.1", node } = this.options;
+    const { port, host = LOOPBACK, node } = this.options;
     return new Promise((resolve, reject) => {
       const onError = (err: NodeJS.ErrnoException) => {
         if (err.code === "EADDRINUSE")

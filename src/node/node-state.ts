@@ -1,10 +1,15 @@
 import { newId } from "../common/ids.ts";
-import type { Logger } from "../common/logging.ts";
-import type { MigrationDefinition, NodeIdentity } from "../common/node-kind.ts";
+import type { Migration, NodeIdentity } from "../common/node-kind.ts";
 import type { Db, Queryable } from "../storage/db.ts";
+import type { AnchorSource } from "../storage/recovery-records.ts";
 
-/** Tables every node kind has: its identity, incarnation and writer epoch (DESIGN.md §3, §4.4). */
-export const nodeStateMigrations: readonly MigrationDefinition[] = [
+// The recovery records live in storage/recovery-records.ts (the participant and mediator use them);
+// re-exported for the node layer's callers.
+export type { AnchorSource, RecoveryRecord, RecoveryState } from "../storage/recovery-records.ts";
+export { latestRecoveryRecord } from "../storage/recovery-records.ts";
+
+/** Tables every node kind has: its identity, incarnation and writer epoch (docs/design.md §3, §4.4). */
+export const nodeStateMigrations: readonly Migration[] = [
   {
     version: 1,
     name: "node_state",
@@ -22,7 +27,7 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
   {
     version: 2,
     name: "recovery_records",
-    // One row per restore (DESIGN §4.4–4.5). `state`: complete for nodes without a recovery phase;
+    // One row per restore (docs/design.md §4.4–4.5). `state`: complete for nodes without a recovery phase;
     // a restored participant keeps `recovering` until its deduplication window closed.
     sql: `
       CREATE TABLE recovery_records (
@@ -44,7 +49,7 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
     version: 3,
     name: "backups_taken",
     // Completed backup sets that hold this node's database (written by `backup create` after the
-    // manifest): key rotation revokes an old key only once a backup holding the new one exists (§4.5).
+    // manifest): key rotation revokes an old key only once a backup holding the new one exists (docs/design.md §4.5).
     sql: `
       CREATE TABLE backups_taken (
         set_id text PRIMARY KEY,
@@ -74,87 +79,6 @@ export const nodeStateMigrations: readonly MigrationDefinition[] = [
         ADD COLUMN epoch_unverified boolean NOT NULL DEFAULT false;`,
   },
 ];
-
-export type RecoveryState = "recovering" | "complete";
-
-/**
- * Where the deduplication window's anchor (sequencer time, DESIGN §4.5) came from: the live
- * sequencer's head when `restore apply` ran, the head of the sequencer restored in the same apply,
- * or a sequencer timestamp the node observed after it started (time proof it requested).
- */
-export type AnchorSource = "live-sequencer-head" | "restored-sequencer-head" | "first-observed";
-
-/** A restore of this node's database, as `restore apply` recorded it. */
-export interface RecoveryRecord {
-  id: bigint;
-  backupSet: string;
-  restoredAt: Date;
-  /** Wall clock of the host that ran the restore, in micros: informational only, decides nothing. */
-  restoredAtMicros: bigint;
-  forced: boolean;
-  forcedChecks: string[];
-  previousIncarnation: string;
-  incarnation: string;
-  state: RecoveryState;
-  /** The first processed event at or after the anchor: the node had replayed to the anchor's head. */
-  firstSequencerTime: bigint | null;
-  /** anchor + ledgerTimeRecordTimeTolerance at the anchor; the window closes after it. */
-  expectedEnd: bigint | null;
-  anchor: bigint | null;
-  anchorSource: AnchorSource | null;
-  /** The database this restore replaced, kept under this name (restore-target.ts). */
-  replacedDatabase: string | null;
-  /** When the restored node first passed its resubscription check against the sequencer. */
-  resubscribedAt: Date | null;
-  /** The writer epoch was stamped without the sequencer's record (it did not answer). */
-  epochUnverified: boolean;
-}
-
-interface RecoveryRow {
-  id: bigint;
-  backup_set: string;
-  restored_at: Date;
-  restored_at_micros: bigint;
-  forced: boolean;
-  forced_checks: string[];
-  previous_incarnation: string;
-  incarnation: string;
-  state: RecoveryState;
-  first_sequencer_time: bigint | null;
-  expected_end: bigint | null;
-  anchor: bigint | null;
-  anchor_source: AnchorSource | null;
-  replaced_database: string | null;
-  resubscribed_at: Date | null;
-  epoch_unverified: boolean;
-}
-
-function toRecord(row: RecoveryRow): RecoveryRecord {
-  return {
-    id: row.id,
-    backupSet: row.backup_set,
-    restoredAt: row.restored_at,
-    restoredAtMicros: row.restored_at_micros,
-    forced: row.forced,
-    forcedChecks: row.forced_checks,
-    previousIncarnation: row.previous_incarnation,
-    incarnation: row.incarnation,
-    state: row.state,
-    firstSequencerTime: row.first_sequencer_time,
-    expectedEnd: row.expected_end,
-    anchor: row.anchor,
-    anchorSource: row.anchor_source,
-    replacedDatabase: row.replaced_database,
-    resubscribedAt: row.resubscribed_at,
-    epochUnverified: row.epoch_unverified,
-  };
-}
-
-/** The newest recovery record, if the node was ever restored. */
-export async function latestRecoveryRecord(db: Queryable): Promise<RecoveryRecord | undefined> {
-  const row = await db.maybeOne<RecoveryRow>("SELECT * FROM recovery_records ORDER BY id DESC LIMIT 1");
-  return row && toRecord(row);
-}
 
 /** What `restore apply` stamps into a restored database (stampRestoredDatabase). */
 export interface RestoreStamp {
@@ -222,65 +146,6 @@ export async function stampRestoredDatabase(
   );
 }
 
-/** Fixes the anchor the restore could not take (the sequencer did not answer): 'first-observed'. */
-export async function recordRecoveryAnchor(tx: Queryable, id: bigint, anchor: bigint): Promise<void> {
-  await tx.execute(
-    `UPDATE recovery_records SET anchor = $2, anchor_source = 'first-observed'
-     WHERE id = $1 AND anchor IS NULL`,
-    [id, anchor],
-  );
-}
-
-/**
- * Records the first processed event at or after the anchor (the node has replayed to the head the
- * anchor stands for) and the end of the deduplication window.
- */
-export async function recordRecoveryWindow(
-  tx: Queryable,
-  id: bigint,
-  firstSequencerTime: bigint,
-  expectedEnd: bigint,
-): Promise<void> {
-  await tx.execute(
-    `UPDATE recovery_records SET first_sequencer_time = $2, expected_end = COALESCE(expected_end, $3)
-     WHERE id = $1 AND first_sequencer_time IS NULL`,
-    [id, firstSequencerTime, expectedEnd],
-  );
-}
-
-export async function completeRecovery(tx: Queryable, id: bigint): Promise<void> {
-  await tx.execute(
-    "UPDATE recovery_records SET state = 'complete', completed_at = now() WHERE id = $1 AND state = 'recovering'",
-    [id],
-  );
-}
-
-/**
- * The restored node passed its first resubscription check (its last stored event came back from
- * the sequencer): stamps the newest recovery record once. `restore drop-kept` keeps the replaced
- * database until then (DESIGN §4.6). Idempotent; true when this call stamped it.
- */
-export async function markResubscribed(db: Queryable): Promise<boolean> {
-  const stamped = await db.execute(
-    `UPDATE recovery_records SET resubscribed_at = now()
-     WHERE id = (SELECT max(id) FROM recovery_records) AND resubscribed_at IS NULL`,
-  );
-  return stamped > 0;
-}
-
-/**
- * For a member's onSubscriptionCheckPassed: markResubscribed, logged; a failure is only logged
- * (the next check passing tries again).
- */
-export async function recordResubscribed(db: Queryable, log: Logger): Promise<void> {
-  try {
-    if (await markResubscribed(db))
-      log.info("restored node passed its first resubscription check; recovery record stamped");
-  } catch (error) {
-    log.warn({ err: error }, "could not stamp the recovery record; retried at the next check");
-  }
-}
-
 /** Mismatch between the database and the node that opens it: a wrong storage.url, most likely. */
 export class NodeDatabaseMismatchError extends Error {
   override readonly name = "NodeDatabaseMismatchError";
@@ -325,7 +190,7 @@ function toIdentity(row: IdentityRow): NodeIdentity {
 
 /**
  * Every activation bumps the writer epoch, durably, before the node acts: the sequencer refuses
- * a lower epoch, so a forgotten writer at an old site cannot act after fail-over (DESIGN.md §3).
+ * a lower epoch, so a forgotten writer at an old site cannot act after fail-over (docs/design.md §3).
  */
 export async function bumpWriterEpoch(db: Db): Promise<NodeIdentity> {
   return db.transaction(

@@ -1,8 +1,9 @@
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import { isAlive } from "../storage/server-process.ts";
 
-/** Pid and log files of node processes under the data dir (CLI.md: `up --detach`, `down`). */
+/** Pid and log files of node processes under the data dir (docs/cli.md: `up --detach`, `down`). */
 export interface ProcessFiles {
   pidFile: string;
   logFile: string;
@@ -97,7 +98,7 @@ export async function terminate(pid: number, graceMs = 15_000): Promise<"termina
   const deadline = Date.now() + graceMs;
   while (Date.now() < deadline) {
     if (!isAlive(pid)) return "terminated";
-    await new Promise((r) => setTimeout(r, 100));
+    await sleep(100);
   }
   try {
     process.kill(pid, "SIGKILL");

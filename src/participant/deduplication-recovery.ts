@@ -1,6 +1,7 @@
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { type Micros, microsToIso, msToMicros } from "../common/time.ts";
+import type { Db, Queryable } from "../storage/db.ts";
 import {
   type AnchorSource,
   completeRecovery,
@@ -8,8 +9,7 @@ import {
   type RecoveryRecord,
   recordRecoveryAnchor,
   recordRecoveryWindow,
-} from "../node/node-state.ts";
-import type { Db, Queryable } from "../storage/db.ts";
+} from "../storage/recovery-records.ts";
 
 export type DeduplicationRecoveryMode = "reject" | "warn";
 
@@ -41,7 +41,7 @@ export interface ObservedEvent {
 }
 
 /**
- * Deduplication recovery (DESIGN §4.5). A restored participant lost the in-flight and deduplication
+ * Deduplication recovery (docs/design.md §4.5). A restored participant lost the in-flight and deduplication
  * state of everything after its backup, so a command submitted then and resubmitted now could commit
  * twice. Any such lost submission had maxSequencingTime ≤ (its ledger time + tolerance), with its
  * ledger time before the restore. So once the participant has processed every event up to a

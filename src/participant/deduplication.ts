@@ -6,7 +6,7 @@ import { partySet } from "../ledger/ledger-value.ts";
 import type { DeduplicationPeriod } from "./ledger-api-backend.ts";
 
 /**
- * Command deduplication as Canton's (DESIGN §2 step 2): pure decisions; the store does the I/O.
+ * Command deduplication as Canton's (docs/design.md §2 step 2): pure decisions; the store does the I/O.
  */
 
 /** Canton's ChangeId: (user id, command id, sorted act-as set), hashed to one key. */

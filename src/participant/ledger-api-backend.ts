@@ -3,10 +3,10 @@ import type { Micros } from "../common/time.ts";
 import type { LedgerRecord, LedgerValue } from "../ledger/ledger-value.ts";
 
 /**
- * The participant's Ledger API as plain TypeScript (CLI.md "Ledger API"): what the gRPC/JSON
+ * The participant's Ledger API as plain TypeScript (docs/cli.md "Ledger API"): what the gRPC/JSON
  * service (ledger-api-service.ts) maps proto messages onto. Offsets are bigint (int64 on the wire),
  * timestamps are microseconds since the epoch, durations milliseconds. Every failure is thrown as a
- * LockstepError whose code is one of the registry (DESIGN §2), e.g. DUPLICATE_COMMAND,
+ * LockstepError whose code is one of the registry (docs/design.md §2), e.g. DUPLICATE_COMMAND,
  * SUBMISSION_ALREADY_IN_FLIGHT, INVALID_DEDUPLICATION_PERIOD, OFFSET_AFTER_LEDGER_END,
  * PARTICIPANT_INCARNATION_CHANGED, CONTRACT_NOT_ACTIVE.
  *

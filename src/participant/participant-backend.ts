@@ -201,7 +201,7 @@ export class ParticipantBackend implements LedgerApiBackend {
     }
   }
 
-  /** DESIGN §4.5: an application that names an older incarnation must reset its state. */
+  /** docs/design.md §4.5: an application that names an older incarnation must reset its state. */
   private checkIncarnation(requested: string | undefined): void {
     const current = this.incarnation();
     if (requested && requested !== current) {

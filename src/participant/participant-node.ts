@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from "node:timers/promises";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type {
@@ -12,14 +11,11 @@ import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
-import { recordResubscribed } from "../node/node-state.ts";
-import {
-  createSequencerClient,
-  type EventContext,
-  type SequencerClient,
-} from "../sequencer-client/sequencer-client.ts";
+import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
+import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";
 import type { Db, Tx } from "../storage/db.ts";
+import { recordResubscribed } from "../storage/recovery-records.ts";
 import { ConfirmationSender } from "./confirmation-sender.ts";
 import { DeduplicationRecovery } from "./deduplication-recovery.ts";
 import type { LedgerApiBackend } from "./ledger-api-backend.ts";
@@ -60,7 +56,7 @@ export function participantNodeKindWith(options: ParticipantNodeOptions = {}): N
 }
 
 /**
- * A participant (DESIGN §1–2): a sequencer-client member that hosts parties, submits and validates
+ * A participant (docs/design.md §1–2): a sequencer-client member that hosts parties, submits and validates
  * confirmation requests, commits on the mediator's verdicts, and serves the Ledger API through
  * `backend`. Its ledger is written only by the event handler (request-processor.ts), in the
  * transaction that records the clean timestamp: after a crash the client replays from clean and
@@ -236,11 +232,8 @@ export class ParticipantNode implements NodeKindRuntime {
 
   /** Effects outside the database wait until the handler's transaction committed. */
   private async afterClean(timestamp: Micros, flush: boolean): Promise<void> {
-    while (!this.stopped && !this.client.status().failed) {
-      const clean = this.client.status().clean;
-      if (clean !== null && clean >= timestamp) break;
-      await sleep(2);
-    }
+    // Rejects once the client failed or stopped: waiters (e.g. SubmitAndWait) are woken all the same.
+    await this.client.whenClean(timestamp).catch(() => {});
     this.notifier.notify();
     if (flush) this.sender.flush();
   }

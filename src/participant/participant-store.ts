@@ -1,7 +1,7 @@
 import type { ErrorJson } from "../common/errors.ts";
 import type { Micros } from "../common/time.ts";
 import type { ActiveContract } from "../ledger/contract.ts";
-import { canonicalJson, type LedgerRecord } from "../ledger/ledger-value.ts";
+import { type LedgerRecord, ledgerJson } from "../ledger/ledger-value.ts";
 import type { TransactionView } from "../ledger/transaction-view.ts";
 import type { Queryable } from "../storage/db.ts";
 import { type AcceptedCompletion, periodFromText, periodToText } from "./deduplication.ts";
@@ -92,7 +92,7 @@ export async function insertContracts(
       [
         c.contractId,
         c.template,
-        canonicalJson(c.arguments),
+        ledgerJson(c.arguments),
         [...c.signatories],
         [...c.observers],
         c.createdAt,
@@ -214,7 +214,7 @@ const contractFromWire = (c: ActiveContract & { createdAt: string | bigint }): A
 });
 
 export function viewToText(view: TransactionView): string {
-  return canonicalJson({
+  return ledgerJson({
     ...view,
     ledgerTime: view.ledgerTime.toString(),
     inputContracts: view.inputContracts.map(contractToWire),

@@ -7,7 +7,7 @@ import type { TopologyState } from "../crypto/topology.ts";
 import type { ConfirmationRequest, Verdict } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
 import { parseTransaction } from "../ledger/transaction-codec.ts";
 import { visibleTo } from "../ledger/transaction-view.ts";
-import { parseProtocolMessage } from "../mediator/confirmation-messages.ts";
+import { parseProtocolMessage } from "../protocol/confirmation-messages.ts";
 import type { EventContext } from "../sequencer-client/sequencer-client.ts";
 import type { Tx } from "../storage/db.ts";
 import { changeId } from "./deduplication.ts";
@@ -50,7 +50,7 @@ export interface ProcessingOutcome {
 }
 
 /**
- * The participant's event handler (DESIGN §2 steps 4–5): runs inside the sequencer client's
+ * The participant's event handler (docs/design.md §2 steps 4–5): runs inside the sequencer client's
  * transaction, so every effect commits atomically with the clean timestamp (and the ledger end
  * with it), and a replay after a crash redoes exactly the same. Sending is the node's job, after
  * commit (see confirmation-sender.ts).
@@ -62,7 +62,7 @@ export class RequestProcessor {
   ) {}
 
   async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<ProcessingOutcome> {
-    // The ledger end and the clean index must survive a fail-over (DESIGN §3). Once per transaction:
+    // The ledger end and the clean index must survive a fail-over (docs/design.md §3). Once per transaction:
     // the sequencer client processes a run of events in one.
     if (!synchronousCommitSet.has(tx)) {
       await tx.execute("SET LOCAL synchronous_commit = on");
@@ -213,7 +213,7 @@ export class RequestProcessor {
         await this.complete(tx, submission, { kind: "succeeded" }, request.requestId, offset, updateId);
       } else if (transaction.submitter.participant === this.self()) {
         // Our own submission whose in-flight row is gone (restored from a backup taken before it
-        // was submitted): the replay rebuilds its completion, so a resubmission deduplicates (§4.5).
+        // was submitted): the replay rebuilds its completion, so a resubmission deduplicates (docs/design.md §4.5).
         const actAs = [...transaction.command.actAs];
         const { userId, commandId, submissionId } = transaction.submitter;
         const durationMs = topology.parameters(request.requestId).maxDeduplicationDurationMs;

@@ -10,7 +10,7 @@ import { validateTransaction } from "../ledger/transaction-validator.ts";
 import { type TransactionView, visibleTo } from "../ledger/transaction-view.ts";
 
 /**
- * What an informee participant decides about a confirmation request (DESIGN §2 step 4, Canton's
+ * What an informee participant decides about a confirmation request (docs/design.md §2 step 4, Canton's
  * TransactionProcessingSteps): pure, given the request, its sequencing and this participant's
  * state. First the checks that need no state (payload, model conformance, authorization, ledger
  * time), then activeness against the local ACS and locks.

@@ -9,7 +9,7 @@ import { interpret } from "../ledger/interpreter.ts";
 import { partySet } from "../ledger/ledger-value.ts";
 import type { Command, Transaction } from "../ledger/transaction.ts";
 import { hashSerializedTransaction, serializeTransaction } from "../ledger/transaction-codec.ts";
-import { protocolPayload } from "../mediator/confirmation-messages.ts";
+import { protocolPayload } from "../protocol/confirmation-messages.ts";
 import type { SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import type { Db } from "../storage/db.ts";
 import { changeId, duplicateOf, resolveDeduplicationPeriod } from "./deduplication.ts";
@@ -26,7 +26,7 @@ export interface Submitted {
 }
 
 /**
- * Command submission (DESIGN §2 steps 1–3): interpret against the local ACS, register in flight
+ * Command submission (docs/design.md §2 steps 1–3): interpret against the local ACS, register in flight
  * with the deduplication check, and send the confirmation request to the informee participants
  * and the mediator.
  */
@@ -36,7 +36,7 @@ export class SubmissionService {
     private readonly client: SequencerClient,
     private readonly incarnation: () => string,
     private readonly log: Logger,
-    /** Refuses submissions while a restored participant recovers its deduplication state (DESIGN §4.5). */
+    /** Refuses submissions while a restored participant recovers its deduplication state (docs/design.md §4.5). */
     private readonly recoveryGate: (commandId: string) => void = () => {},
   ) {}
 

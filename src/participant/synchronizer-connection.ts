@@ -10,7 +10,7 @@ import type { SequencerClientStatus } from "../sequencer-client/sequencer-client
 export const SUBMISSION_CHECK_GRACE_MS = 2000;
 
 /**
- * Whether the participant may accept submissions, from its sequencer connection (DESIGN §2
+ * Whether the participant may accept submissions, from its sequencer connection (docs/design.md §2
  * "Sequenced events"): only once the current subscription passed the resubscription check. Before
  * (after start, after every reconnect) submissions are refused with NOT_CONNECTED_TO_SYNCHRONIZER,
  * retryable, as Canton refuses commands while it is not connected to the synchronizer; a node whose

@@ -1,5 +1,4 @@
-import { fromConnectError } from "../common/connect-errors.ts";
-import type { LockstepError } from "../common/errors.ts";
+import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { Micros } from "../common/time.ts";
 
@@ -7,7 +6,7 @@ export interface CleanAcknowledgerOptions {
   intervalMs: number;
   /** The member's current clean timestamp. */
   clean: () => Micros | null;
-  /** Sends one signed Acknowledge. */
+  /** Sends one signed Acknowledge; rejects with the sequencer's LockstepError. */
   send: (timestamp: Micros, signal: AbortSignal) => Promise<void>;
   /** STALE_WRITER_EPOCH: another process of the node took over. */
   onFatal: (error: LockstepError) => void;
@@ -16,7 +15,7 @@ export interface CleanAcknowledgerOptions {
 }
 
 /**
- * Acknowledges the member's clean timestamp every interval when it moved (DESIGN §2): the sequencer
+ * Acknowledges the member's clean timestamp every interval when it moved (docs/design.md §2): the sequencer
  * never prunes at or above it. A failed acknowledgement is simply tried again on the next tick.
  */
 export class CleanAcknowledger {
@@ -45,10 +44,9 @@ export class CleanAcknowledger {
         this.acknowledged = clean;
       } catch (error) {
         if (this.options.signal.aborted) return;
-        const remote = fromConnectError(error);
-        if (remote?.code === "STALE_WRITER_EPOCH") {
+        if (error instanceof LockstepError && error.code === "STALE_WRITER_EPOCH") {
           clearInterval(this.timer);
-          this.options.onFatal(remote);
+          this.options.onFatal(error);
           return;
         }
         this.options.log.debug({ err: error }, "acknowledgement failed; retrying on the next tick");

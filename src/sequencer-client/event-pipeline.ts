@@ -1,3 +1,4 @@
+import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { Micros } from "../common/time.ts";
 import type { TopologyState } from "../crypto/topology.ts";
@@ -119,7 +120,7 @@ export interface RunProcessorDeps {
 }
 
 /**
- * Processes a run of stored events, oldest first, in ONE transaction (DESIGN §2: the clean index
+ * Processes a run of stored events, oldest first, in ONE transaction (docs/design.md §2: the clean index
  * moves atomically with the effects): for each event its topology change is applied and written,
  * then the handler runs with the topology after it, seeing the effects of the earlier events of the
  * run through the same `tx`; the clean timestamp becomes the last event's. Returns the topology
@@ -155,4 +156,48 @@ export async function processRun(
     await deps.setClean(tx, last.event.timestamp);
     return state;
   });
+}
+
+/** The fatal error of a failed run: the handler's LockstepError, or SEQUENCER_CLIENT_HANDLER_FAILED. */
+export function runFailure(failed: unknown, last: StoredEvent): LockstepError {
+  const stored = failed instanceof RunEventFailure ? failed.stored : last;
+  const error = failed instanceof RunEventFailure ? failed.cause : failed;
+  if (error instanceof LockstepError) return error;
+  return new LockstepError(
+    "SEQUENCER_CLIENT_HANDLER_FAILED",
+    {
+      timestamp: stored.event.timestamp,
+      counter: stored.counter,
+      details: error instanceof Error ? error.message : String(error),
+    },
+    { cause: error },
+  );
+}
+
+/**
+ * Replays events stored before the last stop but not processed, in order, in runs of at most
+ * `max`. The number replayed, or undefined when a run failed or the client stopped meanwhile.
+ */
+export async function replayStored(
+  stored: AsyncIterable<StoredEvent>,
+  max: number,
+  signal: AbortSignal,
+  process: (run: readonly StoredEvent[]) => Promise<boolean>,
+): Promise<number | undefined> {
+  let replayed = 0;
+  let run: StoredEvent[] = [];
+  for await (const event of stored) {
+    if (signal.aborted) return undefined;
+    run.push(event);
+    if (run.length < max) continue;
+    if (!(await process(run))) return undefined;
+    replayed += run.length;
+    run = [];
+  }
+  if (signal.aborted) return undefined;
+  if (run.length > 0) {
+    if (!(await process(run))) return undefined;
+    replayed += run.length;
+  }
+  return replayed;
 }

@@ -11,7 +11,7 @@ import {
 import { fingerprint, verify } from "../crypto/keys.ts";
 
 /**
- * The checks a member runs on what its sequencer delivers (DESIGN §2 "Sequenced events"). Every
+ * The checks a member runs on what its sequencer delivers (docs/design.md §2 "Sequenced events"). Every
  * failure is fatal for the connection: the caller must not retry, but log the error and put its
  * remedy in the node's status. Pure functions; the subscription loop is built on them:
  *

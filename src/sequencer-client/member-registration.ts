@@ -1,17 +1,14 @@
-import type { Client } from "@connectrpc/connect";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
-import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { MemberStateStore } from "./member-state-store.ts";
 import type { Registration } from "./sequencer-client.ts";
-import { callSequencer } from "./sequencer-errors.ts";
 import { memberIdFor, memberRegistration, registerMemberRequest } from "./sequencer-requests.ts";
-import { fetchTopology, registeredAtOf } from "./topology-bootstrap.ts";
+import type { SequencerTransport } from "./sequencer-transport.ts";
+import { registeredAtOf } from "./topology-bootstrap.ts";
 
 export interface RegistrationDeps {
-  rpc: Client<typeof SequencerService>;
-  sequencerUrl: string;
+  transport: SequencerTransport;
   keys: KeyStore;
   memberState: MemberStateStore;
   memberName: string;
@@ -27,15 +24,12 @@ export interface RegistrationDeps {
  * saved with it in one transaction.
  */
 export async function ensureRegistered(deps: RegistrationDeps): Promise<Registration> {
-  const { rpc, sequencerUrl, log } = deps;
+  const { transport, log } = deps;
   const { namespace, signing } = await deps.keys.ensureInitialKeys();
   const member = memberIdFor(deps.memberName, namespace);
   // After a restore whose sequencer did not answer: the epoch must clear the sequencer's record
   // before the first request that carries it (throws SEQUENCER_UNAVAILABLE meanwhile; retried).
-  await deps.settleWriterEpoch?.(
-    async () =>
-      (await callSequencer(sequencerUrl, () => rpc.getMemberEvent({ member, timestamp: 0n }))).writerEpoch,
-  );
+  await deps.settleWriterEpoch?.(async () => (await transport.getMemberEvent(member, 0n)).writerEpoch);
   const known = await deps.memberState.registration();
   if (known) {
     if (known.member !== member) {
@@ -45,17 +39,17 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
     }
     return known;
   }
-  const head = await callSequencer(sequencerUrl, () => fetchTopology(rpc));
+  const head = await transport.getTopology();
   let registeredAt = registeredAtOf(head.state, member, namespace);
   if (registeredAt === undefined) {
     const request = registerMemberRequest(memberRegistration(member, namespace, signing));
-    registeredAt = (await callSequencer(sequencerUrl, () => rpc.registerMember(request))).registeredAt;
+    registeredAt = (await transport.registerMember(request)).registeredAt;
     log.info({ member, registeredAt: String(registeredAt) }, "registered with the sequencer");
   } else {
     log.info({ member, registeredAt: String(registeredAt) }, "already registered with the sequencer");
   }
   // Everything effective up to the registration; later changes arrive as events.
-  const asOf = await callSequencer(sequencerUrl, () => fetchTopology(rpc, registeredAt));
+  const asOf = await transport.getTopology(registeredAt);
   const registration: Registration = {
     member,
     registeredAt,

@@ -1,14 +1,12 @@
-import { Code, ConnectError } from "@connectrpc/connect";
-import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
-import type { ErrorDetail } from "../gen/lockstep/common/v1/error_pb.ts";
-import type { SendBatchResponse } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
-import { sequencerCallError } from "./sequencer-errors.ts";
+import type { SendBatchOutcome } from "./sequencer-transport.ts";
 
 export interface SendCoalescerOptions {
-  sequencerUrl: string;
-  /** Signs the serialized Submissions once and calls SendBatch (one result per submission). */
-  sendBatch: (submissions: readonly Uint8Array[]) => Promise<SendBatchResponse>;
+  /**
+   * Signs the serialized Submissions once and calls SendBatch (SequencerTransport.sendBatch: one
+   * outcome per submission, or "unsupported").
+   */
+  sendBatch: (submissions: readonly Uint8Array[]) => Promise<SendBatchOutcome>;
   /** Signs one and calls Send: the fallback for a sequencer without SendBatch. */
   send: (submission: Uint8Array) => Promise<unknown>;
   /** Requests per SendBatch at most; default 256 (the sequencer takes up to 1000). */
@@ -72,29 +70,29 @@ export class SendCoalescer {
 
   private async sendBatch(batch: readonly Queued[]): Promise<void> {
     if (this.batchUnsupported) return this.sendEach(batch);
-    let response: SendBatchResponse;
+    let outcome: SendBatchOutcome;
     try {
-      response = await this.options.sendBatch(batch.map((q) => q.submission));
+      outcome = await this.options.sendBatch(batch.map((q) => q.submission));
     } catch (error) {
-      if (error instanceof ConnectError && error.code === Code.Unimplemented) {
-        // A sequencer from before SendBatch: one Send per submission from now on.
-        this.batchUnsupported = true;
-        return this.sendEach(batch);
-      }
-      const failure = sequencerCallError(error, this.options.sequencerUrl);
-      for (const q of batch) q.reject(failure);
+      // The whole call failed (SEQUENCER_UNAVAILABLE, …): every send in it fails with it.
+      for (const q of batch) q.reject(error);
       return;
     }
-    if (response.results.length !== batch.length) {
+    if (outcome === "unsupported") {
+      // A sequencer from before SendBatch: one Send per submission from now on.
+      this.batchUnsupported = true;
+      return this.sendEach(batch);
+    }
+    if (outcome.length !== batch.length) {
       const failure = new LockstepError("INTERNAL_ERROR", {
-        details: `SendBatch returned ${response.results.length} results for ${batch.length} requests`,
+        details: `SendBatch returned ${outcome.length} results for ${batch.length} requests`,
       });
       for (const q of batch) q.reject(failure);
       return;
     }
     batch.forEach((q, i) => {
-      const error = response.results[i]?.error;
-      if (error) q.reject(fromErrorDetail(error));
+      const error = outcome[i];
+      if (error) q.reject(error);
       else q.resolve();
     });
   }
@@ -106,24 +104,11 @@ export class SendCoalescer {
           await this.options.send(q.submission);
           q.resolve();
         } catch (error) {
-          q.reject(sequencerCallError(error, this.options.sequencerUrl));
+          q.reject(error);
         }
       }),
     );
   }
-}
-
-/** The LockstepError the sequencer refused one submission with (as fromConnectError for a Send). */
-export function fromErrorDetail(detail: ErrorDetail): LockstepError {
-  if (!ERRORS.has(detail.code as ErrorCodeName)) {
-    return new LockstepError("INTERNAL_ERROR", {
-      details: `the sequencer refused the submission with ${detail.code}: ${detail.message}`,
-    });
-  }
-  const error = new LockstepError(detail.code as ErrorCodeName, detail.metadata);
-  // Keep the server's wording: it rendered the same templates, possibly from a newer registry.
-  error.message = detail.message;
-  return error;
 }
 
 /**

@@ -4,16 +4,16 @@ import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import type { SignedTopologyTransaction, TopologyState } from "../crypto/topology.ts";
 import type { Db, Tx } from "../storage/db.ts";
-import { GrpcSequencerClient } from "./grpc-sequencer-client.ts";
 
 /**
- * The sequencer client: how a mediator or participant talks to its sequencer (DESIGN §2
+ * The sequencer client: how a mediator or participant talks to its sequencer (docs/design.md §2
  * "Sequenced events"). It registers the member, stores every event it receives (with a local
  * counter) before processing it, validates the event stream (fork detection), hands each event to
  * the node's handler inside the transaction that also records the member's clean timestamp,
  * acknowledges that clean timestamp, and sends signed submissions.
  *
- * Use from a NodeKindRuntime:
+ * Use from a NodeKindRuntime (createSequencerClient in create-sequencer-client.ts wires the gRPC
+ * transport; the client itself is sequencer-client-runtime.ts, over any SequencerTransport):
  *
  *   migrations: [...kindMigrations, ...sequencerClientMigrations, ...keyStoreMigrations]
  *   create(ctx) → client = createSequencerClient({ db: ctx.db, logger: ctx.logger, memberName: ctx.entry.name,
@@ -65,6 +65,17 @@ export interface SequencerClient {
   topology(): TopologyState;
   /** The timestamp of the newest event received from the sequencer (stored or not yet processed). */
   sequencerTime(): Micros | null;
+  /**
+   * Resolves once the clean timestamp is at or past `timestamp`: every event up to it is processed
+   * and its handler's transaction committed (e.g. effects outside the database that must follow a
+   * commit). Rejects when the client failed (with its fatal error) or stopped, or `signal` aborts.
+   */
+  whenClean(timestamp: Micros, signal?: AbortSignal): Promise<void>;
+  /**
+   * Resolves once the subscription loop has ended: after a fatal error (it never retries) or stop().
+   * Tests wait on it to show "no retry" deterministically.
+   */
+  loopEnded(): Promise<void>;
   status(): SequencerClientStatus;
   /** Stops subscription, acknowledgements and pending backoff; waits for the event in progress. */
   stop(): Promise<void>;
@@ -122,7 +133,7 @@ export interface SequencerClientStatus {
   connected: boolean;
   /** The fatal error, or the latest transport error while reconnecting. */
   lastError: { code: string; message: string; remedy: string } | null;
-  /** Set once a fatal error stopped the client (it does not retry). */
+  /** Set once a fatal error stopped the client, or start() rejected (it does not retry). */
   failed: boolean;
   /** How many Subscribe calls this client made (tests assert "no retry" with it). */
   subscribeAttempts: number;
@@ -164,9 +175,4 @@ export interface SequencerClientOptions {
   ackIntervalMs?: number;
   /** Reconnect backoff, doubling from initial to max, jittered; default 100 ms → 5000 ms. */
   reconnect?: { initialMs?: number; maxMs?: number };
-}
-
-/** The Connect (gRPC) client, the only backend so far. No I/O until register() or start(). */
-export function createSequencerClient(options: SequencerClientOptions): SequencerClient {
-  return new GrpcSequencerClient(options);
 }

@@ -8,7 +8,7 @@ export const CHECK_PROBE_INTERVAL_MS = 2000;
 export type SubscriptionCheckState = "pending" | "passed";
 
 /**
- * The resubscription check (DESIGN §2 "Sequenced events"): on every (re)subscription the member's
+ * The resubscription check (docs/design.md §2 "Sequenced events"): on every (re)subscription the member's
  * last stored event must come back from the sequencer (the "echo", validated by
  * EventStreamValidator) before the member may act. Without traffic a sequencer that lacks that
  * event (restored from an older backup) would send nothing and the member would look healthy; so

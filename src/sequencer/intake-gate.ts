@@ -1,7 +1,7 @@
 import { LockstepError } from "../common/errors.ts";
 
 /**
- * Pauses the sequencer's intake for `backup create --quiesce` (DESIGN §4.3). While paused, new
+ * Pauses the sequencer's intake for `backup create --quiesce` (docs/design.md §4.3). While paused, new
  * submissions are refused with SEQUENCER_INTAKE_PAUSED (retryable); `pause` returns once those
  * admitted before are sequenced, so the head stands still. The pause is a lease: it ends by itself,
  * so an operator that crashed mid-backup cannot leave the synchronizer stopped.

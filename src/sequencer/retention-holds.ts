@@ -3,7 +3,7 @@ import type { Micros } from "../common/time.ts";
 import type { Db, Queryable } from "../storage/db.ts";
 
 /**
- * Retention holds (DESIGN §2, §4.6): one per member position of a retained backup set. The
+ * Retention holds (docs/design.md §2, §4.6): one per member position of a retained backup set. The
  * sequencer never prunes past the oldest, so every retained participant and mediator backup stays
  * restorable against the live sequencer. `backup create` sets them, `backup expire` releases
  * them; a forced prune releases the ones in its way and records their sets as stranded.

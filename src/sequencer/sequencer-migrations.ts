@@ -80,7 +80,7 @@ CREATE TABLE sequencer_topology (
     version: 101,
     name: "retention_holds_and_activations",
     sql: `
--- Retention holds (DESIGN §2, §4.6): one row per member position of a retained backup set. The
+-- Retention holds (docs/design.md §2, §4.6): one row per member position of a retained backup set. The
 -- safe pruning point stays at or below the oldest; backup expire releases a set's holds.
 CREATE TABLE sequencer_retention_holds (
   set_id     text NOT NULL,

@@ -40,7 +40,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
       async status() {
         if (!sequencer) return { position: {} };
         const status = await sequencer.status();
-        // The backup position of a sequencer (DESIGN §4.1); bigints as strings.
+        // The backup position of a sequencer (docs/design.md §4.1); bigints as strings.
         return {
           position: {
             head: status.head?.toString() ?? null,

@@ -4,7 +4,7 @@ import type { RetentionHold } from "./retention-holds.ts";
 import type { MemberPosition } from "./sequencer-store.ts";
 
 /**
- * Where pruning is safe (DESIGN §2): below every member's acknowledged clean timestamp, so that any
+ * Where pruning is safe (docs/design.md §2): below every member's acknowledged clean timestamp, so that any
  * member can resubscribe from its last acknowledged event, and at or below the oldest retention
  * hold, so that every retained backup can be restored against this sequencer. A member that has
  * never acknowledged blocks pruning above its registration (it may still need everything).

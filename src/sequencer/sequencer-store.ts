@@ -334,7 +334,7 @@ export class SequencerStore {
   /**
    * Lowers the member's acknowledgement to `timestamp` (null: removes it, so its registration
    * bounds pruning again); never raises it. For a restored member, which goes back behind its own
-   * acknowledgement (DESIGN §2). Returns the acknowledgement on record afterwards.
+   * acknowledgement (docs/design.md §2). Returns the acknowledgement on record afterwards.
    */
   async lowerAcknowledgement(member: string, timestamp: Micros | null): Promise<Micros | null> {
     return this.db.transaction(

@@ -28,7 +28,7 @@ export interface SubmissionItem {
   readonly payload: Uint8Array;
   /** null: no limit. */
   readonly maxSequencingTime: Micros | null;
-  /** An empty event to the sender only (DESIGN §2 "Time proofs"). */
+  /** An empty event to the sender only (docs/design.md §2 "Time proofs"). */
   readonly timeProof: boolean;
 }
 

@@ -110,7 +110,7 @@ export interface MemberEventInfo {
 }
 
 /**
- * The sequencer (DESIGN §2 "Sequenced events"): authenticates member requests, hands accepted
+ * The sequencer (docs/design.md §2 "Sequenced events"): authenticates member requests, hands accepted
  * submissions to the single writer, serves subscriptions, acknowledgements, registration and
  * pruning. Started on activation, when this process holds the node's single-writer lock.
  */
@@ -446,7 +446,7 @@ export class Sequencer {
   }
 
   /**
-   * What restore preflight asks about a member (DESIGN §4.4): can it still subscribe from
+   * What restore preflight asks about a member (docs/design.md §4.4): can it still subscribe from
    * `timestamp`, and which event did it get there (to compare with a backup's last stored event).
    */
   async memberEvent(member: string, timestamp: Micros): Promise<MemberEventInfo> {

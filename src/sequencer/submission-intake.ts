@@ -38,7 +38,7 @@ export function requireMember(writer: SequencerWriter, member: string): Micros {
 }
 
 /**
- * Send and SendBatch (DESIGN §2): authenticates each submission's sender, validates it, fences
+ * Send and SendBatch (docs/design.md §2): authenticates each submission's sender, validates it, fences
  * stale writer epochs, and hands what is accepted to the writer. Nothing refused is stored.
  */
 export class SubmissionIntake {

@@ -9,7 +9,7 @@ export interface WriterRecord {
 }
 
 /**
- * Writer epoch fencing (DESIGN §3): the highest epoch seen per member, with its activation. A
+ * Writer epoch fencing (docs/design.md §3): the highest epoch seen per member, with its activation. A
  * lower epoch is refused, and so is an EQUAL one from another activation: two copies of one node
  * database (restored twice from the same set, or a forgotten site) bump to the same epoch, and
  * only the first one heard may act. A higher epoch is recorded durably before the request

@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { DbSession } from "./db.ts";
 
 /**
@@ -6,7 +7,7 @@ import type { DbSession } from "./db.ts";
  * sits in the low bits of the id so that the locks of one database never collide.
  */
 export const LOCK_COUNTERS = {
-  /** The node's single writer (DESIGN.md §3). */
+  /** The node's single writer (docs/design.md §3). */
   nodeWriter: 1,
   /** Schema migrations (migrations.ts). */
   migrations: 2,
@@ -29,21 +30,6 @@ export function lockIdFor(scope: string, counter: number): bigint {
 /** The single-writer lock id of a node's database, derived from the database's name. */
 export function lockIdForDatabase(name: string): bigint {
   return lockIdFor(name, LOCK_COUNTERS.nodeWriter);
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
-      signal?.removeEventListener("abort", onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
 }
 
 /**
@@ -82,7 +68,12 @@ export class SessionLock {
     for (;;) {
       signal?.throwIfAborted();
       if (await this.tryAcquire()) return;
-      await sleep(pollMs, signal);
+      try {
+        await sleep(pollMs, undefined, { signal });
+      } catch (error) {
+        signal?.throwIfAborted(); // the signal's reason, not timers' AbortError
+        throw error;
+      }
     }
   }
 

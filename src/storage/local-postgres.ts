@@ -14,21 +14,13 @@ import {
   writeFileSync,
 } from "node:fs";
 import { dirname, join, resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { LockstepError } from "../common/errors.ts";
 import { type Logger, silentLogger } from "../common/logging.ts";
+import { freePort, LOOPBACK, portIsFree } from "../common/loopback.ts";
 import { findServerBinaries, POSTGRES_MAJOR, type ServerBinaries } from "./postgres-binaries.ts";
-import {
-  anyFreePort,
-  chownTree,
-  isAlive,
-  makeTraversable,
-  portIsFree,
-  postgresOsUser,
-  type RunAs,
-  run,
-  sleep,
-} from "./server-process.ts";
+import { chownTree, isAlive, makeTraversable, postgresOsUser, type RunAs, run } from "./server-process.ts";
 
 export interface LocalPostgresOptions {
   /** The cluster directory, e.g. `<data-dir>/postgres`: holds `data/` (PGDATA), `server.log`, `port`. */
@@ -47,7 +39,6 @@ export interface StartedPostgres {
   reused: boolean;
 }
 
-const HOST = "127.0.0.1";
 const SUPERUSER = "postgres";
 const START_ATTEMPTS = 3;
 
@@ -96,7 +87,7 @@ export class LocalPostgres {
       if (running) {
         this.currentPort = running;
         this.logger.info({ port: running, dir: this.dir }, "reusing running PostgreSQL");
-        return { host: HOST, port: running, reused: true };
+        return { host: LOOPBACK, port: running, reused: true };
       }
       const port = await this.choosePort();
       await this.ensureCluster(binaries, runAs);
@@ -118,7 +109,7 @@ export class LocalPostgres {
         this.currentPort = port;
         writeFileSync(this.portFile, `${port}\n`);
         this.logger.info({ port, dir: this.dir, binaries: binaries.binDir }, "started PostgreSQL");
-        return { host: HOST, port, reused: false };
+        return { host: LOOPBACK, port, reused: false };
       }
       // Another process may have started it at the same moment (PostgreSQL's postmaster.pid lock
       // lets exactly one win), or the port was taken between choosing and binding: look again.
@@ -148,7 +139,7 @@ export class LocalPostgres {
   connectionUrl(database: string): string {
     const port = this.port;
     if (port === undefined) throw this.failed("the server has not been started, so its port is unknown");
-    return `postgresql://${SUPERUSER}@${HOST}:${port}/${encodeURIComponent(database)}`;
+    return `postgresql://${SUPERUSER}@${LOOPBACK}:${port}/${encodeURIComponent(database)}`;
   }
 
   /** Creates the database unless it exists; true when this call created it. Safe when many race. */
@@ -259,7 +250,7 @@ export class LocalPostgres {
 
   private async accepts(port: number): Promise<boolean> {
     const client = new pg.Client({
-      host: HOST,
+      host: LOOPBACK,
       port,
       user: SUPERUSER,
       database: "postgres",
@@ -304,7 +295,7 @@ export class LocalPostgres {
     if (previous !== undefined && (await portIsFree(previous))) return previous;
     if (previous !== undefined)
       this.logger.warn({ previous }, "PostgreSQL's previous port is taken: using another");
-    return anyFreePort();
+    return freePort();
   }
 
   /**
@@ -386,7 +377,7 @@ export class LocalPostgres {
     // TCP on localhost only: no unix socket, so no socket path-length limit and no socket dir to own.
     appendFileSync(
       join(staging, "postgresql.conf"),
-      "\n# Added by Lockstep\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n",
+      `\n# Added by Lockstep\nlisten_addresses = '${LOOPBACK}'\nunix_socket_directories = ''\n`,
     );
     try {
       renameSync(staging, this.dataDir);

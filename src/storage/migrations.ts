@@ -1,14 +1,10 @@
 import { createHash } from "node:crypto";
 import { LockstepError } from "../common/errors.ts";
+import type { Migration } from "../common/node-kind.ts";
 import { LOCK_COUNTERS, lockIdFor } from "./advisory-lock.ts";
 import type { Db, Tx } from "./db.ts";
 
-/** One schema change of a node kind, applied once, in version order. */
-export interface Migration {
-  version: number;
-  name: string;
-  sql: string;
-}
+export type { Migration };
 
 /** One lock for all kinds: migrations are rare and short, and one lock cannot deadlock. */
 export const MIGRATION_LOCK_ID = lockIdFor("lockstep-migrations", LOCK_COUNTERS.migrations);

@@ -4,7 +4,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { LockstepError } from "../common/errors.ts";
 
-/** The major version every Lockstep database runs on (DESIGN.md §3). */
+/** The major version every Lockstep database runs on (docs/design.md §3). */
 export const POSTGRES_MAJOR = 15;
 
 const SYSTEM_BIN_DIR = `/usr/lib/postgresql/${POSTGRES_MAJOR}/bin`;

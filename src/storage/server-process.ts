@@ -1,22 +1,16 @@
 import { execFileSync, spawn } from "node:child_process";
 import { chmodSync, chownSync, lstatSync, readdirSync, statSync } from "node:fs";
-import { createServer } from "node:net";
 import { dirname, join } from "node:path";
 
 /**
  * OS plumbing for the local PostgreSQL server: running its tools as the right user, pid
- * liveness, free ports, ownership. Kept apart so local-postgres.ts reads as cluster logic.
+ * liveness (the one isAlive), ownership. Kept apart so local-postgres.ts reads as cluster logic.
+ * Free ports and the loopback address: common/loopback.ts.
  */
-
-const LOOPBACK = "127.0.0.1";
 
 export interface RunAs {
   uid: number;
   gid: number;
-}
-
-export function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
 }
 
 export function isAlive(pid: number): boolean {
@@ -27,27 +21,6 @@ export function isAlive(pid: number): boolean {
     // EPERM: alive, but another user's (the postgres user's, when we are not root).
     return (error as NodeJS.ErrnoException).code === "EPERM";
   }
-}
-
-export function portIsFree(port: number): Promise<boolean> {
-  return new Promise((resolvePort) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", () => resolvePort(false));
-    server.listen(port, LOOPBACK, () => server.close(() => resolvePort(true)));
-  });
-}
-
-export function anyFreePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once("error", reject);
-    server.listen(0, LOOPBACK, () => {
-      const address = server.address();
-      server.close(() => resolvePort(typeof address === "object" && address ? address.port : 0));
-    });
-  });
 }
 
 /** Runs a PostgreSQL tool to completion, as `runAs` when given; never rejects. */

@@ -3,8 +3,8 @@ import { spawn } from "node:child_process";
 import { existsSync, readdirSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { fileURLToPath } from "node:url";
 import { hashFile } from "../../src/backup/pg-dump-engine.ts";
+import { LOCKSTEP_BIN } from "../../src/cli/self-process.ts";
 import { backupsTaken } from "../../src/node/node-state.ts";
 import { type BackupTestNetwork, startBackupNetwork } from "../support/backup-network.ts";
 
@@ -147,8 +147,7 @@ test("--quiesce: intake paused, all dumped in parallel, intake resumed (traffic 
 
 test("SIGKILL during create: the incomplete set is never listed, and the next run removes it", async () => {
   const before = new Set(readdirSync(n.repository.dir));
-  const bin = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
-  const child = spawn(process.execPath, [bin, "backup", "create", "--config", n.net.configPath], {
+  const child = spawn(process.execPath, [LOCKSTEP_BIN, "backup", "create", "--config", n.net.configPath], {
     stdio: "ignore",
   });
   let partial: string | undefined;

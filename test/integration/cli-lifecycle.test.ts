@@ -3,9 +3,10 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { freePort } from "../../src/node/free-port.ts";
+import { freePort } from "../../src/common/loopback.ts";
 import type { TestNetworkConfig } from "../support/cli.ts";
 import { runLockstep, writeTestConfig } from "../support/cli.ts";
+import { waitFor } from "../support/wait.ts";
 
 interface StatusJson {
   nodes: { name: string; kind: string; running: boolean; role: string | null; writerEpoch: string | null }[];
@@ -26,16 +27,6 @@ after(async () => {
 async function health(port: number): Promise<{ status: number; body: { status: string } }> {
   const r = await fetch(`http://127.0.0.1:${port}/health`);
   return { status: r.status, body: (await r.json()) as { status: string } };
-}
-
-async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    const value = await probe().catch(() => undefined);
-    if (value !== undefined) return value;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 test("up --detach, status, replica fail-over, down", async () => {

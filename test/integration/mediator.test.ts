@@ -3,7 +3,6 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { validateConfig } from "../../src/common/config.ts";
 import { configNodes, type NodeEntry } from "../../src/common/config-schema.ts";
 import { silentLogger } from "../../src/common/logging.ts";
@@ -14,10 +13,12 @@ import { createPgDb } from "../../src/storage/pg-db.ts";
 import { TestParticipant } from "../support/mediator-participants.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";
 import { startTestSequencer, type TestSequencer } from "../support/sequencer-harness.ts";
+import { waitUntil } from "../support/wait.ts";
 
 // A real sequencer, a real mediator node and two test participants (plain sequencer-client
 // members): p1 hosts alice, p2 hosts bob. Participant response timeout 2 s, so timeouts are quick.
-const pg = await startTestPostgres();
+// Cleaned up last, in this file's own `after`: nodes still querying must not see the server go first.
+const pg = await startTestPostgres({ autoCleanup: false });
 const logger = silentLogger("mediator-test");
 const mediatorDatabase = "mediator_it";
 const dataDir = mkdtempSync(join(tmpdir(), "lockstep-mediator-"));
@@ -53,6 +54,14 @@ async function startMediator(): Promise<NodeRuntime> {
 
 async function mediatorPosition(): Promise<{ clean: string | null; openRequests: number }> {
   return JSON.parse((await (mediator as NodeRuntime).status()).positionJson);
+}
+
+/** Waits until the mediator's clean timestamp reached `at`: it processed that event and what came before. */
+async function processedBy(at: bigint): Promise<void> {
+  await waitUntil(
+    `the mediator processed ${at}`,
+    async () => BigInt((await mediatorPosition()).clean ?? 0) >= at,
+  );
 }
 
 /** p1 submits a request with alice and bob confirming; both participants must receive it. */
@@ -95,6 +104,7 @@ after(async () => {
   await p2?.stop();
   await mediator?.stop();
   await sequencer?.stop();
+  await pg.cleanup();
   rmSync(dataDir, { recursive: true, force: true });
 });
 
@@ -135,7 +145,7 @@ describe("with alice on p1 and bob on p2", () => {
     const { requestId, rootHash } = await submit();
     const reject = (reason: string) => ({ code: "CONTRACT_NOT_ACTIVE", reason });
     await p2.respond({ mediator: mediatorId, requestId, rootHash, parties: [bob], reject: reject("first") });
-    await p1.respond({
+    const second = await p1.respond({
       mediator: mediatorId,
       requestId,
       rootHash,
@@ -146,7 +156,9 @@ describe("with alice on p1 and bob on p2", () => {
     assert.equal(verdict.outcome.case, "reject");
     assert.equal(verdict.outcome.value.reason, "first");
     assert.equal(verdict.outcome.value.participant, p2.member);
-    await sleep(300);
+    // Deterministic: once the mediator processed the second rejection, any other verdict it would
+    // send comes from that processing; none did.
+    await processedBy(second);
     assert.equal(p1.verdicts(requestId).length, 1);
   });
 
@@ -162,8 +174,8 @@ describe("with alice on p1 and bob on p2", () => {
     const decidedAt = p2.verdicts(requestId)[0]?.event.timestamp ?? 0n;
     assert.ok(decidedAt > requestId + 2_000_000n, "not before the deadline");
     // The approval after the timeout is late and changes nothing.
-    await p2.respond({ mediator: mediatorId, requestId, rootHash, parties: [bob] });
-    await sleep(300);
+    const late = await p2.respond({ mediator: mediatorId, requestId, rootHash, parties: [bob] });
+    await processedBy(late);
     assert.equal(p2.verdicts(requestId).length, 1);
     assert.equal((await mediatorPosition()).openRequests, 0);
   });
@@ -179,7 +191,9 @@ describe("with alice on p1 and bob on p2", () => {
     const verdict = await p1.awaitVerdict(requestId);
     assert.equal(verdict.outcome.case, "approve");
     await p2.awaitVerdict(requestId);
-    await sleep(1500);
+    // Once the restarted mediator processed its own verdict's receipt, it knows the verdict was
+    // sequenced and never sends it again.
+    await processedBy(p2.verdicts(requestId)[0]?.event.timestamp ?? 0n);
     assert.equal(p1.verdicts(requestId).length, 1);
     assert.equal(p2.verdicts(requestId).length, 1);
     const position = await mediatorPosition();

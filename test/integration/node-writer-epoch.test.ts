@@ -11,7 +11,7 @@ import type { Db } from "../../src/storage/db.ts";
 import { runMigrations } from "../../src/storage/migrations.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";
 
-// The node side of writer fencing (DESIGN §3): activations, and the epoch a restore could not
+// The node side of writer fencing (docs/design.md §3): activations, and the epoch a restore could not
 // verify raised above the sequencer's record. The flag is set by SQL as `restore apply` does.
 
 const pg = await startTestPostgres();

@@ -9,6 +9,7 @@ import { allActiveContracts, readUpdates } from "../../src/participant/participa
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
 import { startTestPostgres } from "../support/postgres.ts";
+import { waitUntil } from "../support/wait.ts";
 
 // A real sequencer and mediator, alice and carol on participant1, bob on participant2.
 const pg = await startTestPostgres();
@@ -27,20 +28,14 @@ before(async () => {
   carol = (await p1.allocateParty("carol")).party;
   bob = (await p2.allocateParty("bob")).party;
   // participant1 must also see bob's hosting before it can address him.
-  await waitFor(async () => (await p1.listParties()).some((p) => p.party === bob));
+  await waitUntil("bob in participant1's parties", async () =>
+    (await p1.listParties()).some((p) => p.party === bob),
+  );
 });
 
 after(async () => {
   await net?.stop();
 });
-
-async function waitFor(condition: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > until) throw new Error("timed out");
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 function createIou(owner: string, extra: Partial<SubmitCommands> = {}): SubmitCommands {
   return {
@@ -110,7 +105,10 @@ test("create and transfer are visible to both stakeholders and to nobody else", 
   const bobsIou = moved.createdContractIds[0] as string;
 
   // bob's participant commits the transfer too (the verdict reaches every informee participant).
-  await waitFor(async () => (await p2.activeContracts({ parties: [bob] })).contracts.length > 0);
+  await waitUntil(
+    "a contract in bob's ACS on participant2",
+    async () => (await p2.activeContracts({ parties: [bob] })).contracts.length > 0,
+  );
   const bobAcs = await p2.activeContracts({ parties: [bob] });
   assert.deepEqual(
     bobAcs.contracts.map((c) => c.contractId),
@@ -244,7 +242,7 @@ test("a ledger time outside the tolerance is rejected", async () => {
 
 test("a restarted participant keeps its ledger and ACS and continues; the ACS equals the one recomputed from updates", async () => {
   const { createdContractIds } = await p1.submitAndWait(createIou(bob));
-  await waitFor(async () =>
+  await waitUntil("the new contract in bob's ACS on participant2", async () =>
     (await p2.activeContracts({ parties: [bob] })).contracts.some(
       (c) => c.contractId === createdContractIds[0],
     ),

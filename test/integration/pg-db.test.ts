@@ -4,6 +4,7 @@ import { isLockstepError } from "../../src/common/errors.ts";
 import { lockIdForDatabase, SessionLock } from "../../src/storage/advisory-lock.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";
+import { waitUntil } from "../support/wait.ts";
 
 const pg = await startTestPostgres();
 const db = await createTestDb(pg, "pgdb");
@@ -144,10 +145,18 @@ test("SessionLock: a second session cannot acquire until the first releases", as
     assert.equal(await a.verify(), true);
     assert.equal(await b.tryAcquire(), false);
     let bGotIt = false;
+    // Count b's attempts: "passive while the first holds it" is proven by attempts that failed, not
+    // by a wait that hopes to have seen some.
+    let tries = 0;
+    const tryAcquire = b.tryAcquire.bind(b);
+    b.tryAcquire = async () => {
+      tries++;
+      return tryAcquire();
+    };
     const waiting = b.waitUntilAcquired(50).then(() => {
       bGotIt = true;
     });
-    await new Promise((r) => setTimeout(r, 300));
+    await waitUntil("b tried three times", () => tries >= 3);
     assert.equal(bGotIt, false, "passive while the first holds the lock");
     await a.release();
     await waitFor(waiting);

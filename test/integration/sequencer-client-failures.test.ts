@@ -5,7 +5,6 @@
  */
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { StringValueSchema } from "@bufbuild/protobuf/wkt";
 import { createNodeClient } from "../../src/common/rpc-client.ts";
@@ -20,7 +19,7 @@ import {
   stopAll,
   type TestMember,
 } from "../support/sequencer-client-harness.ts";
-import { waitUntil } from "../support/wait.ts";
+import { waitUntil, withinSeconds } from "../support/wait.ts";
 
 after(stopAll);
 const pg = await startTestPostgres();
@@ -38,7 +37,8 @@ async function assertFatalOnce(member: TestMember, code: string): Promise<void> 
   const status = member.client.status();
   assert.ok(status.failed);
   assert.equal(status.lastError?.code, code);
-  await sleep(1500);
+  // The subscription loop ends by itself after a fatal error: once it has, no retry can follow.
+  await withinSeconds(member.client.loopEnded(), 10, "the subscription loop to end after the fatal error");
   assert.equal(member.client.status().subscribeAttempts, status.subscribeAttempts, "not retried");
   assert.equal(member.fatals.length, 1);
 }

@@ -12,6 +12,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { LockstepError } from "../../src/common/errors.ts";
 import { SendBatchResponseSchema } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { encodeMessagePayload, unpackEventMessage } from "../../src/sequencer-client/event-payload.ts";
+import { sendBatchOutcome } from "../../src/sequencer-client/grpc-sequencer-transport.ts";
 import { SendCoalescer } from "../../src/sequencer-client/send-coalescer.ts";
 import { SequencedEventStore } from "../../src/sequencer-client/sequenced-event-store.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";
@@ -213,22 +214,23 @@ describe("sequencer client", () => {
     const calls: number[] = [];
     let release: () => void = () => {};
     const marker = (value: string) => Buffer.from(value);
+    // The gRPC transport's reading of each call (sendBatchOutcome) under the coalescer.
     const coalescer = new SendCoalescer({
-      sequencerUrl: "http://127.0.0.1:1",
       maxInFlight: 1,
       send: () => Promise.reject(new Error("not used")),
-      sendBatch: async (submissions) => {
-        calls.push(submissions.length);
-        if (calls.length === 1) await new Promise<void>((resolve) => (release = resolve));
-        if (calls.length === 3) throw new ConnectError("connection refused", Code.Unavailable);
-        return create(SendBatchResponseSchema, {
-          results: submissions.map((s) =>
-            Buffer.from(s).toString() === "bad"
-              ? { error: { code: "STALE_WRITER_EPOCH", message: "stale", metadata: { member: "m" } } }
-              : {},
-          ),
-        });
-      },
+      sendBatch: (submissions) =>
+        sendBatchOutcome("http://127.0.0.1:1", async () => {
+          calls.push(submissions.length);
+          if (calls.length === 1) await new Promise<void>((resolve) => (release = resolve));
+          if (calls.length === 3) throw new ConnectError("connection refused", Code.Unavailable);
+          return create(SendBatchResponseSchema, {
+            results: submissions.map((s) =>
+              Buffer.from(s).toString() === "bad"
+                ? { error: { code: "STALE_WRITER_EPOCH", message: "stale", metadata: { member: "m" } } }
+                : {},
+            ),
+          });
+        }),
     });
     const first = coalescer.send(marker("ok"));
     const queued = ["ok", "bad", "ok", "ok"].map((f) =>
@@ -251,14 +253,14 @@ describe("sequencer client", () => {
     const inFlight: (() => void)[] = [];
     const sizes: number[] = [];
     const two = new SendCoalescer({
-      sequencerUrl: "http://127.0.0.1:1",
       maxInFlight: 2,
       send: () => Promise.reject(new Error("not used")),
-      sendBatch: async (submissions) => {
-        sizes.push(submissions.length);
-        await new Promise<void>((resolve) => inFlight.push(resolve));
-        return create(SendBatchResponseSchema, { results: submissions.map(() => ({})) });
-      },
+      sendBatch: (submissions) =>
+        sendBatchOutcome("http://127.0.0.1:1", async () => {
+          sizes.push(submissions.length);
+          await new Promise<void>((resolve) => inFlight.push(resolve));
+          return create(SendBatchResponseSchema, { results: submissions.map(() => ({})) });
+        }),
     });
     const sends = Array.from({ length: 5 }, (_, i) => two.send(marker(`s${i}`)));
     await waitUntil("two calls in flight", () => inFlight.length === 2);

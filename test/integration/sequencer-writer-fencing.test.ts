@@ -10,7 +10,7 @@ import {
   type TestSequencer,
 } from "../support/sequencer-harness.ts";
 
-// Writer fencing by epoch AND activation (DESIGN §3): an equal epoch carried by another activation
+// Writer fencing by epoch AND activation (docs/design.md §3): an equal epoch carried by another activation
 // is refused like a lower one, on every request that carries one. The old code compared epochs
 // only, so every "refused at an equal epoch" assertion below was accepted there.
 
@@ -102,7 +102,7 @@ test("a higher epoch takes over with its activation, durably across a sequencer 
     "STALE_WRITER_EPOCH",
   );
   await seq.client.send(dave.sendRequest({ messageId: "b-5" }));
-  // GetMemberEvent reports the record: a member restored without it asks there (restore, §4.5).
+  // GetMemberEvent reports the record: a member restored without it asks there (restore, docs/design.md §3).
   assert.equal((await seq.client.getMemberEvent({ member: dave.id, timestamp: 0n })).writerEpoch, 4n);
 });
 

@@ -152,4 +152,32 @@ test("retention holds: prune keeps retained sets and restoring members; expire r
   const retention = refused.json<PlanJson>().checks.find((c) => c.check === "retention");
   assert.equal(retention?.code, "RESTORE_SET_STRANDED", refused.stdout);
   assert.equal(retention?.verdict, "refuse");
+
+  // A stranded set still restores whole, sequencer included: the restored sequencer gets the
+  // repository's holds, and the restored members' acknowledgements in it are at their positions.
+  const s2Position = (await restore(n, "plan", s2, ["--nodes", "participant1", "--replace"])).json<{
+    nodes: { position: { lastStored: { timestamp: string } } }[];
+  }>().nodes[0]?.position.lastStored.timestamp;
+  for (const node of ["participant1", "mediator1", "sequencer1"]) await nodeStop(n, node);
+  const whole = await restore(n, "apply", s2, ["--replace"]);
+  assert.equal(whole.code, 0, whole.stdout + whole.stderr);
+  await nodeStart(n, "sequencer1");
+  const restoredStatus = await sequencerStatus(n);
+  assert.deepEqual([...new Set(restoredStatus.holds.map((h) => h.set))], [s2]);
+  const p1Ack = restoredStatus.members.find((m) => m.member.startsWith("participant1::"))?.acknowledged;
+  assert.ok(p1Ack === null || BigInt(p1Ack ?? 0) <= BigInt(s2Position ?? 0), `${p1Ack} <= ${s2Position}`);
+  await nodeStart(n, "mediator1");
+  await nodeStart(n, "participant1");
+  await waitFor(
+    "the restored network to commit",
+    async () => {
+      // A retry after a commit that timed out on the way back is a duplicate: committed too.
+      await create(n, "h4", alice).catch((error: Error) => {
+        if (!/DUPLICATE_COMMAND/.test(error.message)) throw error;
+      });
+      return true;
+    },
+    90_000,
+    2000,
+  );
 });

@@ -3,7 +3,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { parse, stringify } from "yaml";
-import { freePort } from "../../src/node/free-port.ts";
+import { freePort } from "../../src/common/loopback.ts";
 import { embeddedClusterDir, embeddedDatabaseName } from "../../src/node/node-database.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
@@ -26,7 +26,7 @@ import {
   waitForNodeError,
 } from "../support/restore-network.ts";
 
-// Writer fencing without gaps (DESIGN §3, docs/synchronizer.md "Writer epochs and activations"):
+// Writer fencing without gaps (docs/design.md §3, docs/synchronizer.md "Writer epochs and activations"):
 // two copies of one node database at the same epoch cannot both act, and a node restored while
 // the sequencer was down takes exactly one epoch above the sequencer's record, no guessed margin.
 

@@ -1,14 +1,12 @@
-import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { stringify } from "yaml";
-import { freePort } from "../../src/node/free-port.ts";
-
-const BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
+import { runLockstep as runSelf } from "../../src/cli/self-process.ts";
+import { freePort } from "../../src/common/loopback.ts";
 
 export interface CliResult {
+  /** -1 when the child was killed by a signal (src/cli/self-process.ts). */
   code: number;
   stdout: string;
   stderr: string;
@@ -16,34 +14,19 @@ export interface CliResult {
   json: <T = Record<string, unknown>>() => T;
 }
 
-/** Runs the real `lockstep` binary as a subprocess, as an operator would. */
-export function runLockstep(
+/**
+ * Runs the real `lockstep` binary as a subprocess, as an operator would: the one spawn helper
+ * (src/cli/self-process.ts), with quiet logs, a 120 s limit and `json()` for `--json` output.
+ */
+export async function runLockstep(
   args: string[],
   options: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
 ): Promise<CliResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { ...process.env, LOCKSTEP_LOG_LEVEL: "warn", ...options.env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d) => {
-      stdout += d;
-    });
-    child.stderr.on("data", (d) => {
-      stderr += d;
-    });
-    const timer = setTimeout(() => {
-      child.kill("SIGKILL");
-      reject(new Error(`lockstep ${args.join(" ")} timed out\n${stderr}`));
-    }, options.timeoutMs ?? 120_000);
-    child.on("error", reject);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr, json: <T>() => JSON.parse(stdout) as T });
-    });
+  const run = await runSelf(args, {
+    env: { ...process.env, LOCKSTEP_LOG_LEVEL: "warn", ...options.env },
+    timeoutMs: options.timeoutMs ?? 120_000,
   });
+  return { ...run, json: <T>() => JSON.parse(run.stdout) as T };
 }
 
 export interface TestNetworkConfig {

@@ -88,7 +88,7 @@ export function ledgerClients(port: number): LedgerClients {
   };
 }
 
-/** Iou arguments as CLI.md writes them (decimals as strings). */
+/** Iou arguments as docs/cli.md writes them (decimals as strings). */
 export function iouArgs(issuer: string, owner: string, amount = "100.00", currency = "USD") {
   return { issuer, owner, amount, currency };
 }

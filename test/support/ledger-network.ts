@@ -7,6 +7,10 @@ import type { Contract } from "../../src/gen/lockstep/ledger/v1/event_pb.ts";
 import { livePid, processFiles } from "../../src/node/process-files.ts";
 import { runLockstep, type TestNetworkConfig, writeTestConfig } from "./cli.ts";
 import { iouArgs, type LedgerClients, ledgerClients } from "./ledger-client.ts";
+import { waitFor } from "./wait.ts";
+
+/** The polling helper, re-exported for the scenario tests that import it from here. */
+export { waitFor };
 
 /** A whole network started as subprocesses with `lockstep up --detach`, as an operator would. */
 export interface LedgerNetwork {
@@ -65,26 +69,6 @@ export async function startLedgerNetwork(options: LedgerNetworkOptions = {}): Pr
     throw new Error(`lockstep up failed (${up.code}): ${up.stdout}${up.stderr}\n${log("participant1")}`);
   }
   return network;
-}
-
-export async function waitFor<T>(
-  what: string,
-  probe: () => Promise<T | undefined>,
-  timeoutMs = 30_000,
-  intervalMs = 200,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      const value = await probe();
-      if (value !== undefined) return value;
-    } catch (error) {
-      last = error;
-    }
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ""}`);
 }
 
 /** Allocates a party on one participant and waits until every participant's topology knows it. */

@@ -15,7 +15,7 @@ import {
 } from "../../src/crypto/topology.ts";
 import { ConfirmationRequestSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
 import type { MediatorInput } from "../../src/mediator/confirmation-aggregator.ts";
-import { signConfirmationResponse } from "../../src/mediator/confirmation-messages.ts";
+import { signConfirmationResponse } from "../../src/protocol/confirmation-messages.ts";
 
 // A synchronizer with two participants: p1 hosts alice and carol, p2 hosts bob; timeout 2 s.
 export const syncNs = generateKeyPair("namespace");

@@ -4,7 +4,6 @@
  * every event they receive. No participant logic beyond that (the participant node is another issue).
  */
 import { randomBytes } from "node:crypto";
-import { setTimeout as sleep } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { uniqueIdentifier } from "../../src/common/ids.ts";
 import type { Logger } from "../../src/common/logging.ts";
@@ -21,11 +20,13 @@ import {
   parseProtocolMessage,
   protocolPayload,
   signConfirmationResponse,
-} from "../../src/mediator/confirmation-messages.ts";
-import { createSequencerClient, type SequencerClient } from "../../src/sequencer-client/sequencer-client.ts";
+} from "../../src/protocol/confirmation-messages.ts";
+import { createSequencerClient } from "../../src/sequencer-client/create-sequencer-client.ts";
+import type { SequencerClient } from "../../src/sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../../src/sequencer-client/sequencer-client-migrations.ts";
 import type { Db } from "../../src/storage/db.ts";
 import { runMigrations } from "../../src/storage/migrations.ts";
+import { waitFor } from "./wait.ts";
 
 export class TestParticipant {
   readonly events: SequencedEvent[] = [];
@@ -89,15 +90,9 @@ export class TestParticipant {
     return party;
   }
 
-  /** Polls until `find` returns something, or fails after `timeoutMs`. */
-  async waitFor<T>(what: string, find: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-    const until = Date.now() + timeoutMs;
-    for (;;) {
-      const found = find();
-      if (found !== undefined) return found;
-      if (Date.now() > until) throw new Error(`${this.member}: timed out waiting for ${what}`);
-      await sleep(20);
-    }
+  /** Polls (test/support/wait.ts) until `find` returns something, or fails after `timeoutMs`. */
+  waitFor<T>(what: string, find: () => T | undefined, timeoutMs = 10_000): Promise<T> {
+    return waitFor(`${this.member}: ${what}`, find, timeoutMs, 20);
   }
 
   /** Sends a ConfirmationRequest and returns its request id (the sequencing timestamp of its receipt). */

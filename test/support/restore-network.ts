@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { fileURLToPath } from "node:url";
+import { LOCKSTEP_BIN } from "../../src/cli/self-process.ts";
 import { embeddedClusterDir, embeddedDatabaseName } from "../../src/node/node-database.ts";
 import { processFiles } from "../../src/node/process-files.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
@@ -9,8 +9,6 @@ import { type CliResult, runLockstep } from "./cli.ts";
 import type { LedgerClients } from "./ledger-client.ts";
 import type { LedgerNetwork } from "./ledger-network.ts";
 import { contractKey, waitFor } from "./ledger-network.ts";
-
-const LOCKSTEP_BIN = fileURLToPath(new URL("../../bin/lockstep.js", import.meta.url));
 
 /** What restore scenarios do to a network started with startLedgerNetwork, through the CLI. */
 

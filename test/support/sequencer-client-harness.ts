@@ -13,23 +13,24 @@ import { join } from "node:path";
 import { validateConfig } from "../../src/common/config.ts";
 import type { LockstepError } from "../../src/common/errors.ts";
 import { type Logger, silentLogger } from "../../src/common/logging.ts";
+import { freePort } from "../../src/common/loopback.ts";
 import { nodeBaseUrl } from "../../src/common/rpc-client.ts";
 import type { SequencedEvent } from "../../src/common/sequenced-event.ts";
 import { keyStoreMigrations } from "../../src/crypto/key-store-migrations.ts";
-import { freePort } from "../../src/node/free-port.ts";
 import { NodeRuntime } from "../../src/node/node-runtime.ts";
 import { sequencerNodeKind } from "../../src/sequencer/sequencer-node.ts";
-import {
-  createSequencerClient,
-  type EventContext,
-  type SequencerClient,
-  type SequencerClientOptions,
+import { createSequencerClient } from "../../src/sequencer-client/create-sequencer-client.ts";
+import type {
+  EventContext,
+  SequencerClient,
+  SequencerClientOptions,
 } from "../../src/sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../../src/sequencer-client/sequencer-client-migrations.ts";
 import type { Db, Tx } from "../../src/storage/db.ts";
 import { type Migration, runMigrations } from "../../src/storage/migrations.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { createTestDb, type TestPostgres } from "./postgres.ts";
+import { waitUntil } from "./wait.ts";
 
 export interface TestSequencer {
   readonly url: string;
@@ -192,12 +193,7 @@ export async function createMember(
       }));
     },
     async waitFor(predicate, timeoutMs = 10_000) {
-      const deadline = Date.now() + timeoutMs;
-      for (;;) {
-        if ((await member.handled()).some(predicate)) return;
-        if (Date.now() > deadline) throw new Error(`${name}: timed out waiting for an event`);
-        await new Promise((r) => setTimeout(r, 50));
-      }
+      await waitUntil(`${name}: an event`, async () => (await member.handled()).some(predicate), timeoutMs);
     },
   };
   started.push({ stop: () => member.stop() });

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { DurationFormatError, formatDuration, parseDuration } from "../../src/common/duration.ts";
-import { ERROR_DEFINITIONS } from "../../src/common/error-codes.ts";
+import { ERROR_DEFINITIONS, type ErrorCodeName } from "../../src/common/error-codes.ts";
 import { isLockstepError, LockstepError, toLockstepError } from "../../src/common/errors.ts";
 import { fromHex, hashFields, sha256Hex, toHex } from "../../src/common/hash.ts";
 import { NAME_PATTERN, parseUniqueIdentifier, uniqueIdentifier } from "../../src/common/ids.ts";
@@ -63,6 +63,7 @@ test("LockstepError fills message and remedy from metadata", () => {
   assert.equal(e.retryable, true);
   assert.ok(e instanceof Error);
   // Missing keys stay visible as placeholders rather than silently vanishing.
+  // @ts-expect-error a missing template key is a compile error; at run time it stays visible
   assert.equal(new LockstepError("CONTRACT_NOT_ACTIVE").message, "Contract {contractId} is not active");
   // Non-string metadata is stringified.
   assert.equal(new LockstepError("PORT_IN_USE", { port: 4011, node: "p1" }).metadata.port, "4011");
@@ -70,11 +71,11 @@ test("LockstepError fills message and remedy from metadata", () => {
 
 test("exit codes follow the category: usage → 2, safety → 3, anything else → 1", () => {
   assert.equal(new LockstepError("CONFIG_INVALID", { details: "x" }).exitCode, 2);
-  assert.equal(new LockstepError("NODE_UNKNOWN").exitCode, 2);
-  assert.equal(new LockstepError("SEQUENCER_FORK_DETECTED").exitCode, 3);
-  assert.equal(new LockstepError("DUPLICATE_COMMAND").exitCode, 1);
-  assert.equal(new LockstepError("NODE_PASSIVE").exitCode, 1);
-  assert.equal(new LockstepError("INTERNAL_ERROR").exitCode, 1);
+  assert.equal(new LockstepError<ErrorCodeName>("NODE_UNKNOWN").exitCode, 2);
+  assert.equal(new LockstepError<ErrorCodeName>("SEQUENCER_FORK_DETECTED").exitCode, 3);
+  assert.equal(new LockstepError<ErrorCodeName>("DUPLICATE_COMMAND").exitCode, 1);
+  assert.equal(new LockstepError<ErrorCodeName>("NODE_PASSIVE").exitCode, 1);
+  assert.equal(new LockstepError<ErrorCodeName>("INTERNAL_ERROR").exitCode, 1);
   for (const d of ERROR_DEFINITIONS) {
     const expected = d.category === "usage" ? 2 : d.category === "safety" ? 3 : 1;
     assert.equal(new LockstepError(d.code).exitCode, expected, d.code);
@@ -107,7 +108,7 @@ test("toLockstepError wraps anything and keeps LockstepErrors as they are", () =
 });
 
 test("an unregistered code is refused", () => {
-  assert.throws(() => new LockstepError("NOPE" as "INTERNAL_ERROR"), TypeError);
+  assert.throws(() => new LockstepError("NOPE" as ErrorCodeName), TypeError);
 });
 
 test("hashFields is length-prefixed: shifting bytes between fields changes the hash", () => {

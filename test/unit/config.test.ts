@@ -62,7 +62,7 @@ function hasIssue(error: ConfigError, path: string, message: RegExp): void {
   assert.ok(error.message.includes(`${path}: `), `message names ${path}: ${error.message}`);
 }
 
-test("the CLI.md example loads with defaults filled and paths resolved against the config's dir", async () => {
+test("the docs/cli.md example loads with defaults filled and paths resolved against the config's dir", async () => {
   const { dir, loading } = load(EXAMPLE);
   const { config, path, baseDir, warnings } = await loading;
   assert.equal(path, join(dir, "lockstep.yaml"));
@@ -250,7 +250,7 @@ test("a config in a subdirectory resolves relative paths against that directory"
   assert.equal(config.backup.repository, join(dir, "backups"));
 });
 
-test("exampleConfig builds the CLI.md network, with port overrides", () => {
+test("exampleConfig builds the docs/cli.md network, with port overrides", () => {
   const config = exampleConfig("/tmp/demo");
   assert.equal(config["data-dir"], "/tmp/demo");
   assert.equal(config.synchronizer.id, "sync1");

@@ -9,7 +9,7 @@ import {
   type MediatorInput,
   processMediatorEvent,
 } from "../../src/mediator/confirmation-aggregator.ts";
-import { parseProtocolMessage, protocolPayload } from "../../src/mediator/confirmation-messages.ts";
+import { parseProtocolMessage, protocolPayload } from "../../src/protocol/confirmation-messages.ts";
 import {
   alice,
   bob,

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 import { checkPruningSafe, safePruningPoint } from "../../src/sequencer/sequencer-pruning.ts";
 
-// The safe pruning point is min(acknowledgements, oldest retention hold) (DESIGN §2); --force may
+// The safe pruning point is min(acknowledgements, oldest retention hold) (docs/design.md §2); --force may
 // release holds but never pass an acknowledgement.
 
 const member = (name: string, acknowledged: bigint | null, registeredAt = 10n) => ({

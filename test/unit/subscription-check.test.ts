@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import { LockstepError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/logging.ts";
 import { SynchronizerConnection } from "../../src/participant/synchronizer-connection.ts";
@@ -21,14 +20,16 @@ function harness() {
   return { check, calls };
 }
 
-test("a resubscription passes on the echo; a time proof is asked for only when the echo is late", async () => {
+test("a resubscription passes on the echo; a time proof is asked for only when the echo is late", async (t) => {
+  // Mocked timers: "no time proof" is decided by moving the clock past the probe delay, not by waiting.
+  t.mock.timers.enable({ apis: ["setTimeout"] });
   const { check, calls } = harness();
   assert.equal(check.state, "pending");
   check.begin(true);
   check.connected();
   check.echoed();
   assert.equal(check.state, "passed");
-  await sleep(CHECK_PROBE_DELAY_MS + 100);
+  t.mock.timers.tick(CHECK_PROBE_DELAY_MS + 100);
   assert.equal(calls.proofs, 0, "the echo came first: no time proof");
 
   // Reconnect: pending again until decided; without the echo a time proof goes out.
@@ -36,7 +37,7 @@ test("a resubscription passes on the echo; a time proof is asked for only when t
   assert.equal(check.state, "pending");
   check.begin(true);
   check.connected();
-  await sleep(CHECK_PROBE_DELAY_MS + 100);
+  t.mock.timers.tick(CHECK_PROBE_DELAY_MS + 100);
   assert.equal(calls.proofs, 1);
   assert.equal(check.state, "pending");
   check.echoed();
@@ -44,7 +45,8 @@ test("a resubscription passes on the echo; a time proof is asked for only when t
   check.end();
 });
 
-test("a member with nothing stored passes once subscribed; a stopped subscription stops probing", async () => {
+test("a member with nothing stored passes once subscribed; a stopped subscription stops probing", async (t) => {
+  t.mock.timers.enable({ apis: ["setTimeout"] });
   const { check, calls } = harness();
   check.begin(false);
   assert.equal(check.state, "pending", "not before the subscription is established");
@@ -53,7 +55,7 @@ test("a member with nothing stored passes once subscribed; a stopped subscriptio
   check.begin(true);
   check.connected();
   check.end();
-  await sleep(CHECK_PROBE_DELAY_MS + 100);
+  t.mock.timers.tick(CHECK_PROBE_DELAY_MS + 100);
   assert.equal(calls.proofs, 0);
 });
 

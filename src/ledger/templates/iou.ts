@@ -3,7 +3,7 @@ import { decimalSchema, isPositiveDecimal } from "./decimal.ts";
 import { defineChoice, defineTemplate, partySchema, type TypedContract } from "./template-registry.ts";
 
 /**
- * The reference template (DESIGN §2): an I-owe-you from issuer to owner. The issuer is the only
+ * The reference template (docs/design.md §2): an I-owe-you from issuer to owner. The issuer is the only
  * signatory, so creating an Iou needs the issuer and transferring it needs the owner (the
  * controller) whose authority, with the issuer's as signatory, covers the new Iou.
  */

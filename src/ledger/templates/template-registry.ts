@@ -5,7 +5,7 @@ import type { ActiveContract } from "../contract.ts";
 import { type LedgerRecord, type LedgerValue, partySet } from "../ledger-value.ts";
 
 /**
- * A small stand-in for Daml packages (DESIGN §2 "Transactions"): templates written in TypeScript.
+ * A small stand-in for Daml packages (docs/design.md §2 "Transactions"): templates written in TypeScript.
  * Everything here must be pure and deterministic, since every informee participant re-runs it to
  * validate a transaction and must reach the same bytes.
  */
@@ -97,7 +97,10 @@ export class TemplateRegistry {
   template(name: string): Template {
     const t = this.#templates.get(name);
     if (!t)
-      throw new LockstepError("TEMPLATES_OR_INTERFACES_NOT_FOUND", { template: name, known: this.names() });
+      throw new LockstepError("TEMPLATES_OR_INTERFACES_NOT_FOUND", {
+        template: name,
+        known: this.names().join(","),
+      });
     return t;
   }
 }

@@ -124,7 +124,7 @@ export type ConfirmationResponse = Message<"lockstep.protocol.v1.ConfirmationRes
   /**
    * Ed25519, by a signing key of the participant, over
    * digest("confirmation-response", request_id, root_hash, participant, count, party…, "approve" |
-   * "reject" code reason), see src/mediator/confirmation-messages.ts (confirmationResponseDigest).
+   * "reject" code reason), see src/protocol/confirmation-messages.ts (confirmationResponseDigest).
    *
    * @generated from field: bytes signature = 7;
    */

@@ -55,7 +55,7 @@ export type Submission = Message<"lockstep.sequencer.v1.Submission"> & {
   maxSequencingTime: bigint;
 
   /**
-   * The sender's writer epoch (DESIGN §3): a lower epoch than the sequencer's record is refused.
+   * The sender's writer epoch (docs/design.md §3): a lower epoch than the sequencer's record is refused.
    *
    * @generated from field: int64 writer_epoch = 6;
    */
@@ -1262,7 +1262,7 @@ export const ResumeIntakeResponseSchema: GenMessage<ResumeIntakeResponse> = /*@_
 
 /**
  * The sequencer: assigns every submission a unique, strictly increasing timestamp, stores it and
- * delivers it to its recipients (DESIGN §2 "Sequenced events"). All timestamps are microseconds
+ * delivers it to its recipients (docs/design.md §2 "Sequenced events"). All timestamps are microseconds
  * since the Unix epoch. Signatures are Ed25519; "digest(purpose, a, b, …)" below means
  * `signingDigest(purpose, a, b, …)` of src/crypto/keys.ts (SHA-256 over length-prefixed fields,
  * int64 fields as 8 bytes big-endian, absent optional fields as zero bytes).
@@ -1406,7 +1406,7 @@ export const SequencerService: GenService<{
   /**
    * Operator (backup create): sets the retention holds of one backup set, replacing any it had. A
    * hold keeps every event of its member from its timestamp on: pruning stays at or below the
-   * oldest hold (DESIGN §2, §4.6). A hold below the pruning lower bound is refused (the set is
+   * oldest hold (docs/design.md §2, §4.6). A hold below the pruning lower bound is refused (the set is
    * already stranded) with EVENTS_UNAVAILABLE_FOR_TIMESTAMP.
    *
    * @generated from rpc lockstep.sequencer.v1.SequencerService.SetRetentionHolds
