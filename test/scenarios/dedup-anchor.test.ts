@@ -25,6 +25,7 @@ import {
   nodeStatus,
   nodeStop,
   restore,
+  waitForRecovery,
 } from "../support/restore-network.ts";
 
 // Issue 9, defect 4: the deduplication window of a restored participant is anchored on sequencer
@@ -158,15 +159,7 @@ test("the deduplication window is anchored on sequencer time, not the restoring 
 
   // Sequencer time moves again: time proofs close the window, only past anchor + tolerance.
   await sequencer.resumeIntake({});
-  const done = await waitFor(
-    "deduplication recovery to complete",
-    async () => {
-      const s = await nodeStatus(n, "participant1");
-      return s.deduplicationRecovery === null ? s : undefined;
-    },
-    60_000,
-    500,
-  );
+  const done = await waitForRecovery(n, "participant1");
   assert.ok(BigInt(String(done.position?.clean)) > anchor + TOLERANCE_MICROS, "closed by a later event");
   assert.equal(await errorCode(() => create("lost-1")), "DUPLICATE_COMMAND", "replayed into deduplication");
   assert.equal(await errorCode(() => create("after-1")), "ok");
@@ -219,14 +212,7 @@ test("with the sequencer unreachable during apply, the node anchors on the first
     "DEDUPLICATION_STATE_RECOVERING",
   );
   await sequencer.resumeIntake({});
-  await waitFor(
-    "deduplication recovery to complete",
-    async () => ((await nodeStatus(n, "participant1")).deduplicationRecovery === null ? true : undefined),
-    60_000,
-    500,
-  ).catch((error) => {
-    throw new Error(`${error}\n${nodeLog(n, "participant1")}`);
-  });
+  await waitForRecovery(n, "participant1");
   // Old code: no anchor at all (the window opened at the restoring host's wall clock).
   const record = await recoveryRecord(n);
   assert.equal(record?.anchor_source, "first-observed");

@@ -23,6 +23,7 @@ import {
   nodeStop,
   type PlanJson,
   restore,
+  waitForRecovery,
 } from "../support/restore-network.ts";
 
 // Scenarios 1, 4 and 5 on one network (two shared cores): participant2 loses its database after a
@@ -141,15 +142,7 @@ test("a participant restored from an older set replays, recovers deduplication a
   assert.ok(replayedEnd.offset >= before.offset, "replay brought back every update");
 
   // The window closes by itself (time proofs), then the resubmission is a duplicate, not a second commit.
-  const done = await waitFor(
-    "deduplication recovery to complete",
-    async () => {
-      const s = await nodeStatus(n, "participant2");
-      return s.deduplicationRecovery === null ? s : undefined;
-    },
-    60_000,
-    1000,
-  );
+  const done = await waitForRecovery(n, "participant2");
   assert.equal(done.lastError, null);
   assert.equal(await errorCode(() => create(n, 1, "dup-1", bob, alice, "777.00")), "DUPLICATE_COMMAND");
   await create(n, 1, "b2", bob, alice, "5.00");

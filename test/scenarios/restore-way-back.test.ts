@@ -15,11 +15,11 @@ import {
 import {
   backupCreate,
   killApplyAt,
-  nodeLog,
   nodeStart,
   nodeStatus,
   nodeStop,
   restore,
+  waitForRecovery,
 } from "../support/restore-network.ts";
 
 // Issue 9, defect 5: a restore keeps the way back. The old code dropped the replaced database right
@@ -111,14 +111,7 @@ test("a restore killed at any step leaves a database in place, keeps the replace
       assert.equal(early.json<{ error: { code: string } }>().error.code, "RESTORE_KEPT_DATABASE_NEEDED");
     }
     await nodeStart(n, "participant1");
-    await waitFor(
-      "participant1 to recover after the restore",
-      async () => ((await nodeStatus(n, "participant1")).deduplicationRecovery === null ? true : undefined),
-      60_000,
-      500,
-    ).catch((error) => {
-      throw new Error(`${error}\n${nodeLog(n, "participant1")}`);
-    });
+    await waitForRecovery(n, "participant1");
     assert.equal(
       await errorCode(() => create(`after-${i}`)),
       "ok",

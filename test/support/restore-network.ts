@@ -87,6 +87,21 @@ export async function waitForNodeError(n: LedgerNetwork, node: string, codes: st
   );
 }
 
+/** Waits until the node's deduplication recovery completed; returns its status (the log on failure). */
+export async function waitForRecovery(n: LedgerNetwork, node: string): Promise<StatusNode> {
+  return waitFor(
+    `${node}'s deduplication recovery to complete`,
+    async () => {
+      const s = await nodeStatus(n, node);
+      return s.deduplicationRecovery === null ? s : undefined;
+    },
+    60_000,
+    500,
+  ).catch((error) => {
+    throw new Error(`${error}\n${nodeLog(n, node)}`);
+  });
+}
+
 export function nodeLog(n: LedgerNetwork, node: string): string {
   try {
     return readFileSync(processFiles(n.dataDir, node).logFile, "utf8").slice(-4000);
