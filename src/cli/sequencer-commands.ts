@@ -35,6 +35,8 @@ export function registerSequencerCommands(program: Command): void {
         safePruningTimestamp: s.safePruningTimestamp?.toString() ?? null,
         pinnedBySet: s.pinnedBySet || null,
         retention: `${s.retentionMicros / 86_400_000_000n}d`,
+        /** The sequencer's clock now (never below the head). */
+        sequencerTime: s.sequencerTime.toString(),
         holds: s.holds.map((h) => ({ set: h.setId, member: h.member, timestamp: h.timestamp.toString() })),
         stranded: s.stranded.map((x) => ({
           set: x.setId,

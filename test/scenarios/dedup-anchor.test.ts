@@ -53,6 +53,7 @@ async function errorCode(call: () => Promise<unknown>): Promise<string> {
 
 interface SequencerStatusJson {
   head: string | null;
+  sequencerTime: string;
   members: { member: string; lastDelivered: string | null }[];
 }
 
@@ -109,14 +110,16 @@ test("the deduplication window is anchored on sequencer time, not the restoring 
   // is what closed the old window (each event was "after the restore" by the lagging clock).
   await create("lost-1");
   const first = BigInt((await sequencerStatus(n)).head ?? "0");
-  for (
-    let i = 0;
-    BigInt((await sequencerStatus(n)).head ?? "0") <= first + TOLERANCE_MICROS + 1_000_000n;
-    i++
-  ) {
-    await create(`later-${i}`);
-    await new Promise((r) => setTimeout(r, 500));
-  }
+  // Wait on the sequencer's own clock, then one more command is sequenced past the mark.
+  const mark = first + TOLERANCE_MICROS + 1_000_000n;
+  await waitFor(
+    "the sequencer's clock past the tolerance",
+    async () => (BigInt((await sequencerStatus(n)).sequencerTime) > mark ? true : undefined),
+    60_000,
+    500,
+  );
+  await create("later-0");
+  assert.ok(BigInt((await sequencerStatus(n)).head ?? "0") > mark);
 
   await nodeStop(n, "participant1");
   const before = await sequencerStatus(n);
