@@ -245,6 +245,7 @@ async function registerInNodes(manifest: Manifest, options: CreateBackupOptions)
           keyFingerprints: node.keyFingerprints,
           position: node.position,
           safe: manifest.safe,
+          wrapperFingerprint: node.wrapperFingerprint ?? null,
         });
       } catch (error) {
         options.progress(

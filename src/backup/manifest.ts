@@ -82,6 +82,11 @@ const nodeCommon = {
   postgres: z.object({ version: z.string(), systemIdentifier: z.string() }),
   /** Fingerprints of every key in crypto_private_keys at the snapshot. */
   keyFingerprints: z.array(z.string()),
+  /**
+   * The wrapper key (its fingerprint, never the key) the private keys are encrypted under; absent
+   * when they are in plain (so manifests of plain stores keep their bytes).
+   */
+  wrapperFingerprint: z.string().optional(),
   startedAt: isoTime,
   finishedAt: isoTime,
 };

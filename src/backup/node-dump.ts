@@ -93,6 +93,7 @@ export async function dumpNode(options: NodeDumpOptions): Promise<NodeBackup> {
       database: connection.database,
       postgres: info.postgres,
       keyFingerprints: info.keyFingerprints,
+      ...(info.wrapperFingerprint === null ? {} : { wrapperFingerprint: info.wrapperFingerprint }),
       startedAt: startedAt.toISOString(),
       finishedAt: finishedAt.toISOString(),
     };

@@ -24,6 +24,8 @@ export interface NodeSnapshotInfo {
   member: string | null;
   synchronizerId: string | null;
   keyFingerprints: string[];
+  /** The wrapper key the private keys are encrypted under (docs/keys.md); null when in plain. */
+  wrapperFingerprint: string | null;
   postgres: { version: string; systemIdentifier: string };
   position: ParticipantPosition | MediatorPosition | SequencerPosition;
 }
@@ -134,10 +136,17 @@ export async function readNodeSnapshotInfo(
     "SELECT current_setting('server_version') AS version, system_identifier FROM pg_control_system()",
   );
   const keys = (await tableExists(q, "crypto_private_keys"))
-    ? await q.query<{ fingerprint: string; purpose: string; state: string }>(
-        "SELECT fingerprint, purpose, state FROM crypto_private_keys ORDER BY fingerprint",
+    ? await q.query<{
+        fingerprint: string;
+        purpose: string;
+        state: string;
+        wrapper_fingerprint: string | null;
+      }>(
+        "SELECT fingerprint, purpose, state, wrapper_fingerprint FROM crypto_private_keys ORDER BY fingerprint",
       )
     : [];
+  // Rewrapping is one transaction, so a snapshot sees one wrapper key (or none: keys in plain).
+  const wrapperFingerprint = keys.find((k) => k.wrapper_fingerprint !== null)?.wrapper_fingerprint ?? null;
   let member: string | null = null;
   let synchronizerId: string | null = null;
   let position: NodeSnapshotInfo["position"];
@@ -162,6 +171,7 @@ export async function readNodeSnapshotInfo(
     member,
     synchronizerId,
     keyFingerprints: keys.map((k) => k.fingerprint),
+    wrapperFingerprint,
     postgres: { version: pgInfo.version, systemIdentifier: pgInfo.system_identifier.toString() },
     position,
   };

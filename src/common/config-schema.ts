@@ -37,7 +37,23 @@ const storage = z
 // Factories, not objects: zod only shallow-clones object defaults, so nodes would share `replication`.
 const defaultStorage = () => ({ replication: { check: "warn" as const, "min-sync-standbys": 1 } });
 
-const node = z.object({ name, port, storage: storage.default(defaultStorage) }).strict();
+// Private keys encrypted at rest under a wrapper key kept outside the database (docs/keys.md):
+// the current file encrypts, the previous ones only decrypt (older backup sets, a rotation under way).
+const crypto = z
+  .object({
+    "private-key-encryption": z
+      .object({
+        "wrapper-key-file": z.string().min(1),
+        "previous-wrapper-key-files": z.array(z.string().min(1)).default([]),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
+
+const node = z
+  .object({ name, port, storage: storage.default(defaultStorage), crypto: crypto.default(() => ({})) })
+  .strict();
 
 const participant = node
   .extend({
@@ -122,6 +138,7 @@ export type NodeKind = "sequencer" | "mediator" | "participant";
 export type ParticipantConfig = LockstepConfig["participants"][number];
 export type NodeConfig = LockstepConfig["synchronizer"]["mediator"];
 export type SequencerConfig = LockstepConfig["synchronizer"]["sequencer"];
+export type CryptoConfig = NodeConfig["crypto"];
 
 /** One node of the config with its kind, as the runtime and the CLI address them. */
 export interface NodeEntry {

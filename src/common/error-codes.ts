@@ -363,6 +363,30 @@ export const ERROR_DEFINITIONS = [
     "Key {fingerprint} is not in the private key store",
     "Use the fingerprint of a key listed in the node's private key store.",
   ),
+  def(
+    "KEY_NOT_BACKED_UP",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "No completed backup set registered in {node} holds key {fingerprint}: {action} would leave every backup without it",
+    "Take a backup of the node (lockstep backup create --nodes {node}) and retry; or pass --force to accept that a restore from any existing set loses the key.",
+  ),
+  def(
+    "MISSING_WRAPPER_KEY",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The private keys of {node} are encrypted under wrapper key {fingerprint}, which is not available{where}",
+    "Configure the wrapper key file with that fingerprint (crypto.private-key-encryption.wrapper-key-file, or previous-wrapper-key-files for an older key) and retry.",
+  ),
+  def(
+    "WRAPPER_KEY_FILE_INVALID",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "Wrapper key file {path} cannot be used: {reason}",
+    "Point crypto.private-key-encryption.wrapper-key-file at a readable file holding 32 random bytes as 64 hex digits (lockstep keys rotate-wrapper generates one).",
+  ),
   // --- mediator verdicts (Canton's MediatorError ids); they reach applications as completions ---
   def(
     "MEDIATOR_SAYS_TX_TIMED_OUT",

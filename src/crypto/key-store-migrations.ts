@@ -25,4 +25,28 @@ CREATE UNIQUE INDEX crypto_private_keys_one_active_namespace
   ON crypto_private_keys (purpose) WHERE purpose = 'namespace' AND state = 'active';
 `,
   },
+  {
+    version: 1001,
+    name: "crypto_rotation_and_wrapping",
+    // wrapper_fingerprint: the wrapper key a private key is encrypted under (NULL: plain PKCS8).
+    // Overrides: every --force past the backup-before-announce/revoke/retire rule, with its warning.
+    // Wrapper keys: which encrypted the store, and which are retired (docs/keys.md).
+    sql: `
+ALTER TABLE crypto_private_keys ADD COLUMN wrapper_fingerprint text;
+CREATE TABLE crypto_key_overrides (
+  id          bigserial PRIMARY KEY,
+  at          timestamptz NOT NULL DEFAULT now(),
+  action      text NOT NULL CHECK (action IN ('announce', 'revoke', 'retire-wrapper')),
+  fingerprint text NOT NULL,
+  warning     text NOT NULL
+);
+CREATE TABLE crypto_wrapper_keys (
+  fingerprint text PRIMARY KEY,
+  state       text NOT NULL CHECK (state IN ('active', 'retired')),
+  source      text NOT NULL DEFAULT '',
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  retired_at  timestamptz
+);
+`,
+  },
 ];

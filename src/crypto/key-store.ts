@@ -20,7 +20,38 @@ export interface StoredKey extends KeyPair {
   readonly createdAt: Date;
   readonly activatedAt: Date | null;
   readonly revokedAt: Date | null;
+  /** The wrapper key the private key is encrypted under at rest; null when stored in plain. */
+  readonly wrapperFingerprint: string | null;
 }
+
+/**
+ * How private keys are kept at rest: in plain (PKCS8 DER), or sealed under a wrapper key kept
+ * outside the database (key-wrapping.ts). The store calls it for every row it writes or reads.
+ */
+export interface PrivateKeyProtection {
+  /** The wrapper key new rows are sealed under; null: they are stored in plain. */
+  readonly current: string | null;
+  /** The stored bytes for a key's PKCS8 DER, sealed under `current`. */
+  seal(keyFingerprint: string, pkcs8: Buffer): Buffer;
+  /** The PKCS8 DER of a stored row; throws MISSING_WRAPPER_KEY when that wrapper key is not at hand. */
+  open(keyFingerprint: string, wrapperFingerprint: string | null, stored: Buffer): Buffer;
+}
+
+/** Keys stored in plain: what a node without crypto.private-key-encryption does. */
+export const PLAIN_PROTECTION: PrivateKeyProtection = {
+  current: null,
+  seal: (_fingerprint, pkcs8) => pkcs8,
+  open: (fingerprint, wrapperFingerprint, stored) => {
+    if (wrapperFingerprint !== null) {
+      throw new LockstepError("MISSING_WRAPPER_KEY", {
+        node: "this node",
+        fingerprint: wrapperFingerprint,
+        where: ` (key ${fingerprint} is encrypted and the node has no crypto.private-key-encryption)`,
+      });
+    }
+    return stored;
+  },
+};
 
 interface KeyRow {
   fingerprint: string;
@@ -31,9 +62,11 @@ interface KeyRow {
   created_at: Date;
   activated_at: Date | null;
   revoked_at: Date | null;
+  wrapper_fingerprint: string | null;
 }
 
-const COLUMNS = "fingerprint, purpose, state, public_key, private_key, created_at, activated_at, revoked_at";
+const COLUMNS =
+  "fingerprint, purpose, state, public_key, private_key, created_at, activated_at, revoked_at, wrapper_fingerprint";
 
 const ALLOWED_TRANSITIONS: Readonly<Record<KeyState, readonly KeyState[]>> = {
   pending: ["active", "revoked"],
@@ -46,7 +79,13 @@ const ALLOWED_TRANSITIONS: Readonly<Record<KeyState, readonly KeyState[]>> = {
  * key-store-migrations.ts), so that every backup of the node holds the keys it needs.
  */
 export class KeyStore {
-  constructor(private readonly db: Db) {}
+  /** Imported private keys by purpose and fingerprint (importedKey below). */
+  private readonly imported: ImportedKeys = new Map();
+
+  constructor(
+    private readonly db: Db,
+    readonly protection: PrivateKeyProtection = PLAIN_PROTECTION,
+  ) {}
 
   /**
    * On the very first start (empty store) creates an active namespace key and an active signing key;
@@ -64,8 +103,8 @@ export class KeyStore {
       if (count === 0) {
         const namespace = generateKeyPair("namespace");
         const signing = generateKeyPair("signing");
-        await insertKey(tx, namespace, "active");
-        await insertKey(tx, signing, "active");
+        await insertKey(tx, namespace, "active", this.protection);
+        await insertKey(tx, signing, "active", this.protection);
         return { namespace, signing };
       }
       return {
@@ -89,7 +128,29 @@ export class KeyStore {
     const rows = await this.db.query<KeyRow>(
       `SELECT ${COLUMNS} FROM crypto_private_keys ORDER BY created_at, fingerprint`,
     );
-    return rows.map(toStoredKey);
+    return rows.map((row) => toStoredKey(row, this.protection, this.imported));
+  }
+
+  /**
+   * The pending signing key (the one a rotation under way announces next), generating and storing
+   * one if there is none; `generated` tells which. Idempotent, also across processes: a rotation
+   * rerun after an interruption finds the key it generated, never a second one.
+   */
+  async pendingSigningKey(): Promise<{ key: StoredKey; generated: boolean }> {
+    return this.db.transaction(async (tx) => {
+      await tx.execute("LOCK TABLE crypto_private_keys IN SHARE ROW EXCLUSIVE MODE");
+      const pending = await tx.maybeOne<KeyRow>(
+        `SELECT ${COLUMNS} FROM crypto_private_keys WHERE purpose = 'signing' AND state = 'pending'
+         ORDER BY created_at, fingerprint LIMIT 1`,
+      );
+      if (pending) return { key: toStoredKey(pending, this.protection, this.imported), generated: false };
+      const pair = generateKeyPair("signing");
+      await insertKey(tx, pair, "pending", this.protection);
+      const row = await tx.one<KeyRow>(`SELECT ${COLUMNS} FROM crypto_private_keys WHERE fingerprint = $1`, [
+        pair.fingerprint,
+      ]);
+      return { key: toStoredKey(row, this.protection, this.imported), generated: true };
+    });
   }
 
   async get(fingerprint: string): Promise<StoredKey | undefined> {
@@ -97,12 +158,12 @@ export class KeyStore {
       `SELECT ${COLUMNS} FROM crypto_private_keys WHERE fingerprint = $1`,
       [fingerprint],
     );
-    return row && toStoredKey(row);
+    return row && toStoredKey(row, this.protection, this.imported);
   }
 
   /** Stores a key; false (and no change) when a key with this fingerprint is already stored. */
   async add(pair: KeyPair, state: KeyState = "pending"): Promise<boolean> {
-    return (await insertKey(this.db, pair, state)) === 1;
+    return (await insertKey(this.db, pair, state, this.protection)) === 1;
   }
 
   /** Moves a key forward in its life: pending → active → revoked (or pending → revoked). */
@@ -137,41 +198,50 @@ export class KeyStore {
     );
     if (!row)
       throw new LockstepError("NO_APPROPRIATE_SIGNING_KEY_IN_STORE", { purpose, database: this.db.database });
-    return toStoredKey(row);
+    return toStoredKey(row, this.protection, this.imported);
   }
 }
 
-async function insertKey(q: Queryable, pair: KeyPair, state: KeyState): Promise<number> {
+async function insertKey(
+  q: Queryable,
+  pair: KeyPair,
+  state: KeyState,
+  protection: PrivateKeyProtection,
+): Promise<number> {
+  const sealed = protection.seal(pair.fingerprint, exportPrivateKey(pair.privateKey));
   return q.execute(
-    `INSERT INTO crypto_private_keys (fingerprint, purpose, state, public_key, private_key, activated_at, revoked_at)
-     VALUES ($1, $2, $3, $4, $5,
+    `INSERT INTO crypto_private_keys
+       (fingerprint, purpose, state, public_key, private_key, wrapper_fingerprint, activated_at, revoked_at)
+     VALUES ($1, $2, $3, $4, $5, $6,
              CASE WHEN $3::text = 'active' THEN now() END, CASE WHEN $3::text = 'revoked' THEN now() END)
      ON CONFLICT (fingerprint) DO NOTHING`,
-    [pair.fingerprint, pair.purpose, state, pair.publicKey, exportPrivateKey(pair.privateKey)],
+    [pair.fingerprint, pair.purpose, state, pair.publicKey, sealed, protection.current],
   );
 }
 
 /**
  * Imported private keys by fingerprint (and purpose): importing the PKCS8 bytes into a KeyObject
- * costs more than the Ed25519 signature itself, and the active key is read for every signature.
- * Keyed by fingerprint, so a rotated key is a new entry; an entry is used only for the very same
- * stored bytes, so a row whose bytes differ is imported (and checked) afresh.
+ * (and opening a sealed row) costs more than the Ed25519 signature itself, and the active key is
+ * read for every signature. Keyed by fingerprint, so a rotated key is a new entry; an entry is used
+ * only for the very same stored bytes, so a row whose bytes differ is opened (and checked) afresh.
+ * Per store, so that one store's wrapper key never opens a row for another.
  */
-const importedKeys = new Map<string, { der: Buffer; pair: KeyPair }>();
+type ImportedKeys = Map<string, { stored: Buffer; pair: KeyPair }>;
 const IMPORTED_KEYS_MAX = 64;
 
-function importStoredKey(row: KeyRow): KeyPair {
+function importStoredKey(row: KeyRow, protection: PrivateKeyProtection, cache: ImportedKeys): KeyPair {
   const cacheKey = `${row.purpose} ${row.fingerprint}`;
-  const cached = importedKeys.get(cacheKey);
-  if (cached?.der.equals(row.private_key)) return cached.pair;
-  const pair = keyPairFromPrivateKey(row.private_key, row.purpose);
-  if (importedKeys.size >= IMPORTED_KEYS_MAX) importedKeys.clear();
-  importedKeys.set(cacheKey, { der: Buffer.from(row.private_key), pair });
+  const cached = cache.get(cacheKey);
+  if (cached?.stored.equals(row.private_key)) return cached.pair;
+  const pkcs8 = protection.open(row.fingerprint, row.wrapper_fingerprint, row.private_key);
+  const pair = keyPairFromPrivateKey(pkcs8, row.purpose);
+  if (cache.size >= IMPORTED_KEYS_MAX) cache.clear();
+  cache.set(cacheKey, { stored: Buffer.from(row.private_key), pair });
   return pair;
 }
 
-function toStoredKey(row: KeyRow): StoredKey {
-  const pair = importStoredKey(row);
+function toStoredKey(row: KeyRow, protection: PrivateKeyProtection, cache: ImportedKeys): StoredKey {
+  const pair = importStoredKey(row, protection, cache);
   // A row whose private key does not match its fingerprint would sign under a wrong identity.
   if (pair.fingerprint !== row.fingerprint || !pair.publicKey.equals(row.public_key)) {
     throw new LockstepError("INTERNAL_ERROR", {
@@ -184,5 +254,6 @@ function toStoredKey(row: KeyRow): StoredKey {
     createdAt: row.created_at,
     activatedAt: row.activated_at,
     revokedAt: row.revoked_at,
+    wrapperFingerprint: row.wrapper_fingerprint,
   };
 }

@@ -78,6 +78,13 @@ export const nodeStateMigrations: readonly Migration[] = [
         ADD COLUMN resubscribed_at timestamptz,
         ADD COLUMN epoch_unverified boolean NOT NULL DEFAULT false;`,
   },
+  {
+    version: 5,
+    name: "backups_taken_wrapper_key",
+    // The wrapper key the set's copy of the private keys is encrypted under (NULL: plain): the old
+    // wrapper key retires only once a backup holds the store under the new one (docs/keys.md).
+    sql: "ALTER TABLE backups_taken ADD COLUMN wrapper_fingerprint text;",
+  },
 ];
 
 /** What `restore apply` stamps into a restored database (stampRestoredDatabase). */
@@ -252,13 +259,15 @@ export interface BackupTaken {
   keyFingerprints: readonly string[];
   position: Record<string, unknown>;
   safe: boolean;
+  /** The wrapper key the set's private keys are encrypted under; null when stored in plain. */
+  wrapperFingerprint: string | null;
 }
 
 /** Records a completed backup set holding this node's database; idempotent per set. */
 export async function registerBackupTaken(db: Db, backup: BackupTaken): Promise<void> {
   await db.execute(
-    `INSERT INTO backups_taken (set_id, repository, taken_at, key_fingerprints, position, safe)
-     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (set_id) DO NOTHING`,
+    `INSERT INTO backups_taken (set_id, repository, taken_at, key_fingerprints, position, safe, wrapper_fingerprint)
+     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (set_id) DO NOTHING`,
     [
       backup.setId,
       backup.repository,
@@ -266,6 +275,7 @@ export async function registerBackupTaken(db: Db, backup: BackupTaken): Promise<
       [...backup.keyFingerprints],
       backup.position,
       backup.safe,
+      backup.wrapperFingerprint,
     ],
   );
 }
@@ -279,8 +289,9 @@ export async function backupsTaken(db: Db): Promise<BackupTaken[]> {
     key_fingerprints: string[];
     position: Record<string, unknown>;
     safe: boolean;
+    wrapper_fingerprint: string | null;
   }>(
-    "SELECT set_id, repository, taken_at, key_fingerprints, position, safe FROM backups_taken ORDER BY taken_at DESC, set_id DESC",
+    "SELECT set_id, repository, taken_at, key_fingerprints, position, safe, wrapper_fingerprint FROM backups_taken ORDER BY taken_at DESC, set_id DESC",
   );
   return rows.map((r) => ({
     setId: r.set_id,
@@ -289,5 +300,6 @@ export async function backupsTaken(db: Db): Promise<BackupTaken[]> {
     keyFingerprints: r.key_fingerprints,
     position: r.position,
     safe: r.safe,
+    wrapperFingerprint: r.wrapper_fingerprint,
   }));
 }

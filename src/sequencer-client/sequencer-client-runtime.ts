@@ -102,7 +102,7 @@ export class SequencerClientRuntime implements SequencerClient {
     });
     this.events = new SequencedEventStore(options.db);
     this.memberState = new MemberStateStore(options.db);
-    this.keys = new KeyStore(options.db);
+    this.keys = options.keys ?? new KeyStore(options.db);
     this.sender = new MemberSender({
       transport,
       keys: this.keys,

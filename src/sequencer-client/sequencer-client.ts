@@ -2,6 +2,7 @@ import type { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import type { KeyStore } from "../crypto/key-store.ts";
 import type { SignedTopologyTransaction, TopologyState } from "../crypto/topology.ts";
 import type { Db, Tx } from "../storage/db.ts";
 
@@ -149,6 +150,8 @@ export interface SequencerClientStatus {
 export interface SequencerClientOptions {
   /** The member's own database, migrated with sequencerClientMigrations and keyStoreMigrations. */
   db: Db;
+  /** The node's private key store (default: one on `db` with keys in plain). */
+  keys?: KeyStore;
   logger: Logger;
   /** The node's name; the member id is `memberName::<namespace fingerprint>`. */
   memberName: string;
