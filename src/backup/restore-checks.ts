@@ -6,6 +6,7 @@ import type { Client } from "@connectrpc/connect";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError, type MetadataFor } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
+import { END_OF_TIME } from "../common/time.ts";
 import type {
   GetSequencerStatusResponse,
   SequencerService,
@@ -41,8 +42,6 @@ export function isForceable(check: RestoreCheck): boolean {
     check.check === "order" || check.check === "sequencer-fork" || check.code === "RESTORE_CHECK_SKIPPED"
   );
 }
-
-const END_OF_TIME = 2n ** 63n - 1n;
 
 export function passed(node: string, check: string, message: string): RestoreCheck {
   return { node, check, verdict: "pass", code: null, message, remedy: null };

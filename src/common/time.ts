@@ -5,6 +5,9 @@
  */
 export type Micros = bigint;
 
+/** Later than any timestamp: "as of now and forever" in topology queries. */
+export const END_OF_TIME: Micros = 2n ** 63n - 1n;
+
 export function nowMicros(): Micros {
   // performance.timeOrigin + now() gives sub-millisecond wall-clock resolution.
   return BigInt(Math.floor((performance.timeOrigin + performance.now()) * 1000));

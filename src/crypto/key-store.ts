@@ -1,5 +1,6 @@
 import { LockstepError } from "../common/errors.ts";
 import type { Db, Queryable } from "../storage/db.ts";
+import { type KeyTransition, reconcileKeyStates, type StoredKeyState } from "./key-rotation.ts";
 import {
   exportPrivateKey,
   generateKeyPair,
@@ -14,6 +15,14 @@ import {
  * Rotation (docs/design.md §4.5): generate → store pending → backup → announce → activate → revoke the old.
  */
 export type KeyState = "pending" | "active" | "revoked";
+
+/** A --force past the backup-before-announce/revoke/retire rule, as recorded in the node. */
+export interface KeyOverride {
+  readonly at: Date;
+  readonly action: "announce" | "revoke" | "retire-wrapper";
+  readonly fingerprint: string;
+  readonly warning: string;
+}
 
 export interface StoredKey extends KeyPair {
   readonly state: KeyState;
@@ -164,6 +173,33 @@ export class KeyStore {
   /** Stores a key; false (and no change) when a key with this fingerprint is already stored. */
   async add(pair: KeyPair, state: KeyState = "pending"): Promise<boolean> {
     return (await insertKey(this.db, pair, state, this.protection)) === 1;
+  }
+
+  /**
+   * Brings the signing keys' states in line with the fingerprints topology lists for the member now
+   * (key-rotation.ts reconcileKeyStates); returns what changed.
+   */
+  async reconcile(listed: readonly string[]): Promise<KeyTransition[]> {
+    const stored = await this.db.query<StoredKeyState>(
+      "SELECT fingerprint, purpose, state FROM crypto_private_keys ORDER BY created_at, fingerprint",
+    );
+    const transitions = reconcileKeyStates(stored, new Set(listed));
+    for (const t of transitions) await this.setState(t.fingerprint, t.to);
+    return transitions;
+  }
+
+  /** Records a --force past the backup rule, with its warning (keys list shows them). */
+  async recordOverride(override: Omit<KeyOverride, "at">): Promise<void> {
+    await this.db.execute(
+      "INSERT INTO crypto_key_overrides (action, fingerprint, warning) VALUES ($1, $2, $3)",
+      [override.action, override.fingerprint, override.warning],
+    );
+  }
+
+  async overrides(): Promise<KeyOverride[]> {
+    return this.db.query<KeyOverride>(
+      "SELECT at, action, fingerprint, warning FROM crypto_key_overrides ORDER BY id",
+    );
   }
 
   /** Moves a key forward in its life: pending → active → revoked (or pending → revoked). */

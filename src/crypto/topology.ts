@@ -1,6 +1,6 @@
 import { LockstepError } from "../common/errors.ts";
-import type { Micros } from "../common/time.ts";
-import { fingerprint, type PublicKeyInfo, verify } from "./keys.ts";
+import { END_OF_TIME, type Micros } from "../common/time.ts";
+import { fingerprint, type KeyPair, type PublicKeyInfo, verify } from "./keys.ts";
 import {
   DEFAULT_SYNCHRONIZER_PARAMETERS,
   invalidMapping,
@@ -10,6 +10,8 @@ import {
   type SynchronizerParametersValues,
   signedTopologyFromParts,
   signedTopologyToParts,
+  signTopologyTransaction,
+  type TopologyMapping,
   type TopologyTransaction,
   topologySigningDigest,
   uniqueKey,
@@ -42,8 +44,6 @@ class TopologyLog {
     this.entries.push(entry);
   }
 }
-
-const END_OF_TIME = 2n ** 63n - 1n;
 
 /**
  * The synchronizer's topology with its whole history: an immutable value (apply returns a new
@@ -113,6 +113,21 @@ export class TopologyState {
       if (error instanceof LockstepError && error.code !== "INTERNAL_ERROR") return { state: this, error };
       throw error;
     }
+  }
+
+  /** The serial the next transaction of this mapping's unique key must carry (across adds and removes). */
+  nextSerial(mapping: TopologyMapping): number {
+    const indexes = (this.log.byKey.get(uniqueKey(mapping)) ?? []).filter((i) => i < this.length);
+    const last = indexes.at(-1);
+    return last === undefined ? 1 : (this.log.entries[last] as TopologyEntry).signed.transaction.serial + 1;
+  }
+
+  /** An add of `mapping` with the next serial, signed with the namespace key that owns it. */
+  issue(mapping: TopologyMapping, namespaceKey: KeyPair): SignedTopologyTransaction {
+    return signTopologyTransaction(
+      { operation: "add", serial: this.nextSerial(mapping), mapping },
+      namespaceKey,
+    );
   }
 
   snapshot(at: Micros): TopologySnapshot {

@@ -252,8 +252,7 @@ export function evaluateResponse(
       ignored: `the sender does not host confirming parties ${foreign.join(", ")} at the request's time`,
     };
   }
-  if (!signatureVerifies(request, topology, input, response))
-    return { ignored: "its signature does not verify" };
+  if (!signatureVerifies(topology, input, response)) return { ignored: "its signature does not verify" };
   const verdict = response.verdict;
   if (verdict.case === "reject") {
     const outcome = {
@@ -290,19 +289,17 @@ export function timeoutVerdict(request: OpenRequest, at: Micros): DecidedVerdict
 }
 
 /**
- * One of the sender's signing keys must verify the signature: a key valid at the request's time
- * (as Canton checks) or at the response's, so a key rotated in between does not lose the response.
+ * One of the sender's signing keys in force when the response was sequenced must verify the
+ * signature. Not a key of the request's time: a key revoked since is refused from the revocation's
+ * effective time on (docs/keys.md). A rotation announces the new key before it revokes the old, and
+ * the participant signs with the new one once it is announced, so no honest response is lost.
  */
 function signatureVerifies(
-  request: OpenRequest,
   topology: AggregatorTopology,
   input: Pick<MediatorInput, "timestamp" | "sender">,
   response: ConfirmationResponse,
 ): boolean {
-  const keys = [
-    ...topology.signingKeysOf(input.sender, request.requestId),
-    ...topology.signingKeysOf(input.sender, input.timestamp),
-  ];
+  const keys = topology.signingKeysOf(input.sender, input.timestamp);
   const key = keys.find((k) => k.fingerprint === response.signingKeyFingerprint);
   return key !== undefined && verify(key.publicKey, confirmationResponseDigest(response), response.signature);
 }

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import type { ConnectRouter } from "@connectrpc/connect";
 import { toLockstepError } from "../common/errors.ts";
 import type { NodeKindContext, NodeKindDefinition, NodeKindRuntime } from "../common/node-kind.ts";
 import { nodeBaseUrl } from "../common/rpc-client.ts";
@@ -12,6 +13,7 @@ import {
   type Verdict,
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
+import { clientOwnTopology, KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
 import { parseProtocolMessage, protocolPayload } from "../protocol/confirmation-messages.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
@@ -54,6 +56,7 @@ export const mediatorNodeKind: NodeKindDefinition<Db> = {
 
 export class MediatorNode implements NodeKindRuntime {
   readonly client: SequencerClient;
+  private readonly keyAdmin: KeyAdmin;
   private readonly log: NodeKindContext["logger"];
   /** Sends every decided verdict not yet seen sequenced, after the decision committed. */
   private readonly verdicts: UnsequencedSender<DecidedVerdict>;
@@ -65,8 +68,10 @@ export class MediatorNode implements NodeKindRuntime {
 
   constructor(private readonly context: NodeKindContext<Db>) {
     this.log = context.logger.child({ component: "mediator" });
+    const keys = nodeKeyStore(context.db, context.entry);
     this.client = createSequencerClient({
       db: context.db,
+      keys,
       logger: context.logger,
       memberName: context.config.synchronizer.mediator.name,
       sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
@@ -75,6 +80,13 @@ export class MediatorNode implements NodeKindRuntime {
       onFatal: (error) => context.fail(error.toJSON()),
       // A restore is recorded as checked (restore drop-kept needs it).
       onSubscriptionCheckPassed: () => void recordResubscribed(context.db, this.log),
+    });
+    this.keyAdmin = new KeyAdmin({
+      node: context.entry.name,
+      db: context.db,
+      keys,
+      topology: clientOwnTopology(this.client),
+      logger: context.logger,
     });
     this.verdicts = new UnsequencedSender({
       unsequenced: () => unsequencedVerdicts(context.db),
@@ -89,8 +101,9 @@ export class MediatorNode implements NodeKindRuntime {
     });
   }
 
-  routes(): void {
-    // The mediator serves no API of its own: everything reaches it through the sequencer.
+  routes(router: ConnectRouter): void {
+    // The mediator serves no API of its own (everything reaches it through the sequencer) but its keys.
+    keyAdminRoutes(() => this.keyAdmin)(router);
   }
 
   /**

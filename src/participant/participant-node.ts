@@ -9,8 +9,9 @@ import type {
 import { nodeBaseUrl } from "../common/rpc-client.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
-import { KeyStore } from "../crypto/key-store.ts";
+import type { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
+import { clientOwnTopology, KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";
@@ -68,6 +69,7 @@ export class ParticipantNode implements NodeKindRuntime {
   private readonly log: NodeKindContext["logger"];
   private readonly notifier = new LedgerNotifier();
   private readonly keys: KeyStore;
+  private readonly keyAdmin: KeyAdmin;
   private readonly processor: RequestProcessor;
   private readonly sender: ConfirmationSender;
   private readonly submissions: SubmissionService;
@@ -85,8 +87,10 @@ export class ParticipantNode implements NodeKindRuntime {
     private readonly options: ParticipantNodeOptions = {},
   ) {
     this.log = context.logger.child({ component: "participant" });
+    this.keys = nodeKeyStore(context.db, context.entry);
     this.client = createSequencerClient({
       db: context.db,
+      keys: this.keys,
       logger: context.logger,
       memberName: context.entry.name,
       sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
@@ -96,7 +100,13 @@ export class ParticipantNode implements NodeKindRuntime {
       // A restore is recorded as checked (restore drop-kept needs it).
       onSubscriptionCheckPassed: () => void recordResubscribed(context.db, this.log),
     });
-    this.keys = new KeyStore(context.db);
+    this.keyAdmin = new KeyAdmin({
+      node: context.entry.name,
+      db: context.db,
+      keys: this.keys,
+      topology: clientOwnTopology(this.client),
+      logger: context.logger,
+    });
     const incarnation = () => context.identity().incarnation;
     this.processor = new RequestProcessor(() => this.client.member, this.log);
     this.sender = new ConfirmationSender(context.db, this.client, this.keys, this.log);
@@ -130,6 +140,7 @@ export class ParticipantNode implements NodeKindRuntime {
 
   routes(router: ConnectRouter): void {
     this.options.ledgerApiRoutes?.(this.backend)(router);
+    keyAdminRoutes(() => this.keyAdmin)(router);
   }
 
   /** Starts in the background: a participant started before its sequencer waits for it. */

@@ -1,14 +1,14 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { LockstepError } from "../common/errors.ts";
 import { NAME_PATTERN, uniqueIdentifier } from "../common/ids.ts";
+import { END_OF_TIME } from "../common/time.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
-import { namespaceOf, signTopologyTransaction, uniqueKey } from "../crypto/topology.ts";
+import { namespaceOf } from "../crypto/topology.ts";
 import type { SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import type { Db } from "../storage/db.ts";
 import type { PartyDetails } from "./ledger-api-backend.ts";
 import { displayNames, recordParty } from "./participant-store.ts";
 
-const END_OF_TIME = 2n ** 63n - 1n;
 const ALLOCATION_TIMEOUT_MS = 30_000;
 
 /** Parties (Canton's party management): hosting is topology, display names are local metadata. */
@@ -30,17 +30,8 @@ export class PartyManagement {
     const party = uniqueIdentifier(partyIdHint, namespaceOf(self));
     const topology = this.client.topology();
     if (topology.participantOf(party, END_OF_TIME) !== self) {
-      const key = uniqueKey({ type: "PartyToParticipant", party, participant: self });
-      const prior = topology
-        .transactions()
-        .filter((e) => uniqueKey(e.signed.transaction.mapping) === key)
-        .at(-1);
-      const signed = signTopologyTransaction(
-        {
-          operation: "add",
-          serial: (prior?.signed.transaction.serial ?? 0) + 1,
-          mapping: { type: "PartyToParticipant", party, participant: self },
-        },
+      const signed = topology.issue(
+        { type: "PartyToParticipant", party, participant: self },
         await this.keys.namespaceKey(),
       );
       // The sequencer validates it and sequences it to all members (effective from that timestamp).

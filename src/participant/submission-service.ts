@@ -2,7 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import { newId } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
-import { type Micros, maxMicros, msToMicros, nowMicros } from "../common/time.ts";
+import { END_OF_TIME, type Micros, maxMicros, msToMicros, nowMicros } from "../common/time.ts";
 import { ConfirmationRequestSchema } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
 import type { ActiveContract } from "../ledger/contract.ts";
 import { interpret } from "../ledger/interpreter.ts";
@@ -16,8 +16,6 @@ import { changeId, duplicateOf, resolveDeduplicationPeriod } from "./deduplicati
 import type { SubmitCommands } from "./ledger-api-backend.ts";
 import { acceptedCompletion, activeContracts, readLedgerEnd } from "./participant-store.ts";
 import { registerInFlight } from "./request-store.ts";
-
-const END_OF_TIME = 2n ** 63n - 1n;
 
 export interface Submitted {
   readonly submissionId: string;

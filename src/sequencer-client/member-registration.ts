@@ -1,5 +1,6 @@
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
+import { END_OF_TIME } from "../common/time.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
 import type { MemberStateStore } from "./member-state-store.ts";
 import type { Registration } from "./sequencer-client.ts";
@@ -31,6 +32,14 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
   // before the first request that carries it (throws SEQUENCER_UNAVAILABLE meanwhile; retried).
   await deps.settleWriterEpoch?.(async () => (await transport.getMemberEvent(member, 0n)).writerEpoch);
   const known = await deps.memberState.registration();
+  const head = await transport.getTopology();
+  // Before the first signed request: the store follows topology's listing of our signing keys (a
+  // rotation stopped between its steps, or a restore from a set taken mid-rotation), so the node
+  // signs with a key the sequencer accepts now (docs/keys.md).
+  const changed = await deps.keys.reconcile(
+    head.state.signingKeysOf(member, END_OF_TIME).map((k) => k.fingerprint),
+  );
+  if (changed.length > 0) log.info({ changed }, "key store brought in line with topology");
   if (known) {
     if (known.member !== member) {
       throw new LockstepError("INTERNAL_ERROR", {
@@ -39,7 +48,6 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
     }
     return known;
   }
-  const head = await transport.getTopology();
   let registeredAt = registeredAtOf(head.state, member, namespace);
   if (registeredAt === undefined) {
     const request = registerMemberRequest(memberRegistration(member, namespace, signing));

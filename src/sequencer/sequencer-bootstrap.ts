@@ -1,12 +1,11 @@
+import { END_OF_TIME } from "../common/time.ts";
 import type { KeyPair } from "../crypto/keys.ts";
 import {
   memberKeys,
   type SignedTopologyTransaction,
   type SynchronizerParametersValues,
-  signTopologyTransaction,
   type TopologyMapping,
   type TopologyState,
-  uniqueKey,
 } from "../crypto/topology.ts";
 
 /**
@@ -29,7 +28,7 @@ export function bootstrapTransactions(args: {
     const mapping = memberKeys(sequencerId, namespaceKey, [signingKey]);
     out.push(issue(topology, mapping, namespaceKey));
   }
-  const issued = nextSerial(topology, { type: "SynchronizerParameters", ...parameters }) > 1;
+  const issued = topology.nextSerial({ type: "SynchronizerParameters", ...parameters }) > 1;
   if (!issued || !sameParameters(topology.parameters(END_OF_TIME), parameters)) {
     out.push(issue(topology, { type: "SynchronizerParameters", ...parameters }, namespaceKey));
   }
@@ -50,20 +49,8 @@ export function addMediatorTransaction(
   return issue(topology, { type: "MediatorDomainState", mediators: [...current, mediator] }, namespaceKey);
 }
 
-const END_OF_TIME = 2n ** 63n - 1n;
-
 function issue(topology: TopologyState, mapping: TopologyMapping, key: KeyPair): SignedTopologyTransaction {
-  return signTopologyTransaction({ operation: "add", serial: nextSerial(topology, mapping), mapping }, key);
-}
-
-/** Serials count per unique key across adds and removes (topology-transaction.ts). */
-function nextSerial(topology: TopologyState, mapping: TopologyMapping): number {
-  const key = uniqueKey(mapping);
-  let serial = 0;
-  for (const entry of topology.transactions()) {
-    if (uniqueKey(entry.signed.transaction.mapping) === key) serial = entry.signed.transaction.serial;
-  }
-  return serial + 1;
+  return topology.issue(mapping, key);
 }
 
 function sameParameters(a: SynchronizerParametersValues, b: SynchronizerParametersValues): boolean {

@@ -1,5 +1,6 @@
 import { LockstepError } from "../common/errors.ts";
 import type { NodeKindDefinition } from "../common/node-kind.ts";
+import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
 import type { Db } from "../storage/db.ts";
 import { Sequencer } from "./sequencer.ts";
 import { sequencerMigrations } from "./sequencer-migrations.ts";
@@ -14,16 +15,25 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
   migrations: sequencerMigrations,
   create(ctx) {
     let sequencer: Sequencer | undefined;
+    let keyAdmin: KeyAdmin | undefined;
     const current = (): Sequencer => {
       if (!sequencer) throw new LockstepError("NODE_PASSIVE", { node: ctx.entry.name });
       return sequencer;
     };
+    const keys = nodeKeyStore(ctx.db, ctx.entry);
     return {
-      routes: sequencerServiceRoutes(current),
+      routes: (router) => {
+        sequencerServiceRoutes(current)(router);
+        keyAdminRoutes(() => {
+          current();
+          return keyAdmin as KeyAdmin;
+        })(router);
+      },
       async activate() {
         const { parameters, mediator, id } = ctx.config.synchronizer;
         sequencer = await Sequencer.start({
           db: ctx.db,
+          keys,
           logger: ctx.logger,
           name: ctx.entry.name,
           synchronizerName: id,
@@ -35,6 +45,13 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
           mediatorName: mediator.name,
           retentionMs: ctx.config.synchronizer.sequencer.retention,
           onFatal: (error) => ctx.fail(error.toJSON()),
+        });
+        keyAdmin = new KeyAdmin({
+          node: ctx.entry.name,
+          db: ctx.db,
+          keys,
+          topology: sequencer.ownTopology(),
+          logger: ctx.logger,
         });
       },
       async status() {

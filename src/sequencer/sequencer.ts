@@ -3,9 +3,10 @@ import { LockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier, uniqueIdentifier } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
-import { type Micros, maxMicros, nowMicros } from "../common/time.ts";
+import { END_OF_TIME, type Micros, maxMicros, nowMicros } from "../common/time.ts";
+import type { OwnTopology } from "../crypto/key-rotation.ts";
 import { KeyStore } from "../crypto/key-store.ts";
-import { acknowledgementDigest, signAsync, subscriptionDigest } from "../crypto/keys.ts";
+import { acknowledgementDigest, type KeyPair, signAsync, subscriptionDigest } from "../crypto/keys.ts";
 import {
   type SignedTopologyTransactionParts,
   type SynchronizerParametersValues,
@@ -42,8 +43,17 @@ import { WriterEpochs } from "./writer-epochs.ts";
 
 export type { SendRequestFields, SignedSubmissionsFields } from "./submission-intake.ts";
 
+/** The sequencer's keys: the one it signs events with changes when a rotation activates a new one. */
+interface SequencerKeys {
+  readonly store: KeyStore;
+  readonly namespace: KeyPair;
+  signing: KeyPair;
+}
+
 export interface SequencerOptions {
   db: Db;
+  /** The node's private key store (default: one on `db` with keys in plain). */
+  keys?: KeyStore;
   logger: Logger;
   /** The node's name: the sequencer's member id is `name::<namespace fingerprint>`. */
   name: string;
@@ -127,7 +137,7 @@ export class Sequencer {
     private readonly recent: RecentEvents,
     private readonly epochs: WriterEpochs,
     private readonly submissions: SubmissionIntake,
-    private readonly keys: Awaited<ReturnType<KeyStore["ensureInitialKeys"]>>,
+    private readonly keys: SequencerKeys,
     readonly sequencerId: string,
     readonly synchronizerId: string,
   ) {
@@ -137,20 +147,32 @@ export class Sequencer {
 
   /** Loads the state, starts the writer and sequences the initial topology if missing. */
   static async start(options: SequencerOptions): Promise<Sequencer> {
-    const keys = await new KeyStore(options.db).ensureInitialKeys();
-    const namespace = keys.namespace.fingerprint;
+    const keyStore = options.keys ?? new KeyStore(options.db);
+    const initial = await keyStore.ensureInitialKeys();
+    const namespace = initial.namespace.fingerprint;
     const store = new SequencerStore(options.db);
     const loaded = await store.load();
     const notifier = new EventNotifier(loaded.head);
     const recent = new RecentEvents(loaded.head);
     const sequencerId = uniqueIdentifier(options.name, namespace);
+    const topology = TopologyState.replay(namespace, loaded.topology);
+    // A rotation stopped between its steps, or a restore from a set taken mid-rotation: the store
+    // follows topology before the signing key is picked (docs/keys.md).
+    await keyStore.reconcile(topology.signingKeysOf(sequencerId, END_OF_TIME).map((k) => k.fingerprint));
+    const keys: SequencerKeys = {
+      store: keyStore,
+      namespace: initial.namespace,
+      signing: await keyStore.activeSigningKey(),
+    };
     const writer = new SequencerWriter({
       store,
       sequencerId,
+      // Read per batch: a rotation switches the key once its announcement is in force, before the
+      // old key's revocation can be sequenced (recipients check an event with the keys at t - 1).
       sign: (bytes) => signAsync(keys.signing.privateKey, bytes),
       initial: {
         head: loaded.head,
-        topology: TopologyState.replay(namespace, loaded.topology),
+        topology,
         members: new Map(loaded.members.map((m) => [m.member, m.registeredAt])),
         heads: loaded.heads,
       },
@@ -180,6 +202,25 @@ export class Sequencer {
     );
     await sequencer.bootstrap();
     return sequencer;
+  }
+
+  /** The sequencer's own topology for its key rotation (node/key-admin.ts): its writer sequences it at once. */
+  ownTopology(): OwnTopology {
+    return {
+      member: () => this.sequencerId,
+      topology: () => this.writer.topology,
+      submit: async (transactions) => {
+        let state = this.writer.topology;
+        // Validated first: the writer skips a rejected transaction, which would pass for done.
+        for (const signed of transactions) state = state.apply(signed, this.at() + 1n);
+        return this.writer.submit({ kind: "topology", transactions });
+      },
+      awaitEffective: async () => {},
+      keysChanged: async () => {
+        this.keys.signing = await this.keys.store.activeSigningKey();
+        this.options.logger.info({ fingerprint: this.keys.signing.fingerprint }, "signing events with key");
+      },
+    };
   }
 
   get synchronizerNamespace(): string {
@@ -344,10 +385,10 @@ export class Sequencer {
   }
 
   /**
-   * Sequences owner-signed topology transactions from a member (party allocation). Membership and
-   * mediator changes stay with RegisterMember and the synchronizer, so a member cannot onboard
-   * others or change parameters through here; a retry of an already sequenced transaction returns
-   * its timestamp.
+   * Sequences owner-signed topology transactions from a member: party allocation, and a registered
+   * member's own MemberKeys (signing key rotation, docs/keys.md). Onboarding and mediator changes
+   * stay with RegisterMember and the synchronizer, so a member cannot onboard others or change
+   * parameters through here; a retry of an already sequenced transaction returns its timestamp.
    */
   async submitTopology(parts: readonly SignedTopologyTransactionParts[]): Promise<Micros> {
     const transactions = parts.map((p) => signedTopologyFromParts(p));
@@ -358,9 +399,15 @@ export class Sequencer {
       return known.reduce((max, e) => maxMicros(max, e.effectiveAt), 0n);
     let state = this.writer.topology;
     for (const signed of transactions) {
-      if (signed.transaction.mapping.type !== "PartyToParticipant") {
+      const { mapping, operation } = signed.transaction;
+      const keyRotation =
+        mapping.type === "MemberKeys" &&
+        operation === "add" &&
+        mapping.member !== this.sequencerId &&
+        this.writer.registeredAt(mapping.member) !== undefined;
+      if (mapping.type !== "PartyToParticipant" && !keyRotation) {
         throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
-          reason: `members submit PartyToParticipant only, not ${signed.transaction.mapping.type}`,
+          reason: `members submit PartyToParticipant or their own MemberKeys (a registered member's key rotation), not ${operation} ${mapping.type}`,
         });
       }
       // Validate now (signature, owner, serial) so a bad one is refused without a writer round trip.
