@@ -9,10 +9,10 @@ import {
 import { BackupRepository, type SetSummary } from "../backup/backup-repository.ts";
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
-import { BACKUP_FORMATS, type BackupFormat } from "../backup/manifest.ts";
+import { BACKUP_FORMATS, type BackupFormat, type Manifest } from "../backup/manifest.ts";
 import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
-import { configNodes } from "../common/config-schema.ts";
+import { configNodes, type LockstepConfig, type NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { microsToIso } from "../common/time.ts";
@@ -26,6 +26,30 @@ function cliLogger() {
 
 function mib(bytes: string | bigint): string {
   return `${(Number(bytes) / 1048576).toFixed(1)} MiB`;
+}
+
+/**
+ * `backup create` of the given nodes as one set (also the backup step of `keys rotate` and
+ * `keys rotate-wrapper`): the set is registered in each node's database once complete.
+ */
+export function runBackupCreate(
+  config: LockstepConfig,
+  nodes: NodeEntry[],
+  progress: (line: string) => void,
+  options: { format?: BackupFormat; jobs?: number; quiesce?: boolean } = {},
+): Promise<Manifest> {
+  const logger = cliLogger();
+  return createBackup({
+    config,
+    nodes,
+    repository: new BackupRepository(config.backup.repository, logger),
+    engine: new PgDumpEngine(),
+    format: options.format ?? config.backup.format,
+    jobs: options.jobs ?? config.backup.jobs,
+    logger,
+    progress,
+    ...(options.quiesce ? { quiesce: (n) => quiesceNetwork(config, n, progress) } : {}),
+  });
 }
 
 /** One set in docs/cli.md's `backup list --json` shape (plus orderCheck, unsafe and the live sequencer's view). */
@@ -102,19 +126,16 @@ export function registerBackupCommands(program: Command): void {
             details: `--jobs ${opts.jobs} is not a positive integer`,
           });
         }
-        const nodes = selectNodes(loaded, opts.nodes);
-        const logger = cliLogger();
-        const manifest = await createBackup({
+        const manifest = await runBackupCreate(
           config,
-          nodes,
-          repository: new BackupRepository(config.backup.repository, logger),
-          engine: new PgDumpEngine(),
-          format,
-          jobs,
-          logger,
-          progress: (line) => out.info(line),
-          ...(opts.quiesce ? { quiesce: (n) => quiesceNetwork(config, n, (line) => out.info(line)) } : {}),
-        });
+          selectNodes(loaded, opts.nodes),
+          (line) => out.info(line),
+          {
+            format,
+            jobs,
+            quiesce: opts.quiesce === true,
+          },
+        );
         const result = {
           set: manifest.id,
           safe: manifest.safe,

@@ -6,6 +6,7 @@ import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { registerBackupCommands } from "./backup-commands.ts";
 import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
+import { registerKeysCommands } from "./keys-commands.ts";
 import { registerLedgerCommands } from "./ledger-commands.ts";
 import { registerNodeCommands } from "./node-commands.ts";
 import { Output, wasReported } from "./output.ts";
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
   registerLedgerCommands(program);
   registerRestoreCommands(program);
   registerBackupCommands(program);
+  registerKeysCommands(program);
   registerDemoCommand(program);
   overrideExits(program);
   return program;

@@ -8,7 +8,9 @@ import {
   positionOf,
   type SequencedEvent,
 } from "../common/sequenced-event.ts";
+import type { Micros } from "../common/time.ts";
 import { fingerprint, verify } from "../crypto/keys.ts";
+import type { TopologyState } from "../crypto/topology.ts";
 
 /**
  * The checks a member runs on what its sequencer delivers (docs/design.md §2 "Sequenced events"). Every
@@ -19,8 +21,18 @@ import { fingerprint, verify } from "../crypto/keys.ts";
  *   each later event E                  → prior = validateNext(prior, E, keys); store E; process E
  */
 
-/** The sequencer's signing keys valid for the event (topology at its timestamp); one suffices. */
+/** The sequencer's signing keys valid for the event (sequencerKeysAt); one suffices. */
 export type SequencerKeys = Bytes | readonly Bytes[];
+
+/**
+ * The sequencer's signing keys for an event at `timestamp`: those in force just before it, so a
+ * topology event that rotates them is checked with the old ones, and an event after a revocation
+ * is refused if signed with the revoked key. A replay judges each event with the same keys as the
+ * first time: what was signed before a revocation stays valid (docs/keys.md).
+ */
+export function sequencerKeysAt(topology: TopologyState, sequencerId: string, timestamp: Micros): Buffer[] {
+  return topology.signingKeysOf(sequencerId, timestamp - 1n).map((k) => k.publicKey);
+}
 
 /**
  * The first event of a resubscription must be the event the member stored last, in content and

@@ -13,6 +13,7 @@ import { CleanAcknowledger } from "./clean-acknowledger.ts";
 import { CleanWaiters } from "./clean-waiters.ts";
 import { processRun, replayStored, runFailure } from "./event-pipeline.ts";
 import { backoffDelayMs } from "./event-stream-validator.ts";
+import { sequencerKeysAt } from "./event-validation.ts";
 import { ensureRegistered } from "./member-registration.ts";
 import { MemberSender } from "./member-sender.ts";
 import { MemberStateStore } from "./member-state-store.ts";
@@ -330,11 +331,7 @@ export class SequencerClientRuntime implements SequencerClient {
         this.subscribeAttempts++;
         return subscribeRequest(fields, signing);
       },
-      // Keys in force just before the event: a topology event that rotates them is signed with the old ones.
-      sequencerKeysAt: (t) =>
-        this.topology()
-          .signingKeysOf(registration.sequencerId, t - 1n)
-          .map((k) => k.publicKey),
+      sequencerKeysAt: (t) => sequencerKeysAt(this.topology(), registration.sequencerId, t),
       arrived: (event) => {
         this.latestTime =
           this.latestTime === null ? event.timestamp : maxMicros(this.latestTime, event.timestamp);
