@@ -8,9 +8,23 @@ import { runBackupCreate } from "./backup-commands.ts";
 import { findNode, loadCliConfig, outputFor } from "./cli-context.ts";
 import { registerKeysWrapperCommand } from "./keys-wrapper-command.ts";
 import { table } from "./output.ts";
+import { retryRetryable } from "./retry-retryable.ts";
 
 export function keyAdminClient(port: number) {
   return createNodeClient(KeyAdminService, nodeBaseUrl(port));
+}
+
+type KeyAdminClient = ReturnType<typeof keyAdminClient>;
+
+/** The node's KeyAdminService, each call retried while the node is still starting (retryRetryable). */
+export function retryingKeyAdmin(port: number, progress: (line: string) => void): KeyAdminClient {
+  const rpc = keyAdminClient(port);
+  return new Proxy(rpc, {
+    get: (target, name: keyof KeyAdminClient) => {
+      const method = target[name] as (request: unknown) => Promise<unknown>;
+      return (request: unknown) => retryRetryable(() => method.call(target, request), progress);
+    },
+  });
 }
 
 const short = (fingerprint: string) => `${fingerprint.slice(0, 12)}…`;
@@ -128,7 +142,7 @@ export function registerKeysCommands(program: Command): void {
       const out = outputFor(command);
       const loaded = await loadCliConfig(command);
       const entry = findNode(loaded, name);
-      const rpc = keyAdminClient(entry.port);
+      const rpc = retryingKeyAdmin(entry.port, (line) => out.info(line));
       const force = opts.force === true;
       const steps: StepResult[] = [];
       const warnings: string[] = [];
@@ -223,7 +237,7 @@ async function backupStep(
   fingerprint: string,
   node: string,
   backUp: () => Promise<string>,
-  rpc: ReturnType<typeof keyAdminClient>,
+  rpc: KeyAdminClient,
 ): Promise<StepResult> {
   const key = (await rpc.listKeys({})).keys.find((k) => k.fingerprint === fingerprint);
   const holding = key?.backupSets ?? [];

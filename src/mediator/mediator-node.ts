@@ -83,6 +83,7 @@ export class MediatorNode implements NodeKindRuntime {
     });
     this.keyAdmin = new KeyAdmin({
       node: context.entry.name,
+      synchronizer: context.config.synchronizer.id,
       db: context.db,
       keys,
       topology: clientOwnTopology(this.client),

@@ -17,6 +17,8 @@ import { retireWrapperKey, rewrapPrivateKeys, wrapperKeyInfos } from "./wrapper-
 
 export interface KeyAdminDeps {
   node: string;
+  /** config.synchronizer.id, named in errors. */
+  synchronizer: string;
   db: Db;
   keys: KeyStore;
   topology: OwnTopology;
@@ -36,10 +38,22 @@ export class KeyAdmin {
     this.log = deps.logger.child({ component: "key-admin" });
   }
 
+  /** The member id; before the node registered (it is still starting) a retryable refusal. */
+  private member(): string {
+    try {
+      return this.deps.topology.member();
+    } catch {
+      throw new LockstepError("NOT_CONNECTED_TO_SYNCHRONIZER", {
+        synchronizer: this.deps.synchronizer,
+        reason: `${this.deps.node} has not registered with its sequencer yet`,
+      });
+    }
+  }
+
   private listed(): string[] {
     return this.deps.topology
       .topology()
-      .signingKeysOf(this.deps.topology.member(), END_OF_TIME)
+      .signingKeysOf(this.member(), END_OF_TIME)
       .map((k) => k.fingerprint);
   }
 
@@ -56,7 +70,7 @@ export class KeyAdmin {
     let member = "";
     let listed = new Set<string>();
     try {
-      member = this.deps.topology.member();
+      member = this.member();
       listed = new Set(this.listed());
     } catch {
       // Not registered yet: no key is in topology.
@@ -98,7 +112,7 @@ export class KeyAdmin {
       });
     }
     const warning = await this.requireBackedUp(fingerprint, "announce", force);
-    const member = this.deps.topology.member();
+    const member = this.member();
     const topology = this.deps.topology.topology();
     const mapping = announceMapping(
       member,
@@ -122,7 +136,7 @@ export class KeyAdmin {
     if (key.state === "revoked") {
       throw new LockstepError("INVALID_ARGUMENT", { details: `key ${keep} is revoked: it cannot be kept` });
     }
-    const member = this.deps.topology.member();
+    const member = this.member();
     const topology = this.deps.topology.topology();
     const plan = revokeMapping(
       member,

@@ -102,6 +102,7 @@ export class ParticipantNode implements NodeKindRuntime {
     });
     this.keyAdmin = new KeyAdmin({
       node: context.entry.name,
+      synchronizer: context.config.synchronizer.id,
       db: context.db,
       keys: this.keys,
       topology: clientOwnTopology(this.client),

@@ -48,6 +48,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
         });
         keyAdmin = new KeyAdmin({
           node: ctx.entry.name,
+          synchronizer: ctx.config.synchronizer.id,
           db: ctx.db,
           keys,
           topology: sequencer.ownTopology(),
