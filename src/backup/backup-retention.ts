@@ -36,8 +36,10 @@ export function planRetention(
 ): RetentionDecision[] {
   const newestFirst = [...sets].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
   const protectedSet = newestFirst.find((s) => disqualification(s, configNodes) === null);
+  const newestOfNodes = newestPerNode(newestFirst, configNodes);
   return newestFirst.map((set, index) => {
     const isProtected = set.id === protectedSet?.id;
+    const newestOf = newestOfNodes.get(set.id) ?? [];
     if (index < keep) {
       const also = isProtected ? " (and the newest complete, safe, verified set)" : "";
       return { id: set.id, action: "keep", reason: `among the newest ${keep}${also}` };
@@ -47,6 +49,13 @@ export function planRetention(
         id: set.id,
         action: "keep",
         reason: "the newest set that holds every node, is safe and did not fail verification: never deleted",
+      };
+    }
+    if (newestOf.length > 0) {
+      return {
+        id: set.id,
+        action: "keep",
+        reason: `the newest safe backup of ${newestOf.join(", ")}, so it holds the newest keys they rotated to: never deleted`,
       };
     }
     const why = disqualification(set, configNodes);
@@ -59,6 +68,27 @@ export function planRetention(
       reason: `older than the newest ${keep}${why ? `; ${why}` : `; ${protectedSet?.id} is newer and complete`}${note}`,
     };
   });
+}
+
+/**
+ * Per node of the config, the newest set that holds it safely (not in the set's unsafe list, not
+ * failed verification): set id → those nodes. *Why:* a key rotation backs up only the rotating node
+ * (docs/keys.md); that set, or a newer one of the node, is the only one holding the node's new key,
+ * and deleting it would leave every remaining set restoring the node without the key topology
+ * expects (MISSING_PRIVATE_KEY).
+ */
+function newestPerNode(newestFirst: readonly SetSummary[], configNodes: readonly string[]): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const node of configNodes) {
+    const set = newestFirst.find(
+      (s) =>
+        s.manifest.nodes.some((n) => n.name === node) &&
+        !s.manifest.unsafe.some((u) => u.node === node) &&
+        !(s.verification && !s.verification.ok),
+    );
+    if (set) out.set(set.id, [...(out.get(set.id) ?? []), node]);
+  }
+  return out;
 }
 
 /**

@@ -105,7 +105,21 @@ const SEQUENCER_NODE = {
 
 test("retention never deletes the newest complete, safe, verified set; partial, unsafe and failed sets do not count", () => {
   const set = (id: string, o: { safe?: boolean; full?: boolean; failed?: boolean; version?: 1 | 2 } = {}) => {
-    const base = unsigned(id, { safe: o.safe ?? true, manifestVersion: o.version ?? 2 });
+    const unsafe =
+      o.safe === false
+        ? [
+            {
+              node: "participant1",
+              reason: "fork" as const,
+              member: "participant1::1220aa",
+              clean: "5",
+              lastStored: "5",
+              sequencerLastDelivered: "4",
+              sequencerSet: id,
+            },
+          ]
+        : [];
+    const base = unsigned(id, { safe: o.safe ?? true, unsafe, manifestVersion: o.version ?? 2 });
     const nodes = o.full === false ? base.nodes : [...base.nodes, SEQUENCER_NODE];
     const m = { ...base, nodes, checksum: "" } as Manifest;
     const verification = o.failed
@@ -137,7 +151,7 @@ test("retention never deletes the newest complete, safe, verified set; partial, 
     plan.map((d) => [d.id.slice(-6), d.action]),
     [
       ["eeeeee", "keep"],
-      ["dddddd", "delete"],
+      ["dddddd", "keep"],
       ["cccccc", "delete"],
       ["bbbbbb", "delete"],
       ["a2a2a2", "delete"],
@@ -146,14 +160,29 @@ test("retention never deletes the newest complete, safe, verified set; partial, 
   );
   const reason = (suffix: string) => plan.find((d) => d.id.endsWith(suffix))?.reason ?? "";
   assert.match(reason("aaaaaa"), /never deleted/);
-  assert.match(reason("dddddd"), /unsafe: fork/);
+  // Unsafe for participant1 (its fork), yet the newest backup of sequencer1: a rotation of the
+  // sequencer's key is held there only, so it stays (the set a disaster needs is still aaaaaa).
+  assert.match(reason("dddddd"), /newest safe backup of sequencer1/);
+  assert.match(reason("eeeeee"), /among the newest 1/);
   assert.match(reason("cccccc"), /partial \(lacks sequencer1\)/);
   assert.match(reason("bbbbbb"), /failed verification/);
   assert.match(reason("a2a2a2"), /older build/);
-  // Nothing qualifies: every set beyond N goes, and the plan says why.
-  const none = planRetention([set("20261127T030000Z-cccccc", { full: false })], 0, config);
-  assert.equal(none[0]?.action, "delete");
-  assert.match(none[0]?.reason ?? "", /no set qualifies/);
+  // The newest backup of a node stays however old: it is the only one with the node's newest keys.
+  const newestOfNode = planRetention(
+    [set("20261127T030000Z-cccccc", { full: false }), set("20261127T020000Z-ffffff", { full: false })],
+    0,
+    config,
+  );
+  assert.deepEqual(
+    newestOfNode.map((d) => [d.id.slice(-6), d.action]),
+    [
+      ["cccccc", "keep"],
+      ["ffffff", "delete"],
+    ],
+  );
+  assert.match(newestOfNode[0]?.reason ?? "", /newest safe backup of participant1/);
+  // Nothing qualifies: every other set beyond N goes, and the plan says why.
+  assert.match(newestOfNode[1]?.reason ?? "", /no set qualifies/);
 });
 
 test("fork check: the member's last stored event must be the sequencer's, by chain hash, not by timestamp", () => {
