@@ -84,7 +84,9 @@ export class KeyAdmin {
         createdAt: k.createdAt.toISOString(),
         activatedAt: k.activatedAt?.toISOString() ?? "",
         revokedAt: k.revokedAt?.toISOString() ?? "",
-        backupSets: backups.filter((b) => b.keyFingerprints.includes(k.fingerprint)).map((b) => b.setId),
+        backupSets: backups
+          .filter((b) => b.safe && b.keyFingerprints.includes(k.fingerprint))
+          .map((b) => b.setId),
         inTopology: k.purpose === "namespace" ? member !== "" : listed.has(k.fingerprint),
         wrapperFingerprint: k.wrapperFingerprint ?? "",
       })),
@@ -188,7 +190,7 @@ export class KeyAdmin {
   }
 
   /**
-   * The rule: a completed backup set registered in this node holds the key. With force, the step
+   * The rule: a completed, safe backup set registered in this node holds the key. With force, the step
    * goes on and the override is recorded with its warning.
    */
   private async requireBackedUp(
@@ -197,7 +199,8 @@ export class KeyAdmin {
     force: boolean,
   ): Promise<string> {
     const backups = await backupsTaken(this.deps.db);
-    if (backups.some((b) => b.keyFingerprints.includes(fingerprint))) return "";
+    // A set found unsafe (a fork) is refused by restore plan without --force: it does not count.
+    if (backups.some((b) => b.safe && b.keyFingerprints.includes(fingerprint))) return "";
     const verb = action === "announce" ? "announcing it" : "revoking the previous key";
     if (!force)
       throw new LockstepError("KEY_NOT_BACKED_UP", { node: this.deps.node, fingerprint, action: verb });

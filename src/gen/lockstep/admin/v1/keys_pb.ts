@@ -53,7 +53,7 @@ export type KeyInfo = Message<"lockstep.admin.v1.KeyInfo"> & {
   revokedAt: string;
 
   /**
-   * Completed backup sets registered in the node that hold this key, newest first.
+   * Completed, safe backup sets registered in the node that hold this key, newest first.
    *
    * @generated from field: repeated string backup_sets = 7;
    */
