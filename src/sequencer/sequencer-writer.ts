@@ -9,7 +9,7 @@ import {
   type UnsignedView,
   unsignedDeliveryFor,
 } from "../common/sequenced-event.ts";
-import { type Micros, nowMicros } from "../common/time.ts";
+import { END_OF_TIME, type Micros, nowMicros } from "../common/time.ts";
 import {
   type SignedTopologyTransaction,
   signedTopologyToParts,
@@ -55,10 +55,12 @@ export interface SequencerWriterOptions {
   store: SequencerStore;
   sequencerId: string;
   /**
-   * Signs a member view (its eventSigningBytes) with the sequencer's signing key; a batch's views
-   * are signed concurrently (e.g. on the thread pool, keys.ts signAsync).
+   * Signs a member view (its eventSigningBytes) with a signing key of the sequencer that topology
+   * lists just before the event (`listed`: their fingerprints), as every recipient checks it
+   * (sequencerKeysAt); a batch's views are signed concurrently (e.g. on the thread pool, keys.ts
+   * signAsync).
    */
-  sign: (bytes: Buffer) => Buffer | Promise<Buffer>;
+  sign: (bytes: Buffer, listed: readonly string[]) => Buffer | Promise<Buffer>;
   initial: WriterState;
   clock?: () => Micros;
   /** Upper bound of submissions per transaction (group commit takes all queued, up to this). */
@@ -183,7 +185,10 @@ export class SequencerWriter {
     let head = base.head;
     const newMembers = new Map<string, Micros>();
     const heads = new Map<string, EventPosition>();
-    const built: { event: SequencedSubmission; views: { member: string; unsigned: UnsignedView }[] }[] = [];
+    const built: BuiltEvent[] = [];
+    // The sequencer's keys in force before each event: changed only by a topology event, which is
+    // itself signed with the keys before it (so a batch may hold a rotation's announce or revoke).
+    let listed = topology.signingKeysOf(sequencerId, END_OF_TIME).map((k) => k.fingerprint);
     const topologyEntries: TopologyEntry[] = [];
     const outcomes: [Pending, Micros | LockstepError][] = [];
 
@@ -225,7 +230,10 @@ export class SequencerWriter {
         heads.set(member, { timestamp, chainHash: unsigned.view.chainHash });
         views.push({ member, unsigned });
       }
-      built.push({ event, views });
+      built.push({ event, views, listed });
+      if (pending.item.kind === "topology") {
+        listed = topology.signingKeysOf(sequencerId, END_OF_TIME).map((k) => k.fingerprint);
+      }
       outcomes.push([pending, timestamp]);
     }
     const records = await signRecords(built, sign);
@@ -263,12 +271,19 @@ export class SequencerWriter {
 }
 
 /** Signs every view of the batch at once (the chains are built; the order of signing is free). */
+interface BuiltEvent {
+  readonly event: SequencedSubmission;
+  readonly views: { member: string; unsigned: UnsignedView }[];
+  /** The sequencer's signing keys (fingerprints) in force just before the event. */
+  readonly listed: readonly string[];
+}
+
 async function signRecords(
-  built: readonly { event: SequencedSubmission; views: { member: string; unsigned: UnsignedView }[] }[],
-  sign: (bytes: Buffer) => Buffer | Promise<Buffer>,
+  built: readonly BuiltEvent[],
+  sign: SequencerWriterOptions["sign"],
 ): Promise<SequencedRecord[]> {
   const signatures = await Promise.all(
-    built.flatMap((b) => b.views.map((v) => sign(v.unsigned.signingBytes))),
+    built.flatMap((b) => b.views.map((v) => sign(v.unsigned.signingBytes, b.listed))),
   );
   let next = 0;
   return built.map(({ event, views }) => ({

@@ -47,7 +47,28 @@ export type { SendRequestFields, SignedSubmissionsFields } from "./submission-in
 interface SequencerKeys {
   readonly store: KeyStore;
   readonly namespace: KeyPair;
+  /** Preferred: the newest active key. */
   signing: KeyPair;
+  /** Every stored signing key not revoked, by fingerprint (signerFor falls back to these). */
+  candidates: Map<string, KeyPair>;
+}
+
+async function signingCandidates(store: KeyStore): Promise<Map<string, KeyPair>> {
+  const keys = await store.list();
+  return new Map(
+    keys.filter((k) => k.purpose === "signing" && k.state !== "revoked").map((k) => [k.fingerprint, k]),
+  );
+}
+
+/** The key to sign an event with, given the fingerprints topology lists just before it. */
+function signerFor(keys: SequencerKeys, listed: readonly string[]): KeyPair {
+  if (listed.includes(keys.signing.fingerprint)) return keys.signing;
+  for (const fingerprint of listed) {
+    const key = keys.candidates.get(fingerprint);
+    if (key) return key;
+  }
+  // Before the sequencer's own MemberKeys exist (its first bootstrap event) nothing is listed.
+  return keys.signing;
 }
 
 export interface SequencerOptions {
@@ -163,13 +184,15 @@ export class Sequencer {
       store: keyStore,
       namespace: initial.namespace,
       signing: await keyStore.activeSigningKey(),
+      candidates: await signingCandidates(keyStore),
     };
     const writer = new SequencerWriter({
       store,
       sequencerId,
-      // Read per batch: a rotation switches the key once its announcement is in force, before the
-      // old key's revocation can be sequenced (recipients check an event with the keys at t - 1).
-      sign: (bytes) => signAsync(keys.signing.privateKey, bytes),
+      // The preferred key while topology lists it, else a stored key it lists: recipients check an
+      // event with the keys at t - 1, and a rotation's revoke may drop the preferred key before
+      // keysChanged runs.
+      sign: (bytes, listed) => signAsync(signerFor(keys, listed).privateKey, bytes),
       initial: {
         head: loaded.head,
         topology,
@@ -213,10 +236,20 @@ export class Sequencer {
         let state = this.writer.topology;
         // Validated first: the writer skips a rejected transaction, which would pass for done.
         for (const signed of transactions) state = state.apply(signed, this.at() + 1n);
+        // The keys it may sign with from then on: every stored one not revoked (a pending key
+        // being announced among them); never a listing it holds no private key for.
+        this.keys.candidates = await signingCandidates(this.keys.store);
+        const listed = state.signingKeysOf(this.sequencerId, END_OF_TIME);
+        if (!listed.some((k) => this.keys.candidates.has(k.fingerprint))) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: "the sequencer would be left without a signing key it holds: keep one of its stored keys",
+          });
+        }
         return this.writer.submit({ kind: "topology", transactions });
       },
       awaitEffective: async () => {},
       keysChanged: async () => {
+        this.keys.candidates = await signingCandidates(this.keys.store);
         this.keys.signing = await this.keys.store.activeSigningKey();
         this.options.logger.info({ fingerprint: this.keys.signing.fingerprint }, "signing events with key");
       },

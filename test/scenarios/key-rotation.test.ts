@@ -200,8 +200,12 @@ test("keys rotate: ordered, resumable after a kill at every step, forced only wi
   assertRotated(await keysList(n, "participant2"), afterCrash.key, [resumed.key]);
   await transact(n, "after-p2-crash", bob, alice, 1);
 
-  // 7. The sequencer's own key: events after the revocation are signed with the new key, and
-  // every member keeps accepting them.
+  // 7. The mediator's key (its verdicts are signed sends), then the sequencer's own: events after
+  // the revocation are signed with the new key, and every member keeps accepting them.
+  const medBefore = signing(await keysList(n, "mediator1")).map((k) => k.fingerprint);
+  const med = ok(await cli(n, ["keys", "rotate", "mediator1"]), "rotate mediator").json<RotateJson>();
+  assertRotated(await keysList(n, "mediator1"), med.key, medBefore);
+  await transact(n, "after-mediator-rotation", alice, bob);
   const seqBefore = signing(await keysList(n, "sequencer1")).map((k) => k.fingerprint);
   const seq = ok(await cli(n, ["keys", "rotate", "sequencer1"]), "rotate sequencer").json<RotateJson>();
   assertRotated(await keysList(n, "sequencer1"), seq.key, seqBefore);

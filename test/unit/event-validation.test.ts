@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { isLockstepError } from "../../src/common/errors.ts";
+import { uniqueIdentifier } from "../../src/common/ids.ts";
 import {
   contentHash,
   deliveryFor,
@@ -14,8 +15,13 @@ import {
   type SequencedEvent,
   type SequencedSubmission,
 } from "../../src/common/sequenced-event.ts";
-import { generateKeyPair, sign } from "../../src/crypto/keys.ts";
-import { validateNext, validateResubscription } from "../../src/sequencer-client/event-validation.ts";
+import { generateKeyPair, type KeyPair, sign } from "../../src/crypto/keys.ts";
+import { memberKeys, TopologyState } from "../../src/crypto/topology.ts";
+import {
+  sequencerKeysAt,
+  validateNext,
+  validateResubscription,
+} from "../../src/sequencer-client/event-validation.ts";
 
 const sequencerKey = generateKeyPair("signing");
 const signer = (b: Buffer) => sign(sequencerKey.privateKey, b);
@@ -225,6 +231,138 @@ describe("event validation", () => {
     assert.throws(
       () => validateNext(positionOf(e1), resigned, sequencerKey.publicKey),
       rejectsWith("SEQUENCER_SIGNATURE_INVALID"),
+    );
+  });
+});
+
+describe("sequencer key rotation: events are judged with the keys in force just before them", () => {
+  // The sequencer's MemberKeys: [A] at T0 → [A, B] at T1 (announce) → [B] at T2 (revoke), each a
+  // real transaction signed with the sequencer's namespace key, as the sequencer sequences them.
+  const namespace = generateKeyPair("namespace");
+  const sequencerId = uniqueIdentifier("sequencer", namespace.fingerprint);
+  const keyA = generateKeyPair("signing");
+  const keyB = generateKeyPair("signing");
+  const [T0, T1, T2] = [1_000n, 2_000n, 3_000n];
+  const s0 = TopologyState.empty(namespace.fingerprint);
+  const s1 = s0.apply(s0.issue(memberKeys(sequencerId, namespace, [keyA]), namespace), T0);
+  const s2 = s1.apply(s1.issue(memberKeys(sequencerId, namespace, [keyA, keyB]), namespace), T1);
+  const s3 = s2.apply(s2.issue(memberKeys(sequencerId, namespace, [keyB]), namespace), T2);
+  const topology = s3;
+
+  /** The member's chain of views at these timestamps, each signed with its key. */
+  function signedChain(steps: [bigint, KeyPair][], prior: EventPosition | null = null): SequencedEvent[] {
+    const events: SequencedEvent[] = [];
+    for (const [t, key] of steps) {
+      const event = deliveryFor(member, submission(t), prior, (b) => sign(key.privateKey, b));
+      events.push(event);
+      prior = positionOf(event);
+    }
+    return events;
+  }
+
+  /**
+   * The member's verdict on each event, judged as a chain from `prior` with validateNext and the
+   * keys sequencerKeysAt gives on the topology `state(t)`: "ok" (the chain moves on) or the code.
+   */
+  function verdicts(
+    events: SequencedEvent[],
+    state: (t: bigint) => TopologyState,
+    prior: EventPosition | null = null,
+  ): string[] {
+    return events.map((event) => {
+      try {
+        prior = validateNext(
+          prior,
+          event,
+          sequencerKeysAt(state(event.timestamp), sequencerId, event.timestamp),
+        );
+        return "ok";
+      } catch (error) {
+        assert.ok(isLockstepError(error), String(error));
+        return error.code;
+      }
+    });
+  }
+
+  test("the transactions are real and serial: the final topology lists B only", () => {
+    assert.deepEqual(
+      topology.transactions().map((e) => [e.signed.transaction.serial, e.effectiveAt]),
+      [
+        [1, T0],
+        [2, T1],
+        [3, T2],
+      ],
+    );
+    assert.deepEqual(
+      topology.signingKeysOf(sequencerId, T2).map((k) => k.fingerprint),
+      [keyB.fingerprint],
+    );
+    assert.deepEqual(sequencerKeysAt(topology, sequencerId, T1), [keyA.publicKey]);
+    assert.deepEqual(sequencerKeysAt(topology, sequencerId, T2), [keyA.publicKey, keyB.publicKey]);
+    assert.deepEqual(sequencerKeysAt(topology, sequencerId, T2 + 1n), [keyB.publicKey]);
+  });
+
+  test("the revocation event itself, signed with A, is accepted: A is in force at T2 - 1", () => {
+    const [before, atRevocation] = signedChain([
+      [T1 + 500n, keyA],
+      [T2, keyA],
+    ]) as [SequencedEvent, SequencedEvent];
+    const prior = validateNext(null, before, sequencerKeysAt(topology, sequencerId, before.timestamp));
+    assert.equal(validateNext(prior, atRevocation, sequencerKeysAt(topology, sequencerId, T2)).timestamp, T2);
+  });
+
+  test("the announcement event is checked with the old keys: signed with B, it is refused", () => {
+    const [announce] = signedChain([[T1, keyB]]) as [SequencedEvent];
+    assert.throws(
+      () => validateNext(null, announce, sequencerKeysAt(topology, sequencerId, T1)),
+      rejectsWith("SEQUENCER_SIGNATURE_INVALID"),
+    );
+    const [withA] = signedChain([[T1, keyA]]) as [SequencedEvent];
+    validateNext(null, withA, sequencerKeysAt(topology, sequencerId, T1));
+  });
+
+  test("after the revocation an event signed with A is SEQUENCER_SIGNATURE_INVALID; with B it is accepted", () => {
+    const [atRevocation] = signedChain([[T2, keyB]]) as [SequencedEvent];
+    const prior = validateNext(null, atRevocation, sequencerKeysAt(topology, sequencerId, T2));
+    const [withA] = signedChain([[T2 + 1n, keyA]], prior) as [SequencedEvent];
+    const [withB] = signedChain([[T2 + 1n, keyB]], prior) as [SequencedEvent];
+    assert.throws(
+      () => validateNext(prior, withA, sequencerKeysAt(topology, sequencerId, withA.timestamp)),
+      (error: unknown) => {
+        rejectsWith("SEQUENCER_SIGNATURE_INVALID")(error);
+        assert.ok(isLockstepError(error));
+        assert.equal(error.metadata.keys, topology.signingKeysOf(sequencerId, T2)[0]?.fingerprint);
+        return true;
+      },
+    );
+    assert.equal(
+      validateNext(prior, withB, sequencerKeysAt(topology, sequencerId, withB.timestamp)).timestamp,
+      T2 + 1n,
+    );
+  });
+
+  test("a replay with the topology that includes the revocation gives the first verdicts: A's old events stay valid", () => {
+    const history = signedChain([
+      [T0 + 10n, keyA],
+      [T1, keyA], // the announcement, checked with [A]
+      [T1 + 10n, keyA], // during the rotation either key
+      [T1 + 20n, keyB],
+      [T2, keyA], // the revocation, still signed with A
+      [T2 + 10n, keyB],
+    ]);
+    const last = history.at(-1) as SequencedEvent;
+    // Two continuations of that history: one signed with the revoked key, one with B.
+    const [withA] = signedChain([[T2 + 20n, keyA]], positionOf(last)) as [SequencedEvent];
+    const [withB] = signedChain([[T2 + 20n, keyB]], positionOf(last)) as [SequencedEvent];
+    const events = [...history, withA, withB];
+    // Live: each event judged with the topology the member had processed before it (no later
+    // transaction known yet). Replay: every event judged with the final topology, revocation included.
+    const live = (t: bigint) => (t > T2 ? s3 : t > T1 ? s2 : s1);
+    const first = verdicts(events, live);
+    assert.deepEqual(first, ["ok", "ok", "ok", "ok", "ok", "ok", "SEQUENCER_SIGNATURE_INVALID", "ok"]);
+    assert.deepEqual(
+      verdicts(events, () => topology),
+      first,
     );
   });
 });

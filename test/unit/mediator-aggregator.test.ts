@@ -2,8 +2,10 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { equals } from "@bufbuild/protobuf";
 import { generateKeyPair } from "../../src/crypto/keys.ts";
+import { memberKeys } from "../../src/crypto/topology.ts";
 import { ConfirmationRequestSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
 import {
+  type AggregatorTopology,
   type DecidedVerdict,
   InMemoryRequestStore,
   type MediatorInput,
@@ -15,23 +17,29 @@ import {
   bob,
   carol,
   dave,
+  ns1,
   p1,
   p2,
   ROOT,
   request,
   response,
   sig1,
+  signed,
   T0,
   TIMEOUT,
   tick,
   topology,
 } from "../support/mediator-fixtures.ts";
 
-async function run(events: MediatorInput[], store = new InMemoryRequestStore()) {
+async function run(
+  events: MediatorInput[],
+  store = new InMemoryRequestStore(),
+  state: AggregatorTopology = topology,
+) {
   const verdicts: DecidedVerdict[] = [];
   const ignored: string[] = [];
   for (const e of events) {
-    const result = await processMediatorEvent(store, topology, e);
+    const result = await processMediatorEvent(store, state, e);
     verdicts.push(...result.verdicts);
     if (result.ignored) ignored.push(result.ignored);
   }
@@ -218,5 +226,102 @@ describe("confirmation aggregator", () => {
     assert.ok(parsed?.kind === "request" && equals(ConfirmationRequestSchema, parsed.message, req.message));
     assert.equal(parseProtocolMessage(new Uint8Array()), undefined);
     assert.equal(parseProtocolMessage(Buffer.from("not a protobuf at all")), undefined);
+  });
+});
+
+describe("confirmation aggregator across a participant's key rotation", () => {
+  // p1 rotates sig1 → newSig1: announced at T0 + 5 (MemberKeys [sig1, newSig1]), sig1 revoked at
+  // T0 + 10 (MemberKeys [newSig1]); real transactions signed with p1's namespace key.
+  const newSig1 = generateKeyPair("signing");
+  const ANNOUNCED = T0 + 5n;
+  const REVOKED = T0 + 10n;
+  const rotated = topology
+    .apply(signed(memberKeys(p1, ns1, [sig1, newSig1]), ns1, 2), ANNOUNCED)
+    .apply(signed(memberKeys(p1, ns1, [newSig1]), ns1, 3), REVOKED);
+
+  test("after the revocation a response signed with the old key is ignored; one with the new key counts", async () => {
+    const { verdicts, ignored, store } = await run(
+      [
+        request(T0),
+        response(REVOKED + 1n, T0, p1, [alice], {}, { key: sig1 }),
+        response(REVOKED + 2n, T0, p2, [bob]),
+      ],
+      new InMemoryRequestStore(),
+      rotated,
+    );
+    assert.deepEqual(verdicts, []);
+    assert.deepEqual(ignored, [`response of ${p1} for ${T0}: its signature does not verify`]);
+    assert.deepEqual(store.requests.get(T0)?.approved, [bob]);
+    assert.deepEqual(
+      store.responses.map((r) => [r.sender, r.counted, r.note]),
+      [
+        [p1, false, "its signature does not verify"],
+        [p2, true, undefined],
+      ],
+    );
+    // The same response signed with the new key decides the request.
+    const next = await processMediatorEvent(
+      store,
+      rotated,
+      response(REVOKED + 3n, T0, p1, [alice], {}, { key: newSig1 }),
+    );
+    assert.equal(next.ignored, undefined);
+    assert.deepEqual(
+      next.verdicts.map((v) => [v.requestId, v.outcome.kind, v.decidedAt]),
+      [[T0, "approve", REVOKED + 3n]],
+    );
+  });
+
+  test("a rejection signed with the revoked key does not reject", async () => {
+    const { verdicts, ignored } = await run(
+      [
+        request(T0),
+        response(REVOKED + 1n, T0, p1, [alice], { reject: "with a revoked key" }, { key: sig1 }),
+        response(REVOKED + 2n, T0, p1, [alice], {}, { key: newSig1 }),
+        response(REVOKED + 3n, T0, p2, [bob]),
+      ],
+      new InMemoryRequestStore(),
+      rotated,
+    );
+    assert.match(ignored[0] ?? "", /its signature does not verify/);
+    assert.deepEqual(
+      verdicts.map((v) => v.outcome.kind),
+      ["approve"],
+    );
+  });
+
+  test("responses sequenced before the revocation count with the old key, also on replay", async () => {
+    const events = [
+      request(T0),
+      response(T0 + 1n, T0, p1, [alice], {}, { key: sig1 }), // before the announcement
+      response(T0 + 2n, T0, p2, [bob]),
+      request(T0 + 3n),
+      response(ANNOUNCED + 1n, T0 + 3n, p1, [alice], {}, { key: sig1 }), // old key, both listed
+      response(ANNOUNCED + 2n, T0 + 3n, p2, [bob]),
+      request(T0 + 4n, [alice]),
+      response(ANNOUNCED + 3n, T0 + 4n, p1, [alice], {}, { key: newSig1 }), // new key, both listed
+    ];
+    // First processed before the revocation was sequenced (topology: announcement only), then
+    // replayed (after a restore, say) with the topology that includes the revocation.
+    const announcedOnly = topology.apply(signed(memberKeys(p1, ns1, [sig1, newSig1]), ns1, 2), ANNOUNCED);
+    const first = await run(events, new InMemoryRequestStore(), announcedOnly);
+    const replay = await run(events, new InMemoryRequestStore(), rotated);
+    assert.deepEqual(first.ignored, []);
+    assert.deepEqual(
+      first.verdicts.map((v) => [v.requestId - T0, v.outcome.kind]),
+      [
+        [0n, "approve"],
+        [3n, "approve"],
+        [4n, "approve"],
+      ],
+    );
+    assert.deepEqual(replay.verdicts, first.verdicts);
+    assert.deepEqual(replay.ignored, []);
+    assert.deepEqual(replay.store.responses, first.store.responses);
+    // And the replay did judge with the revocation in its topology (sig1 no longer listed after it).
+    assert.deepEqual(
+      rotated.signingKeysOf(p1, REVOKED + 1n).map((k) => k.fingerprint),
+      [newSig1.fingerprint],
+    );
   });
 });
