@@ -202,6 +202,9 @@ export async function drillSet(options: DrillOptions): Promise<DrillResult> {
           [node.name, node.kind, node.incarnation, node.writerEpoch, node.member],
         );
         same("key fingerprints", info.keyFingerprints, node.keyFingerprints);
+        // The drill reads no private key, so sealed ones need no wrapper key here; which key
+        // sealed them must still be the one the manifest names (restore plan relies on it).
+        same("wrapper key", info.wrapperFingerprint, node.wrapperFingerprint ?? null);
         const checks = ["identity, keys and position match the manifest"];
         const kindChecks =
           node.kind === "sequencer" ? await checkSequencer(db, node) : await checkMemberNode(db, node);

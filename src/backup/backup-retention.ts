@@ -77,7 +77,10 @@ export function planRetention(
  * and deleting it would leave every remaining set restoring the node without the key topology
  * expects (MISSING_PRIVATE_KEY).
  */
-function newestPerNode(newestFirst: readonly SetSummary[], configNodes: readonly string[]): Map<string, string[]> {
+function newestPerNode(
+  newestFirst: readonly SetSummary[],
+  configNodes: readonly string[],
+): Map<string, string[]> {
   const out = new Map<string, string[]>();
   for (const node of configNodes) {
     const set = newestFirst.find(

@@ -3,10 +3,12 @@ import { createReadStream } from "node:fs";
 import { stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Client } from "@connectrpc/connect";
+import type { NodeEntry } from "../common/config-schema.ts";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError, type MetadataFor } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
 import { END_OF_TIME } from "../common/time.ts";
+import { loadWrapperKey } from "../crypto/key-wrapping.ts";
 import type {
   GetSequencerStatusResponse,
   SequencerService,
@@ -225,4 +227,34 @@ export async function checkKeys(
     });
   }
   return passed(node.name, "keys", `the backup holds all ${active.length} key(s) topology lists as active`);
+}
+
+/**
+ * A set whose private keys are sealed under a wrapper key restores into a node that cannot start
+ * unless the restoring config has that key (current or previous): a fact, not forceable.
+ */
+export function checkWrapperKey(node: NodeBackup, entry: NodeEntry): RestoreCheck {
+  const needed = node.wrapperFingerprint;
+  if (!needed) return passed(node.name, "wrapper-key", "the backup's private keys are stored in plain");
+  const encryption = entry.config.crypto["private-key-encryption"];
+  const files = encryption
+    ? [encryption["wrapper-key-file"], ...encryption["previous-wrapper-key-files"]]
+    : [];
+  const seen: string[] = [];
+  for (const file of files) {
+    try {
+      const key = loadWrapperKey(file);
+      if (key.fingerprint === needed) {
+        return passed(node.name, "wrapper-key", `the backup's private keys open under ${key.source}`);
+      }
+      seen.push(`${key.source} holds ${key.fingerprint}`);
+    } catch (error) {
+      seen.push((error as Error).message);
+    }
+  }
+  return failed(node.name, "wrapper-key", "refuse", "MISSING_WRAPPER_KEY", {
+    node: node.name,
+    fingerprint: needed,
+    where: ` to the restoring config (${seen.length === 0 ? `no crypto.private-key-encryption for ${node.name}` : seen.join("; ")})`,
+  });
 }

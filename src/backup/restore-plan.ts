@@ -15,6 +15,7 @@ import {
   checkKeys,
   checkOrder,
   checkStranded,
+  checkWrapperKey,
   FORCE_NAMES,
   failed,
   isForceable,
@@ -99,6 +100,7 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
       state.exists && !state.empty && state.lastRestore?.backupSet === set && !state.lastRestore.startedSince;
     nodes.push({ entry, backup, target, state, alreadyRestored });
     checks.push(await checkChecksums(repository.setDir(set), set, backup));
+    checks.push(checkWrapperKey(backup, entry));
     checks.push(checkOrder(manifest, backup, restoresSequencer));
     if (!restoresSequencer && backup.kind !== "sequencer" && live) {
       const stranded = checkStranded(manifest, backup, live);

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { dirname, join, resolve } from "node:path";
 import { type Document, isNode, LineCounter, parseDocument, parse as parseYaml, stringify } from "yaml";
 import { z } from "zod";
-import { configSchema, durationSchema, type LockstepConfig } from "./config-schema.ts";
+import { configNodes, configSchema, durationSchema, type LockstepConfig } from "./config-schema.ts";
 import { formatDuration } from "./duration.ts";
 import { LockstepError } from "./errors.ts";
 
@@ -102,6 +102,14 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
   const config = result.data;
   config["data-dir"] = resolve(baseDir, config["data-dir"]);
   config.backup.repository = resolve(baseDir, config.backup.repository);
+  for (const { config: node } of configNodes(config)) {
+    const encryption = node.crypto["private-key-encryption"];
+    if (!encryption) continue;
+    encryption["wrapper-key-file"] = resolve(baseDir, encryption["wrapper-key-file"]);
+    encryption["previous-wrapper-key-files"] = encryption["previous-wrapper-key-files"].map((file) =>
+      resolve(baseDir, file),
+    );
+  }
   return { config, path, baseDir, warnings };
 }
 

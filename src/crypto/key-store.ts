@@ -44,6 +44,11 @@ export interface PrivateKeyProtection {
   seal(keyFingerprint: string, pkcs8: Buffer): Buffer;
   /** The PKCS8 DER of a stored row; throws MISSING_WRAPPER_KEY when that wrapper key is not at hand. */
   open(keyFingerprint: string, wrapperFingerprint: string | null, stored: Buffer): Buffer;
+  /**
+   * At start, with the table locked: brings every stored row under `current`, or refuses with
+   * MISSING_WRAPPER_KEY when a row is under a wrapper key not at hand (key-wrapping.ts).
+   */
+  settle?(tx: Queryable): Promise<void>;
 }
 
 /** Keys stored in plain: what a node without crypto.private-key-encryption does. */
@@ -106,6 +111,9 @@ export class KeyStore {
     return this.db.transaction(async (tx) => {
       // Serializes two processes of the same node starting on an empty store at once.
       await tx.execute("LOCK TABLE crypto_private_keys IN SHARE ROW EXCLUSIVE MODE");
+      // Every node kind passes here at start, before it signs: the store is put under the
+      // configured wrapper key, or the start is refused.
+      await this.protection.settle?.(tx);
       const { count } = await tx.one<{ count: number }>(
         "SELECT count(*)::int AS count FROM crypto_private_keys",
       );

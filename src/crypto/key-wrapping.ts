@@ -4,7 +4,9 @@ import { resolve } from "node:path";
 import type { CryptoConfig } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { hashFields } from "../common/hash.ts";
-import { PLAIN_PROTECTION, type PrivateKeyProtection } from "./key-store.ts";
+import type { Db, Queryable } from "../storage/db.ts";
+import type { PrivateKeyProtection } from "./key-store.ts";
+import { type KeyPurpose, keyPairFromPrivateKey } from "./keys.ts";
 
 /**
  * Private keys encrypted at rest (docs/keys.md), as Canton's KMS-wrapped store keeps them: each
@@ -33,7 +35,10 @@ export function wrapperFingerprint(key: Buffer): string {
   return `1220${hashFields("lockstep/wrapper-key/v1", key).toString("hex")}`;
 }
 
-/** A wrapper key file: 32 bytes as 64 hex digits (white space around them is ignored). */
+/**
+ * A wrapper key file: 32 bytes as 64 hex digits (white space around them is ignored). A relative
+ * path is the caller's, from the process's directory; loadConfig makes the config's absolute.
+ */
 export function loadWrapperKey(path: string): WrapperKey {
   const source = resolve(path);
   let text: string;
@@ -99,40 +104,196 @@ export function openPrivateKey(wrapper: WrapperKey, keyFingerprint: string, seal
   }
 }
 
-/**
- * Sealing under `current`, opening under any of `available` (current and previous wrapper keys).
- * `node` names the node in MISSING_WRAPPER_KEY.
- */
-export function wrapperProtection(
-  node: string,
-  current: WrapperKey,
-  previous: readonly WrapperKey[] = [],
-): PrivateKeyProtection & { readonly wrappers: ReadonlyMap<string, WrapperKey> } {
-  const wrappers = new Map<string, WrapperKey>([current, ...previous].map((w) => [w.fingerprint, w]));
-  return {
-    current: current.fingerprint,
-    wrappers,
-    seal: (fingerprint, pkcs8) => sealPrivateKey(current, fingerprint, pkcs8),
-    open: (fingerprint, wrapper, stored) => {
-      if (wrapper === null) return stored;
-      const key = wrappers.get(wrapper);
-      if (!key) {
-        throw new LockstepError("MISSING_WRAPPER_KEY", {
-          node,
-          fingerprint: wrapper,
-          where: ` (configured: ${[...wrappers.keys()].join(", ")})`,
-        });
-      }
-      return openPrivateKey(key, fingerprint, stored);
-    },
-  };
+interface SealedRow {
+  fingerprint: string;
+  purpose: KeyPurpose;
+  private_key: Buffer;
+  wrapper_fingerprint: string | null;
 }
 
-/** The protection a node's config asks for: its wrapper keys, or plain without crypto.private-key-encryption. */
-export function privateKeyProtection(node: string, crypto: CryptoConfig | undefined): PrivateKeyProtection {
+export interface WrapperKeyRecord {
+  fingerprint: string;
+  state: "active" | "retired";
+  source: string;
+  createdAt: Date;
+  retiredAt: Date | null;
+}
+
+/**
+ * A node's wrapper keys: seals under `current` (null: keys in plain), opens under any key it holds
+ * (the current and the config's previous ones). Mutable on purpose: `rewrap` switches a running
+ * node to a new wrapper key, and the node's KeyStore, holding this object, follows at once.
+ */
+export class WrapperKeyring implements PrivateKeyProtection {
+  private currentKey: WrapperKey | null;
+  private readonly keys = new Map<string, WrapperKey>();
+
+  constructor(
+    readonly node: string,
+    current: WrapperKey | null,
+    previous: readonly WrapperKey[] = [],
+  ) {
+    this.currentKey = current;
+    for (const key of [...previous, ...(current ? [current] : [])]) this.keys.set(key.fingerprint, key);
+  }
+
+  get current(): string | null {
+    return this.currentKey?.fingerprint ?? null;
+  }
+
+  get currentWrapper(): WrapperKey | null {
+    return this.currentKey;
+  }
+
+  get wrappers(): ReadonlyMap<string, WrapperKey> {
+    return this.keys;
+  }
+
+  seal(keyFingerprint: string, pkcs8: Buffer): Buffer {
+    return this.currentKey ? sealPrivateKey(this.currentKey, keyFingerprint, pkcs8) : pkcs8;
+  }
+
+  open(keyFingerprint: string, wrapper: string | null, stored: Buffer): Buffer {
+    if (wrapper === null) return stored;
+    const key = this.keys.get(wrapper);
+    if (!key) throw this.missing([wrapper], new Map());
+    return openPrivateKey(key, keyFingerprint, stored);
+  }
+
+  /**
+   * At start (KeyStore.ensureInitialKeys, table locked): rows under a previous wrapper key, or in
+   * plain, are sealed under the current one, so the store is under one key again and the config's
+   * previous keys are only needed for older backup sets. A row under a key not configured refuses
+   * the start (MISSING_WRAPPER_KEY) before the node signs anything.
+   */
+  async settle(tx: Queryable): Promise<void> {
+    await this.resealAll(tx, this.currentKey);
+  }
+
+  /**
+   * Switches the running node to `next` (RewrapPrivateKeys): every row not yet under it is sealed
+   * under it in one transaction, which the backup's snapshot then sees whole (node-position.ts).
+   * Idempotent. New rows are sealed under `next` from its commit on: the store's writers lock the
+   * table before they seal (a straggler sealed under the former key is resealed at the next start,
+   * and before that key is retired).
+   */
+  async rewrap(db: Db, next: WrapperKey): Promise<{ rewrapped: number; previous: string | null }> {
+    const before = this.currentKey;
+    const known = this.keys.has(next.fingerprint);
+    this.keys.set(next.fingerprint, next);
+    try {
+      const rewrapped = await db.transaction(
+        async (tx) => {
+          await tx.execute("LOCK TABLE crypto_private_keys IN SHARE ROW EXCLUSIVE MODE");
+          const count = await this.resealAll(tx, next);
+          this.currentKey = next;
+          return count;
+        },
+        { synchronousCommit: true },
+      );
+      return { rewrapped, previous: before?.fingerprint ?? null };
+    } catch (error) {
+      this.currentKey = before;
+      if (!known) this.keys.delete(next.fingerprint);
+      throw error;
+    }
+  }
+
+  /** Seals every row under `target` (null: only checks that every row opens); returns how many changed. */
+  private async resealAll(tx: Queryable, target: WrapperKey | null): Promise<number> {
+    const rows = await tx.query<SealedRow>(
+      "SELECT fingerprint, purpose, private_key, wrapper_fingerprint FROM crypto_private_keys ORDER BY fingerprint",
+    );
+    const unknown = [
+      ...new Set(rows.map((r) => r.wrapper_fingerprint).filter((w): w is string => w !== null)),
+    ].filter((w) => !this.keys.has(w));
+    if (unknown.length > 0) {
+      const recorded = await tx.query<{ fingerprint: string; source: string }>(
+        "SELECT fingerprint, source FROM crypto_wrapper_keys WHERE fingerprint = ANY($1::text[])",
+        [unknown],
+      );
+      throw this.missing(unknown, new Map(recorded.map((r) => [r.fingerprint, r.source])));
+    }
+    if (target === null) return 0;
+    const former = new Set<string>();
+    let count = 0;
+    for (const row of rows) {
+      if (row.wrapper_fingerprint === target.fingerprint) continue;
+      const pkcs8 = this.open(row.fingerprint, row.wrapper_fingerprint, row.private_key);
+      // Sealing a row's bytes under a new key must not carry a wrong key along.
+      if (keyPairFromPrivateKey(pkcs8, row.purpose).fingerprint !== row.fingerprint) {
+        throw new LockstepError("INTERNAL_ERROR", {
+          details: `private key store row ${row.fingerprint} does not match its private key`,
+        });
+      }
+      await tx.execute(
+        "UPDATE crypto_private_keys SET private_key = $2, wrapper_fingerprint = $3 WHERE fingerprint = $1",
+        [row.fingerprint, sealPrivateKey(target, row.fingerprint, pkcs8), target.fingerprint],
+      );
+      if (row.wrapper_fingerprint !== null) former.add(row.wrapper_fingerprint);
+      count++;
+    }
+    // The current key is active (again, if it was retired and is configured as current anyway);
+    // where it was read is kept, so a later MISSING_WRAPPER_KEY can name the file.
+    await tx.execute(
+      `INSERT INTO crypto_wrapper_keys (fingerprint, state, source) VALUES ($1, 'active', $2)
+       ON CONFLICT (fingerprint) DO UPDATE SET state = 'active', retired_at = NULL, source = EXCLUDED.source
+       WHERE crypto_wrapper_keys.state <> 'active' OR crypto_wrapper_keys.source <> EXCLUDED.source`,
+      [target.fingerprint, target.source],
+    );
+    for (const fingerprint of former) {
+      await tx.execute(
+        `INSERT INTO crypto_wrapper_keys (fingerprint, state, source) VALUES ($1, 'active', $2)
+         ON CONFLICT (fingerprint) DO NOTHING`,
+        [fingerprint, this.keys.get(fingerprint)?.source ?? ""],
+      );
+    }
+    return count;
+  }
+
+  private missing(fingerprints: readonly string[], sources: ReadonlyMap<string, string>): LockstepError {
+    const read = fingerprints
+      .filter((fp) => sources.get(fp))
+      .map((fp) => `${fingerprints.length > 1 ? `${fp} ` : ""}was read from ${sources.get(fp)}`);
+    const configured =
+      this.keys.size === 0
+        ? "the node has no crypto.private-key-encryption"
+        : `configured: ${[...this.keys.values()].map((k) => `${k.fingerprint} (${k.source})`).join(", ")}`;
+    return new LockstepError("MISSING_WRAPPER_KEY", {
+      node: this.node,
+      fingerprint: fingerprints.join(", "),
+      where: ` (${[...read, configured].join("; ")})`,
+    });
+  }
+}
+
+/** The wrapper keys that encrypted this node's store, current first, then newest first. */
+export async function wrapperKeyRecords(q: Queryable, current: string | null): Promise<WrapperKeyRecord[]> {
+  return q.query<WrapperKeyRecord>(
+    `SELECT fingerprint, state, source, created_at AS "createdAt", retired_at AS "retiredAt"
+     FROM crypto_wrapper_keys ORDER BY fingerprint = $1 DESC NULLS LAST, created_at DESC, fingerprint`,
+    [current],
+  );
+}
+
+/** Sealing under `current`, opening under it or any of `previous`; `node` is named in MISSING_WRAPPER_KEY. */
+export function wrapperProtection(
+  node: string,
+  current: WrapperKey | null,
+  previous: readonly WrapperKey[] = [],
+): WrapperKeyring {
+  return new WrapperKeyring(node, current, previous);
+}
+
+/**
+ * The protection a node's config asks for: its wrapper keys, or plain without
+ * crypto.private-key-encryption (a keyring all the same, so a running node can be switched to a
+ * wrapper key by RewrapPrivateKeys). Paths are absolute once the config is loaded (config.ts).
+ */
+export function privateKeyProtection(node: string, crypto: CryptoConfig | undefined): WrapperKeyring {
   const encryption = crypto?.["private-key-encryption"];
-  if (!encryption) return PLAIN_PROTECTION;
-  return wrapperProtection(
+  if (!encryption) return new WrapperKeyring(node, null);
+  return new WrapperKeyring(
     node,
     loadWrapperKey(encryption["wrapper-key-file"]),
     encryption["previous-wrapper-key-files"].map(loadWrapperKey),

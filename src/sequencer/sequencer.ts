@@ -242,7 +242,8 @@ export class Sequencer {
         const listed = state.signingKeysOf(this.sequencerId, END_OF_TIME);
         if (!listed.some((k) => this.keys.candidates.has(k.fingerprint))) {
           throw new LockstepError("INVALID_ARGUMENT", {
-            details: "the sequencer would be left without a signing key it holds: keep one of its stored keys",
+            details:
+              "the sequencer would be left without a signing key it holds: keep one of its stored keys",
           });
         }
         return this.writer.submit({ kind: "topology", transactions });

@@ -2,6 +2,7 @@ import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { parse, stringify } from "yaml";
+import type { ConfigInput } from "../../src/common/config-schema.ts";
 import type { CommandsSchema } from "../../src/gen/lockstep/ledger/v1/commands_pb.ts";
 import type { Contract } from "../../src/gen/lockstep/ledger/v1/event_pb.ts";
 import { livePid, processFiles } from "../../src/node/process-files.ts";
@@ -30,13 +31,18 @@ export interface LedgerNetworkOptions {
   participants?: number;
   /** synchronizer.parameters.ledger-time-record-time-tolerance, e.g. "10s" to time out lost submissions sooner. */
   tolerance?: string;
+  /** Edits the written config (parsed YAML) before the network starts, e.g. a node's crypto section. */
+  configure?: (config: ConfigInput, dir: string) => void;
 }
 
 export async function startLedgerNetwork(options: LedgerNetworkOptions = {}): Promise<LedgerNetwork> {
   const net = await writeTestConfig(options.participants ?? 2);
-  if (options.tolerance) {
-    const config = parse(readFileSync(net.configPath, "utf8")) as { synchronizer: Record<string, unknown> };
-    config.synchronizer.parameters = { "ledger-time-record-time-tolerance": options.tolerance };
+  if (options.tolerance || options.configure) {
+    const config = parse(readFileSync(net.configPath, "utf8")) as ConfigInput;
+    if (options.tolerance) {
+      config.synchronizer.parameters = { "ledger-time-record-time-tolerance": options.tolerance };
+    }
+    options.configure?.(config, net.dir);
     writeFileSync(net.configPath, stringify(config));
   }
   const cfg = ["--config", net.configPath];
