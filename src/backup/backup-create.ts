@@ -4,7 +4,7 @@ import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
-import { registerBackupTaken } from "../node/node-state.ts";
+import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import {

@@ -6,6 +6,7 @@ import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb
 import { nodeKindDefinition } from "../node/node-kinds.ts";
 import { type AnchorSource, nodeStateMigrations, stampRestoredDatabase } from "../node/node-state.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
+import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
@@ -150,6 +151,18 @@ async function restoreNode(
       anchorSource: anchor.source,
       expectedEnd: anchor.expectedEnd,
       replacedDatabase: node.state.exists ? kept : null,
+    });
+    // The set holds this very database: registered in it, so that `keys list` names it and a key
+    // rotation started from the restored node counts it (the set was registered in the source only
+    // after its dump's snapshot).
+    await registerBackupTaken(db, {
+      setId: plan.set,
+      repository: repository.dir,
+      takenAt: new Date(backup.startedAt),
+      keyFingerprints: backup.keyFingerprints,
+      position: backup.position,
+      safe: plan.manifest.safe || !plan.manifest.unsafe.some((u) => u.node === backup.name),
+      wrapperFingerprint: backup.wrapperFingerprint ?? null,
     });
     await db.close();
     step(`renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`);

@@ -5,6 +5,7 @@ import type { NodeKindContext, NodeKindDefinition, NodeKindRuntime } from "../co
 import { nodeBaseUrl } from "../common/rpc-client.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
 import {
   ApproveSchema,
@@ -13,8 +14,8 @@ import {
   type Verdict,
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
-import { clientOwnTopology, KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
 import { parseProtocolMessage, protocolPayload } from "../protocol/confirmation-messages.ts";
+import { clientOwnTopology } from "../sequencer-client/client-own-topology.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";

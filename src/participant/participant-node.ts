@@ -9,9 +9,10 @@ import type {
 import { nodeBaseUrl } from "../common/rpc-client.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
-import { clientOwnTopology, KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
+import { clientOwnTopology } from "../sequencer-client/client-own-topology.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../sequencer-client/sequencer-client-migrations.ts";

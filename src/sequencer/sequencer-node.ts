@@ -1,6 +1,6 @@
 import { LockstepError } from "../common/errors.ts";
 import type { NodeKindDefinition } from "../common/node-kind.ts";
-import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../node/key-admin.ts";
+import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import type { Db } from "../storage/db.ts";
 import { Sequencer } from "./sequencer.ts";
 import { sequencerMigrations } from "./sequencer-migrations.ts";

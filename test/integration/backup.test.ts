@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { hashFile } from "../../src/backup/pg-dump-engine.ts";
 import { LOCKSTEP_BIN } from "../../src/cli/self-process.ts";
-import { backupsTaken } from "../../src/node/node-state.ts";
+import { backupsTaken } from "../../src/storage/backups-taken.ts";
 import { type BackupTestNetwork, startBackupNetwork } from "../support/backup-network.ts";
 
 // Backup sets of a whole network (`lockstep up --detach`), through the real CLI: order, positions,

@@ -18,6 +18,7 @@ import {
   type SequencedEvent,
 } from "../../src/common/sequenced-event.ts";
 import { END_OF_TIME } from "../../src/common/time.ts";
+import { KeyAdmin } from "../../src/crypto/key-admin.ts";
 import { announceMapping, revokeMapping } from "../../src/crypto/key-rotation.ts";
 import { KeyStore } from "../../src/crypto/key-store.ts";
 import { keyStoreMigrations } from "../../src/crypto/key-store-migrations.ts";
@@ -34,16 +35,17 @@ import {
   type SendRequestSchema,
   SequencerService,
 } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
-import { clientOwnTopology, KeyAdmin } from "../../src/node/key-admin.ts";
 import { NodeServer } from "../../src/node/node-server.ts";
-import { type BackupTaken, nodeStateMigrations, registerBackupTaken } from "../../src/node/node-state.ts";
+import { nodeStateMigrations } from "../../src/node/node-state.ts";
 import { Sequencer } from "../../src/sequencer/sequencer.ts";
 import { sequencerMigrations } from "../../src/sequencer/sequencer-migrations.ts";
 import { sequencerServiceRoutes } from "../../src/sequencer/sequencer-service.ts";
+import { clientOwnTopology } from "../../src/sequencer-client/client-own-topology.ts";
 import { createSequencerClient } from "../../src/sequencer-client/create-sequencer-client.ts";
 import { sequencerKeysAt, validateNext } from "../../src/sequencer-client/event-validation.ts";
 import type { SequencerClient } from "../../src/sequencer-client/sequencer-client.ts";
 import { sequencerClientMigrations } from "../../src/sequencer-client/sequencer-client-migrations.ts";
+import { type BackupTaken, registerBackupTaken } from "../../src/storage/backups-taken.ts";
 import type { Db } from "../../src/storage/db.ts";
 import { runMigrations } from "../../src/storage/migrations.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";

@@ -6,6 +6,7 @@ import { after, test } from "node:test";
 import type { ErrorCodeName } from "../../src/common/error-codes.ts";
 import { isLockstepError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/logging.ts";
+import type { KeyAdminDeps } from "../../src/crypto/key-admin.ts";
 import type { OwnTopology } from "../../src/crypto/key-rotation.ts";
 import { KeyStore } from "../../src/crypto/key-store.ts";
 import { keyStoreMigrations } from "../../src/crypto/key-store-migrations.ts";
@@ -17,9 +18,9 @@ import {
   WrapperKeyring,
 } from "../../src/crypto/key-wrapping.ts";
 import { exportPrivateKey, generateKeyPair, sign, verify } from "../../src/crypto/keys.ts";
-import type { KeyAdminDeps } from "../../src/node/key-admin.ts";
-import { nodeStateMigrations, registerBackupTaken } from "../../src/node/node-state.ts";
-import { retireWrapperKey, rewrapPrivateKeys, wrapperKeyInfos } from "../../src/node/wrapper-key-admin.ts";
+import { retireWrapperKey, rewrapPrivateKeys, wrapperKeyInfos } from "../../src/crypto/wrapper-key-admin.ts";
+import { nodeStateMigrations } from "../../src/node/node-state.ts";
+import { registerBackupTaken } from "../../src/storage/backups-taken.ts";
 import type { Db } from "../../src/storage/db.ts";
 import { runMigrations } from "../../src/storage/migrations.ts";
 import { createTestDb, startTestPostgres } from "../support/postgres.ts";

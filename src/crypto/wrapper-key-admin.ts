@@ -1,14 +1,14 @@
 import { isAbsolute } from "node:path";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { LockstepError } from "../common/errors.ts";
-import { loadWrapperKey, WrapperKeyring, wrapperKeyRecords } from "../crypto/key-wrapping.ts";
 import type {
   RetireWrapperKeyResponseSchema,
   RewrapPrivateKeysResponseSchema,
   WrapperKeyInfoSchema,
 } from "../gen/lockstep/admin/v1/keys_pb.ts";
+import { backupsTaken } from "../storage/backups-taken.ts";
 import type { KeyAdminDeps } from "./key-admin.ts";
-import { backupsTaken } from "./node-state.ts";
+import { loadWrapperKey, WrapperKeyring, wrapperKeyRecords } from "./key-wrapping.ts";
 
 /**
  * The node's side of wrapper key rotation (docs/keys.md "Private keys encrypted at rest"): switch

@@ -5,14 +5,13 @@ import { crashPoint } from "../common/crash-points.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { END_OF_TIME, type Micros } from "../common/time.ts";
-import { announceMapping, type OwnTopology, revokeMapping } from "../crypto/key-rotation.ts";
-import { KeyStore, type StoredKey } from "../crypto/key-store.ts";
-import { privateKeyProtection } from "../crypto/key-wrapping.ts";
-import type { TopologyState } from "../crypto/topology.ts";
 import { KeyAdminService, type KeyInfoSchema } from "../gen/lockstep/admin/v1/keys_pb.ts";
-import type { SequencerClient } from "../sequencer-client/sequencer-client.ts";
+import { backupsTaken } from "../storage/backups-taken.ts";
 import type { Db } from "../storage/db.ts";
-import { backupsTaken } from "./node-state.ts";
+import { announceMapping, type OwnTopology, revokeMapping } from "./key-rotation.ts";
+import { KeyStore, type StoredKey } from "./key-store.ts";
+import { privateKeyProtection } from "./key-wrapping.ts";
+import type { TopologyState } from "./topology.ts";
 import { retireWrapperKey, rewrapPrivateKeys, wrapperKeyInfos } from "./wrapper-key-admin.ts";
 
 export interface KeyAdminDeps {
@@ -224,16 +223,6 @@ export class KeyAdmin {
 /** The node's key store, keys sealed under its wrapper key when the config asks for it. */
 export function nodeKeyStore(db: Db, entry: NodeEntry): KeyStore {
   return new KeyStore(db, privateKeyProtection(entry.name, entry.config.crypto));
-}
-
-/** A sequencer-client member's own topology: changes go through the sequencer like any member's. */
-export function clientOwnTopology(client: SequencerClient): OwnTopology {
-  return {
-    member: () => client.member,
-    topology: () => client.topology(),
-    submit: (transactions) => client.submitTopology(transactions),
-    awaitEffective: (at) => client.whenClean(at),
-  };
 }
 
 /** Registers lockstep.admin.v1.KeyAdminService for the node's active process. */
