@@ -32,14 +32,6 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
   // before the first request that carries it (throws SEQUENCER_UNAVAILABLE meanwhile; retried).
   await deps.settleWriterEpoch?.(async () => (await transport.getMemberEvent(member, 0n)).writerEpoch);
   const known = await deps.memberState.registration();
-  const head = await transport.getTopology();
-  // Before the first signed request: the store follows topology's listing of our signing keys (a
-  // rotation stopped between its steps, or a restore from a set taken mid-rotation), so the node
-  // signs with a key the sequencer accepts now (docs/keys.md).
-  const changed = await deps.keys.reconcile(
-    head.state.signingKeysOf(member, END_OF_TIME).map((k) => k.fingerprint),
-  );
-  if (changed.length > 0) log.info({ changed }, "key store brought in line with topology");
   if (known) {
     if (known.member !== member) {
       throw new LockstepError("INTERNAL_ERROR", {
@@ -48,6 +40,7 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
     }
     return known;
   }
+  const head = await transport.getTopology();
   let registeredAt = registeredAtOf(head.state, member, namespace);
   if (registeredAt === undefined) {
     const request = registerMemberRequest(memberRegistration(member, namespace, signing));
@@ -67,4 +60,21 @@ export async function ensureRegistered(deps: RegistrationDeps): Promise<Registra
   };
   await deps.memberState.saveRegistration(registration, asOf.state.transactions());
   return registration;
+}
+
+/**
+ * Before the first signed request of a process (its first Subscribe): the store follows what the
+ * sequencer's topology lists for the member now (a rotation stopped between its steps, or a restore
+ * from a set taken mid-rotation), so the node signs with a key the sequencer accepts (docs/keys.md).
+ * Throws the transport's retryable error while the sequencer is unreachable.
+ */
+export async function reconcileKeysWithSequencer(
+  deps: Pick<RegistrationDeps, "transport" | "keys" | "log">,
+  member: string,
+): Promise<void> {
+  const head = await deps.transport.getTopology();
+  const changed = await deps.keys.reconcile(
+    head.state.signingKeysOf(member, END_OF_TIME).map((k) => k.fingerprint),
+  );
+  if (changed.length > 0) deps.log.info({ changed }, "key store brought in line with topology");
 }

@@ -14,7 +14,7 @@ import { CleanWaiters } from "./clean-waiters.ts";
 import { processRun, replayStored, runFailure } from "./event-pipeline.ts";
 import { backoffDelayMs } from "./event-stream-validator.ts";
 import { sequencerKeysAt } from "./event-validation.ts";
-import { ensureRegistered } from "./member-registration.ts";
+import { ensureRegistered, reconcileKeysWithSequencer } from "./member-registration.ts";
 import { MemberSender } from "./member-sender.ts";
 import { MemberStateStore } from "./member-state-store.ts";
 import { SequencedEventStore, type StoredEvent } from "./sequenced-event-store.ts";
@@ -81,6 +81,8 @@ export class SequencerClientRuntime implements SequencerClient {
   /** The latest transport error while reconnecting (cleared once connected). */
   private lastTransient: LockstepError | null = null;
   private subscribeAttempts = 0;
+  /** Whether the key store was brought in line with the sequencer's topology in this process. */
+  private keysReconciled = false;
   private readonly cleanWaiters = new CleanWaiters();
   private readonly stopController = new AbortController();
   private readonly sender: MemberSender;
@@ -320,6 +322,13 @@ export class SequencerClientRuntime implements SequencerClient {
       ended: () => this.final,
       lastStored: () => this.lastStoredEvent,
       subscribeRequest: async () => {
+        if (!this.keysReconciled) {
+          await reconcileKeysWithSequencer(
+            { transport: this.transport, keys: this.keys, log: this.log },
+            registration.member,
+          );
+          this.keysReconciled = true;
+        }
         const signing = await this.keys.activeSigningKey();
         const fromTimestamp = this.lastStoredEvent?.timestamp ?? null;
         const fields = {

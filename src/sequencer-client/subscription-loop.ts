@@ -91,7 +91,14 @@ async function subscribeOnce(
   let received: StreamDrain<SequencedEventProto> | undefined;
   try {
     const lastStored = host.lastStored();
-    const request = await host.subscribeRequest();
+    let request: MessageInitShape<typeof SubscribeRequestSchema>;
+    try {
+      request = await host.subscribeRequest();
+    } catch (error) {
+      // The sequencer unreachable while the request is prepared (keys reconciled with its
+      // topology first): classified like a stream error, so a reconnect like any other.
+      return { streamError: error };
+    }
     const validator = new EventStreamValidator(lastStored, (t) => host.sequencerKeysAt(t));
     check.begin(lastStored !== null);
     let connected = false;

@@ -148,7 +148,9 @@ test("chain-hash order checks: live checks for partial sets, forks after an olde
   const kept = decisions.find((d) => d.id === full);
   assert.equal(kept?.action, "keep", JSON.stringify(decisions));
   assert.match(kept?.reason ?? "", /never deleted/);
-  assert.match(decisions.find((d) => d.id === late.set)?.reason ?? "", /partial/);
+  // The partial set of participant2 is not the one a disaster needs, but it is the newest backup of
+  // participant2 (the only one with a key it might have rotated to since): kept too.
+  assert.match(decisions.find((d) => d.id === late.set)?.reason ?? "", /newest safe backup of participant2/);
   t.diagnostic(`sets: full ${full}, participant2 ${late.set}, forked ${forkedSet.set}`);
 
   // Scenario 3, repaired: both participants restored from the same set as the synchronizer.
