@@ -5,7 +5,7 @@ import type { Logger } from "../common/logging.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
 import { registerBackupTaken } from "../storage/backups-taken.ts";
-import { createPgDb } from "../storage/pg-db.ts";
+import { createStorageDb } from "../storage/storage-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import {
   holdSet,
@@ -217,7 +217,7 @@ async function lookUpAfterQuiesce(
   const sequencer = nodes.find((n) => n.kind === "sequencer");
   const entry = entries.find((e) => e.kind === "sequencer");
   if (sequencer?.kind !== "sequencer" || !entry) return;
-  const db = createPgDb({ connectionString: (await connect(entry)).url, max: 1, logger });
+  const db = createStorageDb({ connectionString: (await connect(entry)).url, max: 1, logger });
   try {
     sequencer.position.memberEvents = await readMemberEvents(db, memberLookups(nodes));
   } finally {
@@ -236,7 +236,11 @@ async function registerInNodes(manifest: Manifest, options: CreateBackupOptions)
   await Promise.all(
     manifest.nodes.map(async (node) => {
       const entry = options.nodes.find((n) => n.name === node.name) as NodeEntry;
-      const db = createPgDb({ connectionString: (await connect(entry)).url, max: 1, logger: options.logger });
+      const db = createStorageDb({
+        connectionString: (await connect(entry)).url,
+        max: 1,
+        logger: options.logger,
+      });
       try {
         await registerBackupTaken(db, {
           setId: manifest.id,

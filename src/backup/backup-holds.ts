@@ -1,6 +1,7 @@
 import type { Client } from "@connectrpc/connect";
 import type { LockstepConfig } from "../common/config-schema.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import {
   type GetSequencerStatusResponse,
   SequencerService,
@@ -16,7 +17,7 @@ import type { Manifest, NodeBackup } from "./manifest.ts";
 export type SequencerRpc = Client<typeof SequencerService>;
 
 export function sequencerRpc(config: LockstepConfig): SequencerRpc {
-  return createNodeClient(SequencerService, nodeBaseUrl(config.synchronizer.sequencer.port));
+  return createNodeClient(SequencerService, nodeEndpoint(config.synchronizer.sequencer).url);
 }
 
 /** The live sequencer's status, or undefined when it does not answer. */

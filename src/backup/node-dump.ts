@@ -2,7 +2,7 @@ import type { NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
-import { createPgDb } from "../storage/pg-db.ts";
+import { createStorageDb } from "../storage/storage-db.ts";
 import type { BackupEngine } from "./backup-engine.ts";
 import { artifactName, type BackupFormat, type NodeBackup } from "./manifest.ts";
 import { type MemberLookup, readNodeSnapshotInfo } from "./node-position.ts";
@@ -36,7 +36,7 @@ export async function dumpNode(options: NodeDumpOptions): Promise<NodeBackup> {
   const { entry, progress } = options;
   const connect = options.connect ?? ((e: NodeEntry) => nodeConnection(e, options.dataDir, options.logger));
   const connection = await connect(entry);
-  const db = createPgDb({
+  const db = createStorageDb({
     connectionString: connection.url,
     applicationName: `lockstep-backup-${entry.name}`,
     max: 1,

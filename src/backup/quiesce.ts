@@ -1,9 +1,10 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
-import { adminClient } from "../node/clients.ts";
+import { nodeAdminClient } from "../node/clients.ts";
 
 const LEASE_MS = 120_000;
 const POLL_MS = 250;
@@ -25,7 +26,7 @@ export async function quiesceNetwork(
   progress: (line: string) => void,
   options: QuiesceOptions = {},
 ): Promise<() => Promise<void>> {
-  const sequencer = createNodeClient(SequencerService, nodeBaseUrl(config.synchronizer.sequencer.port));
+  const sequencer = createNodeClient(SequencerService, nodeEndpoint(config.synchronizer.sequencer).url);
   const paused = await sequencer.pauseIntake({ leaseMs: BigInt(LEASE_MS) });
   progress(`sequencer intake paused at head ${paused.headTimestamp ?? "-"}`);
   const renew = setInterval(() => {
@@ -63,7 +64,7 @@ async function waitUntilClean(
     for (const node of members) {
       const target = delivered.get(node.name);
       if (target === undefined) continue; // not registered: nothing delivered to wait for
-      const s = await adminClient(node.port).getStatus({}, { timeoutMs: 2000 });
+      const s = await nodeAdminClient(node).getStatus({}, { timeoutMs: 2000 });
       const position = (s.positionJson ? JSON.parse(s.positionJson) : {}) as { clean?: string | null };
       const clean = position.clean ? BigInt(position.clean) : null;
       if (clean === null || clean < target) behind.push(`${node.name} (clean ${clean ?? "-"} < ${target})`);

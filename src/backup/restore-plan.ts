@@ -3,8 +3,9 @@ import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
 import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
-import { adminClient } from "../node/clients.ts";
+import { nodeAdminClient } from "../node/clients.ts";
 import { livePid, processFiles } from "../node/process-files.ts";
 import { liveSequencerStatus, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository } from "./backup-repository.ts";
@@ -214,8 +215,8 @@ async function checkStopped(entry: NodeEntry, dataDir: string, state: TargetStat
   let reason: string | undefined;
   if (pid) reason = `pid ${pid}`;
   else if (state.lockHeld) reason = "a process holds its database's single-writer lock";
-  else if (await answers(() => adminClient(entry.port).getStatus({}, { timeoutMs: 1500 })))
-    reason = `it answers on port ${entry.port}`;
+  else if (await answers(() => nodeAdminClient(entry).getStatus({}, { timeoutMs: 1500 })))
+    reason = `it answers at ${nodeEndpoint(entry).address}`;
   if (reason)
     return failed(entry.name, "node-stopped", "refuse", "RESTORE_NODE_RUNNING", { node: entry.name, reason });
   return passed(entry.name, "node-stopped", "no process of the node runs and its database lock is free");
@@ -266,7 +267,7 @@ async function membersAhead(
   for (const entry of others) {
     let clean: string | null = null;
     try {
-      const status = await adminClient(entry.port).getStatus({}, { timeoutMs: 1500 });
+      const status = await nodeAdminClient(entry).getStatus({}, { timeoutMs: 1500 });
       clean = (JSON.parse(status.positionJson || "{}") as { clean?: string | null }).clean ?? null;
     } catch {
       continue; // not running: its own restore plan compares it when it is restored

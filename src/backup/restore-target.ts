@@ -6,6 +6,7 @@ import type { Logger } from "../common/logging.ts";
 import { embeddedClusterDir, embeddedDatabaseName } from "../node/node-database.ts";
 import { lockIdForDatabase } from "../storage/advisory-lock.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
+import { storageServerUrl } from "../storage/storage-db.ts";
 
 /**
  * Where a node's database is restored: the database the node opens (storage.url, or its database
@@ -67,7 +68,9 @@ export async function restoreTargetFor(
   dataDir: string,
   logger: Logger,
 ): Promise<RestoreTarget> {
-  let url = entry.config.storage.url;
+  // A multi-host storage.url (Patroni) is resolved to the server that accepts writes now: a restore
+  // is one run against one server, and its raw clients and pg_restore take a single-server URL.
+  let url = entry.config.storage.url && (await storageServerUrl(entry.config.storage.url, { logger }));
   if (!url) {
     const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir), logger });
     await cluster.start();

@@ -6,7 +6,8 @@ import type { Client } from "@connectrpc/connect";
 import { stringify } from "yaml";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { freePort } from "../common/loopback.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { CommandService } from "../gen/lockstep/ledger/v1/command_service_pb.ts";
 import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_management_service_pb.ts";
 import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
@@ -27,8 +28,9 @@ const USER = "demo-app";
 /** Short, so the deduplication recovery window visibly closes within the demo. */
 const TOLERANCE = "5s";
 
+/** The demo's own config leaves `host` at its default, so a port is all that names a participant. */
 function clients(port: number) {
-  const url = nodeBaseUrl(port);
+  const { url } = nodeEndpoint({ port });
   const make = <S extends DescService>(s: S): Client<S> => createNodeClient(s, url);
   return { parties: make(PartyManagementService), commands: make(CommandService), state: make(StateService) };
 }

@@ -1,7 +1,9 @@
 import type { Command } from "commander";
+import type { NodeEntry } from "../common/config-schema.ts";
 import { crashPoint } from "../common/crash-points.ts";
 import { LockstepError } from "../common/errors.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { microsToIso } from "../common/time.ts";
 import { KeyAdminService, type KeyInfo, type ListKeysResponse } from "../gen/lockstep/admin/v1/keys_pb.ts";
 import { runBackupCreate } from "./backup-commands.ts";
@@ -10,15 +12,15 @@ import { registerKeysWrapperCommand } from "./keys-wrapper-command.ts";
 import { table } from "./output.ts";
 import { retryRetryable } from "./retry-retryable.ts";
 
-export function keyAdminClient(port: number) {
-  return createNodeClient(KeyAdminService, nodeBaseUrl(port));
+export function keyAdminClient(entry: NodeEntry) {
+  return createNodeClient(KeyAdminService, nodeEndpoint(entry).url);
 }
 
 type KeyAdminClient = ReturnType<typeof keyAdminClient>;
 
 /** The node's KeyAdminService, each call retried while the node is still starting (retryRetryable). */
-export function retryingKeyAdmin(port: number, progress: (line: string) => void): KeyAdminClient {
-  const rpc = keyAdminClient(port);
+export function retryingKeyAdmin(entry: NodeEntry, progress: (line: string) => void): KeyAdminClient {
+  const rpc = keyAdminClient(entry);
   return new Proxy(rpc, {
     get: (target, name: keyof KeyAdminClient) => {
       const method = target[name] as (request: unknown) => Promise<unknown>;
@@ -101,7 +103,7 @@ export function registerKeysCommands(program: Command): void {
     .action(async (name: string, _opts: unknown, command: Command) => {
       const out = outputFor(command);
       const entry = findNode(await loadCliConfig(command), name);
-      const json = keysJson(entry.name, await keyAdminClient(entry.port).listKeys({}));
+      const json = keysJson(entry.name, await keyAdminClient(entry).listKeys({}));
       out.result(json, () =>
         [
           `${entry.name}: ${json.member ?? "(not registered)"}`,
@@ -142,7 +144,7 @@ export function registerKeysCommands(program: Command): void {
       const out = outputFor(command);
       const loaded = await loadCliConfig(command);
       const entry = findNode(loaded, name);
-      const rpc = retryingKeyAdmin(entry.port, (line) => out.info(line));
+      const rpc = retryingKeyAdmin(entry, (line) => out.info(line));
       const force = opts.force === true;
       const steps: StepResult[] = [];
       const warnings: string[] = [];

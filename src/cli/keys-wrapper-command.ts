@@ -4,7 +4,8 @@ import type { Command } from "commander";
 import { stringify } from "yaml";
 import { crashPoint } from "../common/crash-points.ts";
 import { LockstepError } from "../common/errors.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { generateWrapperKeyFile, loadWrapperKey, type WrapperKey } from "../crypto/key-wrapping.ts";
 import { KeyAdminService } from "../gen/lockstep/admin/v1/keys_pb.ts";
 import { runBackupCreate } from "./backup-commands.ts";
@@ -57,7 +58,7 @@ export function registerKeysWrapperCommand(keys: Command): void {
       const out = outputFor(command);
       const loaded = await loadCliConfig(command);
       const entry = findNode(loaded, name);
-      const rpc = createNodeClient(KeyAdminService, nodeBaseUrl(entry.port));
+      const rpc = createNodeClient(KeyAdminService, nodeEndpoint(entry).url);
       const force = opts.force === true;
       const steps: StepResult[] = [];
       const warnings: string[] = [];

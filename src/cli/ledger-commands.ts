@@ -5,7 +5,8 @@ import type { Command } from "commander";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { DurationFormatError, parseDuration } from "../common/duration.ts";
 import { LockstepError } from "../common/errors.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { CommandService } from "../gen/lockstep/ledger/v1/command_service_pb.ts";
 import type { CommandsSchema } from "../gen/lockstep/ledger/v1/commands_pb.ts";
 import type { Contract } from "../gen/lockstep/ledger/v1/event_pb.ts";
@@ -40,7 +41,7 @@ async function participantTarget(command: Command, name: string): Promise<Partic
     const known = loaded.config.participants.map((p) => p.name).join(", ");
     throw new LockstepError("NODE_UNKNOWN", { node: name, known });
   }
-  return { name, address: nodeBaseUrl(entry.port) };
+  return { name, address: nodeEndpoint(entry).url };
 }
 
 /**

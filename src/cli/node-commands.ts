@@ -2,6 +2,7 @@ import type { Command } from "commander";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
 import { startEmbeddedCluster, startNetwork } from "../node/network.ts";
 import { embeddedClusterDir } from "../node/node-database.ts";
 import { nodeKindDefinition } from "../node/node-kinds.ts";
@@ -20,6 +21,7 @@ import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-contex
 import type { LaunchedNode } from "./node-launcher.ts";
 import { launchDetached } from "./node-launcher.ts";
 import { table } from "./output.ts";
+import { registerSwitchOverCommand } from "./switch-over-command.ts";
 
 /** Resolves when SIGINT or SIGTERM arrives (foreground commands stop gracefully on either). */
 function untilSignal(): Promise<NodeJS.Signals> {
@@ -67,9 +69,16 @@ export function registerNodeCommands(program: Command): void {
         const launched: LaunchedNode[] = [];
         try {
           for (const entry of entries) {
-            out.info(`starting ${entry.kind} ${entry.name} on port ${entry.port}`);
+            const endpoint = nodeEndpoint(entry);
+            out.info(`starting ${entry.kind} ${entry.name} on ${endpoint.bindHost} port ${entry.port}`);
             launched.push(
-              await launchDetached({ configPath: loaded.path, dataDir, name: entry.name, port: entry.port }),
+              await launchDetached({
+                configPath: loaded.path,
+                dataDir,
+                name: entry.name,
+                port: entry.port,
+                endpoint,
+              }),
             );
           }
           for (const node of launched.filter((n) => n.role === "failed")) {
@@ -171,12 +180,14 @@ export function registerNodeCommands(program: Command): void {
             dataDir,
             name,
             port,
+            // A replica's own port replaces the address's; without one the configured address stands.
+            endpoint: nodeEndpoint(entry, opts.port),
             replica: opts.replica,
           });
           out.result(launched, () => launchedTable([launched]));
           return;
         }
-        writePidFile(pidFile, process.pid);
+        writePidFile(pidFile, process.pid, port);
         const runtime = new NodeRuntime({
           entry,
           config: loaded.config,
@@ -220,4 +231,6 @@ export function registerNodeCommands(program: Command): void {
       removePidFile(pidFile, pid);
       out.result({ name, replica: opts.replica, pid, how }, () => `stopped ${name} (${how})`);
     });
+
+  registerSwitchOverCommand(node);
 }

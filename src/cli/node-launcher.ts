@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { ERRORS } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
-import { nodeBaseUrl } from "../common/rpc-client.ts";
+import type { NodeEndpoint } from "../common/node-endpoint.ts";
 import { isAlive, logTail, processFiles } from "../node/process-files.ts";
 import { LOCKSTEP_BIN } from "./self-process.ts";
 
@@ -13,9 +13,13 @@ export interface LaunchRequest {
   dataDir: string;
   name: string;
   port: number;
+  /** Where the node is reached (nodeEndpoint, with the replica's port): its health is polled there. */
+  endpoint: NodeEndpoint;
   replica?: string;
   /** How long to wait for the node's health endpoint to answer. */
   timeoutMs?: number;
+  /** Added to the node's environment, e.g. a `LOCKSTEP_…` config override (`lockstep failover`). */
+  env?: Record<string, string>;
 }
 
 export interface LaunchedNode {
@@ -23,6 +27,8 @@ export interface LaunchedNode {
   replica?: string;
   pid: number;
   port: number;
+  /** host:port where it is reached. */
+  address: string;
   role: string;
   logFile: string;
 }
@@ -41,7 +47,7 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
   const child = spawn(process.execPath, args, {
     detached: true,
     stdio: ["ignore", log, log],
-    env: process.env,
+    env: { ...process.env, ...request.env },
   });
   child.unref();
   const pid = child.pid as number;
@@ -52,24 +58,25 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
   const deadline = Date.now() + (request.timeoutMs ?? 60_000);
   while (Date.now() < deadline) {
     if (exitCode !== null || !isAlive(pid)) throw startFailure(request.name, logFile);
-    const role = await healthRole(request.port);
+    const role = await healthRole(request.endpoint.url);
     // "failed" counts as started: the node stays up on purpose to show its error and remedy in
     // status (e.g. a fork detected right after a restore), which is the answer the operator needs.
     if (role === "active" || role === "passive" || role === "failed") {
-      return { name: request.name, replica: request.replica, pid, port: request.port, role, logFile };
+      const { name, replica, port, endpoint } = request;
+      return { name, replica, pid, port, address: endpoint.address, role, logFile };
     }
     await sleep(200);
   }
   throw new LockstepError("NODE_START_FAILED", {
     node: request.name,
-    reason: `no healthy answer on port ${request.port} within ${(request.timeoutMs ?? 60_000) / 1000}s`,
+    reason: `no healthy answer at ${request.endpoint.address} within ${(request.timeoutMs ?? 60_000) / 1000}s`,
     logFile,
   });
 }
 
-async function healthRole(port: number): Promise<string | undefined> {
+async function healthRole(url: string): Promise<string | undefined> {
   try {
-    const response = await fetch(`${nodeBaseUrl(port)}/health`, { signal: AbortSignal.timeout(1000) });
+    const response = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
     const body = (await response.json()) as { status?: string };
     return body.status;
   } catch {

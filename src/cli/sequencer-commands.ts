@@ -1,13 +1,14 @@
 import type { Command } from "commander";
 import { LockstepError } from "../common/errors.ts";
-import { createNodeClient, nodeBaseUrl } from "../common/rpc-client.ts";
+import { type EndpointConfig, nodeEndpoint } from "../common/node-endpoint.ts";
+import { createNodeClient } from "../common/rpc-client.ts";
 import { microsToIso } from "../common/time.ts";
 import { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { loadCliConfig, outputFor } from "./cli-context.ts";
 import { table } from "./output.ts";
 
-function sequencerClient(port: number) {
-  return createNodeClient(SequencerService, nodeBaseUrl(port));
+function sequencerClient(sequencer: EndpointConfig) {
+  return createNodeClient(SequencerService, nodeEndpoint(sequencer).url);
 }
 
 function ts(value: bigint | undefined): string {
@@ -26,7 +27,7 @@ export function registerSequencerCommands(program: Command): void {
     .action(async (_opts: unknown, command: Command) => {
       const out = outputFor(command);
       const loaded = await loadCliConfig(command);
-      const s = await sequencerClient(loaded.config.synchronizer.sequencer.port).getSequencerStatus({});
+      const s = await sequencerClient(loaded.config.synchronizer.sequencer).getSequencerStatus({});
       const json = {
         sequencerId: s.sequencerId,
         synchronizerId: s.synchronizerId,
@@ -110,7 +111,7 @@ export function registerSequencerCommands(program: Command): void {
           });
         }
         const loaded = await loadCliConfig(command);
-        const client = sequencerClient(loaded.config.synchronizer.sequencer.port);
+        const client = sequencerClient(loaded.config.synchronizer.sequencer);
         let before: bigint;
         if (opts.retention) {
           const status = await client.getSequencerStatus({});

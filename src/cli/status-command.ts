@@ -3,8 +3,9 @@ import { type KeptDatabase, listKeptDatabases, runningTargetFor } from "../backu
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { silentLogger } from "../common/logging.ts";
-import { adminClient } from "../node/clients.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
 import { loadCliConfig, outputFor } from "./cli-context.ts";
+import { nodeProcesses, type ProcessStatusJson, representative } from "./node-processes.ts";
 import { table } from "./output.ts";
 import { keptText } from "./restore-commands.ts";
 
@@ -13,17 +14,25 @@ export interface NodeStatusJson {
   name: string;
   kind: string;
   port: number;
+  /** host:port where the CLI and the other nodes reach it (the config's `address`, or its default). */
+  address: string;
   running: boolean;
   role: string | null;
   position: Record<string, unknown> | null;
   incarnation: string | null;
   writerEpoch: string | null;
   deduplicationRecovery: Record<string, unknown> | null;
-  replication: string[];
+  /** The node's replication findings (docs/design.md §3); [] when it passes, skips or is not running. */
+  replication: { kind: string; message: string; remedy: string }[];
   lastError: { code: string; message: string; remedy: string } | null;
   pid: number | null;
   /** Databases earlier restores replaced and kept (the way back); null when the database server is not reachable. */
   keptDatabases: KeptDatabase[] | null;
+  /**
+   * Every process of the node (node-processes.ts): the one at its address and each replica, with its
+   * role. The node's own fields above come from the active one (else the one at its address).
+   */
+  processes: ProcessStatusJson[];
 }
 
 /** Read straight from the node's database server (a stopped node has them too); never starts a server. */
@@ -33,6 +42,15 @@ async function keptDatabasesOf(config: LockstepConfig, entry: NodeEntry): Promis
     return target ? await listKeptDatabases(target) : null;
   } catch {
     return null;
+  }
+}
+
+/** GetStatus carries each finding as JSON (replication-monitor.ts); anything else becomes a message. */
+function parseFinding(text: string): NodeStatusJson["replication"][number] {
+  try {
+    return JSON.parse(text) as NodeStatusJson["replication"][number];
+  } catch {
+    return { kind: "unknown", message: text, remedy: "" };
   }
 }
 
@@ -48,38 +66,41 @@ export async function collectStatus(config: LockstepConfig, timeoutMs = 2000): P
         name: entry.name,
         kind: entry.kind,
         port: entry.port,
+        address: nodeEndpoint(entry).address,
         keptDatabases: await keptDatabasesOf(config, entry),
       };
-      try {
-        const s = await adminClient(entry.port).getStatus({}, { timeoutMs });
+      const processes = await nodeProcesses(config, entry, timeoutMs);
+      const s = representative(processes)?.status;
+      if (s) {
         return {
           ...base,
+          processes: processes.map((p) => p.json),
           running: true,
           role: s.role,
           position: parseJson(s.positionJson),
           incarnation: s.incarnation || null,
           writerEpoch: s.writerEpoch.toString(),
           deduplicationRecovery: parseJson(s.deduplicationRecoveryJson),
-          replication: s.replicationFindings,
+          replication: s.replicationFindings.map(parseFinding),
           lastError: s.lastError?.code
             ? { code: s.lastError.code, message: s.lastError.message, remedy: s.lastError.remedy }
             : null,
           pid: s.pid,
         };
-      } catch {
-        return {
-          ...base,
-          running: false,
-          role: null,
-          position: null,
-          incarnation: null,
-          writerEpoch: null,
-          deduplicationRecovery: null,
-          replication: [],
-          lastError: null,
-          pid: null,
-        };
       }
+      return {
+        ...base,
+        processes: processes.map((p) => p.json),
+        running: false,
+        role: null,
+        position: null,
+        incarnation: null,
+        writerEpoch: null,
+        deduplicationRecovery: null,
+        replication: [],
+        lastError: null,
+        pid: null,
+      };
     }),
   );
 }
@@ -88,7 +109,7 @@ export function statusTable(nodes: NodeStatusJson[]): string {
   const rows = nodes.map((n) => [
     n.name,
     n.kind,
-    String(n.port),
+    n.address,
     n.running ? "yes" : "no",
     n.role ?? "-",
     n.position ? JSON.stringify(n.position) : "-",
@@ -102,7 +123,7 @@ export function statusTable(nodes: NodeStatusJson[]): string {
     [
       "NODE",
       "KIND",
-      "PORT",
+      "ADDRESS",
       "RUNNING",
       "ROLE",
       "POSITION",
@@ -117,6 +138,9 @@ export function statusTable(nodes: NodeStatusJson[]): string {
   const remedies = nodes
     .filter((n) => n.lastError)
     .map((n) => `${n.name}: ${n.lastError?.code}: ${n.lastError?.message}\n  remedy: ${n.lastError?.remedy}`);
+  const replication = nodes.flatMap((n) =>
+    n.replication.map((f) => `${n.name}: replication ${f.kind}: ${f.message}\n  remedy: ${f.remedy}`),
+  );
   const recovering = nodes
     .filter((n) => n.deduplicationRecovery)
     .map(
@@ -124,7 +148,33 @@ export function statusTable(nodes: NodeStatusJson[]): string {
         `${n.name}: deduplication recovery waits for ${String(n.deduplicationRecovery?.waitingFor ?? "-")}`,
     );
   const kept = nodes.flatMap((n) => (n.keptDatabases ?? []).map((k) => ({ node: n.name, ...k })));
-  return [text, ...remedies, ...recovering, ...(kept.length ? [keptText(kept)] : [])].join("\n");
+  // Nodes with replicas: each process with its role (the table's row is the active one's).
+  const replicated = nodes.filter((n) => n.processes.length > 1);
+  const processes = replicated.length
+    ? [
+        table(
+          ["NODE", "PROCESS", "ADDRESS", "PID", "ROLE", "EPOCH"],
+          replicated.flatMap((n) =>
+            n.processes.map((p) => [
+              n.name,
+              p.replica ?? "(main)",
+              p.address,
+              p.pid === null ? "-" : String(p.pid),
+              p.running ? (p.role ?? "-") : "not running",
+              p.writerEpoch ?? "-",
+            ]),
+          ),
+        ),
+      ]
+    : [];
+  return [
+    text,
+    ...processes,
+    ...remedies,
+    ...replication,
+    ...recovering,
+    ...(kept.length ? [keptText(kept)] : []),
+  ].join("\n");
 }
 
 export function registerStatusCommand(program: Command): void {

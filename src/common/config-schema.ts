@@ -1,6 +1,17 @@
 import { z } from "zod";
 import { parseDuration } from "./duration.ts";
 import { NAME_PATTERN } from "./ids.ts";
+import { LOOPBACK } from "./loopback.ts";
+import {
+  bindHostsOverlap,
+  bindSite,
+  canonicalHost,
+  type EndpointConfig,
+  hostProblem,
+  isWildcardHost,
+  nodeEndpoint,
+  parseAddress,
+} from "./node-endpoint.ts";
 
 /** A duration string (`30s`) parsed to milliseconds. Exported so tools can write durations back. */
 export const durationSchema = z.string().transform((value, ctx) => {
@@ -26,9 +37,15 @@ const replication = z
 
 const storage = z
   .object({
-    // Only PostgreSQL URLs: a bare `host:5432` would otherwise pass as a URL with scheme "host:".
+    // Only PostgreSQL URLs: a bare `host:5432` would otherwise pass as a URL with scheme "host:". In
+    // libpq's syntax, which names several hosts for a Patroni cluster (WHATWG URL parsing refuses
+    // that); storage/multi-host.ts checks the rest when the node opens it (common cannot import it).
     url: z
-      .url({ protocol: /^postgres(ql)?$/, error: "expected a postgres://user@host:port/db URL" })
+      .string()
+      .regex(/^postgres(ql)?:\/\/[^\s]*$/, {
+        error:
+          "expected a postgres://user@host:port/db URL (a cluster: postgres://user@host1:port1,host2:port2/db?target_session_attrs=read-write)",
+      })
       .optional(),
     replication: replication.default(() => ({ check: "warn" as const, "min-sync-standbys": 1 })),
   })
@@ -51,8 +68,25 @@ const crypto = z
   })
   .strict();
 
+// Where a node listens and how the others reach it, so a network can span hosts (docs/configuration.md).
+const host = z.string().superRefine((value, ctx) => {
+  const problem = hostProblem(value);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
+const address = z.string().superRefine((value, ctx) => {
+  const { problem } = parseAddress(value);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+});
+
 const node = z
-  .object({ name, port, storage: storage.default(defaultStorage), crypto: crypto.default(() => ({})) })
+  .object({
+    name,
+    port,
+    host: host.default(LOOPBACK),
+    address: address.optional(),
+    storage: storage.default(defaultStorage),
+    crypto: crypto.default(() => ({})),
+  })
   .strict();
 
 const participant = node
@@ -102,12 +136,13 @@ export const configSchema = z
   .strict()
   .superRefine((config, ctx) => {
     const seen = new Map<string, string>();
-    const ports = new Map<number, string>();
+    const bound: { name: string; host: string; site: string; port: number }[] = [];
+    const addresses = new Map<string, string>();
     // Paths keep array indexes as numbers, as zod's own issues do.
-    const nodes: [(string | number)[], { name: string; port: number }][] = [
+    const nodes: [(string | number)[], EndpointConfig & { name: string }][] = [
       [["synchronizer", "sequencer"], config.synchronizer.sequencer],
       [["synchronizer", "mediator"], config.synchronizer.mediator],
-      ...config.participants.map((p, i): [(string | number)[], { name: string; port: number }] => [
+      ...config.participants.map((p, i): [(string | number)[], EndpointConfig & { name: string }] => [
         ["participants", i],
         p,
       ]),
@@ -121,14 +156,40 @@ export const configSchema = z
           message: `duplicate node name "${n.name}" (also at ${other})`,
         });
       seen.set(n.name, path.join("."));
-      const otherPort = ports.get(n.port);
-      if (otherPort)
+      // One port may serve several nodes only on different machines: a wildcard takes it on all of its own.
+      const nodeHost = n.host ?? LOOPBACK;
+      const mine = { name: n.name, host: nodeHost, site: bindSite(n), port: n.port };
+      const clash = bound.find((b) => b.port === n.port && bindHostsOverlap(b.site, mine.site));
+      bound.push(mine);
+      if (clash) {
+        const wildcard = [clash, mine].find((b) => isWildcardHost(b.host));
+        const machine =
+          wildcard && !isWildcardHost(wildcard.site) ? `${wildcard.site}'s machine` : "the machine";
+        const where =
+          clash.host === nodeHost
+            ? nodeHost === LOOPBACK
+              ? ""
+              : ` on ${nodeHost}`
+            : wildcard
+              ? ` (${wildcard.name} binds ${wildcard.host}: every address of ${machine})`
+              : ` (${clash.host} and ${nodeHost} are the same loopback)`;
         ctx.addIssue({
           code: "custom",
           path: [...path, "port"],
-          message: `port ${n.port} is also used by ${otherPort}`,
+          message: `port ${n.port} is also used by ${clash.name}${where}`,
         });
-      ports.set(n.port, n.name);
+        continue;
+      }
+      const reach = nodeEndpoint(n);
+      const key = `${canonicalHost(reach.host)} ${reach.port}`;
+      const sameAddress = addresses.get(key);
+      if (sameAddress)
+        ctx.addIssue({
+          code: "custom",
+          path: [...path, n.address === undefined ? "host" : "address"],
+          message: `${reach.address} is also the address of ${sameAddress}`,
+        });
+      addresses.set(key, n.name);
     }
   });
 

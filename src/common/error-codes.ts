@@ -451,7 +451,32 @@ export const ERROR_DEFINITIONS = [
     "safety",
     false,
     "The database of {node} is not safely replicated: {findings}",
-    "Fix the PostgreSQL replication settings listed, or set storage.replication.check to warn or off.",
+    "Fix each finding: {remedies} `lockstep replication check {node}` shows them again with each standby's lag. To start anyway, knowingly, set the node's storage.replication.check to warn (start and report) or off.",
+  ),
+  // --- fail-over to another site (docs/operations.md "Fail-over runbook") ---
+  def(
+    "FAILOVER_TARGET_NOT_PRIMARY",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The fail-over target {target} of {node} is not a usable primary: {reason}",
+    "Promote the standby first (`pg_ctl promote -D DATADIR`, or `SELECT pg_promote()` on it) and check that the URL names the promoted server; then run `lockstep failover {node} --to URL` again.",
+  ),
+  def(
+    "FAILOVER_TARGET_WRONG_DATABASE",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The fail-over target {target} does not hold the database of {kind} {node}: {reason}",
+    "Give the URL of the replica of {node}'s own database (the same database name as in its storage.url, on the promoted server).",
+  ),
+  def(
+    "FAILOVER_OLD_PRIMARY_LIVE",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The old primary {oldPrimary} of {node} still accepts writes: {reason}",
+    "Fence it first: stop that server, or make it read-only or a standby of the new primary, so that no writer is left at the old site. If it is fenced in a way this check cannot see (e.g. its site is isolated from every client), say so with --old-primary-fenced.",
   ),
   // --- node and environment ---
   def(
@@ -484,7 +509,7 @@ export const ERROR_DEFINITIONS = [
     "environment",
     true,
     "No node answers at {address}",
-    "Start the network with `lockstep up --detach` (or the node with `lockstep node start NAME`) and check the node's port in the config.",
+    "Start the network with `lockstep up --detach` (or the node with `lockstep node start NAME`) and check the node's port and address in the config.",
   ),
   def(
     "NODE_ALREADY_RUNNING",
@@ -493,6 +518,14 @@ export const ERROR_DEFINITIONS = [
     false,
     "Node {node} is already running (pid {pid})",
     "Stop it first with `lockstep node stop {node}`, or use --replica to start a passive replica.",
+  ),
+  def(
+    "NO_PASSIVE_REPLICA",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "Node {node} has no passive process to take over",
+    "Start one first with `lockstep node start {node} --replica ID --port P --detach`, then switch over.",
   ),
   def(
     "CONFIG_INVALID",
@@ -520,6 +553,14 @@ export const ERROR_DEFINITIONS = [
     "Stop the process that uses it, or change the node's port in the config.",
   ),
   def(
+    "HOST_NOT_LOCAL",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "{node} cannot listen on {host}: this machine has no such address",
+    "Start the node on the machine its `host` names (`lockstep node start {node}` there), or set `host` to an address of this machine (0.0.0.0 for every one, with `address` saying how the others reach it).",
+  ),
+  def(
     "DATA_DIR_NOT_WRITABLE",
     Code.PermissionDenied,
     "environment",
@@ -542,6 +583,15 @@ export const ERROR_DEFINITIONS = [
     true,
     "PostgreSQL at {dataDir} failed: {reason}",
     "Read the server log at {logFile}.",
+  ),
+  // Canton: DatabaseStorageError.DatabaseConnectionLost (DB_CONNECTION_LOST).
+  def(
+    "DB_CONNECTION_LOST",
+    Code.Unavailable,
+    "transient",
+    true,
+    "Lost the connection to the database {database} ({servers}): {reason}",
+    "Retry: the node reconnects to the server that accepts writes among those its storage.url names (after a Patroni fail-over, once the new leader is promoted). If it lasts, check the database servers and that storage.url lists every member of the cluster with target_session_attrs=read-write.",
   ),
   def(
     "MIGRATION_CHECKSUM_MISMATCH",

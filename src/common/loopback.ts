@@ -1,6 +1,6 @@
 import { createServer } from "node:net";
 
-/** The address every local server listens on and every local client dials (nodes, PostgreSQL). */
+/** The embedded PostgreSQL's address, and a node's `host` unless the config names another. */
 export const LOOPBACK = "127.0.0.1";
 
 /** A port that was free a moment ago on the loopback (a race is possible but rare). */

@@ -2,6 +2,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { LOOPBACK } from "./loopback.ts";
+import { httpUrl } from "./node-endpoint.ts";
 
 export interface NodeClientOptions {
   /** "2" (default) multiplexes calls on one connection; "1.1" for proxies or debugging. */
@@ -41,6 +42,7 @@ export function createNodeClient<S extends DescService>(
   return createClient(service, transportFor(baseUrl, options.httpVersion ?? "2"));
 }
 
+/** A node's base URL by port (loopback unless `host`); a node of the config: `nodeEndpoint(…).url`. */
 export function nodeBaseUrl(port: number, host = LOOPBACK): string {
-  return `http://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  return httpUrl(host, port);
 }

@@ -1,8 +1,8 @@
 import { create } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import { toLockstepError } from "../common/errors.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
 import type { NodeKindContext, NodeKindDefinition, NodeKindRuntime } from "../common/node-kind.ts";
-import { nodeBaseUrl } from "../common/rpc-client.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
@@ -75,7 +75,7 @@ export class MediatorNode implements NodeKindRuntime {
       keys,
       logger: context.logger,
       memberName: context.config.synchronizer.mediator.name,
-      sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
+      sequencerUrl: nodeEndpoint(context.config.synchronizer.sequencer).url,
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => context.fail(error.toJSON()),

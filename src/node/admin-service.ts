@@ -8,6 +8,8 @@ export interface AdminServiceImpl {
     | Promise<MessageInitShape<typeof GetStatusResponseSchema>>;
   /** Stops the node; called after the Shutdown response went out. */
   shutdown(): Promise<void> | void;
+  /** Makes the active process passive; resolves once its lock is released, with the epoch it had. */
+  switchOver?(): Promise<{ writerEpoch: bigint }>;
 }
 
 /** Registers lockstep.admin.v1.AdminService, which every node serves next to its own services. */
@@ -26,6 +28,10 @@ export function adminServiceRoutes(impl: AdminServiceImpl): (router: ConnectRout
         });
         return {};
       },
+      // Without an implementation (a bare server in tests) Connect answers Unimplemented.
+      ...(impl.switchOver
+        ? { switchOver: () => (impl.switchOver as () => Promise<{ writerEpoch: bigint }>)() }
+        : {}),
     });
   };
 }

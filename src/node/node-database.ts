@@ -3,7 +3,8 @@ import type { NodeEntry } from "../common/config-schema.ts";
 import type { Logger } from "../common/logging.ts";
 import type { Db } from "../storage/db.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
-import { createPgDb } from "../storage/pg-db.ts";
+import { describeMultiHostUrl, parseMultiHostUrl } from "../storage/multi-host.ts";
+import { createStorageDb } from "../storage/storage-db.ts";
 
 /** The database a node uses in the embedded cluster: its name with `-` made SQL-friendly. */
 export function embeddedDatabaseName(nodeName: string): string {
@@ -40,12 +41,9 @@ export async function nodeConnection(
 ): Promise<NodeConnection> {
   const url = entry.config.storage.url;
   if (url) {
-    const parsed = new URL(url);
-    return {
-      url,
-      database: decodeURIComponent(parsed.pathname.replace(/^\//, "")),
-      description: `${parsed.hostname}:${parsed.port || 5432}${parsed.pathname}`,
-    };
+    // libpq syntax: may name several servers (a Patroni cluster), see storage/multi-host.ts.
+    const parsed = parseMultiHostUrl(url);
+    return { url, database: parsed.database, description: describeMultiHostUrl(parsed) };
   }
   const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir), logger });
   const { host, port } = await cluster.start();
@@ -59,15 +57,22 @@ export async function nodeConnection(
   };
 }
 
-/** Opens a node's own database (see nodeConnection for where it is). */
+/**
+ * Opens a node's own database (see nodeConnection for where it is). The connections carry
+ * `lockstep-NAME` (or `lockstep-NAME.REPLICA`) as application_name, so pg_stat_activity tells the
+ * processes of one node apart.
+ */
 export async function openNodeDatabase(
   entry: NodeEntry,
   dataDir: string,
   logger: Logger,
+  replica?: string,
 ): Promise<NodeDatabase> {
   const connection = await nodeConnection(entry, dataDir, logger);
+  const applicationName = `lockstep-${entry.name}${replica ? `.${replica}` : ""}`;
   return {
-    db: createPgDb({ connectionString: connection.url, applicationName: `lockstep-${entry.name}` }),
+    // Follows the server that accepts writes when storage.url names several (storage-db.ts).
+    db: createStorageDb({ connectionString: connection.url, applicationName, logger }),
     description: connection.description,
   };
 }

@@ -89,6 +89,9 @@ export class NodeServer {
       const onError = (err: NodeJS.ErrnoException) => {
         if (err.code === "EADDRINUSE")
           reject(new LockstepError("PORT_IN_USE", { port, node }, { cause: err }));
+        // An address of another machine, or a name this one cannot resolve: started on the wrong machine.
+        else if (err.code === "EADDRNOTAVAIL" || err.code === "ENOTFOUND")
+          reject(new LockstepError("HOST_NOT_LOCAL", { host, node }, { cause: err }));
         else reject(err);
       };
       this.tcp.once("error", onError);

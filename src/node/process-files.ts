@@ -40,8 +40,19 @@ export function livePid(pidFile: string): number | undefined {
   return undefined;
 }
 
-export function writePidFile(pidFile: string, pid: number): void {
-  writeFileSync(pidFile, `${pid}\n`);
+/** The pid on the first line; a replica's own port on the second (status and switch-over find it there). */
+export function writePidFile(pidFile: string, pid: number, port?: number): void {
+  writeFileSync(pidFile, port === undefined ? `${pid}\n` : `${pid}\n${port}\n`);
+}
+
+/** The port written beside the pid, if any. */
+function pidFilePort(pidFile: string): number | undefined {
+  try {
+    const port = Number.parseInt(readFileSync(pidFile, "utf8").split("\n")[1] ?? "", 10);
+    return Number.isInteger(port) && port > 0 ? port : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export function removePidFile(pidFile: string, pid: number): void {
@@ -58,6 +69,8 @@ export interface RunningProcess {
   replica?: string;
   pid: number;
   pidFile: string;
+  /** A replica's own port (from its pid file). */
+  port?: number;
 }
 
 /** Every node process with a live pid file under the data dir. */
@@ -74,7 +87,7 @@ export function runningProcesses(dataDir: string): RunningProcess[] {
     const pid = livePid(pidFile);
     if (pid === undefined) continue;
     const [name, replica] = file.slice(0, -".pid".length).split(".");
-    result.push({ name: name as string, replica, pid, pidFile });
+    result.push({ name: name as string, replica, pid, pidFile, port: pidFilePort(pidFile) });
   }
   return result;
 }

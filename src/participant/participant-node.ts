@@ -1,12 +1,12 @@
 import type { ConnectRouter } from "@connectrpc/connect";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
+import { nodeEndpoint } from "../common/node-endpoint.ts";
 import type {
   NodeKindContext,
   NodeKindDefinition,
   NodeKindRuntime,
   NodeKindStatus,
 } from "../common/node-kind.ts";
-import { nodeBaseUrl } from "../common/rpc-client.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
 import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
@@ -94,7 +94,7 @@ export class ParticipantNode implements NodeKindRuntime {
       keys: this.keys,
       logger: context.logger,
       memberName: context.entry.name,
-      sequencerUrl: nodeBaseUrl(context.config.synchronizer.sequencer.port),
+      sequencerUrl: nodeEndpoint(context.config.synchronizer.sequencer).url,
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => this.stopOn(error),

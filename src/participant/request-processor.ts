@@ -36,9 +36,6 @@ import {
 } from "./request-store.ts";
 import { activenessProblems, checkRequest, contractsToLock } from "./request-validation.ts";
 
-/** Transactions in which `SET LOCAL synchronous_commit = on` already ran. */
-const synchronousCommitSet = new WeakSet<Tx>();
-
 /** What the node must do after the handler's transaction committed. */
 export interface ProcessingOutcome {
   /** A request was stored with a response to send. */
@@ -62,12 +59,8 @@ export class RequestProcessor {
   ) {}
 
   async handle(event: SequencedEvent, tx: Tx, context: EventContext): Promise<ProcessingOutcome> {
-    // The ledger end and the clean index must survive a fail-over (docs/design.md §3). Once per transaction:
-    // the sequencer client processes a run of events in one.
-    if (!synchronousCommitSet.has(tx)) {
-      await tx.execute("SET LOCAL synchronous_commit = on");
-      synchronousCommitSet.add(tx);
-    }
+    // The ledger end commits synchronously: the sequencer client's processing transaction sets
+    // synchronous_commit = on for every member (event-pipeline.ts processRun, docs/design.md §3).
     const self = this.self();
     const own = event.sender === self;
     let responsesToSend = false;

@@ -98,6 +98,9 @@ export class SubmissionService {
     const maxSequencingTime = transaction.ledgerTime + msToMicros(parameters.ledgerTimeRecordTimeToleranceMs);
     const id = changeId(commands.userId, commands.commandId, actAs);
     const messageId = `request-${submissionId}`;
+    // Synchronous whatever the server's default (docs/design.md §3): after a fail-over the in-flight
+    // row is what deduplicates a resubmission and times the request out; lost, the command could
+    // take effect twice.
     await this.db.transaction(
       async (tx) => {
         const existing = await registerInFlight(tx, {

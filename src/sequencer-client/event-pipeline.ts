@@ -125,6 +125,9 @@ export interface RunProcessorDeps {
  * then the handler runs with the topology after it, seeing the effects of the earlier events of the
  * run through the same `tx`; the clean timestamp becomes the last event's. Returns the topology
  * after the run. On failure nothing of the run commits and RunEventFailure names the event.
+ * The commit waits for the synchronous standbys whatever the server's default (docs/design.md §3):
+ * the clean index and what it covers (a participant's ledger end, completions, a mediator's
+ * verdicts) must survive a fail-over, since the member will not process those events again.
  */
 export async function processRun(
   deps: RunProcessorDeps,
@@ -136,26 +139,29 @@ export async function processRun(
 ): Promise<TopologyState> {
   const last = run[run.length - 1];
   if (!last) return topology;
-  return deps.db.transaction(async (tx) => {
-    let state = topology;
-    for (const stored of run) {
-      const { event, counter } = stored;
-      try {
-        const applied = applyTopologyEvent(state, event, registeredAt);
-        for (const { hash, error } of applied.rejected) {
-          deps.log.warn({ hash, code: error.code }, `topology change rejected: ${error.message}`);
+  return deps.db.transaction(
+    async (tx) => {
+      let state = topology;
+      for (const stored of run) {
+        const { event, counter } = stored;
+        try {
+          const applied = applyTopologyEvent(state, event, registeredAt);
+          for (const { hash, error } of applied.rejected) {
+            deps.log.warn({ hash, code: error.code }, `topology change rejected: ${error.message}`);
+          }
+          for (const entry of applied.accepted)
+            await deps.memberState.appendTopology(tx, entry.signed, entry.effectiveAt);
+          state = applied.state;
+          await handler(event, tx, { counter, topology: state, replayed });
+        } catch (error) {
+          throw new RunEventFailure(stored, error);
         }
-        for (const entry of applied.accepted)
-          await deps.memberState.appendTopology(tx, entry.signed, entry.effectiveAt);
-        state = applied.state;
-        await handler(event, tx, { counter, topology: state, replayed });
-      } catch (error) {
-        throw new RunEventFailure(stored, error);
       }
-    }
-    await deps.setClean(tx, last.event.timestamp);
-    return state;
-  });
+      await deps.setClean(tx, last.event.timestamp);
+      return state;
+    },
+    { synchronousCommit: true },
+  );
 }
 
 /** The fatal error of a failed run: the handler's LockstepError, or SEQUENCER_CLIENT_HANDLER_FAILED. */

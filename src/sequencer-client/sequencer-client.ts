@@ -155,7 +155,7 @@ export interface SequencerClientOptions {
   logger: Logger;
   /** The node's name; the member id is `memberName::<namespace fingerprint>`. */
   memberName: string;
-  /** e.g. nodeBaseUrl(sequencerPort). */
+  /** e.g. nodeEndpoint(config.synchronizer.sequencer).url. */
   sequencerUrl: string;
   /** The node's current writer epoch and activation (NodeKindContext.identity), sent with every request. */
   identity: () => { writerEpoch: bigint; writerActivation?: string };

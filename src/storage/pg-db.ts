@@ -13,6 +13,7 @@ export interface PgDbOptions {
 }
 
 const INT8_OID = 20;
+const SESSION_CONNECT_TIMEOUT_MS = 10_000;
 const INT8_ARRAY_OID: number = 1016; // not in pg-types' TypeId enum
 
 function toBigIntArray(value: unknown): unknown {
@@ -127,6 +128,11 @@ export function createPgDb(options: PgDbOptions): Db {
     connectionString: options.connectionString,
     types: lockstepTypes,
     ...(options.applicationName ? { application_name: options.applicationName } : {}),
+    // A database host that vanished without closing the connection (power loss, partition) is
+    // noticed by TCP keepalive: libuv probes every second after the idle delay and gives up after
+    // 10 probes, so an idle connection fails within about 12 s instead of hanging for hours.
+    keepAlive: true,
+    keepAliveInitialDelayMillis: 2000,
   };
   const pool = new pg.Pool({ ...clientConfig, max: options.max ?? 10 });
   // An idle client whose server went away emits here; without a listener the process would crash.
@@ -170,7 +176,9 @@ export function createPgDb(options: PgDbOptions): Db {
 
     async session(): Promise<DbSession> {
       if (closed) throw new LockstepError("INTERNAL_ERROR", { details: "session() on a closed Db" });
-      const client = new pg.Client(clientConfig);
+      // A session is a dedicated connection: give up connecting to an unreachable server rather than
+      // wait for the kernel's SYN retries (minutes); callers such as the node's lock retry.
+      const client = new pg.Client({ ...clientConfig, connectionTimeoutMillis: SESSION_CONNECT_TIMEOUT_MS });
       await client.connect();
       const session = pgSession(client, () => sessions.delete(session));
       sessions.add(session);

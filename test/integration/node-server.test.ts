@@ -38,7 +38,9 @@ after(async () => {
   await Promise.all(servers.map((s) => s.stop()));
 });
 
-async function startHarness(options: { port?: number; shutdownGraceMs?: number } = {}): Promise<Harness> {
+async function startHarness(
+  options: { port?: number; host?: string; shutdownGraceMs?: number } = {},
+): Promise<Harness> {
   const h: Harness = {
     port: 0,
     status: () => ({ name: "n1", kind: "sequencer", role: "active", writerEpoch: 7n, pid: 42 }),
@@ -49,6 +51,7 @@ async function startHarness(options: { port?: number; shutdownGraceMs?: number }
   h.server = new NodeServer({
     node: "n1",
     port: options.port ?? 0,
+    host: options.host,
     logger: silentLogger(),
     shutdownGraceMs: options.shutdownGraceMs,
     health: () => h.health,
@@ -310,6 +313,33 @@ test("start() throws PORT_IN_USE when the port is taken", async () => {
     return true;
   });
   await second.stop();
+});
+
+test("a node bound to its host answers there only; the port stays free on other addresses", async () => {
+  const h = await startHarness({ host: "127.0.0.9" });
+  assert.equal((await adminClient(h.port, "127.0.0.9").getStatus({})).name, "n1");
+  await assert.rejects(fetch(`http://127.0.0.1:${h.port}/health`), "nothing on 127.0.0.1");
+  // Another node may use the same port on another address (another machine, in production).
+  const beside = await startHarness({ port: h.port, host: "127.0.0.1" });
+  assert.equal(beside.port, h.port);
+});
+
+test("start() throws HOST_NOT_LOCAL for an address of another machine", async () => {
+  const server = new NodeServer({
+    node: "n3",
+    port: 0,
+    host: "192.0.2.1", // TEST-NET-1 (RFC 5737): never an address of this machine
+    logger: silentLogger(),
+    health: () => ({ node: "n3", kind: "sequencer", status: "active" }),
+    routes: () => {},
+  });
+  await assert.rejects(server.start(), (err: unknown) => {
+    assert.ok(err instanceof LockstepError);
+    assert.equal(err.code, "HOST_NOT_LOCAL");
+    assert.deepEqual(err.metadata, { host: "192.0.2.1", node: "n3" });
+    return true;
+  });
+  await server.stop();
 });
 
 test("stop() completes while clients hold open connections and an unfinished call", async () => {

@@ -1,15 +1,13 @@
 import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fromConnectError } from "../../src/common/connect-errors.ts";
-import type { Completion } from "../../src/gen/lockstep/ledger/v1/completion_pb.ts";
 import { runLockstep } from "../support/cli.ts";
+import { assertOneSuccessEach, type PlannedIou, resubmitAll, submitIou } from "../support/exactly-once.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
   acsFromUpdates,
   allocateKnownParty,
   contractKey,
-  createIouCommand,
   type LedgerNetwork,
   startLedgerNetwork,
   waitFor,
@@ -24,14 +22,8 @@ const WORKERS = 2;
 const KILL_AFTER = 6;
 const USER = "crash-app";
 
-interface Planned {
+interface Planned extends PlannedIou {
   participant: 0 | 1;
-  commandId: string;
-  issuer: string;
-  owner: string;
-  amount: string;
-  /** "ok", an error code, or "unknown" (the connection broke: the outcome is not known). */
-  outcome?: string;
 }
 
 let network: LedgerNetwork | undefined;
@@ -41,43 +33,8 @@ function clientsOf(n: LedgerNetwork, i: 0 | 1): LedgerClients {
   return n.clients[i] as LedgerClients;
 }
 
-async function submit(n: LedgerNetwork, cmd: Planned): Promise<string> {
-  try {
-    await clientsOf(n, cmd.participant).commands.submitAndWait(
-      {
-        commands: createIouCommand(cmd.commandId, cmd.issuer, cmd.owner, {
-          userId: USER,
-          amount: cmd.amount,
-        }),
-      },
-      { timeoutMs: 60_000 },
-    );
-    return "ok";
-  } catch (error) {
-    return fromConnectError(error)?.code ?? "unknown";
-  }
-}
-
-/** Completions of USER on one participant, read until the stream has been idle for a while. */
-async function completionsOf(clients: LedgerClients, party: string): Promise<Completion[]> {
-  const abort = new AbortController();
-  const seen: Completion[] = [];
-  let idle = setTimeout(() => abort.abort(), 3000);
-  try {
-    for await (const r of clients.completions.completionStream(
-      { userId: USER, parties: [party], beginExclusive: 0n },
-      { signal: abort.signal },
-    )) {
-      if (r.completion) seen.push(r.completion);
-      clearTimeout(idle);
-      idle = setTimeout(() => abort.abort(), 3000);
-    }
-  } catch (error) {
-    if (!abort.signal.aborted) throw error;
-  } finally {
-    clearTimeout(idle);
-  }
-  return seen;
+function submit(n: LedgerNetwork, cmd: Planned): Promise<string> {
+  return submitIou(clientsOf(n, cmd.participant), cmd, USER);
 }
 
 test("SIGKILL of a participant during traffic: exactly-once commands and consistent ACS after restart", async (t) => {
@@ -122,30 +79,9 @@ test("SIGKILL of a participant during traffic: exactly-once commands and consist
   assert.equal(restart.code, 0, restart.stdout + restart.stderr);
   assert.equal(restart.json<{ role: string }>().role, "active");
 
-  // Resubmit every command with its command id: an accepted one is a duplicate, a lost one may
-  // commit now; an in-flight one is retried until the participant decided it (timeout or commit).
-  const resubmitted = new Map<string, number>();
-  for (const cmd of plan) {
-    const outcome = await waitFor(
-      `the resubmission of ${cmd.commandId}`,
-      async () => {
-        const r = await submit(n, cmd);
-        return r === "SUBMISSION_ALREADY_IN_FLIGHT" || r === "unknown" || r === "NODE_PASSIVE"
-          ? undefined
-          : r;
-      },
-      90_000,
-      500,
-    );
-    if (cmd.outcome === "ok")
-      assert.equal(outcome, "DUPLICATE_COMMAND", `${cmd.commandId} was accepted before`);
-    else assert.ok(outcome === "ok" || outcome === "DUPLICATE_COMMAND", `${cmd.commandId}: ${outcome}`);
-    if (cmd.outcome !== "ok") {
-      const key = `${cmd.outcome} → ${outcome}`;
-      resubmitted.set(key, (resubmitted.get(key) ?? 0) + 1);
-    }
-  }
-  t.diagnostic(`lost with the process, then resubmitted: ${JSON.stringify(Object.fromEntries(resubmitted))}`);
+  // Resubmit every command with its command id: none lost, none taking effect twice.
+  const resubmitted = await resubmitAll(plan, (cmd) => clientsOf(n, cmd.participant), USER);
+  t.diagnostic(`lost with the process, then resubmitted: ${JSON.stringify(resubmitted)}`);
 
   // Both participants caught up to the same shared contracts (every Iou has alice and bob).
   const views = await waitFor(
@@ -184,13 +120,7 @@ test("SIGKILL of a participant during traffic: exactly-once commands and consist
 
   // Each participant completed each of its own commands successfully exactly once.
   for (const [i, party] of [alice, bob].entries()) {
-    const completions = await completionsOf(clientsOf(n, i as 0 | 1), party);
-    const succeeded = completions.filter((c) => c.status.case === "succeeded").map((c) => c.commandId);
     const own = plan.filter((p) => p.participant === i).map((p) => p.commandId);
-    assert.deepEqual(
-      succeeded.sort(),
-      own.sort(),
-      `participant${i + 1}: one successful completion per command`,
-    );
+    await assertOneSuccessEach(clientsOf(n, i as 0 | 1), USER, party, own, `participant${i + 1}`);
   }
 });

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
 import { runLockstep as runSelf } from "../../src/cli/self-process.ts";
-import { freePort } from "../../src/common/loopback.ts";
+import { freePort, LOOPBACK } from "../../src/common/loopback.ts";
 
 export interface CliResult {
   /** -1 when the child was killed by a signal (src/cli/self-process.ts). */
@@ -29,28 +29,55 @@ export async function runLockstep(
   return { ...run, json: <T>() => JSON.parse(run.stdout) as T };
 }
 
+export interface TestNetworkHosts {
+  sequencer: string;
+  mediator: string;
+  participants: string[];
+}
+
 export interface TestNetworkConfig {
   dir: string;
   configPath: string;
   ports: { sequencer: number; mediator: number; participants: number[] };
+  /** Each node's `host` (127.0.0.1 unless given); with the default `address`, also where it is reached. */
+  hosts: TestNetworkHosts;
+}
+
+export interface TestConfigOptions {
+  /** Per-node `host`, e.g. a different loopback address per node to stand for separate machines. */
+  hosts?: Partial<TestNetworkHosts>;
 }
 
 /** Writes a lockstep.yaml for a network on free ports with its data dir in a fresh temp dir. */
-export async function writeTestConfig(participants = 2): Promise<TestNetworkConfig> {
+export async function writeTestConfig(
+  participants = 2,
+  options: TestConfigOptions = {},
+): Promise<TestNetworkConfig> {
   const dir = mkdtempSync(join(tmpdir(), "lockstep-cli-"));
   const ports = { sequencer: await freePort(), mediator: await freePort(), participants: [] as number[] };
   for (let i = 0; i < participants; i++) ports.participants.push(await freePort());
+  const hosts: TestNetworkHosts = {
+    sequencer: options.hosts?.sequencer ?? LOOPBACK,
+    mediator: options.hosts?.mediator ?? LOOPBACK,
+    participants: ports.participants.map((_, i) => options.hosts?.participants?.[i] ?? LOOPBACK),
+  };
+  // `host` is written only when given, so the default configs stay as before.
+  const at = (host: string | undefined) => (host ? { host } : {});
   const config = {
     "data-dir": "data",
     synchronizer: {
       id: "sync1",
-      sequencer: { name: "sequencer1", port: ports.sequencer },
-      mediator: { name: "mediator1", port: ports.mediator },
+      sequencer: { name: "sequencer1", port: ports.sequencer, ...at(options.hosts?.sequencer) },
+      mediator: { name: "mediator1", port: ports.mediator, ...at(options.hosts?.mediator) },
     },
-    participants: ports.participants.map((port, i) => ({ name: `participant${i + 1}`, port })),
+    participants: ports.participants.map((port, i) => ({
+      name: `participant${i + 1}`,
+      port,
+      ...at(options.hosts?.participants?.[i]),
+    })),
     backup: { repository: "backups" },
   };
   const configPath = join(dir, "lockstep.yaml");
   writeFileSync(configPath, stringify(config));
-  return { dir, configPath, ports };
+  return { dir, configPath, ports, hosts };
 }

@@ -75,9 +75,9 @@ export interface LedgerClients {
   state: Client<typeof StateService>;
 }
 
-/** Connect clients (binary, HTTP/2) for every Ledger API service of the participant on this port. */
-export function ledgerClients(port: number): LedgerClients {
-  const url = nodeBaseUrl(port);
+/** Connect clients (binary, HTTP/2) for every Ledger API service of the participant at host:port. */
+export function ledgerClients(port: number, host?: string): LedgerClients {
+  const url = nodeBaseUrl(port, host);
   return {
     parties: createNodeClient(PartyManagementService, url),
     commands: createNodeClient(CommandService, url),

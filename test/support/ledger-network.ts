@@ -6,7 +6,7 @@ import type { ConfigInput } from "../../src/common/config-schema.ts";
 import type { CommandsSchema } from "../../src/gen/lockstep/ledger/v1/commands_pb.ts";
 import type { Contract } from "../../src/gen/lockstep/ledger/v1/event_pb.ts";
 import { livePid, processFiles } from "../../src/node/process-files.ts";
-import { runLockstep, type TestNetworkConfig, writeTestConfig } from "./cli.ts";
+import { runLockstep, type TestNetworkConfig, type TestNetworkHosts, writeTestConfig } from "./cli.ts";
 import { iouArgs, type LedgerClients, ledgerClients } from "./ledger-client.ts";
 import { waitFor } from "./wait.ts";
 
@@ -31,12 +31,14 @@ export interface LedgerNetworkOptions {
   participants?: number;
   /** synchronizer.parameters.ledger-time-record-time-tolerance, e.g. "10s" to time out lost submissions sooner. */
   tolerance?: string;
+  /** Per-node `host` (writeTestConfig); the clients dial the participants there. */
+  hosts?: Partial<TestNetworkHosts>;
   /** Edits the written config (parsed YAML) before the network starts, e.g. a node's crypto section. */
   configure?: (config: ConfigInput, dir: string) => void;
 }
 
 export async function startLedgerNetwork(options: LedgerNetworkOptions = {}): Promise<LedgerNetwork> {
-  const net = await writeTestConfig(options.participants ?? 2);
+  const net = await writeTestConfig(options.participants ?? 2, { hosts: options.hosts });
   if (options.tolerance || options.configure) {
     const config = parse(readFileSync(net.configPath, "utf8")) as ConfigInput;
     if (options.tolerance) {
@@ -53,7 +55,7 @@ export async function startLedgerNetwork(options: LedgerNetworkOptions = {}): Pr
     cfg,
     dataDir,
     participantPorts: net.ports.participants,
-    clients: net.ports.participants.map(ledgerClients),
+    clients: net.ports.participants.map((port, i) => ledgerClients(port, net.hosts.participants[i])),
     pid: (node) => livePid(processFiles(dataDir, node).pidFile),
     down: async () => {
       if (downed) return;

@@ -6,8 +6,9 @@ import { after, test } from "node:test";
 import { parse } from "yaml";
 import type { LoadConfigOptions } from "../../src/common/config.ts";
 import { ConfigError, exampleConfig, loadConfig, normalizedConfigYaml } from "../../src/common/config.ts";
-import { configNodes } from "../../src/common/config-schema.ts";
+import { configNodes, type NodeEntry } from "../../src/common/config-schema.ts";
 import { isLockstepError } from "../../src/common/errors.ts";
+import { type EndpointConfig, nodeEndpoint } from "../../src/common/node-endpoint.ts";
 
 const EXAMPLE = `data-dir: .lockstep                  # embedded PostgreSQL, logs, pid files
 synchronizer:
@@ -281,4 +282,118 @@ test("normalizedConfigYaml writes durations canonically and loads back to the sa
   });
   const again = await load(yaml).loading;
   assert.deepEqual(again.config, config);
+});
+
+test("host and address default to 127.0.0.1 and the node's port", async () => {
+  const { config } = await load(EXAMPLE).loading;
+  assert.equal(config.synchronizer.sequencer.host, "127.0.0.1");
+  assert.equal(config.synchronizer.sequencer.address, undefined);
+  assert.deepEqual(nodeEndpoint(config.synchronizer.sequencer), {
+    bindHost: "127.0.0.1",
+    bindPort: 4001,
+    host: "127.0.0.1",
+    port: 4001,
+    address: "127.0.0.1:4001",
+    url: "http://127.0.0.1:4001",
+  });
+  // A replica's own port: bound on the node's host, reached there too.
+  assert.equal(nodeEndpoint(configNodes(config)[2] as NodeEntry, 4111).url, "http://127.0.0.1:4111");
+});
+
+test("the address defaults to the host, to 127.0.0.1 for a wildcard, and may name another host and port", async () => {
+  const text = EXAMPLE.replace(
+    "{ name: sequencer1, port: 4001 }",
+    "{ name: sequencer1, port: 4001, host: 10.0.0.5 }",
+  )
+    .replace("{ name: mediator1,  port: 4002 }", "{ name: mediator1, port: 4002, host: 0.0.0.0 }")
+    .replace(
+      "{ name: participant1, port: 4011 }",
+      "{ name: participant1, port: 4011, host: '::', address: 'p1.site-b.example:5011' }",
+    )
+    .replace(
+      "{ name: participant2, port: 4021 }",
+      "{ name: participant2, port: 4021, address: '[fd00::7]' }",
+    );
+  const { config } = await load(text).loading;
+  const urls = configNodes(config).map((n) => `${nodeEndpoint(n).bindHost} ${nodeEndpoint(n).url}`);
+  assert.deepEqual(urls, [
+    "10.0.0.5 http://10.0.0.5:4001",
+    "0.0.0.0 http://127.0.0.1:4002",
+    ":: http://p1.site-b.example:5011",
+    "127.0.0.1 http://[fd00::7]:4021",
+  ]);
+  // A replica's port replaces the address's port, not its host.
+  assert.equal(nodeEndpoint(configNodes(config)[2] as NodeEntry, 4111).url, "http://p1.site-b.example:4111");
+});
+
+test("a host or address that is not one is refused with the reason", async () => {
+  const text = EXAMPLE.replace(
+    "{ name: sequencer1, port: 4001 }",
+    "{ name: sequencer1, port: 4001, host: '10.0.0.5:4001' }",
+  )
+    .replace("{ name: mediator1,  port: 4002 }", "{ name: mediator1, port: 4002, host: 127.0.0.300 }")
+    .replace("{ name: participant1, port: 4011 }", "{ name: participant1, port: 4011, address: 0.0.0.0 }")
+    .replace("{ name: participant2, port: 4021 }", "{ name: participant2, port: 4021, address: 'p2:99999' }");
+  const error = await issuesOf(text);
+  hasIssue(error, "synchronizer.sequencer.host", /not an IP address or a host name \(no port/);
+  hasIssue(error, "synchronizer.mediator.host", /"127\.0\.0\.300" is not an IPv4 address/);
+  hasIssue(error, "participants.0.address", /every address of a machine, which nobody can dial/);
+  hasIssue(error, "participants.1.address", /port must be a number from 1 to 65535/);
+  assert.equal(error.issues.length, 4);
+  const brackets = await issuesOf(EXAMPLE.replace("port: 4021 }", "port: 4021, address: '[p2]:4021' }"));
+  hasIssue(brackets, "participants.1.address", /only an IPv6 address goes in brackets/);
+});
+
+test("a port may repeat on different hosts, never on the same one or beside a wildcard", async () => {
+  const twoHosts = EXAMPLE.replace(
+    "{ name: participant1, port: 4011 }",
+    "{ name: participant1, port: 4011, host: 10.0.0.1 }",
+  ).replace("{ name: participant2, port: 4021 }", "{ name: participant2, port: 4011, host: 10.0.0.2 }");
+  const { config } = await load(twoHosts).loading;
+  assert.deepEqual(
+    config.participants.map((p) => nodeEndpoint(p).address),
+    ["10.0.0.1:4011", "10.0.0.2:4011"],
+  );
+
+  const sameHost = await issuesOf(twoHosts.replace("host: 10.0.0.2", "host: 10.0.0.1"));
+  hasIssue(sameHost, "participants.1.port", /^port 4011 is also used by participant1 on 10\.0\.0\.1$/);
+  const wildcard = await issuesOf(twoHosts.replace("host: 10.0.0.1", "host: 0.0.0.0"));
+  hasIssue(wildcard, "participants.1.port", /participant1 binds 0\.0\.0\.0: every address of the machine/);
+  // A wildcard with an address stands on the machine that address names.
+  const elsewhere = twoHosts.replace("host: 10.0.0.1 }", "host: 0.0.0.0, address: 10.0.0.1 }");
+  assert.equal((await load(elsewhere).loading).config.participants[0]?.host, "0.0.0.0");
+  const sameMachine = await issuesOf(elsewhere.replace("host: 10.0.0.2", "host: 10.0.0.1"));
+  hasIssue(sameMachine, "participants.1.port", /binds 0\.0\.0\.0: every address of 10\.0\.0\.1's machine/);
+  const localhost = await issuesOf(
+    EXAMPLE.replace(
+      "{ name: participant2, port: 4021 }",
+      "{ name: participant2, port: 4011, host: localhost }",
+    ),
+  );
+  hasIssue(localhost, "participants.1.port", /the same loopback/);
+  // Two nodes given one address: the others could not tell them apart.
+  const oneAddress = await issuesOf(
+    twoHosts.replace("host: 10.0.0.2 }", "host: 10.0.0.2, address: '10.0.0.1:4011' }"),
+  );
+  hasIssue(oneAddress, "participants.1.address", /^10\.0\.0\.1:4011 is also the address of participant1$/);
+});
+
+test("environment overrides set host and address", async () => {
+  const { config } = await load(EXAMPLE, {
+    env: {
+      LOCKSTEP_SYNCHRONIZER_SEQUENCER_HOST: "0.0.0.0",
+      LOCKSTEP_SYNCHRONIZER_SEQUENCER_ADDRESS: "seq.example:4001",
+      LOCKSTEP_PARTICIPANTS_1_HOST: "::1",
+    },
+  }).loading;
+  assert.equal(nodeEndpoint(config.synchronizer.sequencer).bindHost, "0.0.0.0");
+  assert.equal(nodeEndpoint(config.synchronizer.sequencer).url, "http://seq.example:4001");
+  assert.equal(nodeEndpoint(config.participants[1] as EndpointConfig).url, "http://[::1]:4021");
+
+  const error = await issuesOf(EXAMPLE, { env: { LOCKSTEP_PARTICIPANTS_0_HOST: "a b" } });
+  hasIssue(
+    error,
+    "participants.0.host",
+    /not an IP address or a host name .*\(from LOCKSTEP_PARTICIPANTS_0_HOST\)/,
+  );
 });

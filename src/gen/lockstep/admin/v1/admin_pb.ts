@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lockstep/admin/v1/admin.proto.
  */
 export const file_lockstep_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sb2Nrc3RlcC9hZG1pbi92MS9hZG1pbi5wcm90bxIRbG9ja3N0ZXAuYWRtaW4udjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI6CglOb2RlRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlbWVkeRgDIAEoCSK3AgoRR2V0U3RhdHVzUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEgwKBHJvbGUYAyABKAkSFQoNcG9zaXRpb25fanNvbhgEIAEoCRITCgtpbmNhcm5hdGlvbhgFIAEoCRIUCgx3cml0ZXJfZXBvY2gYBiABKAMSIwobZGVkdXBsaWNhdGlvbl9yZWNvdmVyeV9qc29uGAcgASgJEhwKFHJlcGxpY2F0aW9uX2ZpbmRpbmdzGAggAygJEjAKCmxhc3RfZXJyb3IYCSABKAsyHC5sb2Nrc3RlcC5hZG1pbi52MS5Ob2RlRXJyb3ISCwoDcGlkGAogASgFEhIKCnN0YXJ0ZWRfYXQYCyABKAkSDwoHdmVyc2lvbhgMIAEoCRIPCgdyZXBsaWNhGA0gASgJIhEKD1NodXRkb3duUmVxdWVzdCISChBTaHV0ZG93blJlc3BvbnNlMrsBCgxBZG1pblNlcnZpY2USVgoJR2V0U3RhdHVzEiMubG9ja3N0ZXAuYWRtaW4udjEuR2V0U3RhdHVzUmVxdWVzdBokLmxvY2tzdGVwLmFkbWluLnYxLkdldFN0YXR1c1Jlc3BvbnNlElMKCFNodXRkb3duEiIubG9ja3N0ZXAuYWRtaW4udjEuU2h1dGRvd25SZXF1ZXN0GiMubG9ja3N0ZXAuYWRtaW4udjEuU2h1dGRvd25SZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch1sb2Nrc3RlcC9hZG1pbi92MS9hZG1pbi5wcm90bxIRbG9ja3N0ZXAuYWRtaW4udjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI6CglOb2RlRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlbWVkeRgDIAEoCSK3AgoRR2V0U3RhdHVzUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEgwKBHJvbGUYAyABKAkSFQoNcG9zaXRpb25fanNvbhgEIAEoCRITCgtpbmNhcm5hdGlvbhgFIAEoCRIUCgx3cml0ZXJfZXBvY2gYBiABKAMSIwobZGVkdXBsaWNhdGlvbl9yZWNvdmVyeV9qc29uGAcgASgJEhwKFHJlcGxpY2F0aW9uX2ZpbmRpbmdzGAggAygJEjAKCmxhc3RfZXJyb3IYCSABKAsyHC5sb2Nrc3RlcC5hZG1pbi52MS5Ob2RlRXJyb3ISCwoDcGlkGAogASgFEhIKCnN0YXJ0ZWRfYXQYCyABKAkSDwoHdmVyc2lvbhgMIAEoCRIPCgdyZXBsaWNhGA0gASgJIhEKD1NodXRkb3duUmVxdWVzdCISChBTaHV0ZG93blJlc3BvbnNlIhMKEVN3aXRjaE92ZXJSZXF1ZXN0IioKElN3aXRjaE92ZXJSZXNwb25zZRIUCgx3cml0ZXJfZXBvY2gYASABKAMylgIKDEFkbWluU2VydmljZRJWCglHZXRTdGF0dXMSIy5sb2Nrc3RlcC5hZG1pbi52MS5HZXRTdGF0dXNSZXF1ZXN0GiQubG9ja3N0ZXAuYWRtaW4udjEuR2V0U3RhdHVzUmVzcG9uc2USUwoIU2h1dGRvd24SIi5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlcXVlc3QaIy5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlc3BvbnNlElkKClN3aXRjaE92ZXISJC5sb2Nrc3RlcC5hZG1pbi52MS5Td2l0Y2hPdmVyUmVxdWVzdBolLmxvY2tzdGVwLmFkbWluLnYxLlN3aXRjaE92ZXJSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * @generated from message lockstep.admin.v1.GetStatusRequest
@@ -164,6 +164,38 @@ export const ShutdownResponseSchema: GenMessage<ShutdownResponse> = /*@__PURE__*
   messageDesc(file_lockstep_admin_v1_admin, 4);
 
 /**
+ * @generated from message lockstep.admin.v1.SwitchOverRequest
+ */
+export type SwitchOverRequest = Message<"lockstep.admin.v1.SwitchOverRequest"> & {
+};
+
+/**
+ * Describes the message lockstep.admin.v1.SwitchOverRequest.
+ * Use `create(SwitchOverRequestSchema)` to create a new message.
+ */
+export const SwitchOverRequestSchema: GenMessage<SwitchOverRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_admin_v1_admin, 5);
+
+/**
+ * @generated from message lockstep.admin.v1.SwitchOverResponse
+ */
+export type SwitchOverResponse = Message<"lockstep.admin.v1.SwitchOverResponse"> & {
+  /**
+   * The writer epoch this process had while active; the process that takes over runs a higher one.
+   *
+   * @generated from field: int64 writer_epoch = 1;
+   */
+  writerEpoch: bigint;
+};
+
+/**
+ * Describes the message lockstep.admin.v1.SwitchOverResponse.
+ * Use `create(SwitchOverResponseSchema)` to create a new message.
+ */
+export const SwitchOverResponseSchema: GenMessage<SwitchOverResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_admin_v1_admin, 6);
+
+/**
  * The Admin API every node serves on its port (next to its own services).
  *
  * @generated from service lockstep.admin.v1.AdminService
@@ -188,6 +220,18 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ShutdownRequestSchema;
     output: typeof ShutdownResponseSchema;
+  },
+  /**
+   * Switch-over: an active process stops its node kind cleanly, releases the database lock and stays
+   * passive, so that another process of the node takes over. Answers once the lock is released.
+   * A process that is not active refuses with NODE_PASSIVE (a failed one with its error).
+   *
+   * @generated from rpc lockstep.admin.v1.AdminService.SwitchOver
+   */
+  switchOver: {
+    methodKind: "unary";
+    input: typeof SwitchOverRequestSchema;
+    output: typeof SwitchOverResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_lockstep_admin_v1_admin, 0);

@@ -1,0 +1,60 @@
+import type { Db, DbSession, Queryable, QueryOptions, SqlParam, Tx } from "./db.ts";
+
+/**
+ * A view of a Db that stops working the moment `assertCurrent` throws: every statement, and every
+ * transaction's commit, checks it first. The node runtime hands one to each activation of a node kind
+ * and revokes it when the process loses its single-writer lock, so the kind stops writing at once,
+ * even in the middle of a transaction, instead of whenever its own stop() gets there.
+ *
+ * The pool and its life stay with the runtime: close() here is a no-op.
+ */
+export function fencedDb(db: Db, assertCurrent: () => void): Db {
+  return {
+    database: db.database,
+    ...fenced(db, assertCurrent),
+    transaction: (fn, options) =>
+      db.transaction(async (tx: Tx) => {
+        assertCurrent();
+        const result = await fn(fenced(tx, assertCurrent));
+        // Throwing here rolls back: no commit after the lock is gone.
+        assertCurrent();
+        return result;
+      }, options),
+    async session(): Promise<DbSession> {
+      assertCurrent();
+      const session = await db.session();
+      return {
+        ...fenced(session, assertCurrent),
+        listen: async (channel, onNotify) => {
+          assertCurrent();
+          return session.listen(channel, onNotify);
+        },
+        onError: (handler) => session.onError(handler),
+        release: (destroy) => session.release(destroy),
+      };
+    },
+    close: async () => {},
+  };
+}
+
+function fenced(target: Queryable, assertCurrent: () => void): Queryable {
+  // async: a refused call rejects (callers may .catch() it) rather than throw synchronously.
+  return {
+    async query<R extends object>(sql: string, params?: readonly SqlParam[], options?: QueryOptions) {
+      assertCurrent();
+      return target.query<R>(sql, params, options);
+    },
+    async one<R extends object>(sql: string, params?: readonly SqlParam[]) {
+      assertCurrent();
+      return target.one<R>(sql, params);
+    },
+    async maybeOne<R extends object>(sql: string, params?: readonly SqlParam[]) {
+      assertCurrent();
+      return target.maybeOne<R>(sql, params);
+    },
+    async execute(sql: string, params?: readonly SqlParam[]) {
+      assertCurrent();
+      return target.execute(sql, params);
+    },
+  };
+}

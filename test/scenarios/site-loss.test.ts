@@ -1,0 +1,306 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, test } from "node:test";
+import pg from "pg";
+import { stringify } from "yaml";
+import { fromConnectError } from "../../src/common/connect-errors.ts";
+import { freePort } from "../../src/common/loopback.ts";
+import { adminClient } from "../../src/node/clients.ts";
+import { processFiles, runningProcesses } from "../../src/node/process-files.ts";
+import { runLockstep } from "../support/cli.ts";
+import { type LedgerClients, ledgerClients } from "../support/ledger-client.ts";
+import { createIouCommand } from "../support/ledger-network.ts";
+import { startTestPostgres } from "../support/postgres.ts";
+import { type ReplicatedPostgres, startReplicatedPostgres } from "../support/replication.ts";
+import { createSites, type Forwarder, type Site, type Sites, sitesUnavailable } from "../support/sites.ts";
+import { waitFor } from "../support/wait.ts";
+
+// Site loss (issue 12, docs/operations.md "Two sites"): site A holds the primary of the sequencer's
+// and participant1's databases and runs both nodes; site B holds the standby; the mediator and
+// participant2 run in the root namespace ("elsewhere") on their own database. The sequencer is
+// reached through a service address (a forwarder standing for DNS or a load balancer) that the
+// operator points at the site that runs it; participant1 is reached at its site's own address.
+// Each site has its own config file: they differ in data-dir and in the host of the nodes that move.
+
+const skip = sitesUnavailable();
+const cleanups: (() => Promise<void>)[] = [];
+after(async () => {
+  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+});
+
+interface Ack {
+  commandId: string;
+  contractId: string;
+}
+
+interface TwoSites {
+  sites: Sites;
+  a: Site;
+  b: Site;
+  repl: ReplicatedPostgres;
+  sequencer: Forwarder;
+  config: { a: string; b: string; core: string };
+  dir: string;
+  ports: { sequencer: number; mediator: number; p1: number; p2: number };
+  p1At: (site: Site) => LedgerClients;
+  p2: LedgerClients;
+  alice: string;
+  bob: string;
+}
+
+/** SIGKILL every node process started from a data dir (the test's own, by pid). */
+function killNodes(dataDir: string): void {
+  for (const p of runningProcesses(dataDir)) {
+    try {
+      process.kill(p.pid, "SIGKILL");
+    } catch {
+      // gone
+    }
+  }
+}
+
+async function startTwoSites(replication: "sync" | "async"): Promise<TwoSites> {
+  const sites = await createSites(["a", "b"], { autoCleanup: false });
+  cleanups.push(() => sites.cleanup());
+  const [a, b] = [sites.get("a"), sites.get("b")];
+  const repl = await startReplicatedPostgres({
+    replication,
+    listenAddress: a.address,
+    standbyAddresses: [b.address],
+    netns: { primary: a.netns, standbys: [b.netns] },
+    autoCleanup: false,
+  });
+  cleanups.push(() => repl.cleanup());
+  for (const db of ["sequencer1", "participant1"]) await repl.createDatabase(db);
+  const core = await startTestPostgres({ autoCleanup: false });
+  cleanups.push(() => core.cleanup());
+  for (const db of ["mediator1", "participant2"]) await core.ensureDatabase(db);
+
+  const dir = mkdtempSync(join(tmpdir(), "lockstep-sites-"));
+  const ports = {
+    sequencer: await freePort(),
+    mediator: await freePort(),
+    p1: await freePort(),
+    p2: await freePort(),
+  };
+  const sequencer = await sites.forward(ports.sequencer, { host: a.address, port: ports.sequencer });
+  const siteConfig = (dataDir: string, site: Site) => ({
+    "data-dir": dataDir,
+    synchronizer: {
+      id: "sync1",
+      parameters: { "ledger-time-record-time-tolerance": "10s" },
+      sequencer: {
+        name: "sequencer1",
+        port: ports.sequencer,
+        host: site.address,
+        address: sequencer.address,
+        storage: { url: repl.primary.url("sequencer1") },
+      },
+      mediator: {
+        name: "mediator1",
+        port: ports.mediator,
+        storage: { url: core.connectionUrl("mediator1") },
+      },
+    },
+    participants: [
+      {
+        name: "participant1",
+        port: ports.p1,
+        host: site.address,
+        storage: { url: repl.primary.url("participant1") },
+      },
+      { name: "participant2", port: ports.p2, storage: { url: core.connectionUrl("participant2") } },
+    ],
+    backup: { repository: "backups" },
+  });
+  const config = { a: join(dir, "site-a.yaml"), b: join(dir, "site-b.yaml"), core: join(dir, "core.yaml") };
+  writeFileSync(config.a, stringify(siteConfig("data-a", a)));
+  writeFileSync(config.b, stringify(siteConfig("data-b", b)));
+  writeFileSync(config.core, stringify(siteConfig("data-core", a)));
+  cleanups.push(async () => {
+    for (const d of ["data-a", "data-b", "data-core"]) killNodes(join(dir, d));
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const start = async (site: Site | undefined, node: string, configPath: string) => {
+    const args = ["node", "start", node, "--detach", "--json", "--config", configPath];
+    const r = site ? await site.lockstep(args) : await runLockstep(args);
+    assert.equal(r.code, 0, `${node}: ${r.stdout}${r.stderr}`);
+  };
+  await start(a, "sequencer1", config.a);
+  await start(undefined, "mediator1", config.core);
+  await start(a, "participant1", config.a);
+  await start(undefined, "participant2", config.core);
+
+  const p1At = (site: Site) => ledgerClients(ports.p1, site.address);
+  const p2 = ledgerClients(ports.p2);
+  const allocate = async (clients: LedgerClients, hint: string) => {
+    const { party } = await clients.parties.allocateParty({ partyIdHint: hint });
+    for (const c of [p1At(a), p2]) {
+      await waitFor(`${party} known`, async () =>
+        (await c.parties.listParties({})).parties.some((p) => p.party === party) ? true : undefined,
+      );
+    }
+    return party;
+  };
+  const alice = await allocate(p1At(a), "alice");
+  const bob = await allocate(p2, "bob");
+  return { sites, a, b, repl, sequencer, config, dir, ports, p1At, p2, alice, bob };
+}
+
+/** Creates an Iou through `clients`; resolves once the participant acknowledged it (SubmitAndWait). */
+async function iou(
+  clients: LedgerClients,
+  commandId: string,
+  issuer: string,
+  owner: string,
+  amount = "1.00",
+) {
+  const r = await clients.commands.submitAndWait(
+    { commands: createIouCommand(commandId, issuer, owner, { amount }) },
+    { timeoutMs: 30_000 },
+  );
+  return { commandId, contractId: r.createdContractIds[0] as string };
+}
+
+/** Contract ids in a party's active contract set at a participant. */
+async function acs(clients: LedgerClients, party: string): Promise<Map<string, string>> {
+  const r = await clients.state.getActiveContracts({ parties: [party] }, { timeoutMs: 30_000 });
+  return new Map(r.contracts.map((c) => [c.contractId, JSON.stringify(c.arguments)]));
+}
+
+/** The operator promotes B's standby (as `pg_ctl promote` would); resolves once it is a primary. */
+async function promote(s: TwoSites): Promise<void> {
+  const client = new pg.Client({ connectionString: s.repl.standbys[0]?.url("postgres") });
+  await client.connect();
+  try {
+    // wait => true: returns once promoted (or false after 60 s).
+    const r = await client.query<{ promoted: boolean }>("SELECT pg_promote(true, 60) AS promoted");
+    assert.equal(r.rows[0]?.promoted, true, "B's standby promoted");
+  } finally {
+    await client.end();
+  }
+}
+
+/** `lockstep failover` run at site B (the node binds B's address), its JSON and the steps it printed. */
+async function failover(s: TwoSites, node: string, database: string) {
+  const target = s.repl.standbys[0]?.url(database) as string;
+  const r = await s.b.lockstep(["failover", node, "--to", target, "--json", "--config", s.config.b]);
+  return { ...r, target };
+}
+
+test("site loss with a live old writer: acknowledged transactions survive at B, the old writer is refused when the link heals", {
+  skip,
+}, async (t) => {
+  const s = await startTwoSites("sync");
+  const { a, b } = s;
+  const check = await runLockstep(["replication", "check", "participant1", "--json", "--config", s.config.a]);
+  assert.equal(check.code, 0, `synchronous standby: the check passes\n${check.stdout}${check.stderr}`);
+
+  // Traffic both ways, each acknowledged to its client.
+  const acked: Ack[] = [];
+  for (let i = 0; i < 3; i++) acked.push(await iou(s.p1At(a), `before-cut-p1-${i}`, s.alice, s.bob));
+  for (let i = 0; i < 2; i++) acked.push(await iou(s.p2, `before-cut-p2-${i}`, s.bob, s.alice));
+
+  await a.cut();
+  const cutAt = Date.now();
+
+  // Before promotion the target is a standby: refused, nothing started.
+  const early = await failover(s, "participant1", "participant1");
+  assert.equal(early.code, 3, early.stdout + early.stderr);
+  assert.equal(early.json<{ error: { code: string } }>().error.code, "FAILOVER_TARGET_NOT_PRIMARY");
+
+  await promote(s);
+
+  const seq = await failover(s, "sequencer1", "sequencer1");
+  assert.equal(seq.code, 0, seq.stdout + seq.stderr);
+  t.diagnostic(`failover sequencer1 (stderr):\n${seq.stderr.trim()}`);
+  const seqResult = seq.json<{
+    writerEpoch: string;
+    writerEpochBefore: string;
+    oldPrimaryFenced: { fenced: string };
+    configChange: { key: string; env: string };
+  }>();
+  assert.equal(seqResult.oldPrimaryFenced.fenced, "unreachable");
+  assert.ok(BigInt(seqResult.writerEpoch) > BigInt(seqResult.writerEpochBefore));
+  assert.equal(seqResult.configChange.key, "synchronizer.sequencer.storage.url");
+  // The operator points the sequencer's service address at site B.
+  s.sequencer.point({ host: b.address, port: s.ports.sequencer });
+
+  const p1 = await failover(s, "participant1", "participant1");
+  assert.equal(p1.code, 0, p1.stdout + p1.stderr);
+  const p1Result = p1.json<{
+    writerEpoch: string;
+    writerEpochBefore: string;
+    configChange: { env: string };
+  }>();
+  assert.equal(p1Result.configChange.env, "LOCKSTEP_PARTICIPANTS_0_STORAGE_URL");
+  assert.ok(BigInt(p1Result.writerEpoch) > BigInt(p1Result.writerEpochBefore));
+  t.diagnostic(`site A cut → both nodes active at B in ${((Date.now() - cutAt) / 1000).toFixed(1)} s`);
+
+  // Every acknowledged transaction is at B, in participant1's ledger.
+  const atB = s.p1At(b);
+  const ledgerB = await acs(atB, s.alice);
+  for (const ack of acked) assert.ok(ledgerB.has(ack.contractId), `${ack.commandId} is at B`);
+
+  // The network goes on: both directions commit through the sequencer at B.
+  const after1 = await waitFor(
+    "a command through participant1 at B",
+    () => iou(atB, "after-failover-p1", s.alice, s.bob),
+    60_000,
+    1000,
+  );
+  const after2 = await iou(s.p2, "after-failover-p2", s.bob, s.alice);
+  acked.push(after1, after2);
+
+  // The link heals: participant1's old process at A reaches the sequencer (at B) with its old
+  // writer epoch, is refused, and stops; status and log say why.
+  await a.heal();
+  const healedAt = Date.now();
+  const oldAdmin = adminClient(s.ports.p1, a.address);
+  const old = await waitFor(
+    "participant1's old process at A refused",
+    async () => {
+      const status = await oldAdmin.getStatus({}, { timeoutMs: 2000 });
+      return status.role === "failed" ? status : undefined;
+    },
+    60_000,
+    500,
+  );
+  assert.equal(old.lastError?.code, "STALE_WRITER_EPOCH", old.lastError?.message);
+  t.diagnostic(
+    `old participant1 at A refused ${((Date.now() - healedAt) / 1000).toFixed(1)} s after the link healed: ${old.lastError?.code}: ${old.lastError?.message}`,
+  );
+  const oldLog = readFileSync(processFiles(join(s.dir, "data-a"), "participant1").logFile, "utf8");
+  assert.match(oldLog, /STALE_WRITER_EPOCH/);
+  if (process.env.SITE_LOSS_LOG) writeFileSync(process.env.SITE_LOSS_LOG, oldLog);
+
+  // Nothing it does reaches the ledger: a submission to it is refused…
+  const refused = await s
+    .p1At(a)
+    .commands.submitAndWait(
+      { commands: createIouCommand("from-old-writer", s.alice, s.bob, { amount: "666.00" }) },
+      { timeoutMs: 30_000 },
+    )
+    .then(
+      () => "committed",
+      (error: unknown) => fromConnectError(error)?.code ?? String(error),
+    );
+  assert.equal(refused, "STALE_WRITER_EPOCH");
+  // …and once a later command committed at B (the sequencer orders everything), neither ledger has it.
+  acked.push(await iou(atB, "after-heal-p1", s.alice, s.bob));
+  for (const [where, clients, party] of [
+    ["participant1 at B", atB, s.alice],
+    ["participant2", s.p2, s.bob],
+  ] as const) {
+    const contracts = await acs(clients, party);
+    assert.deepEqual(
+      [...contracts.keys()].sort(),
+      acked.map((x) => x.contractId).sort(),
+      `${where} holds exactly the acknowledged transactions`,
+    );
+    assert.ok(![...contracts.values()].some((args) => args.includes("666")), `${where}: nothing from A`);
+  }
+});
