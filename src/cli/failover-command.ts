@@ -1,4 +1,5 @@
 import { appendFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Command } from "commander";
 import { parseDuration } from "../common/duration.ts";
 import { LockstepError } from "../common/errors.ts";
@@ -17,6 +18,9 @@ import { multiHostUrlProblem, parseMultiHostUrl } from "../storage/multi-host.ts
 import { describeServerUrl, probeServers } from "../storage/server-probe.ts";
 import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
 import { launchDetached } from "./node-launcher.ts";
+
+/** How long to wait for a moved member to subscribe at its sequencer before saying it has not. */
+const HEARD_TIMEOUT_MS = 30_000;
 
 interface FailoverOptions {
   to: string;
@@ -37,6 +41,8 @@ export interface FailoverResult {
   pid: number;
   address: string;
   logFile: string;
+  /** Whether the sequencer has heard the new epoch (then it refuses the old writer); null for the sequencer itself. */
+  heardBySequencer: boolean | null;
   /** The change the operator must make so that the next start uses the new primary. */
   configChange: StorageUrlKey & { value: string };
 }
@@ -153,27 +159,58 @@ export function registerFailoverCommand(program: Command): void {
         env: { [key.env]: opts.to },
       });
 
-      out.info(`[4/4] waiting for ${name} to be active`);
-      const status = await adminClient(entry.port, local).getStatus({}, { timeoutMs: 5000 });
-      if (status.role === "failed" && status.lastError) {
-        out.info(`      ${name} failed: ${status.lastError.code}: ${status.lastError.message}`);
-        out.info(`      remedy: ${status.lastError.remedy}`);
-        throw new LockstepError("NODE_START_FAILED", {
-          node: name,
-          reason: `${status.lastError.code}: ${status.lastError.message}`,
-          logFile: launched.logFile,
-        });
-      }
-      if (status.role !== "active") {
-        throw new LockstepError("NODE_START_FAILED", {
+      out.info(
+        `[4/4] waiting for ${name} to be active${entry.kind === "sequencer" ? "" : " and heard by its sequencer"}`,
+      );
+      const admin = adminClient(entry.port, local);
+      const failure = (status: {
+        role: string;
+        lastError?: { code: string; message: string; remedy: string };
+      }) => {
+        if (status.role === "failed" && status.lastError) {
+          out.info(`      ${name} failed: ${status.lastError.code}: ${status.lastError.message}`);
+          out.info(`      remedy: ${status.lastError.remedy}`);
+          return new LockstepError("NODE_START_FAILED", {
+            node: name,
+            reason: `${status.lastError.code}: ${status.lastError.message}`,
+            logFile: launched.logFile,
+          });
+        }
+        return new LockstepError("NODE_START_FAILED", {
           node: name,
           reason: `it is ${status.role}: another process of ${name} holds the lock on the target database (it keeps running, pid ${launched.pid})`,
           logFile: launched.logFile,
         });
-      }
+      };
+      const status = await admin.getStatus({}, { timeoutMs: 5000 });
+      if (status.role !== "active") throw failure(status);
       out.info(
         `      active, pid ${launched.pid}, writer epoch ${status.writerEpoch} (was ${checked.writerEpoch})`,
       );
+      // The sequencer refuses the old writer only once it has heard the new epoch: at the member's
+      // first subscription, whose resubscription check then passes.
+      let heardBySequencer: boolean | null = null;
+      if (entry.kind !== "sequencer") {
+        heardBySequencer = false;
+        const deadline = Date.now() + HEARD_TIMEOUT_MS;
+        while (Date.now() < deadline) {
+          const now = await admin.getStatus({}, { timeoutMs: 5000 });
+          if (now.role !== "active") throw failure(now);
+          const position = now.positionJson
+            ? (JSON.parse(now.positionJson) as { subscriptionCheck?: string })
+            : {};
+          if (position.subscriptionCheck === "passed") {
+            heardBySequencer = true;
+            break;
+          }
+          await sleep(500);
+        }
+        out.info(
+          heardBySequencer
+            ? `      subscribed at its sequencer with epoch ${status.writerEpoch}: the sequencer now refuses the old writer`
+            : `      not subscribed at its sequencer within ${HEARD_TIMEOUT_MS / 1000} s: the old writer is refused only once it is (is the sequencer running, and its address pointed at this site?)`,
+        );
+      }
 
       const result: FailoverResult = {
         node: name,
@@ -186,11 +223,17 @@ export function registerFailoverCommand(program: Command): void {
         pid: launched.pid,
         address: launched.address,
         logFile: launched.logFile,
+        heardBySequencer,
         configChange: { ...key, value: maskedUrl(opts.to) },
       };
       out.result(result, () =>
         [
-          `${name} is active on ${target} at ${launched.address} with writer epoch ${result.writerEpoch}; the sequencer refuses its old writer (epoch ${result.writerEpochBefore} or lower) from the moment it registers.`,
+          `${name} is active on ${target} at ${launched.address} with writer epoch ${result.writerEpoch}.`,
+          heardBySequencer === null
+            ? "Point the sequencer's address at this site now, then fail over the nodes of the old site."
+            : heardBySequencer
+              ? `The sequencer refuses the old writer (epoch ${result.writerEpochBefore}) from now on.`
+              : `The sequencer has not heard the new epoch yet: until it does, it would not refuse the old writer (epoch ${result.writerEpochBefore}).`,
           `old primary ${oldPrimary}: ${fenced.fenced === "asserted" ? "fenced, as the operator asserted (--old-primary-fenced)" : fenced.fenced}`,
           "",
           `Change the config now, on every site: ${key.key}: ${result.configChange.value}`,

@@ -233,7 +233,20 @@ export class NodeRuntime {
     if (service !== ADMIN_SERVICE && this.role !== "active") {
       throw new LockstepError("NODE_PASSIVE", { node: this.name });
     }
-    return next(request) as never;
+    if (service === ADMIN_SERVICE) return next(request) as never;
+    return next(request).catch((error: unknown) => this.passiveIfLockLost(error)) as never;
+  }
+
+  /**
+   * A call that failed because this process just lost its database connection, and with it the lock,
+   * is answered NODE_PASSIVE (retryable: send it to the active process; a command id makes that safe)
+   * rather than INTERNAL_ERROR. The loss may not be noticed yet, so an unexpected error asks the server.
+   */
+  private async passiveIfLockLost(error: unknown): Promise<never> {
+    if (error instanceof LockstepError && error.code !== "INTERNAL_ERROR") throw error;
+    if (this.holding) await this.stillHolding();
+    if (this.role === "passive") throw new LockstepError("NODE_PASSIVE", { node: this.name });
+    throw error;
   }
 
   /**
@@ -381,15 +394,8 @@ export class NodeRuntime {
    * that a process that lost it goes passive, as it should, instead of failed.
    */
   private async failUnlessLockLost(fence: KindInstance["fence"], error: ErrorJson): Promise<void> {
-    const lock = this.lock;
-    const verdict = this.holding && lock ? await verifyWithin(lock, LOCK_CHECK_TIMEOUT_MS) : "held";
-    if (fence.revoked) return; // the loss was handled meanwhile
-    if (verdict === "held") {
-      this.fail(error);
-      return;
-    }
-    if (lock === this.lock) this.dropLockSession();
-    this.lockLost(verdict);
+    if (this.holding) await this.stillHolding();
+    if (!fence.revoked) this.fail(error);
   }
 
   /** The instance created at start if it never ran, else a new one: an instance activates and stops once. */
@@ -417,17 +423,21 @@ export class NodeRuntime {
   }
 
   private async checkLock(): Promise<void> {
+    if (this.holding && (await this.stillHolding())) this.scheduleCheck();
+  }
+
+  /** Asks the server whether this process still holds the lock; a loss is handled here (lockLost). */
+  private async stillHolding(): Promise<boolean> {
     const lock = this.lock;
-    if (!this.holding || !lock) return;
+    if (!this.holding || !lock) return false;
     const verdict = await verifyWithin(lock, LOCK_CHECK_TIMEOUT_MS);
-    if (!this.holding || lock !== this.lock) return; // given up or lost meanwhile
-    if (verdict !== "held") {
+    if (verdict === "held") return this.holding;
+    if (this.holding && lock === this.lock) {
       // The session may still look alive (a silent network): drop it, so the lock cannot linger with us.
       this.dropLockSession();
       this.lockLost(verdict);
-      return;
     }
-    this.scheduleCheck();
+    return false;
   }
 
   /**

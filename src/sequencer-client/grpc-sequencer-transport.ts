@@ -9,11 +9,21 @@ import type { SendBatchOutcome, SequencerTransport } from "./sequencer-transport
 import { fetchTopology } from "./topology-bootstrap.ts";
 
 /**
+ * How often the connection to the sequencer is checked while the subscription is open. A sequencer
+ * whose site is cut off sends nothing, not even a close: without this the member would wait on a
+ * dead stream indefinitely, and an old writer at a cut-off site would not learn, when the link comes
+ * back, that the sequencer now refuses it (docs/operations.md "What the fencing guarantees").
+ */
+const SEQUENCER_PING_MS = 5_000;
+
+/**
  * SequencerTransport over Connect (gRPC): RPC plumbing and error classification only. Every
  * failure becomes a LockstepError (sequencerCallError); everything else is the client's.
  */
 export function grpcSequencerTransport(sequencerUrl: string): SequencerTransport {
-  const rpc: Client<typeof SequencerService> = createNodeClient(SequencerService, sequencerUrl);
+  const rpc: Client<typeof SequencerService> = createNodeClient(SequencerService, sequencerUrl, {
+    pingIntervalMs: SEQUENCER_PING_MS,
+  });
   const call = <T>(fn: () => Promise<T>): Promise<T> => callSequencer(sequencerUrl, fn);
   return {
     getMemberEvent: (member, timestamp) => call(() => rpc.getMemberEvent({ member, timestamp })),

@@ -12,26 +12,7 @@ import {
   singleHostUrl,
 } from "./multi-host.ts";
 
-/**
- * A `Db` over the servers of a libpq multi-host URL (a Patroni cluster) that follows the one
- * accepting writes, around any single-server driver (kysely style: the driver opens one server,
- * this wrapper adds the choice of server).
- *
- * * On first use, and after a connection to the current server fails in a way a fail-over causes
- *   (refused, reset, administrator shutdown, `cannot execute … in a read-only transaction`), it probes
- *   every host (each within a short timeout) and routes new connections and sessions to the first one,
- *   in the URL's order, that is not in recovery and not read-only (`target_session_attrs=read-write`
- *   or `primary`; with `any`, the first that answers). While none does (Patroni has not promoted yet)
- *   calls wait for one, up to `leaderWaitMs`.
- * * A statement or transaction that was in flight on the lost server fails with DB_CONNECTION_LOST
- *   (retryable): its outcome is unknown, so only the caller may decide to run it again. A transaction
- *   that failed before its function ran (connecting or BEGIN) is run on the new server, as nothing of it
- *   ran.
- * * Sessions opened on a server that is given up report DB_CONNECTION_LOST through onError, if the
- *   server did not already break them: a session-scoped advisory lock held there guards nothing once
- *   another server accepts writes, so the node runtime must take it again (through session(), on the
- *   new server).
- */
+/** Options of createMultiHostDb (and writableServerUrl). */
 export interface MultiHostDbOptions {
   /** The libpq-style URL, e.g. postgresql://u@h1:5432,h2:5433/db?target_session_attrs=read-write. */
   url: string;
@@ -236,6 +217,26 @@ export async function writableServerUrl(options: MultiHostDbOptions): Promise<st
   return singleHostUrl(url, found.address);
 }
 
+/**
+ * A `Db` over the servers of a libpq multi-host URL (a Patroni cluster) that follows the one
+ * accepting writes, around any single-server driver (kysely style: the driver opens one server,
+ * this wrapper adds the choice of server).
+ *
+ * * On first use, and after a connection to the current server fails in a way a fail-over causes
+ *   (refused, reset, administrator shutdown, `cannot execute … in a read-only transaction`), it probes
+ *   every host (each within a short timeout) and routes new connections and sessions to the first one,
+ *   in the URL's order, that is not in recovery and not read-only (`target_session_attrs=read-write`
+ *   or `primary`; with `any`, the first that answers). While none does (Patroni has not promoted yet)
+ *   calls wait for one, up to `leaderWaitMs`.
+ * * A statement or transaction that was in flight on the lost server fails with DB_CONNECTION_LOST
+ *   (retryable): its outcome is unknown, so only the caller may decide to run it again. A statement
+ *   whose connection was refused, and a transaction that failed before its function ran (connecting
+ *   or BEGIN), go to the new server instead: nothing of them ran.
+ * * Sessions opened on a server that is given up report DB_CONNECTION_LOST through onError, if the
+ *   server did not already break them: a session-scoped advisory lock held there guards nothing once
+ *   another server accepts writes, so the node runtime must take it again (through session(), on the
+ *   new server).
+ */
 export function createMultiHostDb(options: MultiHostDbOptions): Db {
   const log = options.logger ?? silentLogger("multi-host-db");
   const finder = serverFinder(options, log);
@@ -325,8 +326,9 @@ export function createMultiHostDb(options: MultiHostDbOptions): Db {
       try {
         return await fn(at);
       } catch (error) {
+        const loss = involvesConnectionLoss(error);
         const translated = translate(at, error);
-        if (translated === error || !mayRetry(error) || Date.now() > deadline) throw translated;
+        if (!loss || !mayRetry(error) || Date.now() > deadline) throw translated;
         await (checking ?? sleep(probeIntervalMs));
       }
     }
@@ -362,10 +364,17 @@ export function createMultiHostDb(options: MultiHostDbOptions): Db {
 
     async session(): Promise<DbSession> {
       // Opening a session sends nothing of the caller's: retried on the next server until it opens.
-      return run(
-        async (at) => leaderSession(at, await at.db.session(), (error) => translate(at, error)),
-        isConnectionLoss,
-      );
+      const givenUp = (at: Server) => lost(`${at.label} was given up while the session opened`);
+      return run(async (at) => {
+        if (current !== at) throw givenUp(at);
+        const inner = await at.db.session();
+        // Given up while connecting: its sessions were told already, this one would be missed.
+        if (current !== at) {
+          inner.release(true);
+          throw givenUp(at);
+        }
+        return leaderSession(at, inner, (error) => translate(at, error));
+      }, isConnectionLoss);
     },
 
     async close(): Promise<void> {

@@ -153,6 +153,13 @@ export function createPgDb(options: PgDbOptions): Db {
           throw new LockstepError("INTERNAL_ERROR", { details: "transaction used after it ended" });
       });
       let broken: Error | undefined;
+      // A checked-out client whose connection dies between statements (server restart, a terminated
+      // backend) emits 'error'; the pool listens only while it is idle, and an unheard 'error' would
+      // crash the process. The next statement fails anyway, and the client is destroyed on release.
+      const onError = (error: Error) => {
+        broken ??= error;
+      };
+      client.on("error", onError);
       try {
         await client.query(beginStatement(txOptions));
         if (txOptions.synchronousCommit) await client.query("SET LOCAL synchronous_commit = on");
@@ -170,6 +177,7 @@ export function createPgDb(options: PgDbOptions): Db {
         }
         throw error;
       } finally {
+        client.off("error", onError);
         client.release(broken);
       }
     },

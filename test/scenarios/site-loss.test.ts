@@ -304,3 +304,104 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
     assert.ok(![...contracts.values()].some((args) => args.includes("666")), `${where}: nothing from A`);
   }
 });
+
+/** Resolves once B's standby has replayed everything the primary had written when called. */
+async function standbyCaughtUp(s: TwoSites): Promise<void> {
+  const [row] = await s.repl.admin<{ lsn: string }>("SELECT pg_current_wal_lsn()::text AS lsn");
+  const lsn = row?.lsn as string;
+  await waitFor("B's standby to catch up", async () => {
+    const client = new pg.Client({ connectionString: s.repl.standbys[0]?.url("postgres") });
+    await client.connect();
+    try {
+      const r = await client.query<{ behind: string }>(
+        "SELECT pg_wal_lsn_diff($1::pg_lsn, pg_last_wal_replay_lsn())::text AS behind",
+        [lsn],
+      );
+      return Number(r.rows[0]?.behind) <= 0 ? true : undefined;
+    } finally {
+      await client.end();
+    }
+  });
+}
+
+test("site loss with asynchronous replication: the check reports it beforehand, and what was acknowledged after the standby fell behind is lost", {
+  skip,
+}, async (t) => {
+  const s = await startTwoSites("async");
+  const { a, b } = s;
+  // Beforehand: the check says so, for both nodes whose primary is at A.
+  for (const node of ["sequencer1", "participant1"]) {
+    const check = await runLockstep(["replication", "check", node, "--json", "--config", s.config.a]);
+    assert.equal(
+      check.code,
+      3,
+      `${node}: an asynchronous standby is a finding\n${check.stdout}${check.stderr}`,
+    );
+    const report = check.json<{ ok: boolean; findings: { kind: string; message: string }[] }>();
+    assert.equal(report.ok, false);
+    assert.ok(report.findings.some((f) => f.kind === "synchronous-standby-names"));
+    t.diagnostic(`${node}: ${report.findings.map((f) => `${f.kind}: ${f.message}`).join(" | ")}`);
+  }
+
+  const replicated: Ack[] = [];
+  replicated.push(await iou(s.p1At(a), "replicated-p1", s.alice, s.bob));
+  replicated.push(await iou(s.p2, "replicated-p2", s.bob, s.alice));
+  await standbyCaughtUp(s);
+
+  // The link between the sites fails first: A goes on acknowledging, its standby no longer follows.
+  await s.sites.partition("a", "b");
+  const unreplicated: Ack[] = [];
+  unreplicated.push(await iou(s.p1At(a), "unreplicated-p1", s.alice, s.bob));
+  unreplicated.push(await iou(s.p2, "unreplicated-p2", s.bob, s.alice));
+
+  // B promoted while A still runs: from where A's primary still answers, fail-over is refused (two
+  // writable copies of one node's database is the split brain the check exists for).
+  await promote(s);
+  const target = s.repl.standbys[0]?.url("participant1") as string;
+  const refused = await runLockstep([
+    "failover",
+    "participant1",
+    "--to",
+    target,
+    "--json",
+    "--config",
+    s.config.b,
+  ]);
+  assert.equal(refused.code, 3, refused.stdout + refused.stderr);
+  assert.equal(refused.json<{ error: { code: string } }>().error.code, "FAILOVER_OLD_PRIMARY_LIVE");
+
+  await a.cut();
+  const seq = await failover(s, "sequencer1", "sequencer1");
+  assert.equal(seq.code, 0, seq.stdout + seq.stderr);
+  s.sequencer.point({ host: b.address, port: s.ports.sequencer });
+  const p1 = await failover(s, "participant1", "participant1");
+  assert.equal(p1.code, 0, p1.stdout + p1.stderr);
+
+  // What is lost: every transaction acknowledged after the standby fell behind is missing at B.
+  const ledgerB = await acs(s.p1At(b), s.alice);
+  const lost = [...replicated, ...unreplicated].filter((x) => !ledgerB.has(x.contractId));
+  t.diagnostic(`acknowledged but lost at B: ${lost.map((x) => x.commandId).join(", ") || "none"}`);
+  assert.deepEqual(
+    lost.map((x) => x.commandId),
+    unreplicated.map((x) => x.commandId),
+  );
+  // participant2 and the mediator are not at A: they received those events, the sequencer at B
+  // never had them. Resubscribing there, they find its history differs from theirs and stop on it
+  // (docs/design.md §2, fork detection) instead of going on with ledgers that disagree.
+  for (const [node, port] of [
+    ["participant2", s.ports.p2],
+    ["mediator1", s.ports.mediator],
+  ] as const) {
+    const stopped = await waitFor(
+      `${node} to report the sequencer's lost history`,
+      async () => {
+        const status = await adminClient(port).getStatus({}, { timeoutMs: 2000 });
+        return status.role === "failed" ? status : undefined;
+      },
+      60_000,
+      500,
+    );
+    assert.equal(stopped.lastError?.code, "SEQUENCER_FORK_DETECTED", stopped.lastError?.message);
+    t.diagnostic(`${node}: ${stopped.lastError?.code}: ${stopped.lastError?.message}`);
+  }
+});

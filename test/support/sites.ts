@@ -7,7 +7,7 @@
  *
  *   const skip = sitesUnavailable();                  // not root, no `ip`: skip with this message
  *   const sites = await createSites(["a", "b"]);      // removed by an `after` hook, or cleanup()
- *   await repl = startReplicatedPostgres({ listenAddress: sites.get("a").address, netns: {…} });
+ *   const repl = await startReplicatedPostgres({ listenAddress: sites.get("a").address, netns: {…} });
  *   await sites.get("a").lockstep(["node", "start", "sequencer1", "--detach", …]);
  *   await sites.get("a").cut(); … await sites.get("a").heal();
  *
@@ -86,6 +86,13 @@ export interface Sites {
   readonly serviceAddress: string;
   /** Listens on serviceAddress:port and forwards to `target`. */
   forward(port: number, target: { host: string; port: number }): Promise<Forwarder>;
+  /**
+   * Cuts the path between two sites only (blackhole routes in both): each still reaches the root
+   * namespace, e.g. the replication link fails while clients still reach the primary.
+   */
+  partition(x: string, y: string): Promise<void>;
+  /** Removes what partition(x, y) added. */
+  rejoin(x: string, y: string): Promise<void>;
   /** Closes forwarders, kills what still runs in the sites, removes links, namespaces, addresses. Idempotent. */
   cleanup(): Promise<void>;
 }
@@ -310,20 +317,41 @@ export async function createSites(names: string[], options: { autoCleanup?: bool
       await ip(["-n", site.netns, "addr", "add", `${site.address}/30`, "dev", inside]);
       await ip(["-n", site.netns, "link", "set", inside, "up"]);
       await ip(["-n", site.netns, "route", "add", "default", "via", site.gateway]);
+      // Cut off, the site's own processes get "network unreachable" at once, as a host whose uplink
+      // lost carrier does, rather than packets queued into a dead link: their retries stay short.
+      await ip([
+        "netns",
+        "exec",
+        site.netns,
+        "sh",
+        "-c",
+        "echo 1 > /proc/sys/net/ipv4/conf/all/ignore_routes_with_linkdown",
+      ]);
     }
   } catch (error) {
     await cleanup();
     throw error;
   }
   if (options.autoCleanup !== false) after(cleanup);
+  const get = (name: string) => {
+    const site = sites.find((s) => s.name === name);
+    if (!site) throw new Error(`no site ${name}`);
+    return site;
+  };
 
   return {
     sites,
     serviceAddress,
-    get(name) {
-      const site = sites.find((s) => s.name === name);
-      if (!site) throw new Error(`no site ${name}`);
-      return site;
+    get,
+    async partition(x, y) {
+      const [from, to] = [get(x), get(y)];
+      await ip(["-n", from.netns, "route", "add", "blackhole", `${to.address}/32`]);
+      await ip(["-n", to.netns, "route", "add", "blackhole", `${from.address}/32`]);
+    },
+    async rejoin(x, y) {
+      const [from, to] = [get(x), get(y)];
+      await ip(["-n", from.netns, "route", "del", "blackhole", `${to.address}/32`]);
+      await ip(["-n", to.netns, "route", "del", "blackhole", `${from.address}/32`]);
     },
     async forward(port, target) {
       const server = createServer();
