@@ -1,6 +1,7 @@
 import { appendFileSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Command } from "commander";
+import type { NodeEntry } from "../common/config-schema.ts";
 import { parseDuration } from "../common/duration.ts";
 import { LockstepError } from "../common/errors.ts";
 import { LOOPBACK } from "../common/loopback.ts";
@@ -12,12 +13,14 @@ import {
   type OldPrimaryVerdict,
   type StorageUrlKey,
   storageUrlKey,
+  type TargetVerdict,
 } from "../node/failover-checks.ts";
 import { ensureProcessDirs, livePid, processFiles } from "../node/process-files.ts";
 import { multiHostUrlProblem, parseMultiHostUrl } from "../storage/multi-host.ts";
 import { describeServerUrl, probeServers } from "../storage/server-probe.ts";
 import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
-import { launchDetached } from "./node-launcher.ts";
+import { type LaunchedNode, launchDetached } from "./node-launcher.ts";
+import type { Output } from "./output.ts";
 
 /** How long to wait for a moved member to subscribe at its sequencer before saying it has not. */
 const HEARD_TIMEOUT_MS = 30_000;
@@ -32,6 +35,7 @@ interface FailoverOptions {
 export interface FailoverResult {
   node: string;
   kind: string;
+  /** `host:port/database` of the new and the old primary (never with credentials). */
   target: string;
   oldPrimary: string;
   oldPrimaryFenced: OldPrimaryVerdict;
@@ -41,16 +45,17 @@ export interface FailoverResult {
   pid: number;
   address: string;
   logFile: string;
-  /** Whether the sequencer has heard the new epoch (then it refuses the old writer); null for the sequencer itself. */
+  /** Whether the sequencer has heard the new epoch (it then refuses the old writer); null for the sequencer itself. */
   heardBySequencer: boolean | null;
   /** The change the operator must make so that the next start uses the new primary. */
   configChange: StorageUrlKey & { value: string };
 }
 
+type AdminStatus = Awaited<ReturnType<ReturnType<typeof adminClient>["getStatus"]>>;
+
 /** The URL as the operator may see it again: the password, if any, masked. */
 function maskedUrl(url: string): string {
-  const { password } = parseMultiHostUrl(url);
-  if (password === undefined) return url;
+  if (parseMultiHostUrl(url).password === undefined) return url;
   return url.replace(/^(postgres(?:ql)?:\/\/[^:@/]*):[^@/]*@/, "$1:****@");
 }
 
@@ -59,7 +64,8 @@ function maskedUrl(url: string): string {
  * the site the node moves to: the target must be a promoted primary holding the node's database,
  * the old primary (the configured storage.url) unreachable, a standby or read-only, unless the
  * operator says it is fenced; then the node starts in the background on the target, with storage.url
- * overridden for this process only, and the command waits until it is active.
+ * overridden for its process only, and the command waits until it is active (and, for a member,
+ * until its sequencer has heard the new writer epoch).
  */
 export function registerFailoverCommand(program: Command): void {
   program
@@ -86,12 +92,7 @@ export function registerFailoverCommand(program: Command): void {
       }
       const problem = multiHostUrlProblem(opts.to);
       if (problem) throw new LockstepError("INVALID_ARGUMENT", { details: `--to: ${problem}` });
-      let timeoutMs: number;
-      try {
-        timeoutMs = parseDuration(opts.timeout);
-      } catch (error) {
-        throw new LockstepError("INVALID_ARGUMENT", { details: `--timeout: ${(error as Error).message}` });
-      }
+      const timeoutMs = durationOption(opts.timeout);
       const target = describeServerUrl(opts.to);
       const oldPrimary = describeServerUrl(oldUrl);
       if (target === oldPrimary) {
@@ -99,33 +100,17 @@ export function registerFailoverCommand(program: Command): void {
           details: `--to names ${name}'s configured storage.url (${oldPrimary}): give the promoted replica's URL`,
         });
       }
-      const node = { name: entry.name, kind: entry.kind };
       const dataDir = loaded.config["data-dir"];
-      const { pidFile, logFile } = processFiles(dataDir, name);
-      const running = livePid(pidFile);
+      const running = livePid(processFiles(dataDir, name).pidFile);
       if (running) throw new LockstepError("NODE_ALREADY_RUNNING", { node: name, pid: running });
 
       out.info(`failover of ${entry.kind} ${name}: from ${oldPrimary} to ${target}`);
-      out.info(`[1/4] target ${target}: is it a promoted primary holding ${name}'s database?`);
-      const checked = checkTarget(node, target, await probeServers(opts.to, timeoutMs));
-      out.info(
-        `      yes: ${checked.host} is a primary; ${name}'s writer epoch there is ${checked.writerEpoch}`,
-      );
-
-      out.info(`[2/4] old primary ${oldPrimary}: unreachable, demoted or read-only?`);
-      const fenced = checkOldPrimary(
-        node,
+      const { checked, fenced } = await runChecks(out, entry, opts, {
+        target,
         oldPrimary,
-        await probeServers(oldUrl, timeoutMs),
-        Boolean(opts.oldPrimaryFenced),
-      );
-      for (const line of fenced.hosts) out.info(`      ${line}`);
-      if (fenced.fenced === "asserted") {
-        out.info("      it still takes writes; going on because --old-primary-fenced says it is fenced");
-      } else if (fenced.fenced === "unreachable") {
-        // Unreachable from here is not fenced for everyone: docs/operations.md says what to check.
-        out.info("      unreachable from here: make sure no client of the old site can still write to it");
-      }
+        oldUrl,
+        timeoutMs,
+      });
 
       const key = storageUrlKey(loaded.config, entry);
       const endpoint = nodeEndpoint(entry);
@@ -136,19 +121,10 @@ export function registerFailoverCommand(program: Command): void {
       );
       prepareDataDir(dataDir);
       ensureProcessDirs(dataDir);
-      // Recorded beside the node's own log lines, so the decision is on file with the node.
+      // On file beside the node's own log lines: who decided what, on which grounds.
       appendFileSync(
-        logFile,
-        `${JSON.stringify({
-          time: new Date().toISOString(),
-          msg: "lockstep failover",
-          node: name,
-          target,
-          oldPrimary,
-          oldPrimaryFenced: fenced.fenced,
-          oldPrimaryHosts: fenced.hosts,
-          assertedByOperator: fenced.asserted,
-        })}\n`,
+        processFiles(dataDir, name).logFile,
+        `${JSON.stringify({ time: new Date().toISOString(), msg: "lockstep failover", node: name, target, oldPrimary, oldPrimaryFenced: fenced })}\n`,
       );
       const launched = await launchDetached({
         configPath: loaded.path,
@@ -159,52 +135,18 @@ export function registerFailoverCommand(program: Command): void {
         env: { [key.env]: opts.to },
       });
 
-      out.info(
-        `[4/4] waiting for ${name} to be active${entry.kind === "sequencer" ? "" : " and heard by its sequencer"}`,
+      const member = entry.kind !== "sequencer";
+      out.info(`[4/4] waiting for ${name} to be active${member ? " and heard by its sequencer" : ""}`);
+      const { status, heardBySequencer } = await awaitActive(
+        out,
+        entry,
+        launched,
+        adminClient(entry.port, local),
       );
-      const admin = adminClient(entry.port, local);
-      const failure = (status: {
-        role: string;
-        lastError?: { code: string; message: string; remedy: string };
-      }) => {
-        if (status.role === "failed" && status.lastError) {
-          out.info(`      ${name} failed: ${status.lastError.code}: ${status.lastError.message}`);
-          out.info(`      remedy: ${status.lastError.remedy}`);
-          return new LockstepError("NODE_START_FAILED", {
-            node: name,
-            reason: `${status.lastError.code}: ${status.lastError.message}`,
-            logFile: launched.logFile,
-          });
-        }
-        return new LockstepError("NODE_START_FAILED", {
-          node: name,
-          reason: `it is ${status.role}: another process of ${name} holds the lock on the target database (it keeps running, pid ${launched.pid})`,
-          logFile: launched.logFile,
-        });
-      };
-      const status = await admin.getStatus({}, { timeoutMs: 5000 });
-      if (status.role !== "active") throw failure(status);
       out.info(
         `      active, pid ${launched.pid}, writer epoch ${status.writerEpoch} (was ${checked.writerEpoch})`,
       );
-      // The sequencer refuses the old writer only once it has heard the new epoch: at the member's
-      // first subscription, whose resubscription check then passes.
-      let heardBySequencer: boolean | null = null;
-      if (entry.kind !== "sequencer") {
-        heardBySequencer = false;
-        const deadline = Date.now() + HEARD_TIMEOUT_MS;
-        while (Date.now() < deadline) {
-          const now = await admin.getStatus({}, { timeoutMs: 5000 });
-          if (now.role !== "active") throw failure(now);
-          const position = now.positionJson
-            ? (JSON.parse(now.positionJson) as { subscriptionCheck?: string })
-            : {};
-          if (position.subscriptionCheck === "passed") {
-            heardBySequencer = true;
-            break;
-          }
-          await sleep(500);
-        }
+      if (heardBySequencer !== null) {
         out.info(
           heardBySequencer
             ? `      subscribed at its sequencer with epoch ${status.writerEpoch}: the sequencer now refuses the old writer`
@@ -226,19 +168,101 @@ export function registerFailoverCommand(program: Command): void {
         heardBySequencer,
         configChange: { ...key, value: maskedUrl(opts.to) },
       };
-      out.result(result, () =>
-        [
-          `${name} is active on ${target} at ${launched.address} with writer epoch ${result.writerEpoch}.`,
-          heardBySequencer === null
-            ? "Point the sequencer's address at this site now, then fail over the nodes of the old site."
-            : heardBySequencer
-              ? `The sequencer refuses the old writer (epoch ${result.writerEpochBefore}) from now on.`
-              : `The sequencer has not heard the new epoch yet: until it does, it would not refuse the old writer (epoch ${result.writerEpochBefore}).`,
-          `old primary ${oldPrimary}: ${fenced.fenced === "asserted" ? "fenced, as the operator asserted (--old-primary-fenced)" : fenced.fenced}`,
-          "",
-          `Change the config now, on every site: ${key.key}: ${result.configChange.value}`,
-          `(until then this process runs with ${key.env}; a restart with the old config would go back to ${oldPrimary})`,
-        ].join("\n"),
-      );
+      out.result(result, () => resultText(result));
     });
+}
+
+function durationOption(value: string): number {
+  try {
+    return parseDuration(value);
+  } catch (error) {
+    throw new LockstepError("INVALID_ARGUMENT", { details: `--timeout: ${(error as Error).message}` });
+  }
+}
+
+/** Steps 1 and 2: the target, then the old primary; each refusal is thrown with its code. */
+async function runChecks(
+  out: Output,
+  entry: NodeEntry,
+  opts: FailoverOptions,
+  at: { target: string; oldPrimary: string; oldUrl: string; timeoutMs: number },
+): Promise<{ checked: TargetVerdict; fenced: OldPrimaryVerdict }> {
+  const node = { name: entry.name, kind: entry.kind };
+  out.info(`[1/4] target ${at.target}: is it a promoted primary holding ${entry.name}'s database?`);
+  const checked = checkTarget(node, at.target, await probeServers(opts.to, at.timeoutMs));
+  out.info(
+    `      yes: ${checked.host} is a primary; ${entry.name}'s writer epoch there is ${checked.writerEpoch}`,
+  );
+
+  out.info(`[2/4] old primary ${at.oldPrimary}: unreachable, demoted or read-only?`);
+  const probes = await probeServers(at.oldUrl, at.timeoutMs);
+  const fenced = checkOldPrimary(node, at.oldPrimary, probes, Boolean(opts.oldPrimaryFenced));
+  for (const line of fenced.hosts) out.info(`      ${line}`);
+  if (fenced.fenced === "asserted") {
+    out.info("      it still takes writes; going on because --old-primary-fenced says it is fenced");
+  } else if (fenced.fenced === "unreachable") {
+    // Unreachable from here is not fenced for everyone (docs/operations.md, runbook step 1).
+    out.info("      unreachable from here: make sure no client of the old site can still write to it");
+  }
+  return { checked, fenced };
+}
+
+/**
+ * Step 4: the node must be active (not passive behind another process on the target, not failed);
+ * a member then until its first subscription at the sequencer passed its check, which is when the
+ * sequencer has recorded the new epoch and refuses the old writer.
+ */
+async function awaitActive(
+  out: Output,
+  entry: NodeEntry,
+  launched: LaunchedNode,
+  admin: ReturnType<typeof adminClient>,
+): Promise<{ status: AdminStatus; heardBySequencer: boolean | null }> {
+  const refused = (status: AdminStatus) => {
+    if (status.role === "failed" && status.lastError) {
+      out.info(`      ${entry.name} failed: ${status.lastError.code}: ${status.lastError.message}`);
+      out.info(`      remedy: ${status.lastError.remedy}`);
+    }
+    return new LockstepError("NODE_START_FAILED", {
+      node: entry.name,
+      reason:
+        status.role === "failed" && status.lastError
+          ? `${status.lastError.code}: ${status.lastError.message}`
+          : `it is ${status.role}: another process of ${entry.name} holds the lock on the target database (it keeps running, pid ${launched.pid})`,
+      logFile: launched.logFile,
+    });
+  };
+  const status = await admin.getStatus({}, { timeoutMs: 5000 });
+  if (status.role !== "active") throw refused(status);
+  if (entry.kind === "sequencer") return { status, heardBySequencer: null };
+  const deadline = Date.now() + HEARD_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    const now = await admin.getStatus({}, { timeoutMs: 5000 });
+    if (now.role !== "active") throw refused(now);
+    const position = now.positionJson ? (JSON.parse(now.positionJson) as { subscriptionCheck?: string }) : {};
+    if (position.subscriptionCheck === "passed") return { status, heardBySequencer: true };
+    await sleep(500);
+  }
+  return { status, heardBySequencer: false };
+}
+
+function resultText(r: FailoverResult): string {
+  const next =
+    r.heardBySequencer === null
+      ? "Point the sequencer's address at this site now, then fail over the other nodes of the old site."
+      : r.heardBySequencer
+        ? `The sequencer refuses the old writer (epoch ${r.writerEpochBefore}) from now on.`
+        : `The sequencer has not heard the new epoch yet: until it does, it does not refuse the old writer (epoch ${r.writerEpochBefore}).`;
+  const fenced =
+    r.oldPrimaryFenced.fenced === "asserted"
+      ? "fenced, as the operator asserted (--old-primary-fenced)"
+      : r.oldPrimaryFenced.fenced;
+  return [
+    `${r.node} is active on ${r.target} at ${r.address} with writer epoch ${r.writerEpoch}.`,
+    next,
+    `old primary ${r.oldPrimary}: ${fenced}`,
+    "",
+    `Change the config now, on every site: ${r.configChange.key}: ${r.configChange.value}`,
+    `(until then this process runs with ${r.configChange.env}; a restart with the old config would go back to ${r.oldPrimary})`,
+  ].join("\n");
 }

@@ -243,7 +243,9 @@ export class NodeRuntime {
    * rather than INTERNAL_ERROR. The loss may not be noticed yet, so an unexpected error asks the server.
    */
   private async passiveIfLockLost(error: unknown): Promise<never> {
-    if (error instanceof LockstepError && error.code !== "INTERNAL_ERROR") throw error;
+    // Only errors a lost connection may cause: unexpected ones, and DB_CONNECTION_LOST (multi-host URLs).
+    const code = error instanceof LockstepError ? error.code : undefined;
+    if (code !== undefined && code !== "INTERNAL_ERROR" && code !== "DB_CONNECTION_LOST") throw error;
     if (this.holding) await this.stillHolding();
     if (this.role === "passive") throw new LockstepError("NODE_PASSIVE", { node: this.name });
     throw error;

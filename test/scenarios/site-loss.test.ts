@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { type TestContext, test } from "node:test";
 import pg from "pg";
 import { stringify } from "yaml";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
@@ -23,12 +23,20 @@ import { waitFor } from "../support/wait.ts";
 // reached through a service address (a forwarder standing for DNS or a load balancer) that the
 // operator points at the site that runs it; participant1 is reached at its site's own address.
 // Each site has its own config file: they differ in data-dir and in the host of the nodes that move.
+// The runbook is docs/operations.md's; the second test runs it on asynchronous replication.
 
 const skip = sitesUnavailable();
-const cleanups: (() => Promise<void>)[] = [];
-after(async () => {
-  for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
-});
+
+/** What a test started, stopped in reverse order when it ends (t.after), whether it passed or not. */
+type Cleanups = (() => Promise<void>)[];
+
+function cleanUpAfter(t: TestContext): Cleanups {
+  const cleanups: Cleanups = [];
+  t.after(async () => {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+  });
+  return cleanups;
+}
 
 interface Ack {
   commandId: string;
@@ -61,7 +69,8 @@ function killNodes(dataDir: string): void {
   }
 }
 
-async function startTwoSites(replication: "sync" | "async"): Promise<TwoSites> {
+async function startTwoSites(t: TestContext, replication: "sync" | "async"): Promise<TwoSites> {
+  const cleanups = cleanUpAfter(t);
   const sites = await createSites(["a", "b"], { autoCleanup: false });
   cleanups.push(() => sites.cleanup());
   const [a, b] = [sites.get("a"), sites.get("b")];
@@ -194,7 +203,7 @@ async function failover(s: TwoSites, node: string, database: string) {
 test("site loss with a live old writer: acknowledged transactions survive at B, the old writer is refused when the link heals", {
   skip,
 }, async (t) => {
-  const s = await startTwoSites("sync");
+  const s = await startTwoSites(t, "sync");
   const { a, b } = s;
   const check = await runLockstep(["replication", "check", "participant1", "--json", "--config", s.config.a]);
   assert.equal(check.code, 0, `synchronous standby: the check passes\n${check.stdout}${check.stderr}`);
@@ -234,10 +243,13 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
   const p1Result = p1.json<{
     writerEpoch: string;
     writerEpochBefore: string;
+    heardBySequencer: boolean;
     configChange: { env: string };
   }>();
   assert.equal(p1Result.configChange.env, "LOCKSTEP_PARTICIPANTS_0_STORAGE_URL");
   assert.ok(BigInt(p1Result.writerEpoch) > BigInt(p1Result.writerEpochBefore));
+  // From here on the sequencer refuses the old writer: it has heard the new epoch.
+  assert.equal(p1Result.heardBySequencer, true, p1.stderr);
   t.diagnostic(`site A cut → both nodes active at B in ${((Date.now() - cutAt) / 1000).toFixed(1)} s`);
 
   // Every acknowledged transaction is at B, in participant1's ledger.
@@ -327,7 +339,7 @@ async function standbyCaughtUp(s: TwoSites): Promise<void> {
 test("site loss with asynchronous replication: the check reports it beforehand, and what was acknowledged after the standby fell behind is lost", {
   skip,
 }, async (t) => {
-  const s = await startTwoSites("async");
+  const s = await startTwoSites(t, "async");
   const { a, b } = s;
   // Beforehand: the check says so, for both nodes whose primary is at A.
   for (const node of ["sequencer1", "participant1"]) {
