@@ -14,10 +14,10 @@
  * Each is measured to the first Ledger API read answered (StateService.GetLedgerEnd) and to the first
  * command committed (CommandService.SubmitAndWait of an Iou), probing every 10 ms.
  *
- *   npm run bench:failover        # BENCH_RUNS=5 BENCH_SECTIONS=takeover
+ *   npm run bench:failover        # BENCH_RUNS=5 BENCH_SECTIONS=takeover,sync-standby
  *
- * Sections are independent and report into one table; the synchronous-standby throughput section
- * (ledger tx/s with a synchronous standby beside without it, goal ≥ 0.6×) is to be added here.
+ * Sections are independent and report into one table; `sync-standby` (bench/sync-standby.ts) is the
+ * ledger throughput with a synchronous standby beside the same without it (goal ≥ 0.6×).
  */
 
 import { spawn } from "node:child_process";
@@ -37,9 +37,10 @@ import { StateService } from "../src/gen/lockstep/ledger/v1/state_service_pb.ts"
 import { embeddedClusterDir } from "../src/node/node-database.ts";
 import { livePid, processFiles } from "../src/node/process-files.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
+import { syncStandbySection } from "./sync-standby.ts";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
-const SECTIONS = (process.env.BENCH_SECTIONS ?? "takeover").split(",");
+const SECTIONS = (process.env.BENCH_SECTIONS ?? "takeover,sync-standby").split(",");
 const PROBE_MS = 10;
 const NODE = "participant1";
 
@@ -304,10 +305,10 @@ async function main(): Promise<void> {
   console.log(
     `machine: ${cpus().length} cpus (${cpus()[0]?.model ?? "?"}), ${(totalmem() / 2 ** 30).toFixed(1)} GiB, node ${process.version}; load average ${readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" ")}`,
   );
-  const network = await startNetwork();
   for (const section of SECTIONS) {
-    if (section === "takeover") await takeoverSection(network);
-    else throw new Error(`unknown section ${section} (known: takeover)`);
+    if (section === "takeover") await takeoverSection(await startNetwork());
+    else if (section === "sync-standby") figures.push(...(await syncStandbySection()));
+    else throw new Error(`unknown section ${section} (known: takeover, sync-standby)`);
   }
   console.log("\n| section | figure | median | min | max | runs | goal |\n|---|---|---|---|---|---|---|");
   for (const f of figures) {
