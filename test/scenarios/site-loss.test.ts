@@ -272,22 +272,32 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
   await a.heal();
   const healedAt = Date.now();
   const oldAdmin = adminClient(s.ports.p1, a.address);
+  // Refused with STALE_WRITER_EPOCH once it reaches the sequencer and fails; or, if it lost its lock
+  // check while cut off (a loaded machine), passive: then it does not write at all, and taking the
+  // lock again would hit the same refusal. Either way it is never active again. (CI saw the
+  // passive case once under load; the refusal is the common one.)
+  let lastSeen = "";
   const old = await waitFor(
-    "participant1's old process at A refused",
+    "participant1's old process at A refused or passive",
     async () => {
       const status = await oldAdmin.getStatus({}, { timeoutMs: 2000 });
-      return status.role === "failed" ? status : undefined;
+      lastSeen = `${status.role} ${status.lastError?.code ?? ""}`;
+      return status.role === "failed" || status.role === "passive" ? status : undefined;
     },
     60_000,
     500,
-  );
-  assert.equal(old.lastError?.code, "STALE_WRITER_EPOCH", old.lastError?.message);
+  ).catch((error: unknown) => {
+    throw new Error(`${error} (last seen: ${lastSeen})`);
+  });
   t.diagnostic(
-    `old participant1 at A refused ${((Date.now() - healedAt) / 1000).toFixed(1)} s after the link healed: ${old.lastError?.code}: ${old.lastError?.message}`,
+    `old participant1 at A ${old.role} ${((Date.now() - healedAt) / 1000).toFixed(1)} s after the link healed: ${old.lastError?.code ?? ""} ${old.lastError?.message ?? ""}`,
   );
-  const oldLog = readFileSync(processFiles(join(s.dir, "data-a"), "participant1").logFile, "utf8");
-  assert.match(oldLog, /STALE_WRITER_EPOCH/);
-  if (process.env.SITE_LOSS_LOG) writeFileSync(process.env.SITE_LOSS_LOG, oldLog);
+  if (old.role === "failed") {
+    assert.equal(old.lastError?.code, "STALE_WRITER_EPOCH", old.lastError?.message);
+    const oldLog = readFileSync(processFiles(join(s.dir, "data-a"), "participant1").logFile, "utf8");
+    assert.match(oldLog, /STALE_WRITER_EPOCH/);
+    if (process.env.SITE_LOSS_LOG) writeFileSync(process.env.SITE_LOSS_LOG, oldLog);
+  }
 
   // Nothing it does reaches the ledger: a submission to it is refused…
   const refused = await s
@@ -300,7 +310,7 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
       () => "committed",
       (error: unknown) => fromConnectError(error)?.code ?? String(error),
     );
-  assert.equal(refused, "STALE_WRITER_EPOCH");
+  assert.equal(refused, old.role === "failed" ? "STALE_WRITER_EPOCH" : "NODE_PASSIVE");
   // …and once a later command committed at B (the sequencer orders everything), neither ledger has it.
   acked.push(await iou(atB, "after-heal-p1", s.alice, s.bob));
   for (const [where, clients, party] of [
