@@ -37,6 +37,7 @@ import { StateService } from "../src/gen/lockstep/ledger/v1/state_service_pb.ts"
 import { embeddedClusterDir } from "../src/node/node-database.ts";
 import { livePid, processFiles } from "../src/node/process-files.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
+import { createIouCommand } from "../test/support/ledger-network.ts";
 import { syncStandbySection } from "./sync-standby.ts";
 
 const RUNS = Number(process.env.BENCH_RUNS ?? 5);
@@ -161,20 +162,7 @@ async function untilServing(
   for (;;) {
     try {
       await commands.submitAndWait(
-        {
-          commands: {
-            userId: "bench-failover",
-            commandId,
-            actAs: [party],
-            command: {
-              case: "create",
-              value: {
-                template: "Iou",
-                createArguments: { issuer: party, owner: party, amount: "1.00", currency: "USD" },
-              },
-            },
-          },
-        },
+        { commands: createIouCommand(commandId, party, party, { userId: "bench-failover", amount: "1.00" }) },
         { timeoutMs: 30_000 },
       );
       return { read, command: performance.now() - since };

@@ -19,6 +19,7 @@ import { freePort } from "../src/common/loopback.ts";
 import { createNodeClient, nodeBaseUrl } from "../src/common/rpc-client.ts";
 import { CommandService } from "../src/gen/lockstep/ledger/v1/command_service_pb.ts";
 import { PartyManagementService } from "../src/gen/lockstep/ledger/v1/party_management_service_pb.ts";
+import { createIouCommand } from "../test/support/ledger-network.ts";
 import { startReplicatedPostgres } from "../test/support/replication.ts";
 
 const SECONDS = Number(process.env.BENCH_SYNC_SECONDS ?? 10);
@@ -43,20 +44,7 @@ async function throughput(port: number, party: string, phase: string): Promise<n
       const commandId = `${phase}-${client}-${seq++}`;
       try {
         await commands.submitAndWait(
-          {
-            commands: {
-              userId: "bench-sync",
-              commandId,
-              actAs: [party],
-              command: {
-                case: "create",
-                value: {
-                  template: "Iou",
-                  createArguments: { issuer: party, owner: party, amount: "1.00", currency: "USD" },
-                },
-              },
-            },
-          },
+          { commands: createIouCommand(commandId, party, party, { userId: "bench-sync", amount: "1.00" }) },
           { timeoutMs: 30_000 },
         );
         committed++;

@@ -3,7 +3,7 @@
  * members on loopback ports, each running its own PostgreSQL 15 as the `postgres` OS user when the
  * tests run as root, in synchronous mode (a commit waits for the sync standby, and Patroni promotes
  * only that standby: no acknowledged commit is lost in a fail-over). Measured on this kind of machine
- * (../shared/notes/field-notes.md): about 30 s until leader and sync standby, about 10 s from a killed
+ * (docs/operations.md, "Patroni"): about 30 s until leader and sync standby, about 10 s from a killed
  * leader to the promotion (ttl 10, loop_wait 2).
  *
  *   const cluster = await startPatroniCluster();          // at the top level of a test file
@@ -15,6 +15,7 @@
  * Everything is killed and removed by an `after` hook, by cleanup(), or on process exit, also when
  * the start fails half-way. Needs the Debian packages `patroni` and `etcd-server` (.ci/run installs them).
  */
+
 import { type ChildProcess, spawn } from "node:child_process";
 import {
   chownSync,
@@ -34,6 +35,7 @@ import { stringify } from "yaml";
 import { freePort, LOOPBACK } from "../../src/common/loopback.ts";
 import { findServerBinaries } from "../../src/storage/postgres-binaries.ts";
 import { isAlive, postgresOsUser, type RunAs } from "../../src/storage/server-process.ts";
+import { logTail } from "./log-tail.ts";
 import { waitFor } from "./wait.ts";
 
 const SCOPE = "lockstep-test";
@@ -127,11 +129,7 @@ class Member implements PatroniMember {
   }
 
   logTail(lines = 30): string {
-    try {
-      return readFileSync(this.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    } catch {
-      return "";
-    }
+    return logTail(this.logFile, lines);
   }
 }
 

@@ -12,6 +12,7 @@
  * caller set up), fixed ports. Servers run with fsync off (test speed; no machine crash is tested).
  * Everything is stopped and removed by an `after` hook, by `cleanup()`, or killed on process exit.
  */
+
 import { appendFileSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -20,6 +21,7 @@ import pg from "pg";
 import { freePort, LOOPBACK } from "../../src/common/loopback.ts";
 import { findServerBinaries } from "../../src/storage/postgres-binaries.ts";
 import { isAlive, postgresOsUser, type RunAs, run } from "../../src/storage/server-process.ts";
+import { logTail } from "./log-tail.ts";
 import { waitFor } from "./wait.ts";
 
 export interface ReplicatedPostgresOptions {
@@ -151,11 +153,7 @@ class Server implements TestPostgresServer {
   }
 
   logTail(lines = 20): string {
-    try {
-      return readFileSync(this.logFile, "utf8").trimEnd().split("\n").slice(-lines).join("\n");
-    } catch {
-      return "";
-    }
+    return logTail(this.logFile, lines);
   }
 }
 
