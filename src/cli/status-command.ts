@@ -24,6 +24,8 @@ export interface NodeStatusJson {
   deduplicationRecovery: Record<string, unknown> | null;
   /** The node's replication findings (docs/design.md §3); [] when it passes, skips or is not running. */
   replication: { kind: string; message: string; remedy: string }[];
+  /** Writer fencing of the activation before the active one (writer-fencing.ts); null when none. */
+  fencing: Record<string, unknown> | null;
   lastError: { code: string; message: string; remedy: string } | null;
   pid: number | null;
   /** Databases earlier restores replaced and kept (the way back); null when the database server is not reachable. */
@@ -82,6 +84,7 @@ export async function collectStatus(config: LockstepConfig, timeoutMs = 2000): P
           writerEpoch: s.writerEpoch.toString(),
           deduplicationRecovery: parseJson(s.deduplicationRecoveryJson),
           replication: s.replicationFindings.map(parseFinding),
+          fencing: parseJson(s.fencingJson),
           lastError: s.lastError?.code
             ? { code: s.lastError.code, message: s.lastError.message, remedy: s.lastError.remedy }
             : null,
@@ -98,6 +101,7 @@ export async function collectStatus(config: LockstepConfig, timeoutMs = 2000): P
         writerEpoch: null,
         deduplicationRecovery: null,
         replication: [],
+        fencing: null,
         lastError: null,
         pid: null,
       };

@@ -268,8 +268,18 @@ export const ERROR_DEFINITIONS = [
     Code.FailedPrecondition,
     "safety",
     false,
-    "Writer epoch {epoch} of {member} is older than the sequencer's {current}, or held by another activation of the node",
+    "Writer epoch {epoch} of {member} is older than {current}, the newest the sequencer or a newer activation of the node knows, or held by another activation of the node",
     "Another process of this node took over (or a copy of its database runs elsewhere); stop this process.",
+  ),
+  // Writer fencing (docs/operations.md): a FenceWriter notice whose MAC does not verify under this
+  // node's fence secret. The sender does not hold a copy of this node's database.
+  def(
+    "WRITER_FENCE_REJECTED",
+    Code.PermissionDenied,
+    "safety",
+    false,
+    "The fence notice for {node} from {sender} is not authenticated by this node's fence secret",
+    "The sender runs on another node's database, or on a database re-created from scratch: check its storage.url; nothing was stopped.",
   ),
   // Canton's id (SyncServiceInjectionError.NotConnectedToSynchronizer). Canton files it under
   // InvalidGivenCurrentSystemStateOther; ours is UNAVAILABLE and retryable because it is also what a

@@ -40,6 +40,16 @@ export function nodeEndpoint(node: NodeEntry | EndpointConfig, port?: number): N
   return { bindHost, bindPort, host, port: reachPort, address: joined, url: `http://${joined}` };
 }
 
+/**
+ * Where this very process is reached, for the next activation of the node to fence it
+ * (writer-fencing.ts): its bind address when concrete, since the configured `address` may be a
+ * service name that moves to the other site at a fail-over; the advertised address for a wildcard bind.
+ */
+export function processAddress(node: NodeEntry | EndpointConfig, port: number): string {
+  const endpoint = nodeEndpoint(node, port);
+  return isWildcardHost(endpoint.bindHost) ? endpoint.address : joinHostPort(endpoint.bindHost, port);
+}
+
 /** `http://host:port`, an IPv6 host in brackets. */
 export function httpUrl(host: string, port: number): string {
   return `http://${joinHostPort(host, port)}`;

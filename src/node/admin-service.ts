@@ -1,6 +1,10 @@
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
-import { AdminService, type GetStatusResponseSchema } from "../gen/lockstep/admin/v1/admin_pb.ts";
+import {
+  AdminService,
+  type FenceWriterRequest,
+  type GetStatusResponseSchema,
+} from "../gen/lockstep/admin/v1/admin_pb.ts";
 
 export interface AdminServiceImpl {
   status():
@@ -10,6 +14,8 @@ export interface AdminServiceImpl {
   shutdown(): Promise<void> | void;
   /** Makes the active process passive; resolves once its lock is released, with the epoch it had. */
   switchOver?(): Promise<{ writerEpoch: bigint }>;
+  /** Writer fencing: a newer activation of the node says this process is stale (writer-fencing.ts). */
+  fenceWriter?(request: FenceWriterRequest): Promise<{ outcome: string }>;
 }
 
 /** Registers lockstep.admin.v1.AdminService, which every node serves next to its own services. */
@@ -32,6 +38,7 @@ export function adminServiceRoutes(impl: AdminServiceImpl): (router: ConnectRout
       ...(impl.switchOver
         ? { switchOver: () => (impl.switchOver as () => Promise<{ writerEpoch: bigint }>)() }
         : {}),
+      ...(impl.fenceWriter ? { fenceWriter: impl.fenceWriter } : {}),
     });
   };
 }

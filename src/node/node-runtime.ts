@@ -3,27 +3,32 @@ import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import type { ErrorJson } from "../common/errors.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
-import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { nodeEndpoint, processAddress } from "../common/node-endpoint.ts";
 import type { NodeIdentity, NodeKindDefinition, NodeKindRuntime } from "../common/node-kind.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
-import { AdminService } from "../gen/lockstep/admin/v1/admin_pb.ts";
+import { AdminService, type FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import { lockIdForDatabase, SessionLock } from "../storage/advisory-lock.ts";
 import type { Db, DbSession } from "../storage/db.ts";
 import { fencedDb } from "../storage/fenced-db.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { adminServiceRoutes } from "./admin-service.ts";
+import { adminClient } from "./clients.ts";
 import type { HealthReport } from "./health.ts";
 import { KindRoutes } from "./kind-routes.ts";
 import { openNodeDatabase } from "./node-database.ts";
 import { NodeServer } from "./node-server.ts";
 import {
   bumpWriterEpoch,
+  databaseWriterEpoch,
   ensureNodeState,
+  fenceSecret,
   nodeStateMigrations,
+  type PreviousActivation,
   raiseWriterEpochAbove,
   unverifiedWriterEpoch,
 } from "./node-state.ts";
 import { ReplicationMonitor } from "./replication-monitor.ts";
+import { type FenceOutcome, receiveFence, WriterFencer } from "./writer-fencing.ts";
 
 const ADMIN_SERVICE = AdminService.typeName;
 
@@ -90,6 +95,7 @@ export interface NodeStatus {
   startedAt: string;
   version: string;
   replica: string;
+  fencingJson: string;
 }
 
 /**
@@ -117,6 +123,11 @@ export class NodeRuntime {
   /** After losing or giving up the lock, how long this process lets the others try first. */
   private readonly holdoffMs: number;
   private replication: ReplicationMonitor | undefined;
+  /** Writer fencing (writer-fencing.ts): the secret, this process's address, its own activation, its fencer. */
+  private fenceSecret: Buffer | undefined;
+  private address = "";
+  private activatedHere: string | undefined;
+  private fencer: WriterFencer | undefined;
   private readonly startedAt = new Date();
   private stopping: Promise<void> | undefined;
   private readonly stopped: Promise<void>;
@@ -169,6 +180,7 @@ export class NodeRuntime {
       await this.replication.start();
       await runMigrations(db, entry.kind, [...nodeStateMigrations, ...definition.migrations]);
       this.identity = await ensureNodeState(db, entry.name, entry.kind);
+      this.fenceSecret = await fenceSecret(db);
       this.instance = this.createInstance();
       const kind = this.instance.kind;
       this.server = new NodeServer({
@@ -183,11 +195,13 @@ export class NodeRuntime {
             status: () => this.status(),
             shutdown: () => void this.stop(),
             switchOver: () => this.switchOver(),
+            fenceWriter: (request) => this.fenceWriter(request),
           })(router);
           this.kindRoutes.register(router, (kindRouter) => kind.routes(kindRouter));
         },
       });
       this.port = await this.server.start();
+      this.address = processAddress(entry, this.port);
       this.log.info({ port: this.port }, "serving");
       await this.transition(() => this.takeLockOrWait());
     } catch (error) {
@@ -214,6 +228,7 @@ export class NodeRuntime {
     if (recoveryId === undefined) return;
     const record = await sequencerRecord();
     this.identity = await raiseWriterEpochAbove(db, recoveryId, record);
+    this.activatedHere = this.identity.writerActivation;
     this.log.info(
       { writerEpoch: this.identity.writerEpoch.toString(), sequencerRecord: record.toString() },
       "writer epoch raised above the sequencer's record after a restore",
@@ -350,9 +365,12 @@ export class NodeRuntime {
   private async activate(): Promise<void> {
     // From here on the lock is checked, and a loss fences whatever this activation started.
     this.scheduleCheck();
-    this.identity = await bumpWriterEpoch(this.db as Db);
+    const { previous, ...identity } = await bumpWriterEpoch(this.db as Db, this.address);
+    this.identity = identity;
+    this.activatedHere = identity.writerActivation;
     if (!this.holding || this.isStopping()) return;
     const instance = this.freshInstance();
+    this.fencePrevious(previous, instance);
     this.log.info({ writerEpoch: this.identity.writerEpoch.toString() }, "active");
     try {
       instance.activated = true;
@@ -492,6 +510,71 @@ export class NodeRuntime {
     });
   }
 
+  /**
+   * Tells the process of the activation this one replaced that it is stale, when it ran elsewhere
+   * (another address: another host, site, or replica port), in the background (writer-fencing.ts).
+   */
+  private fencePrevious(previous: PreviousActivation, instance: KindInstance): void {
+    this.fencer?.stop();
+    this.fencer = undefined;
+    if (!previous.activation || !previous.endpoint || previous.endpoint === this.address) return;
+    const identity = this.requireIdentity();
+    const [host, port] = splitAddress(previous.endpoint);
+    this.fencer = new WriterFencer({
+      notice: {
+        node: this.name,
+        targetActivation: previous.activation,
+        writerEpoch: identity.writerEpoch,
+        writerActivation: identity.writerActivation,
+        writerEndpoint: this.address,
+      },
+      secret: this.fenceSecret as Buffer,
+      target: previous.endpoint,
+      client: adminClient(port, host),
+      logger: this.log,
+      current: () => !instance.fence.revoked && !this.isStopping() && this.role !== "failed",
+    });
+    void this.fencer.start();
+  }
+
+  /**
+   * A FenceWriter notice from a newer activation of this node. When it judges this process stale,
+   * the process stops writing at once (its kind's database view is revoked, the lock session
+   * dropped) and fails with STALE_WRITER_EPOCH; it never tries the lock again.
+   */
+  async fenceWriter(request: FenceWriterRequest): Promise<{ outcome: FenceOutcome }> {
+    const { outcome, notice, databaseEpoch } = await receiveFence(
+      request,
+      { node: this.name, secret: this.fenceSecret, activation: this.activatedHere },
+      () => databaseWriterEpoch(this.db as Db),
+    );
+    this.log.info(
+      {
+        outcome,
+        from: notice.writerEndpoint,
+        epoch: notice.writerEpoch.toString(),
+        databaseEpoch: databaseEpoch?.toString(),
+      },
+      "fence notice from a newer activation of this node",
+    );
+    if (outcome !== "fenced" || this.role === "failed" || this.isStopping()) return { outcome };
+    clearTimeout(this.lockTimer);
+    if (this.instance) this.instance.fence.revoked = true;
+    this.holding = false;
+    this.fencer?.stop();
+    this.dropLockSession();
+    const own = this.identity?.writerEpoch ?? 0n;
+    this.fail(
+      new LockstepError("STALE_WRITER_EPOCH", {
+        member: this.name,
+        epoch: own.toString(),
+        current: `${notice.writerEpoch} (the activation at ${notice.writerEndpoint})`,
+      }).toJSON(),
+    );
+    void this.stopInstance();
+    return { outcome };
+  }
+
   /** A fatal error: the node keeps serving Admin API and health so status can name code and remedy. */
   private fail(error: ErrorJson): void {
     this.lastError = error;
@@ -527,6 +610,7 @@ export class NodeRuntime {
       startedAt: this.startedAt.toISOString(),
       version: LOCKSTEP_VERSION,
       replica: this.options.replica ?? "",
+      fencingJson: this.fencer ? JSON.stringify(this.fencer.report()) : "",
     };
   }
 
@@ -540,6 +624,7 @@ export class NodeRuntime {
     clearTimeout(this.lockTimer);
     // Stopping on purpose: the kind stops while the lock is still held, then the lock goes with its session.
     this.holding = false;
+    this.fencer?.stop();
     this.replication?.stop();
     const steps: [string, (() => Promise<void>) | undefined][] = [
       ["kind", this.instance && (() => this.stopInstance())],
@@ -588,4 +673,11 @@ async function verifyWithin(lock: SessionLock, timeoutMs: number): Promise<strin
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** `host:port` (IPv6 in brackets) as processAddress writes it. */
+function splitAddress(address: string): [string, number] {
+  const at = address.lastIndexOf(":");
+  const host = address.slice(0, at).replace(/^\[(.*)\]$/, "$1");
+  return [host, Number(address.slice(at + 1))];
 }

@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { newId } from "../common/ids.ts";
 import type { Migration, NodeIdentity } from "../common/node-kind.ts";
 import type { Db, Queryable } from "../storage/db.ts";
@@ -84,6 +85,17 @@ export const nodeStateMigrations: readonly Migration[] = [
     // The wrapper key the set's copy of the private keys is encrypted under (NULL: plain): the old
     // wrapper key retires only once a backup holds the store under the new one (docs/keys.md).
     sql: "ALTER TABLE backups_taken ADD COLUMN wrapper_fingerprint text;",
+  },
+  {
+    version: 6,
+    name: "writer_fencing",
+    // Where each activation runs, so that the next one (e.g. at the other site after a fail-over) can
+    // fence it, and the secret that authenticates that notice: only copies of this database hold it
+    // (writer-fencing.ts, docs/operations.md "What the fencing guarantees").
+    sql: `
+      ALTER TABLE node_state
+        ADD COLUMN writer_endpoint text NOT NULL DEFAULT '',
+        ADD COLUMN fence_secret bytea;`,
   },
 ];
 
@@ -178,7 +190,27 @@ export async function ensureNodeState(db: Db, name: string, kind: string): Promi
   if (row.node_name !== name || row.kind !== kind) {
     throw new NodeDatabaseMismatchError({ name, kind }, { name: row.node_name, kind: row.kind });
   }
+  // Once per database (a no-op after: it writes nothing, so it never waits for a standby).
+  await db.execute("UPDATE node_state SET fence_secret = $1 WHERE fence_secret IS NULL", [randomBytes(32)]);
   return toIdentity(row);
+}
+
+/** The secret that authenticates writer-fencing notices between copies of this database. */
+export async function fenceSecret(db: Queryable): Promise<Buffer> {
+  const row = await db.one<{ fence_secret: Buffer | null }>("SELECT fence_secret FROM node_state");
+  if (!row.fence_secret) throw new Error("node_state.fence_secret is not set (ensureNodeState runs first)");
+  return row.fence_secret;
+}
+
+/** The writer epoch the database carries now (a copy at another site may be ahead of this process). */
+export async function databaseWriterEpoch(db: Queryable): Promise<bigint> {
+  return (await db.one<{ writer_epoch: bigint }>("SELECT writer_epoch FROM node_state")).writer_epoch;
+}
+
+/** The activation a new one replaced: its id and where its process ran ('' when unknown). */
+export interface PreviousActivation {
+  activation: string;
+  endpoint: string;
 }
 
 interface IdentityRow {
@@ -199,17 +231,28 @@ function toIdentity(row: IdentityRow): NodeIdentity {
  * Every activation bumps the writer epoch, durably, before the node acts: the sequencer refuses
  * a lower epoch, so a forgotten writer at an old site cannot act after fail-over (docs/design.md §3).
  */
-export async function bumpWriterEpoch(db: Db): Promise<NodeIdentity> {
+export async function bumpWriterEpoch(
+  db: Db,
+  endpoint = "",
+): Promise<NodeIdentity & { previous: PreviousActivation }> {
   return db.transaction(
     async (tx) => {
       // A fresh activation id too: two copies of one database (restored twice from the same set)
-      // reach the same epoch, and the sequencer tells them apart by it.
-      const row = await tx.one<IdentityRow>(
-        `UPDATE node_state SET writer_epoch = writer_epoch + 1, writer_activation = $1, activated_at = now()
-         RETURNING incarnation, writer_epoch, writer_activation`,
-        [newId()],
+      // reach the same epoch, and the sequencer tells them apart by it. The CTE reads the row as it
+      // was: the activation this one replaces, which writer fencing notifies.
+      const row = await tx.one<IdentityRow & { previous_activation: string; previous_endpoint: string }>(
+        `WITH previous AS (SELECT writer_activation, writer_endpoint FROM node_state FOR UPDATE)
+         UPDATE node_state SET writer_epoch = writer_epoch + 1, writer_activation = $1,
+           writer_endpoint = $2, activated_at = now()
+         FROM previous
+         RETURNING incarnation, writer_epoch, node_state.writer_activation,
+           previous.writer_activation AS previous_activation, previous.writer_endpoint AS previous_endpoint`,
+        [newId(), endpoint],
       );
-      return toIdentity(row);
+      return {
+        ...toIdentity(row),
+        previous: { activation: row.previous_activation, endpoint: row.previous_endpoint },
+      };
     },
     { synchronousCommit: true },
   );

@@ -4,16 +4,14 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { validateConfig } from "../../src/common/config.ts";
-import { configNodes, type NodeEntry } from "../../src/common/config-schema.ts";
+import type { NodeEntry } from "../../src/common/config-schema.ts";
 import { LockstepError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/logging.ts";
-import type { NodeKindDefinition } from "../../src/common/node-kind.ts";
 import { NodeRuntime } from "../../src/node/node-runtime.ts";
-import type { Db } from "../../src/storage/db.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import { waitFor, waitUntil } from "../support/wait.ts";
+import { writerKind, writerNodeConfig } from "../support/writer-node.ts";
 
 // Single writer (docs/design.md §3) with a node kind that does nothing but write: rows tagged with the
 // writer epoch of the activation that wrote them, in a bigserial order. However the active process
@@ -24,35 +22,11 @@ const pg = await startTestPostgres();
 const database = "single_writer";
 await pg.ensureDatabase(database);
 const dataDir = mkdtempSync(join(tmpdir(), "lockstep-single-writer-"));
-const config = validateConfig({
-  "data-dir": dataDir,
-  synchronizer: {
-    id: "sync1",
-    sequencer: { name: "sequencer", port: 1 },
-    mediator: { name: "mediator", port: 2 },
-  },
-  participants: [
-    {
-      name: "participant1",
-      port: 3,
-      storage: { url: pg.connectionUrl(database), replication: { check: "off" } },
-    },
-  ],
-});
-const entry = configNodes(config).find((e) => e.name === "participant1") as NodeEntry;
+const { config, entry } = writerNodeConfig(dataDir, pg.connectionUrl(database));
 
 /** The same node on another database, reached at `url` (directly or through the proxy below). */
 function entryAt(url: string): NodeEntry {
-  const other = validateConfig({
-    "data-dir": dataDir,
-    synchronizer: {
-      id: "sync1",
-      sequencer: { name: "sequencer", port: 1 },
-      mediator: { name: "mediator", port: 2 },
-    },
-    participants: [{ name: "participant1", port: 3, storage: { url, replication: { check: "off" } } }],
-  });
-  return configNodes(other).find((e) => e.name === "participant1") as NodeEntry;
+  return writerNodeConfig(dataDir, url).entry;
 }
 
 /**
@@ -109,56 +83,13 @@ after(async () => {
 /** How long the writer kind takes to stop: longer than a passive process takes to take over. */
 const STOP_TAKES_MS = 1500;
 
-/** A kind whose activation writes a row every few ms, in transactions, until stopped; errors are retried. */
-function writerKind(created: { count: number }): NodeKindDefinition<Db> {
-  return {
-    kind: "participant",
-    migrations: [
-      {
-        version: 900,
-        name: "writes",
-        sql: "CREATE TABLE writes (id bigserial PRIMARY KEY, epoch bigint NOT NULL)",
-      },
-    ],
-    create(ctx) {
-      created.count++;
-      let stopped = false;
-      let loop: Promise<void> | undefined;
-      return {
-        routes: () => {},
-        async activate() {
-          loop = (async () => {
-            while (!stopped) {
-              await ctx.db
-                .transaction((tx) =>
-                  tx.execute("INSERT INTO writes (epoch) VALUES ($1)", [ctx.identity().writerEpoch]),
-                )
-                .catch(() => {});
-              await new Promise((resolve) => setTimeout(resolve, 5));
-            }
-          })();
-        },
-        async status() {
-          return { position: {} };
-        },
-        async stop() {
-          // Slow to stop, as a kind finishing in-flight work is: the writes must end before this does.
-          await new Promise((resolve) => setTimeout(resolve, STOP_TAKES_MS));
-          stopped = true;
-          await loop;
-        },
-      };
-    },
-  };
-}
-
 async function startProcess(replica: string | undefined, created: { count: number }): Promise<NodeRuntime> {
   const runtime = new NodeRuntime({
     entry,
     config,
     dataDir,
     logger: silentLogger(`participant1${replica ? `.${replica}` : ""}`),
-    definition: writerKind(created),
+    definition: writerKind({ created, stopTakesMs: STOP_TAKES_MS }),
     replica,
     port: 0,
     lockPollMs: 100,
@@ -260,7 +191,7 @@ test("an active process cut off by a silent network notices through its lock che
       config,
       dataDir,
       logger: silentLogger("participant1-cut"),
-      definition: writerKind({ count: 0 }),
+      definition: writerKind(),
       replica,
       port: 0,
       lockPollMs: 100,

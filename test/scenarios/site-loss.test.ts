@@ -267,37 +267,41 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
   const after2 = await iou(s.p2, "after-failover-p2", s.bob, s.alice);
   acked.push(after1, after2);
 
-  // The link heals: participant1's old process at A reaches the sequencer (at B) with its old
-  // writer epoch, is refused, and stops; status and log say why.
+  // The link heals. Both old writers at A are stopped: the new activations at B fence them
+  // (writer-fencing.ts: each reads where its predecessor ran from its copy of the database and tells
+  // it, retrying until it answers), and participant1's old process is refused by the sequencer if it
+  // reaches it first. Either way: failed with STALE_WRITER_EPOCH, in status and in its log. The old
+  // sequencer has no one above it: the fence is the only thing that stops it.
   await a.heal();
   const healedAt = Date.now();
-  const oldAdmin = adminClient(s.ports.p1, a.address);
-  // Refused with STALE_WRITER_EPOCH once it reaches the sequencer and fails; or, if it lost its lock
-  // check while cut off (a loaded machine), passive: then it does not write at all, and taking the
-  // lock again would hit the same refusal. Either way it is never active again. (CI saw the
-  // passive case once under load; the refusal is the common one.)
-  let lastSeen = "";
-  const old = await waitFor(
-    "participant1's old process at A refused or passive",
-    async () => {
-      const status = await oldAdmin.getStatus({}, { timeoutMs: 2000 });
-      lastSeen = `${status.role} ${status.lastError?.code ?? ""}`;
-      return status.role === "failed" || status.role === "passive" ? status : undefined;
-    },
-    60_000,
-    500,
-  ).catch((error: unknown) => {
-    throw new Error(`${error} (last seen: ${lastSeen})`);
-  });
-  t.diagnostic(
-    `old participant1 at A ${old.role} ${((Date.now() - healedAt) / 1000).toFixed(1)} s after the link healed: ${old.lastError?.code ?? ""} ${old.lastError?.message ?? ""}`,
-  );
-  if (old.role === "failed") {
+  for (const [node, port] of [
+    ["participant1", s.ports.p1],
+    ["sequencer1", s.ports.sequencer],
+  ] as const) {
+    const oldAdmin = adminClient(port, a.address);
+    let lastSeen = "";
+    const old = await waitFor(
+      `${node}'s old process at A to stop`,
+      async () => {
+        const status = await oldAdmin.getStatus({}, { timeoutMs: 2000 });
+        lastSeen = `${status.role} ${status.lastError?.code ?? ""}`;
+        return status.role === "failed" ? status : undefined;
+      },
+      60_000,
+      500,
+    ).catch((error: unknown) => {
+      throw new Error(`${error} (last seen: ${lastSeen})`);
+    });
+    t.diagnostic(
+      `old ${node} at A failed ${((Date.now() - healedAt) / 1000).toFixed(1)} s after the link healed: ${old.lastError?.code} ${old.lastError?.message}`,
+    );
     assert.equal(old.lastError?.code, "STALE_WRITER_EPOCH", old.lastError?.message);
-    const oldLog = readFileSync(processFiles(join(s.dir, "data-a"), "participant1").logFile, "utf8");
+    const oldLog = readFileSync(processFiles(join(s.dir, "data-a"), node).logFile, "utf8");
     assert.match(oldLog, /STALE_WRITER_EPOCH/);
-    if (process.env.SITE_LOSS_LOG) writeFileSync(process.env.SITE_LOSS_LOG, oldLog);
   }
+  const fencing = await adminClient(s.ports.sequencer, b.address).getStatus({});
+  t.diagnostic(`sequencer1 at B, fencing of its predecessor: ${fencing.fencingJson}`);
+  assert.equal(JSON.parse(fencing.fencingJson).state, "fenced");
 
   // Nothing it does reaches the ledger: a submission to it is refused…
   const refused = await s
@@ -310,7 +314,7 @@ test("site loss with a live old writer: acknowledged transactions survive at B, 
       () => "committed",
       (error: unknown) => fromConnectError(error)?.code ?? String(error),
     );
-  assert.equal(refused, old.role === "failed" ? "STALE_WRITER_EPOCH" : "NODE_PASSIVE");
+  assert.equal(refused, "STALE_WRITER_EPOCH");
   // …and once a later command committed at B (the sequencer orders everything), neither ledger has it.
   acked.push(await iou(atB, "after-heal-p1", s.alice, s.bob));
   for (const [where, clients, party] of [

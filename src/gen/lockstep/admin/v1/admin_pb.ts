@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lockstep/admin/v1/admin.proto.
  */
 export const file_lockstep_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("Ch1sb2Nrc3RlcC9hZG1pbi92MS9hZG1pbi5wcm90bxIRbG9ja3N0ZXAuYWRtaW4udjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI6CglOb2RlRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlbWVkeRgDIAEoCSK3AgoRR2V0U3RhdHVzUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEgwKBHJvbGUYAyABKAkSFQoNcG9zaXRpb25fanNvbhgEIAEoCRITCgtpbmNhcm5hdGlvbhgFIAEoCRIUCgx3cml0ZXJfZXBvY2gYBiABKAMSIwobZGVkdXBsaWNhdGlvbl9yZWNvdmVyeV9qc29uGAcgASgJEhwKFHJlcGxpY2F0aW9uX2ZpbmRpbmdzGAggAygJEjAKCmxhc3RfZXJyb3IYCSABKAsyHC5sb2Nrc3RlcC5hZG1pbi52MS5Ob2RlRXJyb3ISCwoDcGlkGAogASgFEhIKCnN0YXJ0ZWRfYXQYCyABKAkSDwoHdmVyc2lvbhgMIAEoCRIPCgdyZXBsaWNhGA0gASgJIhEKD1NodXRkb3duUmVxdWVzdCISChBTaHV0ZG93blJlc3BvbnNlIhMKEVN3aXRjaE92ZXJSZXF1ZXN0IioKElN3aXRjaE92ZXJSZXNwb25zZRIUCgx3cml0ZXJfZXBvY2gYASABKAMylgIKDEFkbWluU2VydmljZRJWCglHZXRTdGF0dXMSIy5sb2Nrc3RlcC5hZG1pbi52MS5HZXRTdGF0dXNSZXF1ZXN0GiQubG9ja3N0ZXAuYWRtaW4udjEuR2V0U3RhdHVzUmVzcG9uc2USUwoIU2h1dGRvd24SIi5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlcXVlc3QaIy5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlc3BvbnNlElkKClN3aXRjaE92ZXISJC5sb2Nrc3RlcC5hZG1pbi52MS5Td2l0Y2hPdmVyUmVxdWVzdBolLmxvY2tzdGVwLmFkbWluLnYxLlN3aXRjaE92ZXJSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch1sb2Nrc3RlcC9hZG1pbi92MS9hZG1pbi5wcm90bxIRbG9ja3N0ZXAuYWRtaW4udjEiEgoQR2V0U3RhdHVzUmVxdWVzdCI6CglOb2RlRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEg4KBnJlbWVkeRgDIAEoCSLNAgoRR2V0U3RhdHVzUmVzcG9uc2USDAoEbmFtZRgBIAEoCRIMCgRraW5kGAIgASgJEgwKBHJvbGUYAyABKAkSFQoNcG9zaXRpb25fanNvbhgEIAEoCRITCgtpbmNhcm5hdGlvbhgFIAEoCRIUCgx3cml0ZXJfZXBvY2gYBiABKAMSIwobZGVkdXBsaWNhdGlvbl9yZWNvdmVyeV9qc29uGAcgASgJEhwKFHJlcGxpY2F0aW9uX2ZpbmRpbmdzGAggAygJEjAKCmxhc3RfZXJyb3IYCSABKAsyHC5sb2Nrc3RlcC5hZG1pbi52MS5Ob2RlRXJyb3ISCwoDcGlkGAogASgFEhIKCnN0YXJ0ZWRfYXQYCyABKAkSDwoHdmVyc2lvbhgMIAEoCRIPCgdyZXBsaWNhGA0gASgJEhQKDGZlbmNpbmdfanNvbhgOIAEoCSIRCg9TaHV0ZG93blJlcXVlc3QiEgoQU2h1dGRvd25SZXNwb25zZSITChFTd2l0Y2hPdmVyUmVxdWVzdCIqChJTd2l0Y2hPdmVyUmVzcG9uc2USFAoMd3JpdGVyX2Vwb2NoGAEgASgDIpQBChJGZW5jZVdyaXRlclJlcXVlc3QSDAoEbm9kZRgBIAEoCRIZChF0YXJnZXRfYWN0aXZhdGlvbhgCIAEoCRIUCgx3cml0ZXJfZXBvY2gYAyABKAMSGQoRd3JpdGVyX2FjdGl2YXRpb24YBCABKAkSFwoPd3JpdGVyX2VuZHBvaW50GAUgASgJEgsKA21hYxgGIAEoDCImChNGZW5jZVdyaXRlclJlc3BvbnNlEg8KB291dGNvbWUYASABKAky9AIKDEFkbWluU2VydmljZRJWCglHZXRTdGF0dXMSIy5sb2Nrc3RlcC5hZG1pbi52MS5HZXRTdGF0dXNSZXF1ZXN0GiQubG9ja3N0ZXAuYWRtaW4udjEuR2V0U3RhdHVzUmVzcG9uc2USUwoIU2h1dGRvd24SIi5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlcXVlc3QaIy5sb2Nrc3RlcC5hZG1pbi52MS5TaHV0ZG93blJlc3BvbnNlElkKClN3aXRjaE92ZXISJC5sb2Nrc3RlcC5hZG1pbi52MS5Td2l0Y2hPdmVyUmVxdWVzdBolLmxvY2tzdGVwLmFkbWluLnYxLlN3aXRjaE92ZXJSZXNwb25zZRJcCgtGZW5jZVdyaXRlchIlLmxvY2tzdGVwLmFkbWluLnYxLkZlbmNlV3JpdGVyUmVxdWVzdBomLmxvY2tzdGVwLmFkbWluLnYxLkZlbmNlV3JpdGVyUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * @generated from message lockstep.admin.v1.GetStatusRequest
@@ -128,6 +128,15 @@ export type GetStatusResponse = Message<"lockstep.admin.v1.GetStatusResponse"> &
    * @generated from field: string replica = 13;
    */
   replica: string;
+
+  /**
+   * Writer fencing of the activation before this one, as JSON {previousActivation, at, state,
+   * attempts?, lastError?} (state: trying | fenced | same-database | not-that-activation | rejected);
+   * empty when this activation had nothing to fence.
+   *
+   * @generated from field: string fencing_json = 14;
+   */
+  fencingJson: string;
 };
 
 /**
@@ -196,6 +205,77 @@ export const SwitchOverResponseSchema: GenMessage<SwitchOverResponse> = /*@__PUR
   messageDesc(file_lockstep_admin_v1_admin, 6);
 
 /**
+ * @generated from message lockstep.admin.v1.FenceWriterRequest
+ */
+export type FenceWriterRequest = Message<"lockstep.admin.v1.FenceWriterRequest"> & {
+  /**
+   * @generated from field: string node = 1;
+   */
+  node: string;
+
+  /**
+   * The activation the notice is for (the previous one in the sender's database).
+   *
+   * @generated from field: string target_activation = 2;
+   */
+  targetActivation: string;
+
+  /**
+   * The sender's writer epoch and activation.
+   *
+   * @generated from field: int64 writer_epoch = 3;
+   */
+  writerEpoch: bigint;
+
+  /**
+   * @generated from field: string writer_activation = 4;
+   */
+  writerActivation: string;
+
+  /**
+   * Where the sender runs (for the recipient's log and status).
+   *
+   * @generated from field: string writer_endpoint = 5;
+   */
+  writerEndpoint: string;
+
+  /**
+   * HMAC-SHA256 under the node's fence secret over the fields above (writer-fencing.ts).
+   *
+   * @generated from field: bytes mac = 6;
+   */
+  mac: Uint8Array;
+};
+
+/**
+ * Describes the message lockstep.admin.v1.FenceWriterRequest.
+ * Use `create(FenceWriterRequestSchema)` to create a new message.
+ */
+export const FenceWriterRequestSchema: GenMessage<FenceWriterRequest> = /*@__PURE__*/
+  messageDesc(file_lockstep_admin_v1_admin, 7);
+
+/**
+ * @generated from message lockstep.admin.v1.FenceWriterResponse
+ */
+export type FenceWriterResponse = Message<"lockstep.admin.v1.FenceWriterResponse"> & {
+  /**
+   * fenced: the recipient stopped writing and failed with STALE_WRITER_EPOCH;
+   * same-database: its database carries the sender's epoch (one database, the lock decides);
+   * not-that-activation: the recipient is not (or no longer) the target activation's process.
+   *
+   * @generated from field: string outcome = 1;
+   */
+  outcome: string;
+};
+
+/**
+ * Describes the message lockstep.admin.v1.FenceWriterResponse.
+ * Use `create(FenceWriterResponseSchema)` to create a new message.
+ */
+export const FenceWriterResponseSchema: GenMessage<FenceWriterResponse> = /*@__PURE__*/
+  messageDesc(file_lockstep_admin_v1_admin, 8);
+
+/**
  * The Admin API every node serves on its port (next to its own services).
  *
  * @generated from service lockstep.admin.v1.AdminService
@@ -232,6 +312,21 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof SwitchOverRequestSchema;
     output: typeof SwitchOverResponseSchema;
+  },
+  /**
+   * Writer fencing (docs/operations.md): a new activation of the node (e.g. at the other site after a
+   * fail-over) tells the process of the activation before it that it is stale. That process stops
+   * writing and fails with STALE_WRITER_EPOCH, unless its own database already carries the new epoch
+   * (a switch-over on one database: it stays a passive replica). Authenticated with an HMAC under
+   * the node's fence secret (node_state), which only copies of the node's database hold; a notice
+   * that does not verify is refused with WRITER_FENCE_REJECTED.
+   *
+   * @generated from rpc lockstep.admin.v1.AdminService.FenceWriter
+   */
+  fenceWriter: {
+    methodKind: "unary";
+    input: typeof FenceWriterRequestSchema;
+    output: typeof FenceWriterResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_lockstep_admin_v1_admin, 0);
