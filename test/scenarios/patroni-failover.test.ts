@@ -3,6 +3,7 @@ import { after, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import type { ConfigInput } from "../../src/common/config-schema.ts";
+import { runLockstep } from "../support/cli.ts";
 import { type PlannedIou, resubmitAll, submitIou } from "../support/exactly-once.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
@@ -19,7 +20,9 @@ import { type PatroniCluster, type PatroniMember, startPatroniCluster } from "..
 // (SIGKILL of its Patroni and postmaster) during traffic: Patroni promotes the sync standby, and
 // participant1 follows it without operator action; the traffic goes on. Every command, each one
 // acknowledged before the kill above all, is on its ledger exactly once and is a duplicate when sent
-// again. Before multi-host-db.ts the node could not even start: node-postgres refuses a URL with
+// again. The replication check reads Patroni's synchronous mode: it passes with the sync standby, and
+// once the standby is gone (Patroni, not strict, then empties synchronous_standby_names) it names the
+// finding with Patroni's remedy. Before multi-host-db.ts the node could not even start: node-postgres refuses a URL with
 // several hosts ("Invalid URL"); with one host it would have stayed on the dead leader.
 
 const USER = "patroni-app";
@@ -109,6 +112,23 @@ test("Patroni fail-over under participant1: traffic goes on through the new lead
   const alice = await allocateKnownParty(n, 0, "alice");
   const bob = await allocateKnownParty(n, 0, "bob");
 
+  const check = async () => {
+    const r = await runLockstep(["replication", "check", "participant1", "--json", ...n.cfg]);
+    return {
+      code: r.code,
+      report: r.json<{
+        ok: boolean;
+        managedBy: string | null;
+        synchronousStandbyNames: string;
+        findings: { kind: string; remedy: string }[];
+      }>(),
+    };
+  };
+  const before = await check();
+  assert.equal(before.code, 0, JSON.stringify(before.report));
+  assert.equal(before.report.managedBy, "patroni");
+  assert.notEqual(before.report.synchronousStandbyNames, "", "Patroni's synchronous mode set it");
+
   const oldLeader = await c.leader();
   assert.ok(
     (await connectedApps(oldLeader)).includes("lockstep-participant1"),
@@ -173,4 +193,15 @@ test("Patroni fail-over under participant1: traffic goes on through the new lead
     () => clients,
     USER,
   );
+
+  // The new leader has no standby left: Patroni's synchronous mode (not strict) drops the sync
+  // requirement, and the check says so, with Patroni's remedy rather than an ALTER SYSTEM.
+  const after = await waitFor("the check to see the lost sync standby", async () => {
+    const r = await check();
+    return r.code === 3 ? r : undefined;
+  });
+  const kinds = after.report.findings.map((f) => f.kind);
+  t.diagnostic(`after the fail-over: ${kinds.join(", ")}`);
+  assert.ok(kinds.includes("sync-standbys"), JSON.stringify(after.report));
+  for (const finding of after.report.findings) assert.match(finding.remedy, /Patroni|patronictl/);
 });
