@@ -685,6 +685,73 @@ export const ERROR_DEFINITIONS = [
     "Retry shortly: intake resumes when the backup's dumps are done.",
   ),
   // --- restore (src/backup/restore-*) ---
+  // Canton's id (SyncServiceError.SyncServiceSynchronizerMustNotHaveInFlightTransactions, category
+  // InvalidGivenCurrentSystemStateOther → FAILED_PRECONDITION); its resolution text, adapted.
+  def(
+    "SYNC_SERVICE_SYNCHRONIZER_MUST_NOT_HAVE_IN_FLIGHT_TRANSACTIONS",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{synchronizer} must not have in-flight transactions: {participant} has {submissions} submission(s) in flight and {requests} unfinished request(s)",
+    "Reconnect the participant to the source synchronizer, halt activity and wait for in-flight transactions to complete or time out, then migrate again. When the source synchronizer is lost, migrate with --force: the in-flight submissions complete with SYNCHRONIZER_MIGRATED_WHILE_IN_FLIGHT, and a ledger fork may result (compare the participants with lockstep repair compare-acs).",
+  ),
+  // Canton's id (SyncServiceError.SyncServiceSynchronizersMustBeOffline).
+  def(
+    "SYNC_SERVICE_SYNCHRONIZERS_MUST_BE_OFFLINE",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "{participant} must be disconnected for {operation}: a process of it holds its database",
+    "Stop the participant first (lockstep node stop {participant}); a repair works on its database alone.",
+  ),
+  def(
+    "SYNCHRONIZER_MIGRATED_WHILE_IN_FLIGHT",
+    Code.Aborted,
+    "request",
+    false,
+    "The submission was in flight on {from} when the participant was migrated to {to} with --force; it did not commit here",
+    "Check the ledger (and the other participants, lockstep repair compare-acs) for its effect; if it is missing, submit it again with a new command id.",
+  ),
+  def(
+    "PARTICIPANT_SYNCHRONIZER_MISMATCH",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{participant} is on synchronizer {current}, but the config names {configured}",
+    "Migrate it (lockstep repair migrate-synchronizer {participant} --from {current} --to {configured}), or start it with the config of {current}.",
+  ),
+  def(
+    "SYNCHRONIZER_MIGRATION_INVALID",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "Cannot migrate {participant} from {from} to {to}: {reason}",
+    "Check the ids: --from is the synchronizer the participant is on (lockstep status), --to is the config's synchronizer.id, bootstrapped with lockstep repair new-synchronizer.",
+  ),
+  def(
+    "NEW_SYNCHRONIZER_NOT_FRESH",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{node}'s database already holds synchronizer {found}'s state, not a fresh {synchronizer}",
+    "Give the new synchronizer's sequencer and mediator databases of their own (new node names, or new storage.url), so nothing of the lost synchronizer is reused.",
+  ),
+  def(
+    "RESTORE_SYNCHRONIZER_MIGRATED",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{node} in set {set} is on synchronizer {setSynchronizer}, but {node} was migrated to {current}: {meaning}",
+    "Restore a set taken after the migration; or, to go back to the state before it, force this check (--force synchronizer) and migrate the restored participant again.",
+  ),
+  def(
+    "REPAIR_CONTRACT_CONFLICT",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "Cannot {operation} contract {contractId} on {participant}: {reason}",
+    "Compare the participants again (lockstep repair compare-acs) and repair from the participant that holds the contract as it should be.",
+  ),
   def(
     "RESTORE_REFUSED",
     Code.FailedPrecondition,

@@ -60,7 +60,9 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
           },
           ctx.signal,
         );
-        for await (const completion of completions) yield { completion: completionToProto(completion) };
+        for await (const completion of completions) {
+          yield { response: { case: "completion" as const, value: completionToProto(completion) } };
+        }
       },
     });
 

@@ -122,4 +122,45 @@ CREATE TABLE participant_parties (
 );
 `,
   },
+  {
+    version: 401,
+    name: "synchronizer_migrations_and_repairs",
+    // Recovery from a lost synchronizer (docs/restore.md, "The synchronizer is lost or restored behind
+    // the participants"): lockstep repair migrate-synchronizer moves the participant to another
+    // synchronizer, lockstep repair add / purge fix contract-set differences. Both take ledger offsets
+    // of their own, so offsets continue without reuse:
+    // * a migration is a row here, at its offset (the marker the update and completion streams carry);
+    // * a repair is an update of kind 'repair' (a transaction without command or request: it creates
+    //   or archives one contract), so the update stream shows it as it shows any transaction.
+    sql: `
+CREATE TABLE participant_synchronizer_migrations (
+  id                     bigserial PRIMARY KEY,
+  ledger_offset          bigint NOT NULL UNIQUE,
+  from_synchronizer      text NOT NULL,
+  to_synchronizer        text NOT NULL,
+  forced                 boolean NOT NULL,
+  -- The migrating host's clock in micros (informational: no sequencer orders a migration).
+  migrated_at            bigint NOT NULL,
+  -- What the participant had of the old synchronizer (its client state is cleared by the migration).
+  old_clean_timestamp    bigint,
+  old_events             bigint NOT NULL,
+  contracts_moved        bigint NOT NULL,
+  -- Forced: the change ids and command ids of the submissions completed as abandoned, and the
+  -- requests that were still unfinished (rolled back: their contracts unlocked, nothing committed).
+  abandoned_change_ids   text[] NOT NULL DEFAULT '{}',
+  abandoned_command_ids  text[] NOT NULL DEFAULT '{}',
+  abandoned_requests     bigint[] NOT NULL DEFAULT '{}',
+  -- Set once the participant re-announced its hosted parties on the new synchronizer.
+  parties_announced_at   timestamptz
+);
+
+-- The synchronizer an active contract is assigned to; NULL: the participant's first synchronizer.
+ALTER TABLE participant_contracts ADD COLUMN synchronizer_id text;
+
+-- 'transaction': committed through the confirmation protocol; 'repair': lockstep repair add/purge.
+ALTER TABLE participant_updates
+  ADD COLUMN kind text NOT NULL DEFAULT 'transaction' CHECK (kind IN ('transaction', 'repair')),
+  ALTER COLUMN request_id DROP NOT NULL;
+`,
+  },
 ];

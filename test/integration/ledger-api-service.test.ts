@@ -135,7 +135,8 @@ test("GetUpdates and CompletionStream deliver what commits after they opened, an
     iouArgs(party, party),
   );
   const completion = await firstCompletion;
-  assert.equal(completion.value?.completion?.commandId, "c2");
+  const value = completion.value?.response;
+  assert.equal(value?.case === "completion" ? value.value.commandId : undefined, "c2");
 
   abort.abort();
   await assert.rejects(

@@ -82,7 +82,7 @@ export async function completionsOf(
       { userId, parties: [party], beginExclusive: 0n },
       { signal: abort.signal },
     )) {
-      if (r.completion) seen.push(r.completion);
+      if (r.response.case === "completion") seen.push(r.response.value);
       clearTimeout(idle);
       idle = setTimeout(() => abort.abort(), 3000);
     }

@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Completion } from "./completion_pb.ts";
 import { file_lockstep_ledger_v1_completion } from "./completion_pb.ts";
+import type { SynchronizerMigration } from "./synchronizer_migration_pb.ts";
+import { file_lockstep_ledger_v1_synchronizer_migration } from "./synchronizer_migration_pb.ts";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file lockstep/ledger/v1/command_completion_service.proto.
  */
 export const file_lockstep_ledger_v1_command_completion_service: GenFile = /*@__PURE__*/
-  fileDesc("CjNsb2Nrc3RlcC9sZWRnZXIvdjEvY29tbWFuZF9jb21wbGV0aW9uX3NlcnZpY2UucHJvdG8SEmxvY2tzdGVwLmxlZGdlci52MSJpChdDb21wbGV0aW9uU3RyZWFtUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg8KB3BhcnRpZXMYAiADKAkSFwoPYmVnaW5fZXhjbHVzaXZlGAMgASgDEhMKC2luY2FybmF0aW9uGAQgASgJIk4KGENvbXBsZXRpb25TdHJlYW1SZXNwb25zZRIyCgpjb21wbGV0aW9uGAEgASgLMh4ubG9ja3N0ZXAubGVkZ2VyLnYxLkNvbXBsZXRpb24yiwEKGENvbW1hbmRDb21wbGV0aW9uU2VydmljZRJvChBDb21wbGV0aW9uU3RyZWFtEisubG9ja3N0ZXAubGVkZ2VyLnYxLkNvbXBsZXRpb25TdHJlYW1SZXF1ZXN0GiwubG9ja3N0ZXAubGVkZ2VyLnYxLkNvbXBsZXRpb25TdHJlYW1SZXNwb25zZTABYgZwcm90bzM", [file_lockstep_ledger_v1_completion]);
+  fileDesc("CjNsb2Nrc3RlcC9sZWRnZXIvdjEvY29tbWFuZF9jb21wbGV0aW9uX3NlcnZpY2UucHJvdG8SEmxvY2tzdGVwLmxlZGdlci52MSJpChdDb21wbGV0aW9uU3RyZWFtUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEg8KB3BhcnRpZXMYAiADKAkSFwoPYmVnaW5fZXhjbHVzaXZlGAMgASgDEhMKC2luY2FybmF0aW9uGAQgASgJIqkBChhDb21wbGV0aW9uU3RyZWFtUmVzcG9uc2USNAoKY29tcGxldGlvbhgBIAEoCzIeLmxvY2tzdGVwLmxlZGdlci52MS5Db21wbGV0aW9uSAASSwoWc3luY2hyb25pemVyX21pZ3JhdGlvbhgCIAEoCzIpLmxvY2tzdGVwLmxlZGdlci52MS5TeW5jaHJvbml6ZXJNaWdyYXRpb25IAEIKCghyZXNwb25zZTKLAQoYQ29tbWFuZENvbXBsZXRpb25TZXJ2aWNlEm8KEENvbXBsZXRpb25TdHJlYW0SKy5sb2Nrc3RlcC5sZWRnZXIudjEuQ29tcGxldGlvblN0cmVhbVJlcXVlc3QaLC5sb2Nrc3RlcC5sZWRnZXIudjEuQ29tcGxldGlvblN0cmVhbVJlc3BvbnNlMAFiBnByb3RvMw", [file_lockstep_ledger_v1_completion, file_lockstep_ledger_v1_synchronizer_migration]);
 
 /**
  * @generated from message lockstep.ledger.v1.CompletionStreamRequest
@@ -57,9 +59,23 @@ export const CompletionStreamRequestSchema: GenMessage<CompletionStreamRequest> 
  */
 export type CompletionStreamResponse = Message<"lockstep.ledger.v1.CompletionStreamResponse"> & {
   /**
-   * @generated from field: lockstep.ledger.v1.Completion completion = 1;
+   * @generated from oneof lockstep.ledger.v1.CompletionStreamResponse.response
    */
-  completion?: Completion | undefined;
+  response: {
+    /**
+     * @generated from field: lockstep.ledger.v1.Completion completion = 1;
+     */
+    value: Completion;
+    case: "completion";
+  } | {
+    /**
+     * A move of the participant to another synchronizer, at its own offset (every user sees it).
+     *
+     * @generated from field: lockstep.ledger.v1.SynchronizerMigration synchronizer_migration = 2;
+     */
+    value: SynchronizerMigration;
+    case: "synchronizerMigration";
+  } | { case: undefined; value?: undefined };
 };
 
 /**

@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Transaction } from "./event_pb.ts";
 import { file_lockstep_ledger_v1_event } from "./event_pb.ts";
+import type { SynchronizerMigration } from "./synchronizer_migration_pb.ts";
+import { file_lockstep_ledger_v1_synchronizer_migration } from "./synchronizer_migration_pb.ts";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file lockstep/ledger/v1/update_service.proto.
  */
 export const file_lockstep_ledger_v1_update_service: GenFile = /*@__PURE__*/
-  fileDesc("Cidsb2Nrc3RlcC9sZWRnZXIvdjEvdXBkYXRlX3NlcnZpY2UucHJvdG8SEmxvY2tzdGVwLmxlZGdlci52MSKAAQoRR2V0VXBkYXRlc1JlcXVlc3QSFwoPYmVnaW5fZXhjbHVzaXZlGAEgASgDEhoKDWVuZF9pbmNsdXNpdmUYAiABKANIAIgBARIPCgdwYXJ0aWVzGAMgAygJEhMKC2luY2FybmF0aW9uGAQgASgJQhAKDl9lbmRfaW5jbHVzaXZlIlYKEkdldFVwZGF0ZXNSZXNwb25zZRI2Cgt0cmFuc2FjdGlvbhgBIAEoCzIfLmxvY2tzdGVwLmxlZGdlci52MS5UcmFuc2FjdGlvbkgAQggKBnVwZGF0ZTJuCg1VcGRhdGVTZXJ2aWNlEl0KCkdldFVwZGF0ZXMSJS5sb2Nrc3RlcC5sZWRnZXIudjEuR2V0VXBkYXRlc1JlcXVlc3QaJi5sb2Nrc3RlcC5sZWRnZXIudjEuR2V0VXBkYXRlc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_lockstep_ledger_v1_event]);
+  fileDesc("Cidsb2Nrc3RlcC9sZWRnZXIvdjEvdXBkYXRlX3NlcnZpY2UucHJvdG8SEmxvY2tzdGVwLmxlZGdlci52MSKAAQoRR2V0VXBkYXRlc1JlcXVlc3QSFwoPYmVnaW5fZXhjbHVzaXZlGAEgASgDEhoKDWVuZF9pbmNsdXNpdmUYAiABKANIAIgBARIPCgdwYXJ0aWVzGAMgAygJEhMKC2luY2FybmF0aW9uGAQgASgJQhAKDl9lbmRfaW5jbHVzaXZlIqMBChJHZXRVcGRhdGVzUmVzcG9uc2USNgoLdHJhbnNhY3Rpb24YASABKAsyHy5sb2Nrc3RlcC5sZWRnZXIudjEuVHJhbnNhY3Rpb25IABJLChZzeW5jaHJvbml6ZXJfbWlncmF0aW9uGAIgASgLMikubG9ja3N0ZXAubGVkZ2VyLnYxLlN5bmNocm9uaXplck1pZ3JhdGlvbkgAQggKBnVwZGF0ZTJuCg1VcGRhdGVTZXJ2aWNlEl0KCkdldFVwZGF0ZXMSJS5sb2Nrc3RlcC5sZWRnZXIudjEuR2V0VXBkYXRlc1JlcXVlc3QaJi5sb2Nrc3RlcC5sZWRnZXIudjEuR2V0VXBkYXRlc1Jlc3BvbnNlMAFiBnByb3RvMw", [file_lockstep_ledger_v1_event, file_lockstep_ledger_v1_synchronizer_migration]);
 
 /**
  * @generated from message lockstep.ledger.v1.GetUpdatesRequest
@@ -68,6 +70,14 @@ export type GetUpdatesResponse = Message<"lockstep.ledger.v1.GetUpdatesResponse"
      */
     value: Transaction;
     case: "transaction";
+  } | {
+    /**
+     * A move of the participant to another synchronizer, at its own offset (not party-filtered).
+     *
+     * @generated from field: lockstep.ledger.v1.SynchronizerMigration synchronizer_migration = 2;
+     */
+    value: SynchronizerMigration;
+    case: "synchronizerMigration";
   } | { case: undefined; value?: undefined };
 };
 
