@@ -11,6 +11,7 @@ import { registerKeysCommands } from "./keys-commands.ts";
 import { registerLedgerCommands } from "./ledger-commands.ts";
 import { registerNodeCommands } from "./node-commands.ts";
 import { Output, wasReported } from "./output.ts";
+import { registerRepairCommands } from "./repair-commands.ts";
 import { registerReplicationCommand } from "./replication-command.ts";
 import { registerRestoreCommands } from "./restore-commands.ts";
 import { registerSequencerCommands } from "./sequencer-commands.ts";
@@ -42,6 +43,7 @@ export function buildProgram(): Command {
   registerKeysCommands(program);
   registerReplicationCommand(program);
   registerFailoverCommand(program);
+  registerRepairCommands(program);
   registerDemoCommand(program);
   overrideExits(program);
   return program;
