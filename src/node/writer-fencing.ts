@@ -3,7 +3,10 @@ import type { Client } from "@connectrpc/connect";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
+import type { NodeIdentity } from "../common/node-kind.ts";
 import type { AdminService, FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
+import { adminClient } from "./clients.ts";
+import type { PreviousActivation } from "./node-state.ts";
 
 // Writer fencing between activations (docs/operations.md "What the fencing guarantees"). The
 // sequencer refuses an old writer's epoch once it has heard the new one, but it cannot reach a
@@ -199,4 +202,51 @@ export class WriterFencer {
     this.stopped = true;
     this.resolveDone(this.state);
   }
+}
+
+/** The activation that sends the notice: what fencePrevious needs to know of it. */
+export interface FencingSender {
+  node: string;
+  /** Where this process runs (processAddress): a previous activation at the same address is this one. */
+  address: string;
+  secret: Buffer;
+  identity: Pick<NodeIdentity, "writerEpoch" | "writerActivation">;
+  logger: Logger;
+}
+
+/**
+ * Tells the process of the activation this one replaced that it is stale, when it ran elsewhere
+ * (another address: another host, site, or replica port), in the background. Returns the started
+ * fencer, or undefined when there is no other process to tell.
+ */
+export function fencePrevious(
+  previous: PreviousActivation,
+  sender: FencingSender,
+  current: () => boolean,
+): WriterFencer | undefined {
+  if (!previous.activation || !previous.endpoint || previous.endpoint === sender.address) return undefined;
+  const [host, port] = splitAddress(previous.endpoint);
+  const fencer = new WriterFencer({
+    notice: {
+      node: sender.node,
+      targetActivation: previous.activation,
+      writerEpoch: sender.identity.writerEpoch,
+      writerActivation: sender.identity.writerActivation,
+      writerEndpoint: sender.address,
+    },
+    secret: sender.secret,
+    target: previous.endpoint,
+    client: adminClient(port, host),
+    logger: sender.logger,
+    current,
+  });
+  void fencer.start();
+  return fencer;
+}
+
+/** `host:port` (IPv6 in brackets) as processAddress writes it. */
+function splitAddress(address: string): [string, number] {
+  const at = address.lastIndexOf(":");
+  const host = address.slice(0, at).replace(/^\[(.*)\]$/, "$1");
+  return [host, Number(address.slice(at + 1))];
 }

@@ -214,7 +214,7 @@ test("an active process cut off by a silent network notices through its lock che
     t.diagnostic(
       `cut → the cut-off process passive (its lock check went unanswered): ${Math.round(noticed)} ms`,
     );
-    // The check's deadline is 2 s (node-runtime.ts), below the ~4 s a server takes to free a silent client's lock.
+    // The check's deadline is 2 s (writer-lock.ts), below the ~4 s a server takes to free a silent client's lock.
     assert.ok(noticed < 5000, `noticed after ${Math.round(noticed)} ms`);
     assert.equal((await c.status()).lastError, undefined);
   } finally {
