@@ -15,6 +15,7 @@ import type {
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
+import type { TargetState } from "./restore-target.ts";
 
 export type Verdict = "pass" | "warn" | "refuse";
 
@@ -37,11 +38,20 @@ export interface RestoreCheck {
  * the sequencer is down); every other refusal is a fact (missing events, a missing key, a running
  * node, a corrupt artifact) that --force cannot change.
  */
-export const FORCE_NAMES: readonly string[] = ["order", "sequencer-fork", "sequencer-events", "keys"];
+export const FORCE_NAMES: readonly string[] = [
+  "order",
+  "sequencer-fork",
+  "sequencer-events",
+  "keys",
+  "synchronizer",
+];
 
 export function isForceable(check: RestoreCheck): boolean {
   return (
-    check.check === "order" || check.check === "sequencer-fork" || check.code === "RESTORE_CHECK_SKIPPED"
+    check.check === "order" ||
+    check.check === "sequencer-fork" ||
+    check.check === "synchronizer" ||
+    check.code === "RESTORE_CHECK_SKIPPED"
   );
 }
 
@@ -256,5 +266,34 @@ export function checkWrapperKey(node: NodeBackup, entry: NodeEntry): RestoreChec
     node: node.name,
     fingerprint: needed,
     where: ` to the restoring config (${seen.length === 0 ? `no crypto.private-key-encryption for ${node.name}` : seen.join("; ")})`,
+  });
+}
+
+/**
+ * A participant's set from another synchronizer than the config's (taken before a migration, docs/restore.md
+ * "The synchronizer is lost or restored behind the participants"): restored, the participant would
+ * come back on the old synchronizer's state and refuse to start under this config until migrated
+ * again, and what it committed since the migration would be gone. Refused unless forced.
+ */
+export function checkSynchronizer(
+  set: string,
+  node: NodeBackup,
+  target: TargetState,
+  configured: string,
+): RestoreCheck {
+  const inSet = node.synchronizerId?.split("::")[0] ?? null;
+  if (inSet === null || inSet === configured) {
+    return passed(node.name, "synchronizer", `on ${inSet ?? configured}, as the config`);
+  }
+  const since =
+    target.synchronizer?.id === configured && target.synchronizer.migratedAtOffset !== null
+      ? `; it was migrated to ${configured} at offset ${target.synchronizer.migratedAtOffset}, and what it committed since would be gone`
+      : "";
+  return failed(node.name, "synchronizer", "refuse", "RESTORE_SYNCHRONIZER_MIGRATED", {
+    node: node.name,
+    set,
+    setSynchronizer: inSet,
+    current: configured,
+    meaning: `restored, it comes back on ${inSet}'s state and refuses to start while the config names ${configured} (PARTICIPANT_SYNCHRONIZER_MISMATCH) until migrated again${since}`,
   });
 }

@@ -16,6 +16,7 @@ import {
   checkKeys,
   checkOrder,
   checkStranded,
+  checkSynchronizer,
   checkWrapperKey,
   FORCE_NAMES,
   failed,
@@ -107,6 +108,8 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
       const stranded = checkStranded(manifest, backup, live);
       if (stranded) checks.push(stranded);
     }
+    if (backup.kind === "participant")
+      checks.push(checkSynchronizer(set, backup, state, config.synchronizer.id));
     checks.push(checkTarget(backup, target, state, Boolean(options.replace), alreadyRestored));
     checks.push(await checkStopped(entry, config["data-dir"], state));
     if (state.stagingLeft) {

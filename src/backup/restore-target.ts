@@ -37,6 +37,11 @@ export interface TargetState {
   lastRestore: { backupSet: string; startedSince: boolean } | null;
   /** Databases earlier restores replaced and kept (the way back). */
   kept: KeptDatabase[];
+  /**
+   * A participant's synchronizer now (its registration, or the target of its last migration) and
+   * the offset of that migration; null when not a participant database or never registered.
+   */
+  synchronizer: { id: string; migratedAtOffset: bigint | null } | null;
 }
 
 /**
@@ -117,7 +122,7 @@ export async function inspectTarget(target: RestoreTarget): Promise<TargetState>
   }));
   if (!exists) {
     const kept = await listKeptDatabases(target);
-    return { exists, empty: true, stagingLeft, lockHeld: false, lastRestore: null, kept };
+    return { exists, empty: true, stagingLeft, lockHeld: false, lastRestore: null, kept, synchronizer: null };
   }
   return withClient(target.url, async (client) => {
     const tables = await client.query<{ name: string }>(
@@ -138,8 +143,20 @@ export async function inspectTarget(target: RestoreTarget): Promise<TargetState>
       const r = row.rows[0];
       if (r) lastRestore = { backupSet: r.backup_set, startedSince: r.started };
     }
+    let synchronizer: TargetState["synchronizer"] = null;
+    if (names.has("participant_synchronizer_migrations") && names.has("sequencer_client_registration")) {
+      // As synchronizer-migration.ts's currentSynchronizer (the registration holds `id::namespace`).
+      const row = await client.query<{ id: string | null; offset: string | null }>(
+        `SELECT coalesce((SELECT split_part(synchronizer_id, '::', 1) FROM sequencer_client_registration), m.to_synchronizer) AS id,
+                m.ledger_offset::text AS offset
+         FROM (SELECT 1) one LEFT JOIN LATERAL (SELECT to_synchronizer, ledger_offset FROM participant_synchronizer_migrations
+           ORDER BY ledger_offset DESC LIMIT 1) m ON true`,
+      );
+      const r = row.rows[0];
+      if (r?.id) synchronizer = { id: r.id, migratedAtOffset: r.offset === null ? null : BigInt(r.offset) };
+    }
     const kept = await listKeptDatabases(target);
-    return { exists, empty: names.size === 0, stagingLeft, lockHeld, lastRestore, kept };
+    return { exists, empty: names.size === 0, stagingLeft, lockHeld, lastRestore, kept, synchronizer };
   });
 }
 

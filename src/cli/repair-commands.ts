@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { registerRepairAcsCommands } from "./repair-acs-commands.ts";
+import { registerRepairSynchronizerCommands } from "./repair-synchronizer-commands.ts";
 
 /**
  * `lockstep repair …` (docs/restore.md, "The synchronizer is lost or restored behind the
@@ -12,5 +13,6 @@ export function registerRepairCommands(program: Command): void {
     .description(
       "recover from a lost synchronizer: a new one, participants migrated, contract sets compared and fixed",
     );
+  registerRepairSynchronizerCommands(repair);
   registerRepairAcsCommands(repair);
 }

@@ -31,6 +31,7 @@ import { RequestProcessor } from "./request-processor.ts";
 import { unsequencedInFlightCount } from "./request-store.ts";
 import { SubmissionService } from "./submission-service.ts";
 import { SynchronizerConnection } from "./synchronizer-connection.ts";
+import { currentSynchronizer, markPartiesAnnounced, partiesToAnnounce } from "./synchronizer-migration.ts";
 
 /** How often the participant asks for a time proof while submissions wait to be sequenced. */
 export const TIME_PROOF_INTERVAL_MS = 1000;
@@ -189,9 +190,11 @@ export class ParticipantNode implements NodeKindRuntime {
 
   private async startClient(): Promise<void> {
     try {
+      await this.checkSynchronizer();
       this.recoveryLoaded = this.recovery.load();
       await this.recoveryLoaded;
       await this.client.start((event, tx, ctx) => this.handle(event, tx, ctx));
+      await this.announcePartiesAfterMigration();
     } catch (error) {
       if (!this.stopped) this.stopOn(toLockstepError(error));
       return;
@@ -202,6 +205,30 @@ export class ParticipantNode implements NodeKindRuntime {
     this.sender.flush();
     this.timer = setInterval(() => void this.tick(), TIME_PROOF_INTERVAL_MS);
     this.timer.unref();
+  }
+
+  /** A participant migrated elsewhere, or not yet migrated here, must not connect (synchronizer-migration.ts). */
+  private async checkSynchronizer(): Promise<void> {
+    const current = await currentSynchronizer(this.context.db);
+    const configured = this.context.config.synchronizer.id;
+    if (current !== null && current !== configured) {
+      throw new LockstepError("PARTICIPANT_SYNCHRONIZER_MISMATCH", {
+        participant: this.context.entry.name,
+        current,
+        configured,
+      });
+    }
+  }
+
+  /**
+   * The first start after a migration: the participant registered with the new synchronizer (its
+   * keys, in client.start); its hosted parties are announced there before it serves commands.
+   */
+  private async announcePartiesAfterMigration(): Promise<void> {
+    if ((await partiesToAnnounce(this.context.db)) === undefined) return;
+    const announced = await this.parties.announceHosted();
+    await markPartiesAnnounced(this.context.db);
+    this.log.info({ parties: announced }, "hosted parties announced on the synchronizer after the migration");
   }
 
   async status(): Promise<NodeKindStatus> {

@@ -42,6 +42,26 @@ export class PartyManagement {
     return { party };
   }
 
+  /**
+   * After a migration to a new synchronizer (synchronizer-migration.ts): hosts every party allocated
+   * here on it again, signed with this participant's namespace key, and waits until each is effective.
+   */
+  async announceHosted(): Promise<string[]> {
+    const self = this.client.member;
+    const topology = this.client.topology();
+    const missing = [...(await displayNames(this.db)).keys()].filter(
+      (party) => topology.participantOf(party, END_OF_TIME) !== self,
+    );
+    if (missing.length === 0) return [];
+    const key = await this.keys.namespaceKey();
+    const signed = missing.map((party) =>
+      this.client.topology().issue({ type: "PartyToParticipant", party, participant: self }, key),
+    );
+    await this.client.submitTopology(signed);
+    for (const party of missing) await this.awaitHosted(party);
+    return missing;
+  }
+
   async list(): Promise<PartyDetails[]> {
     const self = this.client.member;
     const topology = this.client.topology();

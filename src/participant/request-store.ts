@@ -122,6 +122,14 @@ export async function timedOutInFlight(tx: Queryable, at: Micros): Promise<InFli
   return rows.map(toInFlight);
 }
 
+/** Every submission in flight, oldest first (a synchronizer migration abandons them, forced). */
+export async function allInFlight(q: Queryable): Promise<InFlightSubmission[]> {
+  const rows = await q.query<InFlightRow>(
+    "SELECT * FROM in_flight_submission ORDER BY registered_at, change_id",
+  );
+  return rows.map(toInFlight);
+}
+
 /** Submissions still waiting to be sequenced: while there are any, ask for time proofs. */
 export async function unsequencedInFlightCount(q: Queryable): Promise<number> {
   const row = await q.one<{ n: number }>(

@@ -99,6 +99,19 @@ CREATE TABLE sequencer_stranded_sets (
 ALTER TABLE sequencer_members ADD COLUMN writer_activation text NOT NULL DEFAULT '';
 `,
   },
+  {
+    version: 102,
+    name: "synchronizer_identity",
+    // The synchronizer this database sequences for (synchronizer-identity.ts): a database of a lost
+    // synchronizer is never reused under another id by mistake (lockstep repair new-synchronizer).
+    sql: `
+CREATE TABLE sequencer_synchronizer (
+  singleton        boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  synchronizer_id  text NOT NULL,
+  recorded_at      timestamptz NOT NULL DEFAULT now()
+);
+`,
+  },
 ];
 
 /** Everything a sequencer's database needs beyond node_state, in the order the runtime applies it. */

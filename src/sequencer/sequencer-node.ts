@@ -5,6 +5,7 @@ import type { Db } from "../storage/db.ts";
 import { Sequencer } from "./sequencer.ts";
 import { sequencerMigrations } from "./sequencer-migrations.ts";
 import { sequencerServiceRoutes } from "./sequencer-service.ts";
+import { claimSynchronizerId } from "./synchronizer-identity.ts";
 
 /**
  * The sequencer node kind: its schema, the SequencerService, and the Sequencer started on
@@ -31,6 +32,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
       },
       async activate() {
         const { parameters, mediator, id } = ctx.config.synchronizer;
+        await claimSynchronizerId(ctx.db, ctx.entry.name, id);
         sequencer = await Sequencer.start({
           db: ctx.db,
           keys,
