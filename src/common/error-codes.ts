@@ -699,7 +699,7 @@ export const ERROR_DEFINITIONS = [
   def(
     "SYNC_SERVICE_SYNCHRONIZERS_MUST_BE_OFFLINE",
     Code.FailedPrecondition,
-    "request",
+    "safety",
     false,
     "{participant} must be disconnected for {operation}: a process of it holds its database",
     "Stop the participant first (lockstep node stop {participant}); a repair works on its database alone.",
@@ -747,10 +747,18 @@ export const ERROR_DEFINITIONS = [
   def(
     "REPAIR_CONTRACT_CONFLICT",
     Code.FailedPrecondition,
-    "request",
+    "safety",
     false,
     "Cannot {operation} contract {contractId} on {participant}: {reason}",
     "Compare the participants again (lockstep repair compare-acs) and repair from the participant that holds the contract as it should be.",
+  ),
+  def(
+    "ACS_DIFFERENCES_FOUND",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{first} and {second} disagree on {count} shared contract(s)",
+    "Decide for each contract which participant is right, then, with the participant to fix stopped, copy it there (lockstep repair add PARTICIPANT --from-participant OTHER --contract-id ID) or archive it there (lockstep repair purge PARTICIPANT --contract-id ID); compare again until no difference is left.",
   ),
   def(
     "RESTORE_REFUSED",

@@ -11,8 +11,9 @@ import type { LedgerRecord, LedgerValue } from "../ledger/ledger-value.ts";
  * PARTICIPANT_INCARNATION_CHANGED, CONTRACT_NOT_ACTIVE.
  *
  * Offsets (as Canton's): one sequence from 1 shared by committed transactions (visible to a hosted
- * party) and by rejection completions of this participant's submissions; the ledger end is the
- * last one, 0 when there is none. Updates therefore may skip offsets.
+ * party), repairs (`lockstep repair add/purge`), rejection completions of this participant's
+ * submissions and synchronizer migration markers; the ledger end is the last one, 0 when there is
+ * none. Offsets are never reused, and a party's updates therefore may skip offsets.
  */
 export interface LedgerApiBackend {
   /** A party `hint::<participant namespace>`, resolved once it is effective in this participant's topology. */
@@ -38,12 +39,27 @@ export interface LedgerApiBackend {
   /** Contracts of which one of the parties is a stakeholder, at `activeAtOffset` (default: the ledger end). */
   activeContracts(request: ActiveContractsRequest): Promise<{ offset: bigint; contracts: ContractView[] }>;
   /**
-   * Transactions after beginExclusive in which one of the parties is an informee, projected to
-   * them; ends after endInclusive, else stays open until `signal` aborts. Validation errors
-   * (OFFSET_AFTER_LEDGER_END, PARTICIPANT_INCARNATION_CHANGED) are thrown by the first next().
+   * What GetUpdates streams: transactions after beginExclusive in which one of the parties is an
+   * informee, projected to them, and every synchronizer migration marker (whatever the parties),
+   * in offset order; ends after endInclusive, else stays open until `signal` aborts. Validation
+   * errors (OFFSET_AFTER_LEDGER_END, PARTICIPANT_INCARNATION_CHANGED) are thrown by the first next().
    */
+  updateStream(
+    request: UpdatesRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Update | SynchronizerMigrationMarker>;
+  /** updateStream without the markers, for callers that follow transactions only. */
   updates(request: UpdatesRequest, signal: AbortSignal): AsyncIterable<Update>;
-  /** Completions of the user's commands acting as one of the parties, after beginExclusive; stays open. */
+  /**
+   * What CompletionStream streams: completions of the user's commands acting as one of the
+   * parties, and every synchronizer migration marker (whatever the user), after beginExclusive, in
+   * offset order; stays open.
+   */
+  completionStream(
+    request: CompletionsRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Completion | SynchronizerMigrationMarker>;
+  /** completionStream without the markers. */
   completions(request: CompletionsRequest, signal: AbortSignal): AsyncIterable<Completion>;
 }
 
@@ -157,7 +173,10 @@ export type LedgerEvent =
       readonly witnessParties: readonly string[];
     };
 
-/** A committed transaction projected to the requesting parties (Canton's flat transaction). */
+/**
+ * A committed transaction projected to the requesting parties (Canton's flat transaction). A repair
+ * (`lockstep repair add/purge`) streams as one too, without a command (commandId "").
+ */
 export interface Update {
   readonly kind: "transaction";
   readonly updateId: string;
@@ -169,6 +188,30 @@ export interface Update {
   /** The sequencing timestamp of the confirmation request. */
   readonly recordTime: Micros;
   readonly events: readonly LedgerEvent[];
+}
+
+/**
+ * The participant moved to another synchronizer (`lockstep repair migrate-synchronizer`), at an
+ * offset of its own: updates before it committed on `fromSynchronizerId`, after it on
+ * `toSynchronizerId`. Not party-filtered: every subscriber must learn where the history changed.
+ */
+export interface SynchronizerMigrationMarker {
+  readonly kind: "synchronizer-migration";
+  readonly offset: bigint;
+  readonly fromSynchronizerId: string;
+  readonly toSynchronizerId: string;
+  /** The migrating host's clock (no sequencer orders a migration). */
+  readonly migratedAt: Micros;
+  /** Forced past in-flight submissions or unfinished requests. */
+  readonly forced: boolean;
+  readonly contractsMoved: bigint;
+  /** The submissions a forced migration completed as abandoned (each has its own failed completion). */
+  readonly abandonedCommandIds: readonly string[];
+}
+
+/** Tells a marker from what it is interleaved with (completions carry no `kind`). */
+export function isMigrationMarker(item: object): item is SynchronizerMigrationMarker {
+  return "kind" in item && item.kind === "synchronizer-migration";
 }
 
 export interface UpdatesRequest {

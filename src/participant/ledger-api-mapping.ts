@@ -5,6 +5,7 @@ import type { Micros } from "../common/time.ts";
 import type { Commands } from "../gen/lockstep/ledger/v1/commands_pb.ts";
 import type { CompletionSchema } from "../gen/lockstep/ledger/v1/completion_pb.ts";
 import type { ContractSchema, TransactionSchema } from "../gen/lockstep/ledger/v1/event_pb.ts";
+import type { SynchronizerMigrationSchema } from "../gen/lockstep/ledger/v1/synchronizer_migration_pb.ts";
 import type {
   CommandSpec,
   Completion,
@@ -12,6 +13,7 @@ import type {
   DeduplicationPeriod,
   LedgerEvent,
   SubmitCommands,
+  SynchronizerMigrationMarker,
   Update,
 } from "./ledger-api-backend.ts";
 
@@ -189,5 +191,19 @@ export function transactionToProto(u: Update): MessageInitShape<typeof Transacti
     effectiveAt: microsToTimestamp(u.effectiveAt),
     recordTime: microsToTimestamp(u.recordTime),
     events: u.events.map(eventToProto),
+  };
+}
+
+export function migrationToProto(
+  m: SynchronizerMigrationMarker,
+): MessageInitShape<typeof SynchronizerMigrationSchema> {
+  return {
+    offset: m.offset,
+    fromSynchronizerId: m.fromSynchronizerId,
+    toSynchronizerId: m.toSynchronizerId,
+    migratedAt: microsToTimestamp(m.migratedAt),
+    forced: m.forced,
+    contractsMoved: m.contractsMoved,
+    abandonedCommandIds: [...m.abandonedCommandIds],
   };
 }

@@ -5,11 +5,12 @@ import { CommandSubmissionService } from "../gen/lockstep/ledger/v1/command_subm
 import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_management_service_pb.ts";
 import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
 import { UpdateService } from "../gen/lockstep/ledger/v1/update_service_pb.ts";
-import type { LedgerApiBackend } from "./ledger-api-backend.ts";
+import { isMigrationMarker, type LedgerApiBackend } from "./ledger-api-backend.ts";
 import {
   checkOffset,
   completionToProto,
   contractToProto,
+  migrationToProto,
   optionalString,
   toSubmitCommands,
   transactionToProto,
@@ -51,7 +52,7 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
 
     router.service(CommandCompletionService, {
       completionStream: async function* (req, ctx: HandlerContext) {
-        const completions = backend.completions(
+        const completions = backend.completionStream(
           {
             beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
             userId: req.userId,
@@ -60,15 +61,19 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
           },
           ctx.signal,
         );
-        for await (const completion of completions) {
-          yield { response: { case: "completion" as const, value: completionToProto(completion) } };
+        for await (const item of completions) {
+          yield {
+            response: isMigrationMarker(item)
+              ? { case: "synchronizerMigration" as const, value: migrationToProto(item) }
+              : { case: "completion" as const, value: completionToProto(item) },
+          };
         }
       },
     });
 
     router.service(UpdateService, {
       getUpdates: async function* (req, ctx: HandlerContext) {
-        const updates = backend.updates(
+        const updates = backend.updateStream(
           {
             beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
             endInclusive:
@@ -78,8 +83,12 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
           },
           ctx.signal,
         );
-        for await (const update of updates) {
-          yield { update: { case: "transaction" as const, value: transactionToProto(update) } };
+        for await (const item of updates) {
+          yield {
+            update: isMigrationMarker(item)
+              ? { case: "synchronizerMigration" as const, value: migrationToProto(item) }
+              : { case: "transaction" as const, value: transactionToProto(item) },
+          };
         }
       },
     });

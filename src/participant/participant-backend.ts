@@ -3,25 +3,29 @@ import { type ErrorJson, LockstepError } from "../common/errors.ts";
 import { stakeholdersOf } from "../ledger/contract.ts";
 import type { Db } from "../storage/db.ts";
 import { CompletionLookup } from "./completion-lookup.ts";
-import type {
-  ActiveContractsRequest,
-  Completion,
-  CompletionsRequest,
-  ContractView,
-  LedgerApiBackend,
-  LedgerEnd,
-  LedgerEvent,
-  PartyDetails,
-  SubmitCommands,
-  SubmitResult,
-  Update,
-  UpdatesRequest,
+import {
+  type ActiveContractsRequest,
+  type Completion,
+  type CompletionsRequest,
+  type ContractView,
+  isMigrationMarker,
+  type LedgerApiBackend,
+  type LedgerEnd,
+  type LedgerEvent,
+  type PartyDetails,
+  type SubmitCommands,
+  type SubmitResult,
+  type SynchronizerMigrationMarker,
+  type Update,
+  type UpdatesRequest,
 } from "./ledger-api-backend.ts";
 import type { LedgerNotifier } from "./ledger-notifier.ts";
+import { checkOffset, followLedger } from "./ledger-stream.ts";
 import {
   contractsActiveAt,
   readCompletions,
   readLedgerEnd,
+  readMigrationMarkers,
   readUpdates,
   type StoredContract,
   type StoredUpdate,
@@ -49,6 +53,9 @@ function deadlineMargin(timeoutMs: number): number {
 /** The participant's LedgerApiBackend over its database (reads) and services (writes). */
 export class ParticipantBackend implements LedgerApiBackend {
   private readonly completionLookup: CompletionLookup;
+  /** Every stream carries every migration marker, whatever its parties or user. */
+  private readonly markers = (after: bigint, upTo: bigint, limit: number) =>
+    readMigrationMarkers(this.db, after, upTo, limit);
 
   constructor(
     private readonly db: Db,
@@ -158,47 +165,52 @@ export class ParticipantBackend implements LedgerApiBackend {
     return { offset, contracts: contracts.map(toContractView) };
   }
 
-  async *updates(request: UpdatesRequest, signal: AbortSignal): AsyncIterable<Update> {
+  async *updateStream(
+    request: UpdatesRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Update | SynchronizerMigrationMarker> {
     this.checkIncarnation(request.incarnation);
-    let end = await readLedgerEnd(this.db);
-    checkOffset(request.beginExclusive, end);
-    if (request.endInclusive !== undefined) checkOffset(request.endInclusive, end);
     const parties = new Set(request.parties);
-    let cursor = request.beginExclusive;
-    while (!signal.aborted) {
-      const upTo =
-        request.endInclusive !== undefined && request.endInclusive < end ? request.endInclusive : end;
-      const batch = await readUpdates(this.db, cursor, upTo, [...parties]);
-      for (const stored of batch) {
-        if (signal.aborted) return;
-        yield toUpdate(stored, parties);
-        cursor = stored.offset;
-      }
-      if (batch.length > 0) continue;
-      cursor = upTo;
-      if (request.endInclusive !== undefined && cursor >= request.endInclusive) return;
-      await this.notifier.wait(signal);
-      end = await readLedgerEnd(this.db);
-    }
+    yield* followLedger<Update | SynchronizerMigrationMarker>({
+      db: this.db,
+      notifier: this.notifier,
+      signal,
+      beginExclusive: request.beginExclusive,
+      endInclusive: request.endInclusive,
+      sources: [
+        async (after, upTo, limit) =>
+          (await readUpdates(this.db, after, upTo, [...parties], limit)).map((u) => toUpdate(u, parties)),
+        this.markers,
+      ],
+    });
+  }
+
+  async *updates(request: UpdatesRequest, signal: AbortSignal): AsyncIterable<Update> {
+    for await (const item of this.updateStream(request, signal)) if (!isMigrationMarker(item)) yield item;
+  }
+
+  async *completionStream(
+    request: CompletionsRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Completion | SynchronizerMigrationMarker> {
+    this.checkIncarnation(request.incarnation);
+    yield* followLedger<Completion | SynchronizerMigrationMarker>({
+      db: this.db,
+      notifier: this.notifier,
+      signal,
+      beginExclusive: request.beginExclusive,
+      sources: [
+        async (after, upTo, limit) =>
+          (await readCompletions(this.db, request.userId, request.parties, after, upTo, limit)).map(
+            ({ changeId: _changeId, ...completion }) => completion,
+          ),
+        this.markers,
+      ],
+    });
   }
 
   async *completions(request: CompletionsRequest, signal: AbortSignal): AsyncIterable<Completion> {
-    this.checkIncarnation(request.incarnation);
-    let end = await readLedgerEnd(this.db);
-    checkOffset(request.beginExclusive, end);
-    let cursor = request.beginExclusive;
-    while (!signal.aborted) {
-      const batch = await readCompletions(this.db, request.userId, request.parties, cursor, end);
-      for (const { changeId: _changeId, ...completion } of batch) {
-        if (signal.aborted) return;
-        yield completion;
-        cursor = completion.offset;
-      }
-      if (batch.length > 0) continue;
-      cursor = end;
-      await this.notifier.wait(signal);
-      end = await readLedgerEnd(this.db);
-    }
+    for await (const item of this.completionStream(request, signal)) if (!isMigrationMarker(item)) yield item;
   }
 
   /** docs/design.md §4.5: an application that names an older incarnation must reset its state. */
@@ -208,11 +220,6 @@ export class ParticipantBackend implements LedgerApiBackend {
       throw new LockstepError("PARTICIPANT_INCARNATION_CHANGED", { requested, current });
     }
   }
-}
-
-function checkOffset(offset: bigint, ledgerEnd: bigint): void {
-  if (offset < 0n) throw new LockstepError("INVALID_ARGUMENT", { details: `offset ${offset} is negative` });
-  if (offset > ledgerEnd) throw new LockstepError("OFFSET_AFTER_LEDGER_END", { offset, ledgerEnd });
 }
 
 function toContractView(c: StoredContract): ContractView {

@@ -5,7 +5,7 @@ import { type LedgerRecord, ledgerJson } from "../ledger/ledger-value.ts";
 import type { TransactionView } from "../ledger/transaction-view.ts";
 import type { Queryable } from "../storage/db.ts";
 import { type AcceptedCompletion, periodFromText, periodToText } from "./deduplication.ts";
-import type { Completion } from "./ledger-api-backend.ts";
+import type { Completion, SynchronizerMigrationMarker } from "./ledger-api-backend.ts";
 
 /**
  * The participant's tables (participant-migrations.ts): plain reads and writes, no decisions.
@@ -142,7 +142,8 @@ export async function allActiveContracts(q: Queryable): Promise<StoredContract[]
 export interface StoredUpdate {
   readonly offset: bigint;
   readonly updateId: string;
-  readonly requestId: Micros;
+  /** Null for a repair (`lockstep repair add/purge`): no confirmation request committed it. */
+  readonly requestId: Micros | null;
   readonly recordTime: Micros;
   readonly ledgerTime: Micros;
   readonly commandId: string;
@@ -181,7 +182,7 @@ export async function readUpdates(
   const rows = await q.query<{
     ledger_offset: bigint;
     update_id: string;
-    request_id: bigint;
+    request_id: bigint | null;
     record_time: bigint;
     ledger_time: bigint;
     command_id: string;
@@ -230,6 +231,42 @@ export function viewFromText(text: string): TransactionView {
     inputContracts: json.inputContracts.map(contractFromWire),
     createdContracts: json.createdContracts.map(contractFromWire),
   };
+}
+
+// --- synchronizer migrations (written by synchronizer-migration.ts) ----------------------------
+
+/** The migration markers after `after` up to `upTo`: what the update and completion streams carry. */
+export async function readMigrationMarkers(
+  q: Queryable,
+  after: bigint,
+  upTo: bigint,
+  limit = 200,
+): Promise<SynchronizerMigrationMarker[]> {
+  const rows = await q.query<{
+    ledger_offset: bigint;
+    from_synchronizer: string;
+    to_synchronizer: string;
+    migrated_at: bigint;
+    forced: boolean;
+    contracts_moved: bigint;
+    abandoned_command_ids: string[];
+  }>(
+    `SELECT ledger_offset, from_synchronizer, to_synchronizer, migrated_at, forced, contracts_moved,
+       abandoned_command_ids
+     FROM participant_synchronizer_migrations WHERE ledger_offset > $1 AND ledger_offset <= $2
+     ORDER BY ledger_offset LIMIT $3`,
+    [after, upTo, limit],
+  );
+  return rows.map((r) => ({
+    kind: "synchronizer-migration",
+    offset: r.ledger_offset,
+    fromSynchronizerId: r.from_synchronizer,
+    toSynchronizerId: r.to_synchronizer,
+    migratedAt: r.migrated_at,
+    forced: r.forced,
+    contractsMoved: r.contracts_moved,
+    abandonedCommandIds: r.abandoned_command_ids,
+  }));
 }
 
 // --- completions and deduplication ---------------------------------------------------------------

@@ -10,6 +10,7 @@ import type {
   PartyDetails,
   SubmitCommands,
   SubmitResult,
+  SynchronizerMigrationMarker,
   Update,
   UpdatesRequest,
 } from "../../src/participant/ledger-api-backend.ts";
@@ -112,6 +113,21 @@ export class FakeLedgerBackend implements LedgerApiBackend {
       (c) => c.createdOffset <= at && c.signatories.some((p) => request.parties.includes(p)),
     );
     return { offset: at, contracts };
+  }
+
+  // The fake never migrates: its streams carry no markers.
+  updateStream(
+    request: UpdatesRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Update | SynchronizerMigrationMarker> {
+    return this.updates(request, signal);
+  }
+
+  completionStream(
+    request: CompletionsRequest,
+    signal: AbortSignal,
+  ): AsyncIterable<Completion | SynchronizerMigrationMarker> {
+    return this.completions(request, signal);
   }
 
   updates(request: UpdatesRequest, signal: AbortSignal): AsyncIterable<Update> {
