@@ -31,7 +31,13 @@ import { RequestProcessor } from "./request-processor.ts";
 import { unsequencedInFlightCount } from "./request-store.ts";
 import { SubmissionService } from "./submission-service.ts";
 import { SynchronizerConnection } from "./synchronizer-connection.ts";
-import { currentSynchronizer, markPartiesAnnounced, partiesToAnnounce } from "./synchronizer-migration.ts";
+import {
+  currentSynchronizer,
+  markPartiesAnnounced,
+  partiesToAnnounce,
+  synchronizerHistory,
+  synchronizerMigrations,
+} from "./synchronizer-migration.ts";
 
 /** How often the participant asks for a time proof while submissions wait to be sequenced. */
 export const TIME_PROOF_INTERVAL_MS = 1000;
@@ -238,6 +244,11 @@ export class ParticipantNode implements NodeKindRuntime {
         clean: clean === null ? null : String(clean),
         ledgerEnd: String(await readLedgerEnd(this.context.db)),
         subscriptionCheck,
+        // The synchronizers it has been on: the earlier ones inactive since the migration's offset.
+        synchronizers: synchronizerHistory(
+          this.context.config.synchronizer.id,
+          await synchronizerMigrations(this.context.db),
+        ),
       },
       deduplicationRecovery: this.recovery.status() as Record<string, unknown> | null,
     };

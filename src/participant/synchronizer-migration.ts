@@ -88,6 +88,20 @@ export async function synchronizerMigrations(q: Queryable): Promise<MigrationRec
   return rows.map(toRecord);
 }
 
+/** For status: each synchronizer the participant has been on, the current one active. */
+export function synchronizerHistory(
+  current: string,
+  migrations: readonly MigrationRecord[],
+): { id: string; status: "active" | "inactive"; untilOffset?: string; forced?: boolean }[] {
+  const earlier = migrations.map((m) => ({
+    id: m.from,
+    status: "inactive" as const,
+    untilOffset: m.offset.toString(),
+    forced: m.forced,
+  }));
+  return [...earlier, { id: migrations.at(-1)?.to ?? current, status: "active" }];
+}
+
 /**
  * The synchronizer the participant is on, by the config's `synchronizer.id` (the registration holds
  * the full identifier `id::namespace`): its registration's, else (migrated, not registered yet) the

@@ -157,7 +157,8 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
 
   // Roll out sync2 instead: the old synchronizer's nodes stop, the config names the new one.
   for (const node of ["sequencer1", "mediator1", "participant1", "participant2"]) await nodeStop(n, node);
-  const config = parse(readFileSync(n.net.configPath, "utf8")) as ConfigInput;
+  const sync1Config = readFileSync(n.net.configPath, "utf8");
+  const config = parse(sync1Config) as ConfigInput;
   config.synchronizer.id = "sync2";
   config.synchronizer.sequencer = {
     ...config.synchronizer.sequencer,
@@ -180,6 +181,17 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
   // participant1 has a submission in flight: refused without --force (Canton's id), forced with it.
   const migrate = (node: string, ...extra: string[]) =>
     cli(n, ["repair", "migrate-synchronizer", node, "--from", "sync1", "--to", "sync2", ...extra]);
+  // A wrong source is refused, and changes nothing.
+  const wrongSource = await cli(n, [
+    "repair",
+    "migrate-synchronizer",
+    "participant2",
+    "--from",
+    "sync9",
+    "--to",
+    "sync2",
+  ]);
+  assert.equal(wrongSource.json<{ error: { code: string } }>().error.code, "SYNCHRONIZER_MIGRATION_INVALID");
   const refused = await migrate("participant1");
   assert.equal(refused.code, 3, refused.stdout + refused.stderr);
   assert.equal(
@@ -217,8 +229,18 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
   const back = await transfer(p(n, 1), "transfer-a1", a1, bob, alice); // bob owns a1
   // b1 moved to bob alone (issuer bob, owner bob), a1 back to alice alone: one side each.
   const shared = [a2, a3, b2, c1];
-  const atP1 = await acs(p(n, 0), alice);
-  const atP2 = await acs(p(n, 1), bob);
+  // Each transfer was acknowledged by its submitter's participant; the other sees it a moment later.
+  const settled = (clients: LedgerClients, party: string, expected: string[]) =>
+    waitFor(`${party}'s contracts to settle`, async () => {
+      const now = await acs(clients, party);
+      return [...now.keys()].sort().join() === [...expected].sort().join() ? now : undefined;
+    }).catch(async (error: unknown) => {
+      throw new Error(
+        `${error}: ${[...(await acs(clients, party)).keys()].sort().join()} ≠ ${[...expected].sort().join()}`,
+      );
+    });
+  const atP1 = await settled(p(n, 0), alice, [...shared, back]);
+  const atP2 = await settled(p(n, 1), bob, [...shared, moved]);
   assert.deepEqual(
     [...atP1.keys()].sort(),
     [...shared, back].sort(),
@@ -271,6 +293,34 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
   }
   abort.abort();
   assert.deepEqual(completions, ["SYNCHRONIZER_MIGRATED_WHILE_IN_FLIGHT", "marker"]);
+
+  // status: sync1 inactive since the marker, sync2 active.
+  const statusNow = await cli(n, ["status"]);
+  const p1Status = statusNow
+    .json<{ nodes: { name: string; position: { synchronizers?: unknown } | null }[] }>()
+    .nodes.find((x) => x.name === "participant1");
+  assert.deepEqual(p1Status?.position?.synchronizers, [
+    { id: "sync1", status: "inactive", untilOffset: m1.offset, forced: true },
+    { id: "sync2", status: "active" },
+  ]);
+  // Started again under the old config, the migrated participant refuses to connect to sync1.
+  await nodeStop(n, "participant1");
+  const oldConfig = `${n.net.configPath}.sync1.yaml`;
+  writeFileSync(oldConfig, sync1Config);
+  const underOld = await runLockstep([
+    "node",
+    "start",
+    "participant1",
+    "--detach",
+    "--json",
+    "--config",
+    oldConfig,
+  ]);
+  assert.equal(underOld.code, 0, underOld.stdout + underOld.stderr);
+  const mismatch = await waitForNodeError(n, "participant1", ["PARTICIPANT_SYNCHRONIZER_MISMATCH"]);
+  assert.match(mismatch.lastError?.remedy ?? "", /migrate-synchronizer participant1 --from sync2 --to sync1/);
+  await nodeStop(n, "participant1");
+  await nodeStart(n, "participant1");
 
   // A set taken now is safe and restorable; one taken before the migration is refused onto the
   // migrated participant unless that check is forced.
