@@ -30,14 +30,23 @@ import {
 // second remedy: roll out a new synchronizer and migrate the participants to it, as Canton's
 // repair.migrate_synchronizer(source, target, force = true). All through the CLI on real PostgreSQL.
 // Traffic; the synchronizer alone backed up; more traffic; the synchronizer lost and restored from
-// the older set: the participants stop on the fork. sync2 rolled out beside it; both participants
+// the older set: the participants stop on the fork. sync2 rolled out beside it (the old one keeps
+// running under its own config); both participants
 // migrated (one with a submission still in flight: refused, then forced); their contract sets agree;
 // new transactions commit on sync2, transfers of contracts from before the loss among them; nothing
 // duplicated or lost; the streams carry the migration marker; a set taken afterwards is safe and
 // restorable, and one taken before is refused onto the migrated participant unless forced.
 
 let network: LedgerNetwork | undefined;
-after(() => network?.down());
+/** The old synchronizer's config, written when the config moves to sync2 (its nodes keep running beside). */
+let oldConfig: string | undefined;
+after(async () => {
+  if (oldConfig && network) {
+    for (const node of ["sequencer1", "mediator1"])
+      await runLockstep(["node", "stop", node, "--config", oldConfig]);
+  }
+  await network?.down();
+});
 
 const FORK_CODES = [
   "SEQUENCER_FORK_DETECTED",
@@ -155,9 +164,12 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
     .catch(() => {});
   for (const node of ["participant1", "participant2"]) await waitForNodeError(n, node, FORK_CODES);
 
-  // Roll out sync2 instead: the old synchronizer's nodes stop, the config names the new one.
-  for (const node of ["sequencer1", "mediator1", "participant1", "participant2"]) await nodeStop(n, node);
+  // Roll out sync2 beside it: the participants stop, the config names the new synchronizer; the old
+  // one keeps running under its own config (other participants might still use it).
+  for (const node of ["participant1", "participant2"]) await nodeStop(n, node);
   const sync1Config = readFileSync(n.net.configPath, "utf8");
+  oldConfig = `${n.net.configPath}.sync1.yaml`;
+  writeFileSync(oldConfig, sync1Config);
   const config = parse(sync1Config) as ConfigInput;
   config.synchronizer.id = "sync2";
   config.synchronizer.sequencer = {
@@ -305,8 +317,6 @@ test("a lost synchronizer: roll out sync2, migrate both participants, and the le
   ]);
   // Started again under the old config, the migrated participant refuses to connect to sync1.
   await nodeStop(n, "participant1");
-  const oldConfig = `${n.net.configPath}.sync1.yaml`;
-  writeFileSync(oldConfig, sync1Config);
   const underOld = await runLockstep([
     "node",
     "start",
