@@ -204,6 +204,6 @@ export function migrationToProto(
     migratedAt: microsToTimestamp(m.migratedAt),
     forced: m.forced,
     contractsMoved: m.contractsMoved,
-    abandonedCommandIds: [...m.abandonedCommandIds],
+    abandonedSubmissions: BigInt(m.abandonedCommandIds.length),
   };
 }

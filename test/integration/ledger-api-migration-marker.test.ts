@@ -183,8 +183,8 @@ test("GetUpdates from 0: transactions, the marker, the repair, transactions, off
   assert.equal(response?.update.case, "synchronizerMigration");
   const m = response.update.value;
   assert.deepEqual(
-    [m.offset, m.fromSynchronizerId, m.toSynchronizerId, m.forced, m.contractsMoved, m.abandonedCommandIds],
-    [marker, "sync1", "sync2", false, 2n, []],
+    [m.offset, m.fromSynchronizerId, m.toSynchronizerId, m.forced, m.contractsMoved, m.abandonedSubmissions],
+    [marker, "sync1", "sync2", false, 2n, 0n],
   );
   assert.deepEqual(m.migratedAt && [m.migratedAt.seconds, m.migratedAt.nanos], [1_700_000_000n, 1000]);
 });

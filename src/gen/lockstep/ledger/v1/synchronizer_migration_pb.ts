@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file lockstep/ledger/v1/synchronizer_migration.proto.
  */
 export const file_lockstep_ledger_v1_synchronizer_migration: GenFile = /*@__PURE__*/
-  fileDesc("Ci9sb2Nrc3RlcC9sZWRnZXIvdjEvc3luY2hyb25pemVyX21pZ3JhdGlvbi5wcm90bxISbG9ja3N0ZXAubGVkZ2VyLnYxItoBChVTeW5jaHJvbml6ZXJNaWdyYXRpb24SDgoGb2Zmc2V0GAEgASgDEhwKFGZyb21fc3luY2hyb25pemVyX2lkGAIgASgJEhoKEnRvX3N5bmNocm9uaXplcl9pZBgDIAEoCRIvCgttaWdyYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGZm9yY2VkGAUgASgIEhcKD2NvbnRyYWN0c19tb3ZlZBgGIAEoAxIdChVhYmFuZG9uZWRfY29tbWFuZF9pZHMYByADKAliBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("Ci9sb2Nrc3RlcC9sZWRnZXIvdjEvc3luY2hyb25pemVyX21pZ3JhdGlvbi5wcm90bxISbG9ja3N0ZXAubGVkZ2VyLnYxItoBChVTeW5jaHJvbml6ZXJNaWdyYXRpb24SDgoGb2Zmc2V0GAEgASgDEhwKFGZyb21fc3luY2hyb25pemVyX2lkGAIgASgJEhoKEnRvX3N5bmNocm9uaXplcl9pZBgDIAEoCRIvCgttaWdyYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGZm9yY2VkGAUgASgIEhcKD2NvbnRyYWN0c19tb3ZlZBgGIAEoAxIdChVhYmFuZG9uZWRfc3VibWlzc2lvbnMYByABKANiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * The participant moved to another synchronizer (`lockstep repair migrate-synchronizer`, docs/restore.md
@@ -60,12 +60,13 @@ export type SynchronizerMigration = Message<"lockstep.ledger.v1.SynchronizerMigr
   contractsMoved: bigint;
 
   /**
-   * Submissions in flight at a forced migration: each also has a completion with
-   * SYNCHRONIZER_MIGRATED_WHILE_IN_FLIGHT at this offset's predecessors.
+   * How many submissions were in flight at a forced migration. Each has its own completion with
+   * SYNCHRONIZER_MIGRATED_WHILE_IN_FLIGHT just before this offset, seen only by its user: the
+   * marker goes to everyone, so it names no command.
    *
-   * @generated from field: repeated string abandoned_command_ids = 7;
+   * @generated from field: int64 abandoned_submissions = 7;
    */
-  abandonedCommandIds: string[];
+  abandonedSubmissions: bigint;
 };
 
 /**
