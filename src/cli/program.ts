@@ -4,6 +4,7 @@ import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { registerBackupCommands } from "./backup-commands.ts";
+import { registerCheckpointCommands } from "./checkpoint-commands.ts";
 import { registerConfigCommands } from "./config-command.ts";
 import { registerDemoCommand } from "./demo-command.ts";
 import { registerFailoverCommand } from "./failover-command.ts";
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
   registerLedgerCommands(program);
   registerRestoreCommands(program);
   registerBackupCommands(program);
+  registerCheckpointCommands(program);
   registerKeysCommands(program);
   registerReplicationCommand(program);
   registerFailoverCommand(program);

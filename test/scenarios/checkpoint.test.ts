@@ -1,0 +1,79 @@
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+import { runLockstep } from "../support/cli.ts";
+import type { LedgerClients } from "../support/ledger-client.ts";
+import {
+  allocateKnownParty,
+  createIouCommand,
+  type LedgerNetwork,
+  startLedgerNetwork,
+} from "../support/ledger-network.ts";
+import { waitUntil } from "../support/wait.ts";
+
+// `lockstep checkpoint create|list` (src/backup/checkpoint.ts) on a live network under traffic: one
+// restore point for the embedded cluster all nodes share, each node's position read under its
+// writers' lock, in the safe order (no member ahead of the sequencer). Restoring to it (PITR) comes
+// with the pgBackRest engine; its exactness test belongs there.
+
+let network: LedgerNetwork | undefined;
+after(() => network?.down());
+
+interface CheckpointJson {
+  name: string;
+  clusters: { cluster: string; lsn: string; nodes: string[] }[];
+  nodes: { name: string; kind: string; position: Record<string, unknown> }[];
+}
+
+test("a checkpoint under traffic: one restore point per cluster, positions in the safe order", async () => {
+  const n = await startLedgerNetwork();
+  network = n;
+  const alice = await allocateKnownParty(n, 0, "alice");
+  const bob = await allocateKnownParty(n, 1, "bob");
+  const clients = n.clients as LedgerClients[];
+  let stop = false;
+  let committed = 0;
+  const traffic = (async () => {
+    for (let i = 0; !stop; i++) {
+      await (clients[i % 2] as LedgerClients).commands.submitAndWait(
+        { commands: createIouCommand(`t-${i}`, i % 2 ? bob : alice, i % 2 ? alice : bob) },
+        { timeoutMs: 60_000 },
+      );
+      committed++;
+    }
+  })();
+  await waitUntil("traffic flowing", () => committed >= 3, 60_000, 20);
+  const created = await runLockstep(["checkpoint", "create", "cp1", "--json", ...n.cfg]);
+  const afterCheckpoint = committed;
+  await waitUntil("traffic after the checkpoint", () => committed >= afterCheckpoint + 2, 60_000, 20);
+  stop = true;
+  await traffic;
+  assert.equal(created.code, 0, created.stdout + created.stderr);
+  const record = created.json<CheckpointJson>();
+  assert.equal(record.clusters.length, 1, "the embedded cluster: one restore point");
+  assert.match(record.clusters[0]?.lsn ?? "", /^[0-9A-F]+\/[0-9A-F]+$/);
+  assert.deepEqual(record.nodes.map((x) => x.name).sort(), [
+    "mediator1",
+    "participant1",
+    "participant2",
+    "sequencer1",
+  ]);
+  const sequencer = record.nodes.find((x) => x.kind === "sequencer")?.position as {
+    head: string;
+    members: Record<string, string | null>;
+  };
+  for (const member of record.nodes.filter((x) => x.kind !== "sequencer")) {
+    const clean = member.position.clean as string | null;
+    assert.ok(
+      clean !== null && BigInt(clean) <= BigInt(sequencer.head),
+      `${member.name} is not ahead of the sequencer`,
+    );
+  }
+
+  const again = await runLockstep(["checkpoint", "create", "cp1", "--json", ...n.cfg]);
+  assert.equal(again.code, 2, "a name is used once");
+  const listed = await runLockstep(["checkpoint", "list", "--json", ...n.cfg]);
+  assert.deepEqual(
+    listed.json<{ checkpoints: CheckpointJson[] }>().checkpoints.map((c) => c.name),
+    ["cp1"],
+  );
+});
