@@ -6,7 +6,7 @@ import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { type NodeConnection, nodeConnection } from "../node/node-database.ts";
 import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { createStorageDb } from "../storage/storage-db.ts";
-import type { BackupEngine } from "./backup-engine.ts";
+import type { BackupEngines } from "./backup-engines.ts";
 import {
   holdSet,
   liveSequencerStatus,
@@ -15,13 +15,7 @@ import {
   sequencerRpc,
 } from "./backup-holds.ts";
 import type { BackupRepository } from "./backup-repository.ts";
-import {
-  type BackupFormat,
-  MANIFEST_VERSION,
-  type Manifest,
-  type NodeBackup,
-  type UnsignedManifest,
-} from "./manifest.ts";
+import { MANIFEST_VERSION, type Manifest, type NodeBackup, type UnsignedManifest } from "./manifest.ts";
 import { dumpNode } from "./node-dump.ts";
 import { readMemberEvents } from "./node-position.ts";
 import { checkOrder, memberLookups } from "./order-check.ts";
@@ -31,9 +25,8 @@ export interface CreateBackupOptions {
   /** The nodes to back up (a subset makes its own set, checked against the newest set with a sequencer). */
   nodes: NodeEntry[];
   repository: BackupRepository;
-  engine: BackupEngine;
-  format: BackupFormat;
-  jobs: number;
+  /** Where each node's engine comes from (config, per-node override, `--engine`). */
+  engines: BackupEngines;
   logger: Logger;
   /** A progress line (stderr in the CLI). */
   progress: (line: string) => void;
@@ -82,6 +75,8 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
     return c;
   };
   const options: CreateBackupOptions = { ...input, connect };
+  // Every node's engine before anything starts: an engine this build lacks refuses the whole run.
+  for (const entry of options.nodes) options.engines.forNode(entry);
   const setId = await repository.beginSet();
   const setDir = repository.setDir(setId);
   const startedAt = new Date().toISOString();
@@ -105,9 +100,7 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
         dataDir: config["data-dir"],
         synchronizerId: config.synchronizer.id,
         setDir,
-        format: options.format,
-        jobs: options.jobs,
-        engine: options.engine,
+        engine: options.engines.forNode(entry),
         logger: options.logger,
         progress,
         connect,

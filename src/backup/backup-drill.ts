@@ -12,7 +12,7 @@ import { allActiveContracts, readLedgerEnd, readUpdates } from "../participant/p
 import type { Queryable } from "../storage/db.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
 import { createPgDb } from "../storage/pg-db.ts";
-import type { BackupEngine } from "./backup-engine.ts";
+import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository } from "./backup-repository.ts";
 import { type Manifest, manifestJson, type NodeBackup } from "./manifest.ts";
 import { readNodeSnapshotInfo } from "./node-position.ts";
@@ -20,7 +20,7 @@ import { readNodeSnapshotInfo } from "./node-position.ts";
 export interface DrillOptions {
   manifest: Manifest;
   repository: BackupRepository;
-  engine: BackupEngine;
+  engines: BackupEngines;
   config: LockstepConfig;
   jobs: number;
   logger: Logger;
@@ -175,11 +175,14 @@ export async function drillSet(options: DrillOptions): Promise<DrillResult> {
       });
       try {
         progress(`${node.name}: drill restore into scratch database ${scratch}`);
-        await options.engine.restore(
-          { path: options.repository.artifactPath(manifest.id, node), format: node.format },
-          cluster.connectionUrl(scratch),
-          { jobs: options.jobs },
-        );
+        const artifact = options.repository.artifact(manifest.id, node);
+        await options.engines
+          .forArtifact(artifact)
+          .restore(
+            artifact,
+            { kind: "database", url: cluster.connectionUrl(scratch) },
+            { jobs: options.jobs },
+          );
         // The sequencer's side of the order check is looked up again at the same member positions.
         const views = node.kind === "sequencer" ? node.position.memberEvents : undefined;
         const lookups = Object.entries(views ?? {}).map(([member, v]) => ({

@@ -6,12 +6,14 @@ import { join, resolve } from "node:path";
 import { LockstepError } from "../common/errors.ts";
 import { type Logger, silentLogger } from "../common/logging.ts";
 import { isAlive } from "../storage/server-process.ts";
+import type { Artifact } from "./backup-engine.ts";
+import { fsyncPath } from "./file-hash.ts";
 import {
-  artifactName,
-  type BackupFormat,
   type Manifest,
   manifestChecksum,
   manifestSchema,
+  type NodeBackup,
+  nodeEngine,
   sealManifest,
   type UnsignedManifest,
 } from "./manifest.ts";
@@ -61,16 +63,7 @@ export async function writeFileAtomic(path: string, content: string): Promise<vo
     await handle.close();
   }
   await rename(temp, path);
-  await fsyncDir(dir);
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
+  await fsyncPath(dir);
 }
 
 /**
@@ -94,10 +87,9 @@ export class BackupRepository {
     return join(this.dir, setId);
   }
 
-  /** A node's artifact in a set: a file (tar, custom) or a directory (directory format). */
-  artifactPath(setId: string, node: { name: string; format: BackupFormat } | { artifact: string }): string {
-    const rel = "artifact" in node ? node.artifact : artifactName(node.name, node.format);
-    return join(this.setDir(setId), rel);
+  /** A node's artifact in a set, as its engine reads it (verify, drill, restore). */
+  artifact(setId: string, node: NodeBackup): Artifact {
+    return { setDir: this.setDir(setId), name: node.artifact, record: nodeEngine(node) };
   }
 
   /** Complete sets (with a manifest that parses and matches its checksum), newest first. */
@@ -179,7 +171,7 @@ export class BackupRepository {
       join(dir, IN_PROGRESS_FILE),
       JSON.stringify({ pid: process.pid, host: hostname(), startedAt: now.toISOString() }),
     );
-    await fsyncDir(this.dir);
+    await fsyncPath(this.dir);
     return id;
   }
 
@@ -187,7 +179,7 @@ export class BackupRepository {
   async completeSet(manifest: UnsignedManifest): Promise<Manifest> {
     const sealed = sealManifest(manifest);
     const dir = this.setDir(manifest.id);
-    await fsyncDir(dir);
+    await fsyncPath(dir);
     await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(sealed, null, 2)}\n`);
     await rm(join(dir, IN_PROGRESS_FILE), { force: true });
     return sealed;
@@ -247,7 +239,7 @@ export class BackupRepository {
   async deleteSet(setId: string): Promise<void> {
     const dir = this.setDir(setId);
     await rm(join(dir, MANIFEST_FILE), { force: true });
-    await fsyncDir(dir);
+    await fsyncPath(dir);
     await rm(dir, { recursive: true, force: true });
   }
 

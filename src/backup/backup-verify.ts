@@ -1,18 +1,16 @@
-import { existsSync } from "node:fs";
-import { stat } from "node:fs/promises";
-import { join } from "node:path";
 import type { LockstepConfig } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { drillSet } from "./backup-drill.ts";
-import type { BackupEngine } from "./backup-engine.ts";
+import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository, Verification } from "./backup-repository.ts";
-import type { Manifest } from "./manifest.ts";
-import { hashFile } from "./pg-dump-engine.ts";
+import { checkFile, type FileCheck } from "./file-hash.ts";
+import type { Manifest, ManifestFile } from "./manifest.ts";
 
 export interface VerifyOptions {
   repository: BackupRepository;
-  engine: BackupEngine;
+  /** Each artifact is checked by the engine that made it (its manifest record). */
+  engines: BackupEngines;
   setId: string;
   drill: boolean;
   /** Needed for --drill: the data dir's embedded cluster holds the scratch databases. */
@@ -27,11 +25,17 @@ export interface VerifyResult {
   ok: boolean;
   level: Verification["level"];
   problems: string[];
-  /** Files checked (size + SHA-256) and archives listed. */
+  /** Files checked (size + SHA-256), and artifacts that passed their engine's own tiers. */
   files: number;
   listed: number;
   drill: { node: string; checks: string[] }[] | null;
   durationMs: number;
+}
+
+function mismatch(check: Exclude<FileCheck, { ok: true }>, file: ManifestFile): string {
+  if (check.problem === "missing") return "missing";
+  if (check.problem === "size") return `size ${check.bytes}, manifest says ${file.bytes}`;
+  return `SHA-256 ${check.sha256.slice(0, 16)}…, manifest says ${file.sha256.slice(0, 16)}…`;
 }
 
 /** Size and SHA-256 of every file of every node, each against the manifest; the problems found. */
@@ -46,22 +50,8 @@ export async function checkFiles(
   for (const node of manifest.nodes) {
     for (const file of node.files) {
       files++;
-      const path = join(dir, file.path);
-      if (!existsSync(path)) {
-        problems.push(`${file.path}: missing`);
-        continue;
-      }
-      const size = BigInt((await stat(path)).size);
-      if (size !== BigInt(file.bytes)) {
-        problems.push(`${file.path}: size ${size}, manifest says ${file.bytes}`);
-        continue;
-      }
-      const { sha256 } = await hashFile(path);
-      if (sha256 !== file.sha256) {
-        problems.push(
-          `${file.path}: SHA-256 ${sha256.slice(0, 16)}…, manifest says ${file.sha256.slice(0, 16)}…`,
-        );
-      }
+      const check = await checkFile(dir, file);
+      if (!check.ok) problems.push(`${file.path}: ${mismatch(check, file)}`);
     }
     progress(`${node.name}: ${node.files.length} file(s) checked`);
   }
@@ -69,10 +59,11 @@ export async function checkFiles(
 }
 
 /**
- * `lockstep backup verify SET [--drill]` (docs/design.md §4.6): the manifest's checksum (on read), every
- * file's size and SHA-256, `pg_restore --list` of every artifact, and with --drill a restore of
- * each node into a scratch database with ledger invariant checks. The result is recorded beside
- * the manifest (verification.json); a failure throws BACKUP_CORRUPTED / BACKUP_DRILL_FAILED naming what broke.
+ * `lockstep backup verify SET [--drill]` (docs/design.md §4.6), tier by tier, each only once the one
+ * before passed: the manifest's checksum (on read), every file's size and SHA-256, each engine's own
+ * tiers on its artifacts (pg-dump: `pg_restore --list`), and with --drill a restore of each node into
+ * a scratch database with ledger invariant checks. The result is recorded beside the manifest
+ * (verification.json); a failure throws BACKUP_CORRUPTED / BACKUP_DRILL_FAILED naming what broke.
  */
 export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
   const { repository, setId, progress } = options;
@@ -83,16 +74,11 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
   let listed = 0;
   if (problems.length === 0) {
     for (const node of manifest.nodes) {
-      try {
-        const toc = await options.engine.list({
-          path: repository.artifactPath(setId, node),
-          format: node.format,
-        });
-        listed++;
-        progress(`${node.name}: archive lists ${toc.length} entries`);
-      } catch (error) {
-        problems.push(`${node.artifact}: not a readable archive: ${(error as Error).message}`);
-      }
+      const artifact = repository.artifact(setId, node);
+      const { lines, failure } = await options.engines.forArtifact(artifact).verify(artifact);
+      for (const line of lines) progress(`${node.name}: ${line}`);
+      if (failure) problems.push(`${node.artifact}: ${failure.problem}`);
+      else listed++;
     }
   }
   let drill: VerifyResult["drill"] = null;
@@ -102,7 +88,7 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
     const result = await drillSet({
       manifest,
       repository,
-      engine: options.engine,
+      engines: options.engines,
       config: options.config,
       jobs: options.jobs ?? 2,
       logger: options.logger,

@@ -9,8 +9,12 @@ import { canonicalJson } from "../common/canonical-json.ts";
  * (timestamps in micros, offsets, epochs, byte counts) are decimal strings, as in the CLI's JSON.
  */
 
-/** 2: per-member chain hashes on both sides of the order check (1 compared timestamps only). */
-export const MANIFEST_VERSION = 2;
+/**
+ * 3: each node names the engine that made its artifact, with the engine's options (`engine`; 1 and
+ * 2 had only pg_dump and recorded its `format`). 2: per-member chain hashes on both sides of the
+ * order check (1 compared timestamps only).
+ */
+export const MANIFEST_VERSION = 3;
 export const BACKUP_FORMATS = ["tar", "custom", "directory"] as const;
 export type BackupFormat = (typeof BACKUP_FORMATS)[number];
 
@@ -65,6 +69,21 @@ export type ParticipantPosition = z.infer<typeof participantPositionSchema>;
 export type MediatorPosition = z.infer<typeof mediatorPositionSchema>;
 export type SequencerPosition = z.infer<typeof sequencerPositionSchema>;
 
+/**
+ * What the manifest records of the engine that made a node's artifact: its name and the options it
+ * ran with, one object per engine (docs/design.md §4.6). A new engine adds its object here; restore
+ * and verify dispatch on `name`, never on the artifact's shape.
+ */
+export const pgDumpRecordSchema = z.object({
+  name: z.literal("pg-dump"),
+  format: z.enum(BACKUP_FORMATS),
+  /** Parallel pg_dump jobs (directory format only, the only one that runs them). */
+  jobs: z.number().int().min(1).optional(),
+});
+export type PgDumpRecord = z.infer<typeof pgDumpRecordSchema>;
+export const engineRecordSchema = z.discriminatedUnion("name", [pgDumpRecordSchema]);
+export type EngineRecord = z.infer<typeof engineRecordSchema>;
+
 const nodeCommon = {
   name: z.string().min(1),
   /** The member id on the synchronizer (null when the node never registered / is the sequencer before init). */
@@ -72,8 +91,11 @@ const nodeCommon = {
   synchronizerId: z.string().nullable(),
   incarnation: z.string(),
   writerEpoch: int64,
-  format: z.enum(BACKUP_FORMATS),
-  /** The artifact relative to the set's directory: a file (tar, custom) or a directory. */
+  /** v3: the engine that made the artifact, with its options. Read it through nodeEngine. */
+  engine: engineRecordSchema.optional(),
+  /** v1 and v2 only, when pg_dump was the only engine: its format. Read it through nodeEngine. */
+  format: z.enum(BACKUP_FORMATS).optional(),
+  /** The artifact relative to the set's directory (pg-dump: a file for tar and custom, a directory). */
   artifact: z.string().min(1),
   files: z.array(manifestFileSchema),
   bytes: int64,
@@ -91,10 +113,24 @@ const nodeCommon = {
   finishedAt: isoTime,
 };
 
+/**
+ * A node of one kind, naming its engine one way: `engine` (v3) or, in v1/v2, `format`. The node is
+ * kept as written (the manifest is read as it was sealed, and its checksum recomputes), and
+ * nodeEngine reads either; no other reader needs to know older manifests.
+ */
+function nodeSchema<K extends string, P extends z.ZodType>(kind: K, position: P) {
+  return z.object({ ...nodeCommon, kind: z.literal(kind), position }).superRefine((node, ctx) => {
+    if (node.engine && node.format)
+      ctx.addIssue({ code: "custom", path: ["format"], message: "format is part of engine (manifest v3)" });
+    if (!node.engine && !node.format)
+      ctx.addIssue({ code: "custom", path: ["engine"], message: "names no engine (nor a pg_dump format)" });
+  });
+}
+
 export const nodeBackupSchema = z.discriminatedUnion("kind", [
-  z.object({ ...nodeCommon, kind: z.literal("participant"), position: participantPositionSchema }),
-  z.object({ ...nodeCommon, kind: z.literal("mediator"), position: mediatorPositionSchema }),
-  z.object({ ...nodeCommon, kind: z.literal("sequencer"), position: sequencerPositionSchema }),
+  nodeSchema("participant", participantPositionSchema),
+  nodeSchema("mediator", mediatorPositionSchema),
+  nodeSchema("sequencer", sequencerPositionSchema),
 ]);
 export type NodeBackup = z.infer<typeof nodeBackupSchema>;
 export type NodeBackupKind = NodeBackup["kind"];
@@ -122,7 +158,7 @@ export const unsafeFindingSchema = z.object({
 export type UnsafeFinding = z.infer<typeof unsafeFindingSchema>;
 
 export const manifestSchema = z.object({
-  manifestVersion: z.union([z.literal(1), z.literal(MANIFEST_VERSION)]),
+  manifestVersion: z.union([z.literal(1), z.literal(2), z.literal(MANIFEST_VERSION)]),
   id: z.string().min(1),
   lockstepVersion: z.string(),
   synchronizerId: z.string(),
@@ -169,11 +205,14 @@ export function sealManifest(manifest: UnsignedManifest): Manifest {
   return { ...manifest, checksum: manifestChecksum(manifest) };
 }
 
-/** Where a node's artifact goes in its set: `<node>.tar`, `<node>.dump`, or the directory `<node>`. */
-export function artifactName(node: string, format: BackupFormat): string {
-  if (format === "tar") return `${node}.tar`;
-  if (format === "custom") return `${node}.dump`;
-  return node;
+/**
+ * The engine that made a node's artifact, with its options: v3 records it; v1 and v2, written when
+ * pg_dump was the only engine, recorded only its format (the schema refuses a node with neither).
+ */
+export function nodeEngine(node: NodeBackup): EngineRecord {
+  if (node.engine) return node.engine;
+  if (node.format) return { name: "pg-dump", format: node.format };
+  throw new Error(`${node.name} names no engine`);
 }
 
 /** The node with that name in the manifest, if any. */

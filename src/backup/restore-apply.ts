@@ -9,14 +9,15 @@ import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { createPgDb } from "../storage/pg-db.ts";
-import type { BackupEngine } from "./backup-engine.ts";
+import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository } from "./backup-repository.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
 import { syncSequencerAfterRestore } from "./restore-sequencer-sync.ts";
 import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./restore-target.ts";
 
 export interface ApplyOptions {
-  engine: BackupEngine;
+  /** Each node is restored by the engine that made its artifact. */
+  engines: BackupEngines;
   /** The live sequencer, when it answers: restored members take at least its writer epoch record. */
   sequencer?: Client<typeof SequencerService>;
   jobs: number;
@@ -46,8 +47,9 @@ export interface RestoredNode {
 
 /**
  * `restore apply` (docs/design.md §4.4) for a plan whose checks passed (or were forced): per node, in the
- * order sequencer → mediator → participants, pg_restore into a staging database, bring its schema
- * up to this build, stamp a new incarnation and a recovery record, and rename it into place, the
+ * order sequencer → mediator → participants, restore it into a staging database with the engine that
+ * made its artifact (pg-dump: pg_restore), bring its schema up to this build, stamp a new
+ * incarnation and a recovery record, and rename it into place, the
  * replaced database renamed aside and kept (the way back) in the same transaction. The node's own
  * database changes only in that last, atomic step, so a run killed at any step leaves the old or the
  * new database in place, never neither: before it, the staging database is left behind, which the
@@ -117,13 +119,14 @@ async function restoreNode(
 ): Promise<RestoredNode> {
   const { backup, target, entry } = node;
   const step = (s: string) => options.onStep?.(backup.name, s);
+  const artifact = repository.artifact(plan.set, backup);
+  const engine = options.engines.forArtifact(artifact);
   step(`creating staging database ${target.staging}`);
   await createStaging(target);
-  step(`pg_restore of ${backup.artifact} (${backup.format}, ${options.jobs} job(s))`);
-  await options.engine.restore(
-    { path: repository.artifactPath(plan.set, backup), format: backup.format },
-    target.stagingUrl,
-    { jobs: options.jobs },
+  await engine.restore(
+    artifact,
+    { kind: "database", url: target.stagingUrl },
+    { jobs: options.jobs, onStep: step },
   );
   const db = createPgDb({ connectionString: target.stagingUrl, applicationName: "lockstep-restore", max: 2 });
   try {

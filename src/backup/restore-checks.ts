@@ -1,7 +1,3 @@
-import { createHash } from "node:crypto";
-import { createReadStream } from "node:fs";
-import { stat } from "node:fs/promises";
-import { join } from "node:path";
 import type { Client } from "@connectrpc/connect";
 import type { NodeEntry } from "../common/config-schema.ts";
 import type { ErrorCodeName } from "../common/error-codes.ts";
@@ -14,6 +10,7 @@ import type {
   SequencerService,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
+import { checkFile } from "./file-hash.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
 import type { TargetState } from "./restore-target.ts";
 
@@ -72,29 +69,17 @@ export function failed<C extends ErrorCodeName>(
   return { node, check, verdict, code, message: message ?? error.message, remedy: error.remedy };
 }
 
-async function sha256File(path: string): Promise<string> {
-  const hash = createHash("sha256");
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest("hex");
-}
-
 /** Sizes and SHA-256 of every file of the node's artifact, as the manifest lists them. */
 export async function checkChecksums(setDir: string, set: string, node: NodeBackup): Promise<RestoreCheck> {
   for (const file of node.files) {
-    const path = join(setDir, file.path);
-    let size: bigint;
-    try {
-      size = BigInt((await stat(path)).size);
-    } catch {
+    const check = await checkFile(setDir, file);
+    if (!check.ok) {
       return failed(node.name, "checksums", "refuse", "BACKUP_CORRUPTED", {
         set,
-        details: `${file.path} is missing`,
-      });
-    }
-    if (size !== BigInt(file.bytes) || (await sha256File(path)) !== file.sha256) {
-      return failed(node.name, "checksums", "refuse", "BACKUP_CORRUPTED", {
-        set,
-        details: `${file.path} does not match its size and SHA-256 in the manifest`,
+        details:
+          check.problem === "missing"
+            ? `${file.path} is missing`
+            : `${file.path} does not match its size and SHA-256 in the manifest`,
       });
     }
   }

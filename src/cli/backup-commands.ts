@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { createBackup } from "../backup/backup-create.ts";
+import { BackupEngines, type EngineOverrides } from "../backup/backup-engines.ts";
 import {
   holdState,
   liveSequencerStatus,
@@ -10,9 +11,14 @@ import { BackupRepository, type SetSummary } from "../backup/backup-repository.t
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
 import { BACKUP_FORMATS, type BackupFormat, type Manifest } from "../backup/manifest.ts";
-import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
-import { configNodes, type LockstepConfig, type NodeEntry } from "../common/config-schema.ts";
+import {
+  BACKUP_ENGINES,
+  type BackupEngineName,
+  configNodes,
+  type LockstepConfig,
+  type NodeEntry,
+} from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { microsToIso } from "../common/time.ts";
@@ -36,19 +42,18 @@ export function runBackupCreate(
   config: LockstepConfig,
   nodes: NodeEntry[],
   progress: (line: string) => void,
-  options: { format?: BackupFormat; jobs?: number; quiesce?: boolean } = {},
+  options: EngineOverrides & { quiesce?: boolean } = {},
 ): Promise<Manifest> {
   const logger = cliLogger();
+  const { quiesce, ...overrides } = options;
   return createBackup({
     config,
     nodes,
     repository: new BackupRepository(config.backup.repository, logger),
-    engine: new PgDumpEngine(),
-    format: options.format ?? config.backup.format,
-    jobs: options.jobs ?? config.backup.jobs,
+    engines: new BackupEngines(config, logger, overrides),
     logger,
     progress,
-    ...(options.quiesce ? { quiesce: (n) => quiesceNetwork(config, n, progress) } : {}),
+    ...(quiesce ? { quiesce: (n) => quiesceNetwork(config, n, progress) } : {}),
   });
 }
 
@@ -104,16 +109,26 @@ export function registerBackupCommands(program: Command): void {
       "--quiesce",
       "pause the sequencer's intake, wait until all are clean at the head, dump all in parallel",
     )
+    .option(
+      "--engine <engine>",
+      `backup engine for every node of this run: ${BACKUP_ENGINES.join(" | ")} (default: each node's backup.engine, else backup.engine)`,
+    )
     .option("--format <format>", `pg_dump format: ${BACKUP_FORMATS.join(" | ")} (default: backup.format)`)
     .option("--jobs <n>", "parallel jobs for the directory format (default: backup.jobs)")
     .action(
       async (
-        opts: { nodes?: string; quiesce?: boolean; format?: string; jobs?: string },
+        opts: { nodes?: string; quiesce?: boolean; engine?: string; format?: string; jobs?: string },
         command: Command,
       ) => {
         const out = outputFor(command);
         const loaded = await loadCliConfig(command);
         const config = loaded.config;
+        const engine = opts.engine as BackupEngineName | undefined;
+        if (engine !== undefined && !BACKUP_ENGINES.includes(engine)) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `--engine ${opts.engine}: use ${BACKUP_ENGINES.join(", ")}`,
+          });
+        }
         const format = (opts.format ?? config.backup.format) as BackupFormat;
         if (!BACKUP_FORMATS.includes(format)) {
           throw new LockstepError("INVALID_ARGUMENT", {
@@ -131,6 +146,7 @@ export function registerBackupCommands(program: Command): void {
           selectNodes(loaded, opts.nodes),
           (line) => out.info(line),
           {
+            ...(engine ? { engine } : {}),
             format,
             jobs,
             quiesce: opts.quiesce === true,
@@ -215,7 +231,7 @@ export function registerBackupCommands(program: Command): void {
       const logger = cliLogger();
       const result = await verifySet({
         repository: new BackupRepository(loaded.config.backup.repository, logger),
-        engine: new PgDumpEngine(),
+        engines: new BackupEngines(loaded.config, logger),
         setId,
         drill: Boolean(opts.drill),
         config: loaded.config,

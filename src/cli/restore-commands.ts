@@ -1,6 +1,6 @@
 import { createInterface } from "node:readline/promises";
 import type { Command } from "commander";
-import { PgDumpEngine } from "../backup/pg-dump-engine.ts";
+import { BackupEngines } from "../backup/backup-engines.ts";
 import { applyRestore } from "../backup/restore-apply.ts";
 import { FORCE_NAMES, type RestoreCheck } from "../backup/restore-checks.ts";
 import { planRestore, type RestorePlan, sequencerRpc } from "../backup/restore-plan.ts";
@@ -222,7 +222,7 @@ export function registerRestoreCommands(program: Command): void {
         }
       }
       const restored = await applyRestore(plan, {
-        engine: new PgDumpEngine(),
+        engines: new BackupEngines(config, logger),
         sequencer: plan.sequencerLive ? sequencerRpc(config) : undefined,
         jobs: opts.jobs ?? config.backup.jobs,
         logger,

@@ -78,6 +78,18 @@ const address = z.string().superRefine((value, ctx) => {
   if (problem) ctx.addIssue({ code: "custom", message: problem });
 });
 
+/**
+ * The backup engines a config can name (docs/backup.md "Engines"): pg-dump (logical, per database)
+ * and pgbackrest (physical, a whole cluster with its WAL archive). Which of them this build has is
+ * the backup registry's business (src/backup/backup-engines.ts), not the config's.
+ */
+export const BACKUP_ENGINES = ["pg-dump", "pgbackrest"] as const;
+export type BackupEngineName = (typeof BACKUP_ENGINES)[number];
+
+// A node whose database is backed up otherwise than the others (e.g. a large participant on its
+// own cluster, backed up physically); absent: the network's backup.engine.
+const nodeBackup = z.object({ engine: z.enum(BACKUP_ENGINES).optional() }).strict();
+
 const node = z
   .object({
     name,
@@ -86,6 +98,7 @@ const node = z
     address: address.optional(),
     storage: storage.default(defaultStorage),
     crypto: crypto.default(() => ({})),
+    backup: nodeBackup.optional(),
   })
   .strict();
 
@@ -126,12 +139,20 @@ export const configSchema = z
     backup: z
       .object({
         repository: z.string().min(1).default("backups"),
+        engine: z.enum(BACKUP_ENGINES).default("pg-dump"),
+        // The pg-dump engine's options (its format and its parallel jobs, also pg_restore's).
         format: z.enum(["tar", "custom", "directory"]).default("custom"),
         "app-hook": z.string().default(""),
         jobs: z.number().int().min(1).default(2),
       })
       .strict()
-      .default(() => ({ repository: "backups", format: "custom" as const, "app-hook": "", jobs: 2 })),
+      .default(() => ({
+        repository: "backups",
+        engine: "pg-dump" as const,
+        format: "custom" as const,
+        "app-hook": "",
+        jobs: 2,
+      })),
   })
   .strict()
   .superRefine((config, ctx) => {

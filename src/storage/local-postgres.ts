@@ -40,6 +40,25 @@ export interface StartedPostgres {
 }
 
 const SUPERUSER = "postgres";
+
+/**
+ * Whether a setting as the server shows it is `wanted`. List settings come back with each element
+ * double-quoted where it is not a plain identifier (ALTER SYSTEM stores `unix_socket_directories` as
+ * `"/some/dir"`), so those compare element by element, unquoted.
+ */
+function sameSetting(shown: string, wanted: string): boolean {
+  const elements = (list: string) =>
+    list
+      .split(",")
+      .map((e) =>
+        e
+          .trim()
+          .replace(/^"(.*)"$/, "$1")
+          .replace(/""/g, '"'),
+      )
+      .join(",");
+  return shown === wanted || elements(shown) === elements(wanted);
+}
 const START_ATTEMPTS = 3;
 
 /**
@@ -128,6 +147,48 @@ export class LocalPostgres {
     if (result.code !== 0 && (await this.isRunning()))
       throw this.failed(`pg_ctl stop failed: ${result.output.trim()}`);
     this.logger.info({ dir: this.dir }, "stopped PostgreSQL");
+  }
+
+  /** Stops the server (if running) and starts it again, on the same port when it is still free. */
+  async restart(): Promise<StartedPostgres> {
+    await this.stop();
+    return this.start();
+  }
+
+  /**
+   * Makes the running server use `settings` (name → value as `SHOW` prints it, e.g. `archive_mode: "on"`)
+   * from now on: ALTER SYSTEM, so they live in the cluster's postgresql.auto.conf and survive restarts by
+   * anyone, then a reload, or a restart when a changed setting only takes effect at server start
+   * (context `postmaster`, e.g. archive_mode, wal_level). Settings already in effect are left alone, so
+   * calling it again is cheap and restarts nothing. A restart drops every open connection.
+   */
+  async configure(settings: Record<string, string>): Promise<{ changed: string[]; restarted: boolean }> {
+    const changed = await this.withAdmin(async (client) => {
+      const out: { name: string; needsRestart: boolean }[] = [];
+      for (const [name, value] of Object.entries(settings)) {
+        const found = await client.query<{ setting: string; context: string }>(
+          "SELECT current_setting(name) AS setting, context FROM pg_settings WHERE name = $1",
+          [name],
+        );
+        const row = found.rows[0];
+        if (!row) throw this.failed(`unknown server setting ${name}`);
+        if (sameSetting(row.setting, value)) continue;
+        // The name is a known setting (checked above), so it is safe as an identifier.
+        await client.query(`ALTER SYSTEM SET ${name} = ${pg.escapeLiteral(value)}`);
+        out.push({ name, needsRestart: row.context === "postmaster" });
+      }
+      if (out.length > 0) await client.query("SELECT pg_reload_conf()");
+      return out;
+    });
+    const restarted = changed.some((c) => c.needsRestart);
+    if (restarted) await this.restart();
+    if (changed.length > 0) {
+      this.logger.info(
+        { dir: this.dir, changed: changed.map((c) => c.name), restarted },
+        "configured PostgreSQL",
+      );
+    }
+    return { changed: changed.map((c) => c.name), restarted };
   }
 
   /** Whether a server process for this directory is alive (it may still be starting or stopping). */

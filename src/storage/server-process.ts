@@ -36,35 +36,55 @@ function isZombie(pid: number): boolean {
   }
 }
 
-/** Runs a PostgreSQL tool to completion, as `runAs` when given; never rejects. */
+export interface RunResult {
+  /** The exit code; -1 when it could not be started, or was killed by a signal (e.g. on abort). */
+  code: number;
+  /** stdout and stderr interleaved as they came. */
+  output: string;
+  stdout: string;
+  stderr: string;
+  /** Why it could not run or was stopped, e.g. "ENOENT" (no such executable) or "ABORT_ERR". */
+  errorCode?: string;
+}
+
+/**
+ * Runs a PostgreSQL tool (or pgBackRest) to completion, as `runAs` when given; never rejects.
+ * `signal` kills it (SIGTERM): the result then has code -1 and the caller tells why from the signal.
+ */
 export function run(
   file: string,
   args: string[],
   cwd: string,
   runAs?: RunAs,
-): Promise<{ code: number; output: string }> {
+  options: { signal?: AbortSignal } = {},
+): Promise<RunResult> {
   return new Promise((resolveRun) => {
     const child = spawn(file, args, {
       cwd,
       env: { ...process.env, LC_ALL: "C", LANG: "C" },
       stdio: ["ignore", "pipe", "pipe"],
       ...(runAs ? { uid: runAs.uid, gid: runAs.gid } : {}),
+      ...(options.signal ? { signal: options.signal } : {}),
     });
-    let output = "";
+    const result: RunResult = { code: -1, output: "", stdout: "", stderr: "" };
     let done = false;
     const finish = (code: number) => {
       if (done) return;
       done = true;
-      resolveRun({ code, output });
+      resolveRun({ ...result, code });
     };
     child.stdout.on("data", (d) => {
-      output += d;
+      result.output += d;
+      result.stdout += d;
     });
     child.stderr.on("data", (d) => {
-      output += d;
+      result.output += d;
+      result.stderr += d;
     });
     child.on("error", (error) => {
-      output += error.message;
+      result.output += error.message;
+      result.stderr += error.message;
+      result.errorCode = (error as NodeJS.ErrnoException).code;
       finish(-1);
     });
     child.on("close", (code) => finish(code ?? -1));

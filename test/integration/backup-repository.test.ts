@@ -5,57 +5,15 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { BackupRepository } from "../../src/backup/backup-repository.ts";
 import { planRetention } from "../../src/backup/backup-retention.ts";
-import { type Manifest, manifestChecksum, type UnsignedManifest } from "../../src/backup/manifest.ts";
+import { type Manifest, manifestChecksum } from "../../src/backup/manifest.ts";
 import { findForks } from "../../src/backup/order-check.ts";
+import { unsignedManifest as unsigned } from "../support/manifest-fixture.ts";
 
 // The repository's file rules (no database needed): manifest last and checksummed, incomplete
 // folders never listed and cleaned once their writer is gone; retention and the fork check.
 
 const dir = mkdtempSync(join(tmpdir(), "lockstep-backup-repo-"));
 after(() => rmSync(dir, { recursive: true, force: true }));
-
-function unsigned(id: string, overrides: Partial<UnsignedManifest> = {}): UnsignedManifest {
-  return {
-    manifestVersion: 1,
-    id,
-    lockstepVersion: "0.1.0",
-    synchronizerId: "sync1",
-    mode: "ordered",
-    startedAt: "2026-11-27T00:00:00.000Z",
-    finishedAt: "2026-11-27T00:00:01.000Z",
-    appHook: null,
-    nodes: [
-      {
-        name: "participant1",
-        kind: "participant",
-        member: "participant1::1220aa",
-        synchronizerId: "sync1",
-        incarnation: "inc",
-        writerEpoch: "1",
-        format: "custom",
-        artifact: "participant1.dump",
-        files: [{ path: "participant1.dump", bytes: "3", sha256: "0".repeat(64) }],
-        bytes: "3",
-        database: "participant1",
-        postgres: { version: "15.18", systemIdentifier: "1" },
-        keyFingerprints: ["1220aa"],
-        startedAt: "2026-11-27T00:00:00.000Z",
-        finishedAt: "2026-11-27T00:00:01.000Z",
-        position: {
-          clean: "100",
-          ledgerEnd: "2",
-          lastStored: { timestamp: "100", chainHash: "1".repeat(64) },
-        },
-      },
-    ],
-    orderCheck: "checked",
-    checkedAgainst: null,
-    safe: true,
-    unsafe: [],
-    bytes: "3",
-    ...overrides,
-  };
-}
 
 test("a set is listed only once its manifest is written; a tampered manifest fails its checksum", async () => {
   const repo = new BackupRepository(dir);

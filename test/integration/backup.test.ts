@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import { existsSync, readdirSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import { hashFile } from "../../src/backup/pg-dump-engine.ts";
+import { hashFile } from "../../src/backup/file-hash.ts";
 import { LOCKSTEP_BIN } from "../../src/cli/self-process.ts";
 import { backupsTaken } from "../../src/storage/backups-taken.ts";
 import { type BackupTestNetwork, startBackupNetwork } from "../support/backup-network.ts";

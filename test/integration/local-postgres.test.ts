@@ -7,6 +7,7 @@ import { after, test } from "node:test";
 import { isLockstepError } from "../../src/common/errors.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
+import { waitUntil } from "../support/wait.ts";
 
 const base = mkdtempSync(join(tmpdir(), "lockstep-localpg-"));
 const clusters: LocalPostgres[] = [];
@@ -102,4 +103,38 @@ test("a directory of another user (or not writable) is refused with DATA_DIR_NOT
   else chmodSync(dir, 0o500);
   await assert.rejects(cluster("foreign").start(), (e) => isLockstepError(e, "DATA_DIR_NOT_WRITABLE"));
   chmodSync(dir, 0o700);
+});
+
+test("configure: reload-only settings without a restart, start-only ones with one; both kept", async () => {
+  const pg = cluster("configured");
+  const { port } = await pg.start();
+  const show = async (name: string) => {
+    const db = createPgDb({ connectionString: pg.connectionUrl("postgres") });
+    try {
+      return (await db.query<{ value: string }>(`SELECT current_setting('${name}') AS value`))[0]?.value;
+    } finally {
+      await db.close();
+    }
+  };
+  const reloaded = await pg.configure({ log_min_duration_statement: "250ms" });
+  assert.deepEqual(reloaded, { changed: ["log_min_duration_statement"], restarted: false });
+  await waitUntil(
+    "the reload to take effect",
+    async () => (await show("log_min_duration_statement")) === "250ms",
+  );
+
+  const restarted = await pg.configure({ max_connections: "42", unix_socket_directories: pg.dir });
+  assert.deepEqual(restarted, { changed: ["max_connections", "unix_socket_directories"], restarted: true });
+  assert.equal(pg.port, port, "a restart keeps the port");
+  assert.equal(await show("max_connections"), "42");
+  // Shown quoted ("<dir>") but the same: nothing to do the second time.
+  assert.deepEqual(await pg.configure({ max_connections: "42", unix_socket_directories: pg.dir }), {
+    changed: [],
+    restarted: false,
+  });
+
+  // ALTER SYSTEM wrote them into the cluster: a plain restart by anyone keeps them.
+  await new LocalPostgres({ dir: pg.dir }).restart();
+  assert.equal(await show("max_connections"), "42");
+  await assert.rejects(pg.configure({ no_such_setting: "1" }), /unknown server setting no_such_setting/);
 });

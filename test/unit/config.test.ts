@@ -116,6 +116,27 @@ test("every issue is reported with its key path", async () => {
   assert.match(error.message, /participants\.0\.port: expected number, received string \(line 10\)/);
 });
 
+test("backup.engine: pg-dump by default, one of the known engines, overridable per node", async () => {
+  const { config } = await load(EXAMPLE).loading;
+  assert.equal(config.backup.engine, "pg-dump");
+  assert.equal(config.participants[0]?.backup, undefined);
+  const text = EXAMPLE.replace("format: custom", "engine: pgbackrest\n  format: custom").replace(
+    "{ name: participant2, port: 4021 }",
+    "{ name: participant2, port: 4021, backup: { engine: pg-dump } }",
+  );
+  const mixed = (await load(text).loading).config;
+  assert.equal(mixed.backup.engine, "pgbackrest");
+  assert.deepEqual(mixed.participants[1]?.backup, { engine: "pg-dump" });
+  const error = await issuesOf(
+    EXAMPLE.replace("format: custom", "engine: barman").replace(
+      "{ name: participant2, port: 4021 }",
+      "{ name: participant2, port: 4021, backup: { engine: pg-dump, format: tar } }",
+    ),
+  );
+  hasIssue(error, "backup.engine", /^expected one of "pg-dump"\|"pgbackrest"/);
+  hasIssue(error, "participants.1.backup.format", /^unknown key/);
+});
+
 test("a missing required key and an invalid storage url are named", async () => {
   const text = EXAMPLE.replace("  mediator:  { name: mediator1,  port: 4002 }\n", "").replace(
     "{ name: participant2, port: 4021 }",

@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { BackupEngines, chooseEngine } from "../../src/backup/backup-engines.ts";
+import { exampleConfig } from "../../src/common/config.ts";
+import { configNodes, type LockstepConfig, type NodeEntry } from "../../src/common/config-schema.ts";
+import { isLockstepError } from "../../src/common/errors.ts";
+import { silentLogger } from "../../src/common/logging.ts";
+
+// The backup engine registry (src/backup/backup-engines.ts): which engine backs up a node, and a
+// clear refusal, never a silent pg_dump, for an engine this build does not have.
+
+function network(edit: (config: LockstepConfig) => void = () => {}): {
+  config: LockstepConfig;
+  node: (name: string) => NodeEntry;
+} {
+  const config = exampleConfig("/tmp/lockstep-engines");
+  edit(config);
+  return {
+    config,
+    node: (name) => configNodes(config).find((n) => n.name === name) as NodeEntry,
+  };
+}
+
+test("a node's engine: --engine, else the node's backup.engine, else backup.engine (default pg-dump)", () => {
+  const plain = network();
+  assert.equal(plain.config.backup.engine, "pg-dump");
+  assert.deepEqual(chooseEngine(plain.config, plain.node("participant1")), {
+    engine: "pg-dump",
+    chosenBy: "backup.engine, for participant1",
+  });
+
+  const mixed = network((c) => {
+    c.backup.engine = "pgbackrest";
+    const participant1 = c.participants[0];
+    if (participant1) participant1.backup = { engine: "pg-dump" };
+  });
+  assert.deepEqual(chooseEngine(mixed.config, mixed.node("participant1")), {
+    engine: "pg-dump",
+    chosenBy: "participant1's backup.engine",
+  });
+  assert.deepEqual(chooseEngine(mixed.config, mixed.node("participant2")), {
+    engine: "pgbackrest",
+    chosenBy: "backup.engine, for participant2",
+  });
+  // --engine wins over both, for this run.
+  assert.deepEqual(chooseEngine(mixed.config, mixed.node("participant2"), "pg-dump"), {
+    engine: "pg-dump",
+    chosenBy: "--engine, for participant2",
+  });
+});
+
+test("pg-dump is made once, with the config's format and jobs or the run's", () => {
+  const { config, node } = network();
+  const engines = new BackupEngines(config, silentLogger("test"), { format: "directory" });
+  const engine = engines.forNode(node("participant1"));
+  assert.equal(engine.name, "pg-dump");
+  assert.equal(engine.restoresInto, "database");
+  assert.deepEqual(
+    engine.verifyTiers.map((t) => t.name),
+    ["archive listing"],
+  );
+  assert.equal(engines.forNode(node("sequencer1")), engine);
+  const artifact = {
+    setDir: "/x",
+    name: "participant1.dump",
+    record: { name: "pg-dump" as const, format: "custom" as const },
+  };
+  assert.equal(engines.forArtifact(artifact), engine);
+});
+
+test("an engine this build lacks is refused by name, saying which setting chose it", () => {
+  const { config, node } = network((c) => {
+    c.backup.engine = "pgbackrest";
+  });
+  const engines = new BackupEngines(config, silentLogger("test"));
+  assert.throws(
+    () => engines.forNode(node("mediator1")),
+    (error: unknown) =>
+      isLockstepError(error, "BACKUP_ENGINE_UNAVAILABLE") &&
+      error.exitCode === 2 &&
+      /pgbackrest \(chosen by backup\.engine, for mediator1\).*available: pg-dump/.test(error.message),
+  );
+  // --engine pg-dump for one run takes every node back to pg_dump.
+  assert.equal(
+    new BackupEngines(config, silentLogger("test"), { engine: "pg-dump" }).forNode(node("mediator1")).name,
+    "pg-dump",
+  );
+  assert.throws(
+    () =>
+      new BackupEngines(network().config, silentLogger("test"), { engine: "pgbackrest" }).forNode(
+        node("mediator1"),
+      ),
+    (error: unknown) =>
+      isLockstepError(error, "BACKUP_ENGINE_UNAVAILABLE") &&
+      /chosen by --engine, for mediator1/.test(error.message),
+  );
+});
