@@ -183,7 +183,15 @@ export class DemoStory {
       "these transactions are on the sequencer but not in the backup",
       async () => {
         for (let i = 1; i <= 2; i++) await create(p1, `after-${i}`, alice, iou(bob, `${i}0.00`));
-        before = await shared(p2, bob);
+        // participant1 acknowledged them; participant2 commits them a moment later: wait for it.
+        const deadline = Date.now() + 30_000;
+        for (;;) {
+          before = await shared(p2, bob);
+          const onP1 = await shared(p1, alice);
+          if (JSON.stringify(before) === JSON.stringify(onP1)) break;
+          if (Date.now() > deadline) throw new Error("participant2 did not see the new transactions");
+          await sleep(100);
+        }
         return `participant2 sees ${before.length} shared contracts`;
       },
     );
