@@ -13,11 +13,11 @@ import { nodeConnection } from "../node/node-database.ts";
 import { ensureProcessDirs } from "../node/process-files.ts";
 import { withOfflineParticipant } from "../participant/offline-repair.ts";
 import {
+  completedMigration,
   currentSynchronizer,
   type MigrationResult,
   migrateParticipantDatabase,
   partiesToAnnounce,
-  synchronizerMigrations,
 } from "../participant/synchronizer-migration.ts";
 import { recordedSynchronizerId } from "../sequencer/synchronizer-identity.ts";
 import type { Queryable } from "../storage/db.ts";
@@ -258,26 +258,25 @@ function registerMigrateSynchronizer(repair: Command): void {
         );
         // A rerun after the migration committed (the participant may run on the target by now):
         // report it without taking the participant offline.
-        const done = await readNodeDatabase(entry, config["data-dir"], async (q) =>
-          (await currentSynchronizer(q)) === opts.to ? (await synchronizerMigrations(q)).at(-1) : undefined,
+        const done = await readNodeDatabase(entry, config["data-dir"], (q) =>
+          completedMigration(q, opts.from, opts.to),
         );
-        const migration: MigrationResult =
-          done && done.from === opts.from && done.to === opts.to
-            ? { ...done, alreadyMigrated: true }
-            : await withOfflineParticipant(
-                entry,
-                config["data-dir"],
-                repairLogger(),
-                "migrate-synchronizer",
-                ({ db }) =>
-                  migrateParticipantDatabase(db, {
-                    participant: name,
-                    from: opts.from,
-                    to: opts.to,
-                    force: Boolean(opts.force),
-                    now: nowMicros(),
-                  }),
-              );
+        const migration: MigrationResult = done
+          ? { ...done, alreadyMigrated: true }
+          : await withOfflineParticipant(
+              entry,
+              config["data-dir"],
+              repairLogger(),
+              "migrate-synchronizer",
+              ({ db }) =>
+                migrateParticipantDatabase(db, {
+                  participant: name,
+                  from: opts.from,
+                  to: opts.to,
+                  force: Boolean(opts.force),
+                  now: nowMicros(),
+                }),
+            );
         for (const line of migrationLines(migration)) out.info(`      ${line}`);
         let started: { pid: number } | null = null;
         if (opts.start) {

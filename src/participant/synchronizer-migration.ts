@@ -117,6 +117,20 @@ export async function currentSynchronizer(q: Queryable): Promise<string | null> 
   return row?.synchronizer_id ?? null;
 }
 
+/**
+ * The migration from → to when it is the one that put the participant where it is now (a rerun after
+ * it committed), else undefined.
+ */
+export async function completedMigration(
+  q: Queryable,
+  from: string,
+  to: string,
+): Promise<MigrationRecord | undefined> {
+  if ((await currentSynchronizer(q)) !== to) return undefined;
+  const last = (await synchronizerMigrations(q)).at(-1);
+  return last?.from === from && last.to === to ? last : undefined;
+}
+
 /** The participant's migrations whose parties it has not announced on the new synchronizer yet. */
 export async function partiesToAnnounce(q: Queryable): Promise<bigint | undefined> {
   const row = await q.maybeOne<{ ledger_offset: bigint }>(
@@ -145,12 +159,10 @@ export async function migrateParticipantDatabase(
     async (tx) => {
       // Serializes two migrations of one database (the lock already does; this is cheap insurance).
       await tx.execute("LOCK TABLE participant_synchronizer_migrations IN EXCLUSIVE MODE");
+      const done = await completedMigration(tx, from, to);
+      if (done) return { ...done, alreadyMigrated: true };
       const current = await currentSynchronizer(tx);
-      if (current === to) {
-        const done = (await synchronizerMigrations(tx)).filter((m) => m.to === to).at(-1);
-        if (done && done.from === from) return { ...done, alreadyMigrated: true };
-        throw invalid(`it is already on ${to}`);
-      }
+      if (current === to) throw invalid(`it is already on ${to}`);
       if (current === null) throw invalid("it never registered with a synchronizer");
       if (current !== from) throw invalid(`it is on ${current}, not ${from}`);
 

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
 import { nowMicros } from "../../src/common/time.ts";
@@ -64,14 +63,20 @@ before(async () => {
     return { offset: r.offset, updateId: r.updateId, contractId: r.createdContractIds[0] as string };
   };
   const before = [await commit("before-1"), await commit("before-2")];
-  // Opened before the migration, it must wait for the marker and what follows.
+  // Opened before the migration, it must wait for the marker and what follows. It starts one
+  // transaction back, so its first item (before-2) signals that it is open and live.
+  let opened!: () => void;
+  const open = new Promise<void>((resolve) => {
+    opened = resolve;
+  });
   const live = collectUpdates(
-    { beginExclusive: (before[1] as { offset: bigint }).offset, parties: [alice] },
+    { beginExclusive: (before[0] as { offset: bigint }).offset, parties: [alice] },
     (item) => item.commandId === "after-1",
-  );
+    () => opened(),
+  ).then((seen) => seen.slice(1));
   // Awaited by a test later; a failure meanwhile must not count as unhandled.
   live.catch(() => {});
-  await sleep(300);
+  await open;
   const marker = await writeMigrationMarker();
   const repair = await writeRepairCreate(alice);
   const later = await commit("after-1");
@@ -143,11 +148,13 @@ function itemOf(r: GetUpdatesResponse): Item {
 async function collectUpdates(
   request: UpdatesInit,
   last?: (item: Item) => boolean,
+  onItem?: () => void,
 ): Promise<GetUpdatesResponse[]> {
   const abort = new AbortController();
   const seen: GetUpdatesResponse[] = [];
   for await (const r of clients.updates.getUpdates(request, { signal: abort.signal, timeoutMs: 30_000 })) {
     seen.push(r);
+    onItem?.();
     if (last?.(itemOf(r))) break;
   }
   return seen;

@@ -4,14 +4,12 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import type { NodeEntry } from "../../src/common/config-schema.ts";
 import { LockstepError } from "../../src/common/errors.ts";
-import { silentLogger } from "../../src/common/logging.ts";
-import { NodeRuntime } from "../../src/node/node-runtime.ts";
+import type { NodeRuntime } from "../../src/node/node-runtime.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import { waitFor, waitUntil } from "../support/wait.ts";
-import { writerKind, writerNodeConfig } from "../support/writer-node.ts";
+import { startWriterRuntime, writerKind } from "../support/writer-node.ts";
 
 // Single writer (docs/design.md §3) with a node kind that does nothing but write: rows tagged with the
 // writer epoch of the activation that wrote them, in a bigserial order. However the active process
@@ -22,13 +20,6 @@ const pg = await startTestPostgres();
 const database = "single_writer";
 await pg.ensureDatabase(database);
 const dataDir = mkdtempSync(join(tmpdir(), "lockstep-single-writer-"));
-const { config, entry } = writerNodeConfig(dataDir, pg.connectionUrl(database));
-
-/** The same node on another database, reached at `url` (directly or through the proxy below). */
-function entryAt(url: string): NodeEntry {
-  return writerNodeConfig(dataDir, url).entry;
-}
-
 /**
  * A TCP proxy to PostgreSQL whose cut() is a network partition seen from the node's side: the server's
  * end of every connection closes (the server frees the node's lock at once, the worst case), while the
@@ -84,19 +75,14 @@ after(async () => {
 const STOP_TAKES_MS = 1500;
 
 async function startProcess(replica: string | undefined, created: { count: number }): Promise<NodeRuntime> {
-  const runtime = new NodeRuntime({
-    entry,
-    config,
+  return startWriterRuntime({
     dataDir,
-    logger: silentLogger(`participant1${replica ? `.${replica}` : ""}`),
-    definition: writerKind({ created, stopTakesMs: STOP_TAKES_MS }),
+    url: pg.connectionUrl(database),
+    runtimes,
+    logName: `participant1${replica ? `.${replica}` : ""}`,
     replica,
-    port: 0,
-    lockPollMs: 100,
+    kind: writerKind({ created, stopTakesMs: STOP_TAKES_MS }),
   });
-  runtimes.push(runtime);
-  await runtime.start();
-  return runtime;
 }
 
 async function epochOf(runtime: NodeRuntime): Promise<bigint> {
@@ -185,21 +171,8 @@ test("an active process cut off by a silent network notices through its lock che
   const proxy = new CuttableProxy({ host: direct.hostname, port: Number(direct.port) });
   const proxied = new URL(direct);
   proxied.port = String(await proxy.start());
-  const start = async (url: string, replica?: string) => {
-    const runtime = new NodeRuntime({
-      entry: entryAt(url),
-      config,
-      dataDir,
-      logger: silentLogger("participant1-cut"),
-      definition: writerKind(),
-      replica,
-      port: 0,
-      lockPollMs: 100,
-    });
-    runtimes.push(runtime);
-    await runtime.start();
-    return runtime;
-  };
+  const start = (url: string, replica?: string) =>
+    startWriterRuntime({ dataDir, url, runtimes, logName: "participant1-cut", replica });
   const c = await start(proxied.toString());
   const d = await start(direct.toString(), "d");
   try {

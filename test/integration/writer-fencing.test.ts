@@ -4,15 +4,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
-import { silentLogger } from "../../src/common/logging.ts";
 import { adminClient } from "../../src/node/clients.ts";
-import { NodeRuntime } from "../../src/node/node-runtime.ts";
+import type { NodeRuntime } from "../../src/node/node-runtime.ts";
 import { fenceMac } from "../../src/node/writer-fencing.ts";
 import type { Db } from "../../src/storage/db.ts";
 import { createPgDb } from "../../src/storage/pg-db.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import { waitFor, waitUntil } from "../support/wait.ts";
-import { writerKind, writerNodeConfig } from "../support/writer-node.ts";
+import { startWriterRuntime } from "../support/writer-node.ts";
 
 // Writer fencing (src/node/writer-fencing.ts, docs/operations.md): a new activation of a node on
 // another copy of its database (the other site's promoted standby) tells the process of the
@@ -42,20 +41,8 @@ function reader(database: string): Db {
 }
 
 async function startOn(database: string, replica?: string): Promise<NodeRuntime> {
-  const { config, entry } = writerNodeConfig(dataDir, pg.connectionUrl(database));
-  const runtime = new NodeRuntime({
-    entry,
-    config,
-    dataDir,
-    logger: silentLogger(`participant1@${database}${replica ? `.${replica}` : ""}`),
-    definition: writerKind(),
-    replica,
-    port: 0,
-    lockPollMs: 100,
-  });
-  runtimes.push(runtime);
-  await runtime.start();
-  return runtime;
+  const logName = `participant1@${database}${replica ? `.${replica}` : ""}`;
+  return startWriterRuntime({ dataDir, url: pg.connectionUrl(database), runtimes, logName, replica });
 }
 
 async function rowsOf(database: string, epoch: bigint): Promise<number> {

@@ -1,6 +1,8 @@
 import { validateConfig } from "../../src/common/config.ts";
 import { configNodes, type LockstepConfig, type NodeEntry } from "../../src/common/config-schema.ts";
+import { silentLogger } from "../../src/common/logging.ts";
 import type { NodeKindDefinition } from "../../src/common/node-kind.ts";
+import { NodeRuntime } from "../../src/node/node-runtime.ts";
 import type { Db } from "../../src/storage/db.ts";
 
 // A node whose kind does nothing but write, for the single-writer and fencing tests: every row is
@@ -66,4 +68,32 @@ export function writerKind(
       };
     },
   };
+}
+
+/**
+ * Starts a process of participant1 with a writer kind on the database at `url` (port 0, lock polls
+ * every 100 ms), registered in `runtimes` for the test's cleanup.
+ */
+export async function startWriterRuntime(options: {
+  dataDir: string;
+  url: string;
+  runtimes: NodeRuntime[];
+  logName: string;
+  replica?: string;
+  kind?: NodeKindDefinition<Db>;
+}): Promise<NodeRuntime> {
+  const { config, entry } = writerNodeConfig(options.dataDir, options.url);
+  const runtime = new NodeRuntime({
+    entry,
+    config,
+    dataDir: options.dataDir,
+    logger: silentLogger(options.logName),
+    definition: options.kind ?? writerKind(),
+    replica: options.replica,
+    port: 0,
+    lockPollMs: 100,
+  });
+  options.runtimes.push(runtime);
+  await runtime.start();
+  return runtime;
 }

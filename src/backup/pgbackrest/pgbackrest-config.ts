@@ -4,10 +4,10 @@
  * One stanza per cluster. pgBackRest keeps its repository (backups and archived WAL) in a folder of
  * its own inside Lockstep's backup repository (`<repository>/pgbackrest`), and its lock, log and spool
  * folders plus this config file in a "state" folder the cluster's owner (the `postgres` OS user when
- * Lockstep runs as root) can write: pgBackRest always runs as that user (field notes: as root it
+ * Lockstep runs as root) can write: pgBackRest always runs as that user (docs/backup.md: as root it
  * cannot read the data directory, and it warns on every command when it cannot open its log).
  *
- * Fixed choices, measured on this kind of machine (docs: ../shared/notes/field-notes.md):
+ * Fixed choices, measured on this kind of machine (docs/backup.md, "pgBackRest: measured facts"):
  * - `start-fast=y`: without an immediate checkpoint a backup waits for the next scheduled one (minutes).
  * - `compress-type=zst`, `process-max=2`.
  * - `archive-async=n`: archive-push copies each WAL segment before archive_command returns, so a
