@@ -9,6 +9,8 @@ import type { Logger } from "../common/logging.ts";
 import type { Artifact, BackupEngine } from "./backup-engine.ts";
 import type { BackupFormat } from "./manifest.ts";
 import { PgDumpEngine } from "./pg-dump-engine.ts";
+import { PgBackRestEngine } from "./pgbackrest/pgbackrest-engine.ts";
+import type { PgBackRestBackupType } from "./pgbackrest/pgbackrest-info.ts";
 import { RuntimeEngine } from "./runtime-engine.ts";
 
 /** What `backup create` overrides for one run: `--engine`, and the pg-dump engine's `--format`, `--jobs`. */
@@ -16,6 +18,8 @@ export interface EngineOverrides {
   engine?: BackupEngineName;
   format?: BackupFormat;
   jobs?: number;
+  /** The pgbackrest engine's backup type (`backup create --type`). */
+  type?: PgBackRestBackupType;
 }
 
 export interface EngineChoice {
@@ -48,6 +52,8 @@ const FACTORIES: Partial<Record<BackupEngineName, EngineFactory>> = {
       { format: overrides.format ?? config.backup.format, jobs: overrides.jobs ?? config.backup.jobs },
       logger,
     ),
+  pgbackrest: (config, overrides, logger) =>
+    new PgBackRestEngine(config, { type: overrides.type ?? config.backup.pgbackrest.type }, logger),
 };
 
 /**

@@ -81,7 +81,35 @@ export const pgDumpRecordSchema = z.object({
   jobs: z.number().int().min(1).optional(),
 });
 export type PgDumpRecord = z.infer<typeof pgDumpRecordSchema>;
-export const engineRecordSchema = z.discriminatedUnion("name", [pgDumpRecordSchema]);
+/**
+ * Where a physical restore stops: a restore point (a backup set's own, or a checkpoint's) or a time.
+ * Kept exactly as given to PostgreSQL (a time as text, to the microsecond).
+ */
+export const recoveryTargetSchema = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("name"), name: z.string().min(1), lsn: z.string().min(1) }),
+  z.object({ type: z.literal("time"), time: z.string().min(1) }),
+]);
+export type RecoveryTarget = z.infer<typeof recoveryTargetSchema>;
+
+/**
+ * pgBackRest (src/backup/pgbackrest): the node's database is in the cluster of `stanza`, restored
+ * from backup `label` (and the ones it references) with WAL replayed up to `target`, then only
+ * `database` taken from it. `label`'s LSNs are pgBackRest's; the position in the manifest is that at
+ * `target`, not at the end of the backup.
+ */
+export const pgBackRestRecordSchema = z.object({
+  name: z.literal("pgbackrest"),
+  stanza: z.string().min(1),
+  label: z.string().min(1),
+  type: z.enum(["full", "diff", "incr"]),
+  /** The backup's start and stop WAL positions (pgBackRest `info`). */
+  startLsn: z.string(),
+  stopLsn: z.string(),
+  database: z.string().min(1),
+  target: recoveryTargetSchema,
+});
+export type PgBackRestRecord = z.infer<typeof pgBackRestRecordSchema>;
+export const engineRecordSchema = z.discriminatedUnion("name", [pgDumpRecordSchema, pgBackRestRecordSchema]);
 export type EngineRecord = z.infer<typeof engineRecordSchema>;
 
 const nodeCommon = {
@@ -162,8 +190,19 @@ export const manifestSchema = z.object({
   id: z.string().min(1),
   lockstepVersion: z.string(),
   synchronizerId: z.string(),
-  /** ordered: docs/design.md §4.3 order; quiesced: sequencer intake paused, all dumped in parallel. */
-  mode: z.enum(["ordered", "quiesced"]),
+  /**
+   * ordered: docs/design.md §4.3 order; quiesced: sequencer intake paused, all dumped in parallel;
+   * checkpoint / point-in-time: no copy of its own, the nodes' pgBackRest backups replayed to a
+   * checkpoint's restore points or to a time (`pointInTime` says which).
+   */
+  mode: z.enum(["ordered", "quiesced", "checkpoint", "point-in-time"]),
+  /** checkpoint and point-in-time sets: the checkpoint's name, or the times the nodes stop at. */
+  pointInTime: z
+    .union([
+      z.object({ checkpoint: z.string().min(1) }),
+      z.object({ time: z.string().min(1), sequencerTime: z.string().min(1) }),
+    ])
+    .optional(),
   startedAt: isoTime,
   finishedAt: isoTime,
   appHook: z

@@ -23,6 +23,7 @@ import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { microsToIso } from "../common/time.ts";
 import type { GetSequencerStatusResponse } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { registerPgBackRestSetupCommands } from "./backup-setup-commands.ts";
 import { loadCliConfig, outputFor, selectNodes } from "./cli-context.ts";
 import { table } from "./output.ts";
 
@@ -100,6 +101,7 @@ function restorable(s: ReturnType<typeof listEntry>): string {
 /** `lockstep backup create | list | verify | expire` (docs/cli.md; docs/design.md §4.1–4.3, §4.6). */
 export function registerBackupCommands(program: Command): void {
   const backup = program.command("backup").description("take, list, verify and expire backup sets");
+  registerPgBackRestSetupCommands(backup);
 
   backup
     .command("create")
@@ -115,9 +117,20 @@ export function registerBackupCommands(program: Command): void {
     )
     .option("--format <format>", `pg_dump format: ${BACKUP_FORMATS.join(" | ")} (default: backup.format)`)
     .option("--jobs <n>", "parallel jobs for the directory format (default: backup.jobs)")
+    .option(
+      "--type <type>",
+      "pgbackrest engine: full | diff | incr (default: backup.pgbackrest.type; incr takes a full when there is none)",
+    )
     .action(
       async (
-        opts: { nodes?: string; quiesce?: boolean; engine?: string; format?: string; jobs?: string },
+        opts: {
+          nodes?: string;
+          quiesce?: boolean;
+          engine?: string;
+          format?: string;
+          jobs?: string;
+          type?: string;
+        },
         command: Command,
       ) => {
         const out = outputFor(command);
@@ -141,6 +154,12 @@ export function registerBackupCommands(program: Command): void {
             details: `--jobs ${opts.jobs} is not a positive integer`,
           });
         }
+        const type = opts.type as EngineOverrides["type"];
+        if (type !== undefined && !["full", "diff", "incr"].includes(type)) {
+          throw new LockstepError("INVALID_ARGUMENT", {
+            details: `--type ${opts.type}: use full, diff or incr`,
+          });
+        }
         const manifest = await runBackupCreate(
           config,
           selectNodes(loaded, opts.nodes),
@@ -149,6 +168,7 @@ export function registerBackupCommands(program: Command): void {
             ...(engine ? { engine } : {}),
             format,
             jobs,
+            ...(type ? { type } : {}),
             quiesce: opts.quiesce === true,
           },
         );

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { setupEmbeddedIfUsed } from "../backup/pgbackrest/cluster-setup.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
@@ -60,6 +61,12 @@ export function registerNodeCommands(program: Command): void {
         const pid = livePid(processFiles(dataDir, entry.name).pidFile);
         if (pid) throw new LockstepError("NODE_ALREADY_RUNNING", { node: entry.name, pid });
       }
+      // No node runs yet: the moment to switch the embedded cluster's archiving on (a restart).
+      const setUp = await setupEmbeddedIfUsed(loaded.config, entries, createLogger({ node: "backup" }));
+      if (setUp)
+        out.info(
+          `embedded cluster set up for pgBackRest: stanza ${setUp.stanza}${setUp.restarted ? " (restarted)" : ""}`,
+        );
       if (opts.detach) {
         const startedCluster = await startEmbeddedCluster(
           dataDir,

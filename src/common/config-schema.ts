@@ -88,7 +88,39 @@ export type BackupEngineName = (typeof BACKUP_ENGINES)[number];
 
 // A node whose database is backed up otherwise than the others (e.g. a large participant on its
 // own cluster, backed up physically); absent: the network's backup.engine.
-const nodeBackup = z.object({ engine: z.enum(BACKUP_ENGINES).optional() }).strict();
+//
+// pgbackrest: where an external database's cluster is, for pgBackRest (it runs on the database's
+// host, reads PGDATA and connects over the server's Unix socket); the embedded cluster needs none.
+const externalCluster = z
+  .object({
+    stanza: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/, {
+      error: "letters, digits, '_', '.' or '-' (at most 64)",
+    }),
+    "pg-data": z.string().startsWith("/", { error: "an absolute path (the cluster's PGDATA)" }),
+    "socket-dir": z.string().startsWith("/", { error: "an absolute path (one of unix_socket_directories)" }),
+    "pg-port": z.number().int().min(1).max(65535).default(5432),
+    "pg-user": z.string().min(1).default("postgres"),
+  })
+  .strict();
+const nodeBackup = z
+  .object({ engine: z.enum(BACKUP_ENGINES).optional(), pgbackrest: externalCluster.optional() })
+  .strict();
+export type ExternalClusterConfig = z.infer<typeof externalCluster>;
+
+/** The pgbackrest engine's options (config `backup.pgbackrest`). */
+const pgbackrestOptions = z
+  .object({
+    // incr by default, as pgBackRest's own: it takes a full when the stanza has none yet.
+    type: z.enum(["full", "diff", "incr"]).default("incr"),
+    "process-max": z.number().int().min(1).max(64).default(2),
+    "compress-type": z.enum(["zst", "gz", "lz4", "bz2", "none"]).default("zst"),
+  })
+  .strict();
+const defaultPgbackrestOptions = () => ({
+  type: "incr" as const,
+  "process-max": 2,
+  "compress-type": "zst" as const,
+});
 
 const node = z
   .object({
@@ -144,6 +176,7 @@ export const configSchema = z
         format: z.enum(["tar", "custom", "directory"]).default("custom"),
         "app-hook": z.string().default(""),
         jobs: z.number().int().min(1).default(2),
+        pgbackrest: pgbackrestOptions.default(defaultPgbackrestOptions),
       })
       .strict()
       .default(() => ({
@@ -152,6 +185,7 @@ export const configSchema = z
         format: "custom" as const,
         "app-hook": "",
         jobs: 2,
+        pgbackrest: defaultPgbackrestOptions(),
       })),
   })
   .strict()

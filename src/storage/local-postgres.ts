@@ -46,7 +46,8 @@ const SUPERUSER = "postgres";
  * double-quoted where it is not a plain identifier (ALTER SYSTEM stores `unix_socket_directories` as
  * `"/some/dir"`), so those compare element by element, unquoted.
  */
-function sameSetting(shown: string, wanted: string): boolean {
+/** Whether a setting as SHOW prints it is `wanted` (list settings may come quoted element by element). */
+export function sameSetting(shown: string, wanted: string): boolean {
   const elements = (list: string) =>
     list
       .split(",")

@@ -167,6 +167,11 @@ export class PgBackRest {
     return this.config.repoPath;
   }
 
+  /** The cluster the config names (its PGDATA, port and socket directory). */
+  get cluster(): PgBackRestCluster {
+    return this.config.cluster;
+  }
+
   /**
    * Creates the state and repository folders for runAs and (re)writes the config file. Idempotent.
    * `cluster`: the cluster's settings when they changed since construction (a restart moved its port).

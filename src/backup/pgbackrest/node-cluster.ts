@@ -1,0 +1,210 @@
+/**
+ * Which PostgreSQL cluster a node's database is in, and the pgBackRest stanza that backs it up
+ * (docs/backup.md "The pgBackRest engine"):
+ *
+ * - The embedded cluster (`<data-dir>/postgres`, shared by every node without storage.url): stanza
+ *   `lockstep-<system identifier>`. Named after the cluster's identity, not its folder, because
+ *   pgBackRest binds a stanza to one cluster: a cluster created anew (the data dir was lost, a
+ *   network restored onto a new machine) gets a stanza of its own and archives there, while the
+ *   lost cluster's backups stay readable under theirs, which the sets that used them name.
+ * - An external database (storage.url): the node's `backup.pgbackrest` config names the stanza and
+ *   where the cluster's PGDATA and Unix socket are: pgBackRest runs on the database's host.
+ *
+ * pgBackRest's repository is `<backup.repository>/pgbackrest` (all stanzas); each stanza's config
+ * file and lock/log/spool folders are under `<data-dir>/pgbackrest/<stanza>` (rewritten on use:
+ * nothing there needs a backup).
+ */
+import { resolve } from "node:path";
+import pg from "pg";
+import type { ExternalClusterConfig, LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
+import { LockstepError } from "../../common/errors.ts";
+import type { Logger } from "../../common/logging.ts";
+import { embeddedClusterDir, nodeConnection } from "../../node/node-database.ts";
+import { type LocalPostgres, sameSetting } from "../../storage/local-postgres.ts";
+import { storageServerUrl } from "../../storage/storage-db.ts";
+import { embeddedCluster } from "./embedded-archiving.ts";
+import { PgBackRest } from "./pgbackrest-cli.ts";
+import { type PgBackRestCluster, pgBackRestRepoPath, postgresSettings } from "./pgbackrest-config.ts";
+
+export interface NodeCluster {
+  node: string;
+  /** The node's database in it. */
+  database: string;
+  /** postgres:// URL of that database (may hold a password: never print it). */
+  url: string;
+  /** For messages: `embedded cluster <dir>` or the external cluster's PGDATA. */
+  description: string;
+  systemIdentifier: string;
+  /** The embedded cluster, when the node uses it (Lockstep configures it itself). */
+  embedded: LocalPostgres | undefined;
+  pgbackrest: PgBackRest;
+}
+
+export const embeddedStanza = (systemIdentifier: string): string => `lockstep-${systemIdentifier}`;
+
+/** Where pgBackRest's config and lock/log/spool folders for a stanza go. */
+function stateDir(config: LockstepConfig, stanza: string): string {
+  return resolve(config["data-dir"], "pgbackrest", stanza);
+}
+
+function makePgBackRest(
+  config: LockstepConfig,
+  stanza: string,
+  cluster: PgBackRestCluster,
+  logger: Logger,
+): PgBackRest {
+  const options = config.backup.pgbackrest;
+  return new PgBackRest({
+    config: {
+      stanza,
+      repoPath: pgBackRestRepoPath(resolve(config.backup.repository)),
+      stateDir: stateDir(config, stanza),
+      cluster,
+      compressType: options["compress-type"],
+      processMax: options["process-max"],
+    },
+    logger,
+  });
+}
+
+function externalCluster(external: ExternalClusterConfig): PgBackRestCluster {
+  return {
+    dataDir: external["pg-data"],
+    port: external["pg-port"],
+    socketDir: external["socket-dir"],
+    user: external["pg-user"],
+  };
+}
+
+async function systemIdentifier(url: string): Promise<string> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    const row = await client.query<{ id: string }>(
+      "SELECT system_identifier::text AS id FROM pg_control_system()",
+    );
+    return row.rows[0]?.id as string;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+/** The node's cluster and its stanza; starts the embedded cluster when the node uses it. */
+export async function nodeCluster(
+  config: LockstepConfig,
+  entry: NodeEntry,
+  logger: Logger,
+): Promise<NodeCluster> {
+  const connection = await nodeConnection(entry, config["data-dir"], logger);
+  if (connection.cluster) {
+    const id = await systemIdentifier(connection.url);
+    const pgbackrest = makePgBackRest(
+      config,
+      embeddedStanza(id),
+      embeddedCluster(connection.cluster),
+      logger,
+    );
+    return {
+      node: entry.name,
+      database: connection.database,
+      url: connection.url,
+      description: `the embedded cluster ${connection.cluster.dir}`,
+      systemIdentifier: id,
+      embedded: connection.cluster,
+      pgbackrest,
+    };
+  }
+  const external = entry.config.backup?.pgbackrest;
+  if (!external) {
+    throw new LockstepError("PGBACKREST_NOT_SET_UP", {
+      node: entry.name,
+      cluster: connection.description,
+      reason:
+        "its database is external (storage.url) and its config has no backup.pgbackrest (stanza, pg-data, socket-dir)",
+    });
+  }
+  // A Patroni URL names several servers: pgBackRest backs up the one that accepts writes.
+  const url = await storageServerUrl(connection.url, { logger });
+  return {
+    node: entry.name,
+    database: connection.database,
+    url,
+    description: `the cluster at ${external["pg-data"]}`,
+    systemIdentifier: await systemIdentifier(url),
+    embedded: undefined,
+    pgbackrest: makePgBackRest(config, external.stanza, externalCluster(external), logger),
+  };
+}
+
+/**
+ * pgBackRest for a stanza a manifest names, for restore, verify and expire: a node's external
+ * stanza from its config, else an embedded cluster's (maybe of a cluster that no longer exists).
+ * Those commands read the repository only; PGDATA is the restore's own target.
+ */
+export function stanzaPgBackRest(
+  config: LockstepConfig,
+  entries: readonly NodeEntry[],
+  stanza: string,
+  logger: Logger,
+): PgBackRest {
+  const external = entries.find((e) => e.config.backup?.pgbackrest?.stanza === stanza)?.config.backup
+    ?.pgbackrest;
+  if (external) return makePgBackRest(config, stanza, externalCluster(external), logger);
+  const dir = embeddedClusterDir(resolve(config["data-dir"]));
+  // The port only goes into the config file; no command run through this instance connects.
+  return makePgBackRest(config, stanza, { dataDir: `${dir}/data`, port: 5432, socketDir: dir }, logger);
+}
+
+export interface SetupState {
+  /** archive_mode on and archive_command pushing to this stanza. */
+  archiving: boolean;
+  /** The stanza exists in the repository. */
+  stanza: boolean;
+  problems: string[];
+  /** The settings the server needs (what `backup setup` prints for an external database). */
+  settings: Record<string, string>;
+}
+
+/** Whether the node's cluster archives into its stanza; changes nothing. */
+export async function inspectSetup(cluster: NodeCluster): Promise<SetupState> {
+  const { pgbackrest } = cluster;
+  const settings = postgresSettings({
+    configFile: pgbackrest.configFile,
+    stanza: pgbackrest.stanza,
+    socketDir: pgbackrest.cluster.socketDir,
+  });
+  const problems: string[] = [];
+  const client = new pg.Client({ connectionString: cluster.url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    for (const [name, wanted] of Object.entries(settings)) {
+      const row = await client.query<{ setting: string }>("SELECT current_setting($1) AS setting", [name]);
+      const actual = row.rows[0]?.setting ?? "";
+      const same =
+        name === "wal_level" ? actual === "replica" || actual === "logical" : sameSetting(actual, wanted);
+      if (!same) problems.push(`${name} is ${JSON.stringify(actual)}, needs ${JSON.stringify(wanted)}`);
+    }
+  } finally {
+    await client.end().catch(() => {});
+  }
+  pgbackrest.prepare();
+  const info = await pgbackrest.info({ timeoutMs: 60_000 });
+  // 1: the stanza's folder is missing in the repository (never created).
+  const stanza = info.status.code !== 1 && info.status.code !== 3;
+  if (!stanza) problems.push(`stanza ${pgbackrest.stanza}: ${info.status.message}`);
+  return { archiving: problems.length === (stanza ? 0 : 1), stanza, problems, settings };
+}
+
+/** Refuses a cluster that does not archive into its stanza (PGBACKREST_NOT_SET_UP), naming what is missing. */
+export async function requireSetUp(cluster: NodeCluster): Promise<void> {
+  const state = await inspectSetup(cluster);
+  if (state.problems.length > 0) {
+    throw new LockstepError("PGBACKREST_NOT_SET_UP", {
+      node: cluster.node,
+      cluster: cluster.description,
+      reason: state.problems.join("; "),
+    });
+  }
+}

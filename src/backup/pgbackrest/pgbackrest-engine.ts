@@ -1,0 +1,287 @@
+import { createHash } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { basename, join, resolve } from "node:path";
+import type { LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
+import { configNodes } from "../../common/config-schema.ts";
+import { LockstepError, toLockstepError } from "../../common/errors.ts";
+import type { Logger } from "../../common/logging.ts";
+import type { DbSession, Queryable } from "../../storage/db.ts";
+import { createStorageDb } from "../../storage/storage-db.ts";
+import type {
+  Artifact,
+  BackupEngine,
+  BackupRequest,
+  BackupResult,
+  RestoreOptions,
+  RestoreTargetOf,
+  VerifyTier,
+} from "../backup-engine.ts";
+import { fsyncPath, hashFile } from "../file-hash.ts";
+import type { PgBackRestRecord, RecoveryTarget } from "../manifest.ts";
+import { copyDatabase } from "./database-copy.ts";
+import { type NodeCluster, nodeCluster, requireSetUp, stanzaPgBackRest } from "./node-cluster.ts";
+import type { RestoreTarget as CliRestoreTarget, PgBackRest } from "./pgbackrest-cli.ts";
+import type { PgBackRestBackup, PgBackRestBackupType, VerifyReport } from "./pgbackrest-info.ts";
+import { atRestorePoint, RESTORE_POINT_NAME_MAX, walSegmentOf } from "./restore-point.ts";
+import { restoreToScratch } from "./scratch-restore.ts";
+
+/** The pgbackrest engine's options (config `backup.pgbackrest`, `backup create --type`). */
+export interface PgBackRestEngineOptions {
+  type: PgBackRestBackupType;
+}
+
+/** What the set holds of a node's physical backup: this file, naming the backup in pgBackRest's repository. */
+export interface PgBackRestDescriptor {
+  record: PgBackRestRecord;
+  /** The backup as pgBackRest's `info` described it when the set was made. */
+  backup: PgBackRestBackup;
+  cluster: { description: string; systemIdentifier: string };
+}
+
+export function descriptorName(node: string): string {
+  return `${node}.pgbackrest.json`;
+}
+
+/** `lockstep-<set>-<node>`, shortened with a hash when PostgreSQL's 63 bytes cannot hold it. */
+export function restorePointName(setId: string, node: string): string {
+  const name = `lockstep-${setId}-${node}`;
+  if (Buffer.byteLength(name) <= RESTORE_POINT_NAME_MAX) return name;
+  const hash = createHash("sha256").update(name).digest("hex").slice(0, 12);
+  return `${name.slice(0, RESTORE_POINT_NAME_MAX - 13)}-${hash}`;
+}
+
+/** The restore target pgBackRest's CLI takes for a recorded one. */
+export function cliTarget(target: RecoveryTarget): CliRestoreTarget {
+  return target.type === "name" ? { type: "name", name: target.name } : { type: "time", time: target.time };
+}
+
+export function describeTarget(target: RecoveryTarget): string {
+  return target.type === "name" ? `restore point ${target.name} (${target.lsn})` : `time ${target.time}`;
+}
+
+/** Writes a node's descriptor into the set and returns it hashed, as the manifest's `files`. */
+export async function writeDescriptor(setDir: string, node: string, descriptor: PgBackRestDescriptor) {
+  const artifact = descriptorName(node);
+  const path = join(setDir, artifact);
+  await writeFile(path, `${JSON.stringify(descriptor, null, 2)}\n`, { flag: "wx" });
+  await fsyncPath(path);
+  const hash = await hashFile(path);
+  return { artifact, files: [{ path: artifact, bytes: hash.bytes.toString(), sha256: hash.sha256 }] };
+}
+
+/**
+ * pgBackRest, the physical engine (docs/design.md §4.6, docs/backup.md): a node's backup is a
+ * pgBackRest backup of its whole cluster (full, diff or incr; one per cluster and set, shared by the
+ * nodes in it) and a restore point written after it under the node's writer lock, at which the
+ * node's position is read: recovery replays the backup and the archived WAL up to that point, so
+ * the manifest describes exactly what a restore yields. A restore replays into a scratch cluster
+ * (only the node's database, `--db-include`) and copies that database into the target, so one
+ * node is restored without touching the other databases of its cluster, or the cluster's timeline.
+ */
+export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "database"> {
+  readonly name = "pgbackrest";
+  readonly restoresInto = "database";
+  readonly verifyTiers: readonly VerifyTier<PgBackRestRecord>[] = [
+    { name: "pgBackRest repository", check: (artifact) => this.checkListed(artifact.record) },
+    { name: "pgBackRest verify", check: (artifact) => this.checkVerified(artifact.record) },
+  ];
+  private readonly entries: NodeEntry[];
+  /** One pgBackRest backup per cluster and set, shared by the set's nodes in that cluster. */
+  private readonly clusterBackups = new Map<string, Promise<PgBackRestBackup>>();
+  /** pgBackRest commands on one stanza run one at a time (its own stanza lock would refuse). */
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly verifyReports = new Map<string, Promise<VerifyReport>>();
+
+  constructor(
+    private readonly config: LockstepConfig,
+    private readonly options: PgBackRestEngineOptions,
+    private readonly logger: Logger,
+  ) {
+    this.entries = configNodes(config);
+  }
+
+  async backup<T>(
+    request: BackupRequest,
+    atConsistentPoint: (q: Queryable) => Promise<T>,
+  ): Promise<BackupResult<PgBackRestRecord, T>> {
+    const entry = this.entry(request.node);
+    const cluster = await nodeCluster(this.config, entry, this.logger);
+    const { pgbackrest } = cluster;
+    const stanza = pgbackrest.stanza;
+    const backup = await this.clusterBackup(request, cluster);
+    const name = restorePointName(basename(request.setDir), entry.name);
+    request.onStep?.(`restore point ${name}: locking the writer, reading the position`);
+    const db = createStorageDb({
+      connectionString: cluster.url,
+      applicationName: `lockstep-backup-${entry.name}`,
+      max: 1,
+      logger: this.logger,
+    });
+    let point: { value: T; lsn: string; serverTime: string };
+    try {
+      const session: DbSession = await db.session();
+      try {
+        point = await atRestorePoint(session, entry.kind, name, atConsistentPoint);
+      } finally {
+        session.release(true);
+      }
+    } finally {
+      await db.close();
+    }
+    // The restore point is only a target once its WAL is in the repository: `check` switches the
+    // WAL segment and waits until pgBackRest archived it.
+    request.onStep?.(`archiving the WAL up to ${point.lsn}`);
+    await this.queued(stanza, () => pgbackrest.check());
+    const record: PgBackRestRecord = {
+      name: this.name,
+      stanza,
+      label: backup.label,
+      type: backup.type,
+      startLsn: backup.lsn.start,
+      stopLsn: backup.lsn.stop,
+      database: cluster.database,
+      target: { type: "name", name, lsn: point.lsn },
+    };
+    const { artifact, files } = await writeDescriptor(request.setDir, entry.name, {
+      record,
+      backup,
+      cluster: { description: cluster.description, systemIdentifier: cluster.systemIdentifier },
+    });
+    const bytes = BigInt(backup.size.repositoryDelta);
+    request.onProgress?.(bytes);
+    return { record, artifact, files, bytes, consistent: point.value };
+  }
+
+  /** The set's pgBackRest backup of the node's cluster: taken by the first of its nodes, shared by the rest. */
+  private clusterBackup(request: BackupRequest, cluster: NodeCluster): Promise<PgBackRestBackup> {
+    const stanza = cluster.pgbackrest.stanza;
+    const key = `${request.setDir}\n${stanza}`;
+    let backup = this.clusterBackups.get(key);
+    if (!backup) {
+      backup = (async () => {
+        await requireSetUp(cluster);
+        request.onStep?.(
+          `pgBackRest ${this.options.type} backup of ${cluster.description} (stanza ${stanza})`,
+        );
+        const started = Date.now();
+        const taken = await this.queued(stanza, () => cluster.pgbackrest.backup(this.options.type));
+        request.onStep?.(
+          `pgBackRest backup ${taken.label} (${taken.type}) in ${((Date.now() - started) / 1000).toFixed(1)}s, ${taken.lsn.start} to ${taken.lsn.stop}`,
+        );
+        return taken;
+      })();
+      this.clusterBackups.set(key, backup);
+    } else {
+      request.onStep?.(`sharing the set's pgBackRest backup of ${cluster.description}`);
+    }
+    return backup;
+  }
+
+  async restore(
+    artifact: Artifact<PgBackRestRecord>,
+    target: RestoreTargetOf<"database">,
+    options: RestoreOptions = {},
+  ): Promise<void> {
+    const { record } = artifact;
+    const pgbackrest = this.pgbackrest(record.stanza);
+    const parentDir = resolve(this.config["data-dir"], "restore-scratch");
+    mkdirSync(parentDir, { recursive: true });
+    options.onStep?.(
+      `pgBackRest restore of ${record.database} from ${record.label} to ${describeTarget(record.target)} (scratch cluster)`,
+    );
+    const scratch = await restoreToScratch({
+      pgbackrest,
+      set: record.label,
+      target: cliTarget(record.target),
+      databases: [record.database],
+      parentDir,
+      logger: this.logger,
+      ...(options.signal ? { signal: options.signal } : {}),
+    }).catch((error: unknown) => {
+      throw restoreFailure(error, record);
+    });
+    try {
+      options.onStep?.(`copying ${record.database} from the scratch cluster into place`);
+      await copyDatabase(scratch.connectionUrl(record.database), target.url, {
+        ...(options.clean ? { clean: true } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
+    } finally {
+      await scratch.cleanup();
+    }
+  }
+
+  /** pgBackRest for a stanza a record names (its config file rewritten: the data dir may be new). */
+  pgbackrest(stanza: string): PgBackRest {
+    const pgbackrest = stanzaPgBackRest(this.config, this.entries, stanza, this.logger);
+    pgbackrest.prepare();
+    return pgbackrest;
+  }
+
+  private async checkListed(record: PgBackRestRecord): Promise<string> {
+    const info = await this.pgbackrest(record.stanza).info({ set: record.label });
+    const backup = info.backups.find((b) => b.label === record.label);
+    if (!backup) throw missing(record, `backup ${record.label} is not in stanza ${record.stanza}`);
+    if (record.target.type === "name") {
+      const needed = walSegmentOf(record.target.lsn);
+      const archived = info.archive.some((a) => a.max !== undefined && a.max.slice(8) >= needed);
+      if (!archived)
+        throw missing(record, `the WAL up to ${describeTarget(record.target)} is not in the archive`);
+    }
+    return `pgBackRest lists backup ${record.label} (${backup.type}${backup.references.length ? `, on ${backup.references.length} earlier` : ""}) and the WAL it replays`;
+  }
+
+  private async checkVerified(record: PgBackRestRecord): Promise<string> {
+    let report = this.verifyReports.get(record.stanza);
+    if (!report) {
+      const pgbackrest = this.pgbackrest(record.stanza);
+      report = this.queued(record.stanza, () => pgbackrest.verify());
+      this.verifyReports.set(record.stanza, report);
+    }
+    const result = await report;
+    const own = result.backups.find((b) => b.label === record.label);
+    if (!result.ok) {
+      const problems = result.problems.length > 0 ? result.problems.join("; ") : result.status;
+      throw new Error(`pgBackRest verify of stanza ${record.stanza} found damage: ${problems}`);
+    }
+    return `pgBackRest verify: stanza ${record.stanza} ok${own ? `, ${own.label} ${own.status} (${own.valid}/${own.checked} files)` : ""}`;
+  }
+
+  private entry(node: string): NodeEntry {
+    const entry = this.entries.find((e) => e.name === node);
+    if (!entry)
+      throw new LockstepError("NODE_UNKNOWN", { node, known: this.entries.map((e) => e.name).join(", ") });
+    return entry;
+  }
+
+  private queued<T>(stanza: string, run: () => Promise<T>): Promise<T> {
+    const before = this.queues.get(stanza) ?? Promise.resolve();
+    const next = before.then(run, run);
+    this.queues.set(
+      stanza,
+      next.catch(() => {}),
+    );
+    return next;
+  }
+}
+
+function missing(record: PgBackRestRecord, reason: string): LockstepError {
+  return new LockstepError("PGBACKREST_BACKUP_MISSING", {
+    what: `the backup of ${record.database} (${record.label})`,
+    reason,
+  });
+}
+
+/** A recovery that stopped short of its target says so, with the target, rather than as a server failure. */
+function restoreFailure(error: unknown, record: PgBackRestRecord): unknown {
+  const failure = toLockstepError(error);
+  if (failure.code === "POSTGRES_FAILED" && /recovery target|recovery ended/i.test(failure.message)) {
+    return new LockstepError(
+      "PITR_TARGET_UNREACHABLE",
+      { node: record.database, target: describeTarget(record.target), reason: failure.message },
+      { cause: error },
+    );
+  }
+  return error;
+}
