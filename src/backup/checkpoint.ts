@@ -5,39 +5,31 @@ import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import { NAME_PATTERN } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
-import { nowMicros } from "../common/time.ts";
-import { nodeConnection } from "../node/node-database.ts";
-import type { Db, DbSession, Queryable } from "../storage/db.ts";
+import type { Db, DbSession } from "../storage/db.ts";
 import { createStorageDb } from "../storage/storage-db.ts";
-import { writeFileAtomic } from "./backup-repository.ts";
+import { holdSet, sequencerRpc } from "./backup-holds.ts";
+import { BackupRepository, writeFileAtomic } from "./backup-repository.ts";
 import type { MediatorPosition, ParticipantPosition, SequencerPosition } from "./manifest.ts";
-import { mediatorPosition, participantPosition, sequencerPosition } from "./node-position.ts";
+import { type NodeSnapshotInfo, readNodeSnapshotInfo } from "./node-position.ts";
+import { type NodeCluster, nodeCluster, requireSetUp } from "./pgbackrest/node-cluster.ts";
+import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
+import { createRestorePoint, lockWriter } from "./pgbackrest/restore-point.ts";
+import { lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
 
 // Network-wide checkpoints (issue 14, docs/restore.md "Point-in-time recovery"): a named restore
-// point (pg_create_restore_point) in every node's PostgreSQL cluster, with each node's position as
-// of that exact WAL point, so that a point-in-time recovery to the name yields what the record says.
-//
-// Closing the gap between "position read" and "restore point written": in each node's database the
-// checkpoint takes, in one transaction, a SHARE lock on the table every state-changing commit of
-// that node writes (a member's clean timestamp, the sequencer's events and member heads). Commits
-// that got there first finish before the lock is granted (their WAL precedes the restore point);
-// later ones wait until the checkpoint committed (their WAL follows it). The position is read under
-// the lock, then the restore point is written, then the locks go. Nodes that share a cluster are
-// locked together and get ONE restore point (recovery stops at the first record of a name); clusters
-// go in the safe order of backups: participants' and mediators' first, the sequencer's last, so the
-// sequencer is never behind a member (docs/design.md §4.3).
-
-/** The tables a node's writer commits to with every change of its position. */
-const WRITER_TABLES: Record<NodeKind, readonly string[]> = {
-  participant: ["sequencer_client_clean"],
-  mediator: ["sequencer_client_clean"],
-  sequencer: ["sequencer_events", "sequencer_member_heads"],
-};
+// point in every node's PostgreSQL cluster, with each node's identity and position as of that exact
+// WAL point (read under its writer lock: pgbackrest/restore-point.ts), so that a recovery to the
+// name yields what the record says. Nodes that share a cluster are locked together and get ONE
+// restore point (recovery stops at the first record of a name); clusters go in the safe order of
+// backups: participants' and mediators' first, the sequencer's last, so the sequencer is never
+// behind a member (docs/design.md §4.3). The checkpoint is also written as a backup set (mode
+// `checkpoint`) naming, per node, the pgBackRest backup to replay from: `restore plan|apply
+// --checkpoint NAME` restores that set, with every check and recovery rule of any set.
 
 export interface CheckpointNode {
   name: string;
   kind: NodeKind;
-  /** `system_identifier@host:port` of the node's cluster. */
+  /** The node's cluster: its pgBackRest stanza. */
   cluster: string;
   database: string;
   position: ParticipantPosition | MediatorPosition | SequencerPosition;
@@ -45,17 +37,21 @@ export interface CheckpointNode {
 
 export interface CheckpointCluster {
   cluster: string;
-  /** The restore point's LSN (pg_create_restore_point) and the server's time when it was written. */
+  /** The restore point's name, LSN and the server's time when it was written. */
+  restorePoint: string;
   lsn: string;
   serverTime: string;
+  /** The pgBackRest backup a recovery to it replays from. */
+  baseBackup: string;
   nodes: string[];
 }
 
 export interface CheckpointRecord {
-  version: 1;
+  version: 2;
   name: string;
   createdAt: string;
-  createdAtMicros: string;
+  /** The backup set that restores it. */
+  set: string;
   clusters: CheckpointCluster[];
   nodes: CheckpointNode[];
 }
@@ -75,19 +71,24 @@ export async function listCheckpoints(repository: string): Promise<CheckpointRec
   return records.sort((a, b) => a.createdAt.localeCompare(b.createdAt));
 }
 
-interface OpenNode {
-  entry: NodeEntry;
-  db: Db;
-  /** One connection, so that the transaction, its locks and the restore point share it. */
-  client: DbSession;
-  database: string;
-  cluster: string;
+/** The checkpoint's record; CHECKPOINT_UNKNOWN when there is none of that name. */
+export async function findCheckpoint(repository: string, name: string): Promise<CheckpointRecord> {
+  const found = (await listCheckpoints(repository)).find((c) => c.name === name);
+  if (!found) throw new LockstepError("CHECKPOINT_UNKNOWN", { name, repository });
+  return found;
 }
 
-async function readPosition(q: Queryable, kind: NodeKind) {
-  if (kind === "participant") return participantPosition(q);
-  if (kind === "mediator") return mediatorPosition(q);
-  return sequencerPosition(q);
+/** The restore point a checkpoint writes: prefixed so that it never takes a backup set's name. */
+export function checkpointRestorePoint(name: string): string {
+  return `checkpoint-${name}`;
+}
+
+interface OpenNode {
+  entry: NodeEntry;
+  cluster: NodeCluster;
+  db: Db;
+  /** One connection, so that the transaction, its locks and the restore point share it. */
+  session: DbSession;
 }
 
 /** Creates checkpoint `name` on every node of the config (or `nodes`); see the file comment. */
@@ -99,94 +100,151 @@ export async function createCheckpoint(options: {
   progress?: (line: string) => void;
 }): Promise<CheckpointRecord> {
   const { config, name, logger } = options;
+  const progress = options.progress ?? (() => {});
   if (!NAME_PATTERN.test(name)) {
     throw new LockstepError("INVALID_ARGUMENT", {
       details: `checkpoint name "${name}" must match ${NAME_PATTERN.source} (it names a restore point)`,
     });
   }
-  const repository = config.backup.repository;
-  const path = join(checkpointDir(repository), `${name}.json`);
-  if ((await listCheckpoints(repository)).some((c) => c.name === name)) {
+  const repositoryDir = config.backup.repository;
+  if ((await listCheckpoints(repositoryDir)).some((c) => c.name === name)) {
     throw new LockstepError("INVALID_ARGUMENT", {
       details: `checkpoint ${name} exists already: use a new name`,
     });
   }
   const entries = options.nodes ?? configNodes(config);
-  const opened: OpenNode[] = [];
-  try {
-    for (const entry of entries) {
-      const connection = await nodeConnection(entry, config["data-dir"], logger);
-      const db = createStorageDb({
-        connectionString: connection.url,
-        applicationName: "lockstep-checkpoint",
-      });
-      const client = await db.session();
-      opened.push({ entry, db, client, database: connection.database, cluster: "" });
-      const row = await client.maybeOne<{ id: string; host: string | null; port: number | null }>(
-        "SELECT system_identifier::text AS id, inet_server_addr()::text AS host, inet_server_port() AS port FROM pg_control_system()",
-      );
-      Object.assign(opened.at(-1) as OpenNode, {
-        cluster: `${row?.id}@${row?.host ?? "local"}:${row?.port ?? ""}`,
+  const startedAt = new Date();
+  const restorePoint = checkpointRestorePoint(name);
+  // Every cluster archives and has a backup to replay from, before anything is locked.
+  const clusters = new Map<string, NodeCluster>();
+  const bases = new Map<string, PgBackRestBackup>();
+  for (const entry of entries) {
+    const cluster = await nodeCluster(config, entry, logger);
+    clusters.set(entry.name, cluster);
+    const stanza = cluster.pgbackrest.stanza;
+    if (bases.has(stanza)) continue;
+    await requireSetUp(cluster);
+    const base = (await cluster.pgbackrest.info()).backups.at(-1);
+    if (!base) {
+      throw new LockstepError("PITR_NO_BASE_BACKUP", {
+        node: entry.name,
+        stanza,
+        target: `checkpoint ${name}`,
       });
     }
-    // The safe order: clusters without the sequencer first, the sequencer's last.
-    const clusters = [...new Set(opened.map((o) => o.cluster))].sort((a, b) => {
-      const hasSequencer = (c: string) => opened.some((o) => o.cluster === c && o.entry.kind === "sequencer");
-      return Number(hasSequencer(a)) - Number(hasSequencer(b));
-    });
-    const nodes: CheckpointNode[] = [];
-    const points: CheckpointCluster[] = [];
-    for (const cluster of clusters) {
-      const members = opened.filter((o) => o.cluster === cluster);
-      options.progress?.(
-        `${members.map((m) => m.entry.name).join(", ")}: locking writers, reading positions`,
-      );
-      try {
-        for (const node of members) {
-          await node.client.execute("BEGIN");
-          await node.client.execute("SET LOCAL lock_timeout = '10s'");
-          for (const table of WRITER_TABLES[node.entry.kind]) {
-            await node.client.execute(`LOCK TABLE ${table} IN SHARE MODE`);
-          }
-          nodes.push({
-            name: node.entry.name,
-            kind: node.entry.kind,
-            cluster,
-            database: node.database,
-            position: await readPosition(node.client, node.entry.kind),
-          });
-        }
-        const first = members[0] as OpenNode;
-        const point = await first.client.one<{ lsn: string; at: string }>(
-          "SELECT pg_create_restore_point($1)::text AS lsn, now()::text AS at",
-          [name],
-        );
-        points.push({
-          cluster,
-          lsn: point.lsn,
-          serverTime: point.at,
-          nodes: members.map((m) => m.entry.name),
+    bases.set(stanza, base);
+  }
+  const stanzaOf = (e: NodeEntry) => (clusters.get(e.name) as NodeCluster).pgbackrest.stanza;
+  // The safe order: clusters without the sequencer first, the sequencer's last.
+  const stanzas = [...bases.keys()].sort((a, b) => {
+    const hasSequencer = (s: string) => entries.some((e) => stanzaOf(e) === s && e.kind === "sequencer");
+    return Number(hasSequencer(a)) - Number(hasSequencer(b));
+  });
+  const read: PointNode[] = [];
+  const points: CheckpointCluster[] = [];
+  for (const stanza of stanzas) {
+    // Members before the sequencer within a cluster too: its side of the order check looks their events up.
+    const members = entries
+      .filter((e) => stanzaOf(e) === stanza)
+      .sort((a, b) => Number(a.kind === "sequencer") - Number(b.kind === "sequencer"));
+    progress(`${members.map((m) => m.name).join(", ")}: locking writers, reading positions`);
+    const opened: OpenNode[] = [];
+    try {
+      for (const entry of members) {
+        const cluster = clusters.get(entry.name) as NodeCluster;
+        const db = createStorageDb({
+          connectionString: cluster.url,
+          applicationName: "lockstep-checkpoint",
+          max: 1,
         });
-        options.progress?.(`${cluster}: restore point ${name} at ${point.lsn}`);
-      } finally {
-        for (const node of members) await node.client.execute("COMMIT").catch(() => {});
+        opened.push({ entry, cluster, db, session: await db.session() });
+      }
+      const infos: { node: OpenNode; info: NodeSnapshotInfo }[] = [];
+      for (const node of opened) {
+        await lockWriter(node.session, node.entry.kind, "10s");
+        const lookups =
+          node.entry.kind === "sequencer"
+            ? lookupsOf(read.map((r) => r.info).concat(infos.map((i) => i.info)))
+            : [];
+        const info = await readNodeSnapshotInfo(
+          node.session,
+          node.entry.kind,
+          config.synchronizer.id,
+          lookups,
+        );
+        infos.push({ node, info });
+      }
+      const first = opened[0] as OpenNode;
+      const point = await createRestorePoint(first.session, restorePoint);
+      for (const node of opened) await node.session.execute("COMMIT");
+      const readAt = new Date();
+      for (const { node, info } of infos) {
+        read.push({
+          info,
+          database: node.cluster.database,
+          stanza,
+          backup: bases.get(stanza) as PgBackRestBackup,
+          target: { type: "name", name: restorePoint, lsn: point.lsn },
+          cluster: { description: node.cluster.description, systemIdentifier: node.cluster.systemIdentifier },
+          readAt,
+        });
+      }
+      points.push({
+        cluster: stanza,
+        restorePoint,
+        lsn: point.lsn,
+        serverTime: point.serverTime,
+        baseBackup: (bases.get(stanza) as PgBackRestBackup).label,
+        nodes: members.map((m) => m.name),
+      });
+      progress(`${stanza}: restore point ${restorePoint} at ${point.lsn}`);
+    } finally {
+      for (const node of opened) {
+        await node.session.execute("ROLLBACK").catch(() => {});
+        node.session.release(true);
+        await node.db.close().catch(() => {});
       }
     }
-    const record: CheckpointRecord = {
-      version: 1,
-      name,
-      createdAt: new Date().toISOString(),
-      createdAtMicros: nowMicros().toString(),
-      clusters: points,
-      nodes,
-    };
-    await mkdir(checkpointDir(repository), { recursive: true });
-    await writeFileAtomic(path, `${JSON.stringify(record, null, 2)}\n`);
-    return record;
-  } finally {
-    for (const node of opened) {
-      node.client.release(true);
-      await node.db.close().catch(() => {});
-    }
   }
+  // A restore point is a target only once its WAL is in the repository (check switches and waits).
+  for (const stanza of stanzas) {
+    const entry = entries.find((e) => stanzaOf(e) === stanza) as NodeEntry;
+    progress(`${stanza}: archiving the WAL up to the restore point`);
+    await (clusters.get(entry.name) as NodeCluster).pgbackrest.check();
+  }
+  const repository = new BackupRepository(repositoryDir, logger);
+  const manifest = await writePointSet({
+    config,
+    repository,
+    nodes: read,
+    mode: "checkpoint",
+    pointInTime: { checkpoint: name },
+    startedAt,
+  });
+  progress(`checkpoint ${name}: backup set ${manifest.id} restores it`);
+  await holdSet(sequencerRpc(config), manifest).catch((error: Error) =>
+    progress(
+      `WARNING: no retention hold for checkpoint ${name} (${error.message}); \`lockstep backup expire\` sets missing holds`,
+    ),
+  );
+  const record: CheckpointRecord = {
+    version: 2,
+    name,
+    createdAt: startedAt.toISOString(),
+    set: manifest.id,
+    clusters: points,
+    nodes: read.map((r) => ({
+      name: r.info.nodeName,
+      kind: r.info.kind,
+      cluster: r.stanza,
+      database: r.database,
+      position: r.info.position,
+    })),
+  };
+  await mkdir(checkpointDir(repositoryDir), { recursive: true });
+  await writeFileAtomic(
+    join(checkpointDir(repositoryDir), `${name}.json`),
+    `${JSON.stringify(record, null, 2)}\n`,
+  );
+  return record;
 }

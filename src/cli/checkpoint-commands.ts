@@ -33,7 +33,7 @@ export function registerCheckpointCommands(program: Command): void {
       });
       out.result(record, () =>
         [
-          `checkpoint ${record.name} at ${record.createdAt}`,
+          `checkpoint ${record.name} at ${record.createdAt}: restore it with \`lockstep restore plan --checkpoint ${record.name}\` (set ${record.set})`,
           table(
             ["NODE", "KIND", "CLUSTER", "POSITION"],
             record.nodes.map((n) => [n.name, n.kind, n.cluster, JSON.stringify(n.position)]),
@@ -52,12 +52,13 @@ export function registerCheckpointCommands(program: Command): void {
         records.length === 0
           ? "no checkpoints"
           : table(
-              ["NAME", "CREATED", "NODES", "RESTORE POINTS"],
+              ["NAME", "CREATED", "SET", "NODES", "RESTORE POINTS"],
               records.map((r) => [
                 r.name,
                 r.createdAt,
+                r.set ?? "-",
                 r.nodes.map((n) => n.name).join(","),
-                r.clusters.map((c) => c.lsn).join(","),
+                r.clusters.map((c) => `${c.cluster}@${c.lsn}`).join(","),
               ]),
             ),
       );

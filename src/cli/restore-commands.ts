@@ -10,8 +10,9 @@ import { isLockstepError, LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
 import { alreadyReported, table } from "./output.ts";
+import { chooseSet, type SetChoice } from "./restore-set-choice.ts";
 
-interface RestoreOptions {
+interface RestoreOptions extends SetChoice {
   nodes?: string;
   replace?: boolean;
   force?: string[];
@@ -144,28 +145,31 @@ export function registerRestoreCommands(program: Command): void {
   const restore = program.command("restore").description("restore nodes from a backup set, safely");
 
   restore
-    .command("plan <set>")
-    .description("every preflight check with its verdict; exit 3 if any refuses")
+    .command("plan [set]")
+    .description(
+      "every preflight check with its verdict; exit 3 if any refuses (a set, --checkpoint NAME or --to-time T)",
+    )
     .option("--nodes <names>", "only these nodes (comma-separated); default: every node in the set")
     .option("--replace", "plan as for apply --replace (non-empty target databases are replaced)")
+    .option("--checkpoint <name>", "restore to a checkpoint (`lockstep checkpoint list`) instead of a set")
+    .option(
+      "--to-time <time>",
+      "restore participants and mediators to this time (with zone, e.g. 2026-12-03T07:30:00Z), replaying pgBackRest backups and WAL",
+    )
+    .option("--sequencer-to-time <time>", "with --to-time: the sequencer's time (default: the same)")
     .option(
       "--force <checks>",
       "plan as for apply --force CHECKS (those refusals of the named nodes become warnings)",
       collectForce,
     )
-    .action(async (set: string, opts: RestoreOptions, command: Command) => {
+    .action(async (given: string | undefined, opts: RestoreOptions, command: Command) => {
       const out = outputFor(command);
       const { config } = await loadCliConfig(command);
       prepareDataDir(config["data-dir"]);
+      const logger = createLogger({ node: "restore", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
+      const set = await chooseSet(config, given, opts, nodeNames(opts), logger, (line) => out.info(line));
       const plan = await planOrRefusal(
-        {
-          config,
-          set,
-          nodes: nodeNames(opts),
-          replace: opts.replace,
-          force: opts.force,
-          logger: createLogger({ node: "restore", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" }),
-        },
+        { config, set, nodes: nodeNames(opts), replace: opts.replace, force: opts.force, logger },
         out,
       );
       out.result(planJson(plan), () => planText(plan));
@@ -173,13 +177,21 @@ export function registerRestoreCommands(program: Command): void {
     });
 
   restore
-    .command("apply <set>")
-    .description("restore the named nodes (default: all in the set); the nodes must be stopped")
+    .command("apply [set]")
+    .description(
+      "restore the named nodes (default: all in the set) from a set, --checkpoint NAME or --to-time T; the nodes must be stopped",
+    )
     .option("--nodes <names>", "only these nodes (comma-separated); default: every node in the set")
     .option(
       "--replace",
       "replace non-empty target databases once the restore is complete (the replaced one is kept, renamed, until restore drop-kept)",
     )
+    .option("--checkpoint <name>", "restore to a checkpoint (`lockstep checkpoint list`) instead of a set")
+    .option(
+      "--to-time <time>",
+      "restore participants and mediators to this time (with zone, e.g. 2026-12-03T07:30:00Z), replaying pgBackRest backups and WAL",
+    )
+    .option("--sequencer-to-time <time>", "with --to-time: the sequencer's time (default: the same)")
     .option(
       "--force <checks>",
       `override the named refused checks of the nodes being restored, e.g. \`--force sequencer-fork\` or \`--force participant1:order\` (${FORCE_NAMES.join(", ")}; the last two only when they could not run); each override is listed and recorded in the node's recovery record`,
@@ -189,11 +201,12 @@ export function registerRestoreCommands(program: Command): void {
     .option("--jobs <n>", "parallel pg_restore jobs (custom and directory formats)", (v) =>
       Number.parseInt(v, 10),
     )
-    .action(async (set: string, opts: RestoreOptions, command: Command) => {
+    .action(async (given: string | undefined, opts: RestoreOptions, command: Command) => {
       const out = outputFor(command);
       const { config } = await loadCliConfig(command);
       prepareDataDir(config["data-dir"]);
       const logger = createLogger({ node: "restore", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
+      const set = await chooseSet(config, given, opts, nodeNames(opts), logger, (line) => out.info(line));
       const plan = await planOrRefusal(
         { config, set, nodes: nodeNames(opts), replace: opts.replace, force: opts.force, logger },
         out,

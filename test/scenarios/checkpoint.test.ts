@@ -12,21 +12,33 @@ import { waitUntil } from "../support/wait.ts";
 
 // `lockstep checkpoint create|list` (src/backup/checkpoint.ts) on a live network under traffic: one
 // restore point for the embedded cluster all nodes share, each node's position read under its
-// writers' lock, in the safe order (no member ahead of the sequencer). Restoring to it (PITR) comes
-// with the pgBackRest engine; its exactness test belongs there.
+// writers' lock, in the safe order (no member ahead of the sequencer), and written as a backup set
+// that replays the cluster's pgBackRest backup to it. A cluster without a backup to replay from is
+// refused. Restoring to a checkpoint: test/scenarios/point-in-time.test.ts.
 
 let network: LedgerNetwork | undefined;
 after(() => network?.down());
 
 interface CheckpointJson {
   name: string;
+  set: string;
   clusters: { cluster: string; lsn: string; nodes: string[] }[];
   nodes: { name: string; kind: string; position: Record<string, unknown> }[];
 }
 
 test("a checkpoint under traffic: one restore point per cluster, positions in the safe order", async () => {
-  const n = await startLedgerNetwork();
+  const n = await startLedgerNetwork({
+    configure: (config) => {
+      config.backup = { ...(config.backup ?? {}), engine: "pgbackrest" };
+    },
+  });
   network = n;
+  // No pgBackRest backup yet: nothing a recovery to the checkpoint could start from.
+  const early = await runLockstep(["checkpoint", "create", "cp0", "--json", ...n.cfg]);
+  assert.equal(early.code, 2, early.stdout + early.stderr);
+  assert.match(early.stdout, /PITR_NO_BASE_BACKUP/);
+  const backup = await runLockstep(["backup", "create", "--json", ...n.cfg], { timeoutMs: 180_000 });
+  assert.equal(backup.code, 0, backup.stdout + backup.stderr);
   const alice = await allocateKnownParty(n, 0, "alice");
   const bob = await allocateKnownParty(n, 1, "bob");
   const clients = n.clients as LedgerClients[];
@@ -71,6 +83,12 @@ test("a checkpoint under traffic: one restore point per cluster, positions in th
 
   const again = await runLockstep(["checkpoint", "create", "cp1", "--json", ...n.cfg]);
   assert.equal(again.code, 2, "a name is used once");
+  const set = await runLockstep(["backup", "list", "--json", ...n.cfg]);
+  const listedSet = set
+    .json<{ sets: { id: string; mode: string; safe: boolean }[] }>()
+    .sets.find((s) => s.id === record.set);
+  assert.equal(listedSet?.mode, "checkpoint", set.stdout);
+  assert.equal(listedSet?.safe, true, "the checkpoint's set passes the order check");
   const listed = await runLockstep(["checkpoint", "list", "--json", ...n.cfg]);
   assert.deepEqual(
     listed.json<{ checkpoints: CheckpointJson[] }>().checkpoints.map((c) => c.name),

@@ -199,7 +199,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
       logger: this.logger,
       ...(options.signal ? { signal: options.signal } : {}),
     }).catch((error: unknown) => {
-      throw restoreFailure(error, record);
+      throw recoveryFailure(error, record.database, record.target);
     });
     try {
       options.onStep?.(`copying ${record.database} from the scratch cluster into place`);
@@ -274,12 +274,12 @@ function missing(record: PgBackRestRecord, reason: string): LockstepError {
 }
 
 /** A recovery that stopped short of its target says so, with the target, rather than as a server failure. */
-function restoreFailure(error: unknown, record: PgBackRestRecord): unknown {
+export function recoveryFailure(error: unknown, node: string, target: RecoveryTarget): unknown {
   const failure = toLockstepError(error);
   if (failure.code === "POSTGRES_FAILED" && /recovery target|recovery ended/i.test(failure.message)) {
     return new LockstepError(
       "PITR_TARGET_UNREACHABLE",
-      { node: record.database, target: describeTarget(record.target), reason: failure.message },
+      { node, target: describeTarget(target), reason: failure.message },
       { cause: error },
     );
   }

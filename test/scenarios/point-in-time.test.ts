@@ -1,0 +1,133 @@
+import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import { after, test } from "node:test";
+import pg from "pg";
+import { embeddedClusterDir } from "../../src/node/node-database.ts";
+import { LocalPostgres } from "../../src/storage/local-postgres.ts";
+import { runLockstep } from "../support/cli.ts";
+import type { LedgerClients } from "../support/ledger-client.ts";
+import {
+  allocateKnownParty,
+  createIouCommand,
+  type LedgerNetwork,
+  startLedgerNetwork,
+} from "../support/ledger-network.ts";
+import { acsKeys, type PlanJson, waitForRecovery } from "../support/restore-network.ts";
+import { waitFor } from "../support/wait.ts";
+
+// Issue 14's network-wide point-in-time recovery, on real pgBackRest and PostgreSQL: a pgBackRest
+// backup, transactions a1 a2 | T1 | a3, checkpoint cp1, a4; then everything is lost (the data dir
+// with the embedded cluster); the network restored to cp1 holds exactly a1..a3 and goes on (a5).
+// Then the network restored to T1, between a2 and a3, holds exactly a1 a2; and a sequencer
+// recovered to T1 with the participants at cp1 (events after T1 in their histories) is refused.
+
+let network: LedgerNetwork | undefined;
+after(() => network?.down());
+
+const p = (n: LedgerNetwork, i: 0 | 1) => n.clients[i] as LedgerClients;
+
+async function create(n: LedgerNetwork, i: 0 | 1, id: string, issuer: string, owner: string) {
+  return p(n, i).commands.submitAndWait(
+    { commands: createIouCommand(id, issuer, owner, { amount: "1.00" }) },
+    { timeoutMs: 60_000 },
+  );
+}
+
+async function cli(n: LedgerNetwork, ...args: string[]) {
+  const r = await runLockstep([...args, ...n.cfg], { timeoutMs: 300_000 });
+  assert.equal(r.code, 0, `${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
+  return r;
+}
+
+/** Both participants hold `count` contracts of the pair (the other's view caught up). */
+async function bothSee(n: LedgerNetwork, alice: string, bob: string, count: number): Promise<string[]> {
+  return waitFor(`both participants to hold ${count} contracts`, async () => {
+    const a = await acsKeys(n, 0, alice).catch(() => []);
+    const b = await acsKeys(n, 1, bob).catch(() => []);
+    return a.length === count && b.length === count ? a : undefined;
+  });
+}
+
+/** The embedded cluster's clock: recovery to a time compares it with commit times of that server. */
+async function serverTime(n: LedgerNetwork): Promise<string> {
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(n.dataDir) });
+  await cluster.start();
+  const client = new pg.Client({ connectionString: cluster.connectionUrl("postgres") });
+  await client.connect();
+  try {
+    return (await client.query<{ t: string }>("SELECT clock_timestamp()::text AS t")).rows[0]?.t as string;
+  } finally {
+    await client.end();
+  }
+}
+
+test("the network restored to a checkpoint after losing everything, then to a time between two transactions", async (t) => {
+  const n = await startLedgerNetwork({
+    tolerance: "5s",
+    configure: (config) => {
+      config.backup = { ...(config.backup ?? {}), engine: "pgbackrest" };
+    },
+  });
+  network = n;
+  const alice = await allocateKnownParty(n, 0, "alice");
+  const bob = await allocateKnownParty(n, 1, "bob");
+  await create(n, 0, "a1", alice, bob);
+  await cli(n, "backup", "create", "--json");
+  await create(n, 0, "a2", alice, bob);
+  const atT1 = await bothSee(n, alice, bob, 2);
+  const t1 = await serverTime(n);
+  await create(n, 0, "a3", alice, bob);
+  const atCp1 = await bothSee(n, alice, bob, 3);
+  const cp = (await cli(n, "checkpoint", "create", "cp1", "--json")).json<{
+    set: string;
+    clusters: { serverTime: string }[];
+  }>();
+  t.diagnostic(`T1 ${t1}; checkpoint cp1 → set ${cp.set}`);
+  await create(n, 0, "a4", alice, bob);
+  await bothSee(n, alice, bob, 4);
+
+  // Everything on this machine is lost but the backup repository.
+  await cli(n, "down", "--json");
+  rmSync(n.dataDir, { recursive: true, force: true });
+
+  const plan = await runLockstep(["restore", "plan", "--checkpoint", "cp1", "--json", ...n.cfg], {
+    timeoutMs: 300_000,
+  });
+  assert.equal(plan.code, 0, plan.stdout + plan.stderr);
+  assert.equal(plan.json<PlanJson>().ok, true);
+  await cli(n, "restore", "apply", "--checkpoint", "cp1", "--yes", "--json");
+  await cli(n, "up", "--detach", "--json");
+  for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
+  assert.deepEqual(await bothSee(n, alice, bob, 3), atCp1, "the ledgers are as at the checkpoint");
+  await create(n, 0, "a5", alice, bob);
+  await bothSee(n, alice, bob, 4);
+
+  // A sequencer recovered to T1 cannot serve participants recovered to the checkpoint: refused.
+  await cli(n, "down", "--json");
+  const behind = await runLockstep(
+    [
+      "restore",
+      "plan",
+      "--to-time",
+      cp.clusters[0]?.serverTime as string,
+      "--sequencer-to-time",
+      t1,
+      "--replace",
+      "--json",
+      ...n.cfg,
+    ],
+    { timeoutMs: 300_000 },
+  );
+  assert.equal(behind.code, 3, behind.stdout + behind.stderr);
+  const refused = behind.json<PlanJson>().checks.filter((c) => c.verdict === "refuse");
+  assert.ok(
+    refused.some((c) => c.check === "order"),
+    `the order check refuses: ${JSON.stringify(refused)}`,
+  );
+
+  // The network to T1: exactly a1 and a2.
+  await cli(n, "restore", "apply", "--to-time", t1, "--replace", "--yes", "--json");
+  await cli(n, "up", "--detach", "--json");
+  for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
+  assert.deepEqual(await bothSee(n, alice, bob, 2), atT1, "the ledgers are as at T1");
+});
