@@ -40,13 +40,19 @@ export function chooseEngine(
   return { engine: config.backup.engine, chosenBy: `backup.engine, for ${entry.name}` };
 }
 
-type EngineFactory = (config: LockstepConfig, overrides: EngineOverrides, logger: Logger) => BackupEngine;
+export type EngineFactory = (
+  config: LockstepConfig,
+  overrides: EngineOverrides,
+  logger: Logger,
+) => BackupEngine;
 
 /**
  * The engines this build has, each made from the config (its options) and the run's overrides. A
  * config may name an engine that is not here: it is refused by name, never replaced by another.
  */
-const FACTORIES: Partial<Record<BackupEngineName, EngineFactory>> = {
+export type EngineFactories = Partial<Record<BackupEngineName, EngineFactory>>;
+
+const FACTORIES: EngineFactories = {
   "pg-dump": (config, overrides, logger) =>
     new PgDumpEngine(
       { format: overrides.format ?? config.backup.format, jobs: overrides.jobs ?? config.backup.jobs },
@@ -67,6 +73,8 @@ export class BackupEngines {
     private readonly config: LockstepConfig,
     private readonly logger: Logger,
     private readonly overrides: EngineOverrides = {},
+    /** The engines this build has (a build, or a test, may lack some). */
+    private readonly factories: EngineFactories = FACTORIES,
   ) {}
 
   /** The engine that backs up this node; BACKUP_ENGINE_UNAVAILABLE when this build has none of that name. */
@@ -83,9 +91,9 @@ export class BackupEngines {
   private get(name: BackupEngineName, chosenBy: string): RuntimeEngine {
     let engine = this.made.get(name);
     if (!engine) {
-      const factory = FACTORIES[name];
+      const factory = this.factories[name];
       if (!factory) {
-        const available = BACKUP_ENGINES.filter((e) => FACTORIES[e]).join(", ");
+        const available = BACKUP_ENGINES.filter((e) => this.factories[e]).join(", ");
         throw new LockstepError("BACKUP_ENGINE_UNAVAILABLE", { engine: name, chosenBy, available });
       }
       engine = new RuntimeEngine(factory(this.config, this.overrides, this.logger));

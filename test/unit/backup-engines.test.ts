@@ -68,11 +68,33 @@ test("pg-dump is made once, with the config's format and jobs or the run's", () 
   assert.equal(engines.forArtifact(artifact), engine);
 });
 
-test("an engine this build lacks is refused by name, saying which setting chose it", () => {
+test("pgbackrest is made with backup.pgbackrest's type or the run's --type", () => {
   const { config, node } = network((c) => {
     c.backup.engine = "pgbackrest";
   });
   const engines = new BackupEngines(config, silentLogger("test"));
+  const engine = engines.forNode(node("mediator1"));
+  assert.equal(engine.name, "pgbackrest");
+  assert.deepEqual(
+    engine.verifyTiers.map((t) => t.name),
+    ["pgBackRest repository", "pgBackRest verify"],
+  );
+  assert.equal(engine.restoresInto, "database");
+  // --engine pg-dump for one run takes every node back to pg_dump.
+  assert.equal(
+    new BackupEngines(config, silentLogger("test"), { engine: "pg-dump" }).forNode(node("mediator1")).name,
+    "pg-dump",
+  );
+});
+
+test("an engine this build lacks is refused by name, saying which setting chose it", () => {
+  const { config, node } = network((c) => {
+    c.backup.engine = "pgbackrest";
+  });
+  // A build with pg_dump only.
+  const pgDumpOnly = new BackupEngines(network().config, silentLogger("test")).forNode(node("mediator1"));
+  const factories = { "pg-dump": () => pgDumpOnly };
+  const engines = new BackupEngines(config, silentLogger("test"), {}, factories);
   assert.throws(
     () => engines.forNode(node("mediator1")),
     (error: unknown) =>
@@ -80,14 +102,9 @@ test("an engine this build lacks is refused by name, saying which setting chose 
       error.exitCode === 2 &&
       /pgbackrest \(chosen by backup\.engine, for mediator1\).*available: pg-dump/.test(error.message),
   );
-  // --engine pg-dump for one run takes every node back to pg_dump.
-  assert.equal(
-    new BackupEngines(config, silentLogger("test"), { engine: "pg-dump" }).forNode(node("mediator1")).name,
-    "pg-dump",
-  );
   assert.throws(
     () =>
-      new BackupEngines(network().config, silentLogger("test"), { engine: "pgbackrest" }).forNode(
+      new BackupEngines(network().config, silentLogger("test"), { engine: "pgbackrest" }, factories).forNode(
         node("mediator1"),
       ),
     (error: unknown) =>

@@ -12,15 +12,25 @@
  * beside the live one); a LocalPostgres on it, which recovers to the target and promotes; then the
  * databases not restored, left by pgBackRest as zeroed files, are dropped.
  */
-import { appendFileSync, chownSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import {
+  appendFileSync,
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { hostname, tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import { LockstepError } from "../../common/errors.ts";
 import { type Logger, silentLogger } from "../../common/logging.ts";
 import { LocalPostgres } from "../../storage/local-postgres.ts";
-import { makeTraversable } from "../../storage/server-process.ts";
+import { isAlive, makeTraversable } from "../../storage/server-process.ts";
 import type { PgBackRest, RestoreTarget } from "./pgbackrest-cli.ts";
 
 export interface ScratchRestoreRequest {
@@ -63,11 +73,45 @@ archive_mode = 'off'
 unix_socket_directories = ''
 `;
 
+const SCRATCH_PREFIX = "lockstep-scratch-";
+const OWNER_FILE = "owner.json";
+
+/**
+ * Removes the scratch clusters under `parentDir` whose process is gone (a restore or drill killed
+ * mid-way): stops a server still running on one, then deletes it. A scratch cluster of a process
+ * still alive on this host is left alone. Returns the folders removed.
+ */
+export async function cleanStaleScratch(parentDir: string, logger: Logger): Promise<string[]> {
+  if (!existsSync(parentDir)) return [];
+  const removed: string[] = [];
+  for (const name of readdirSync(parentDir)) {
+    if (!name.startsWith(SCRATCH_PREFIX)) continue;
+    const dir = join(parentDir, name);
+    let owner: { pid?: number; host?: string } = {};
+    try {
+      owner = JSON.parse(readFileSync(join(dir, OWNER_FILE), "utf8"));
+    } catch {
+      // no owner file: written by nobody alive (it is the first thing written)
+    }
+    if (owner.host === hostname() && typeof owner.pid === "number" && isAlive(owner.pid)) continue;
+    await new LocalPostgres({ dir: join(dir, "postgres"), logger }).stop().catch(() => {});
+    rmSync(dir, { recursive: true, force: true });
+    logger.info({ dir, pid: owner.pid }, "removed a scratch cluster left by a process that is gone");
+    removed.push(dir);
+  }
+  return removed;
+}
+
 export async function restoreToScratch(request: ScratchRestoreRequest): Promise<ScratchCluster> {
   const { pgbackrest } = request;
   const logger = request.logger ?? silentLogger("scratch-restore");
   const timeoutMs = request.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-  const dir = mkdtempSync(join(request.parentDir ?? tmpdir(), "lockstep-scratch-"));
+  if (request.parentDir) await cleanStaleScratch(request.parentDir, logger);
+  const dir = mkdtempSync(join(request.parentDir ?? tmpdir(), SCRATCH_PREFIX));
+  writeFileSync(
+    join(dir, OWNER_FILE),
+    JSON.stringify({ pid: process.pid, host: hostname(), startedAt: new Date().toISOString() }),
+  );
   const cluster = new LocalPostgres({ dir: join(dir, "postgres"), fsync: false, logger });
   let cleaned = false;
   const cleanup = async () => {
