@@ -1,5 +1,10 @@
 import { holdsOf, type SequencerRpc } from "./backup-holds.ts";
 import type { BackupRepository, SetSummary } from "./backup-repository.ts";
+import {
+  expirePgBackRest,
+  type PgBackRestExpiryContext,
+  type StanzaExpiry,
+} from "./pgbackrest/pgbackrest-retention.ts";
 
 export interface RetentionDecision {
   id: string;
@@ -97,7 +102,9 @@ function newestPerNode(
 /**
  * Applies the plan unless dryRun; returns the decisions with what was deleted. The live sequencer
  * releases the deleted sets' retention holds, and any hold of a set no longer in the repository; a
- * kept set that lacks its holds gets them (e.g. the sequencer was down when it was taken).
+ * kept set that lacks its holds gets them (e.g. the sequencer was down when it was taken). With
+ * `pgbackrest`, pgBackRest's backups that no remaining set needs are expired after the sets
+ * (pgbackrest-retention.ts), so the two repositories never disagree.
  */
 export async function expireSets(
   repository: BackupRepository,
@@ -106,7 +113,14 @@ export async function expireSets(
   configNodes: readonly string[],
   progress: (line: string) => void,
   sequencer?: SequencerRpc,
-): Promise<{ decisions: RetentionDecision[]; deleted: string[]; released: string[]; held: string[] }> {
+  pgbackrest?: PgBackRestExpiryContext,
+): Promise<{
+  decisions: RetentionDecision[];
+  deleted: string[];
+  released: string[];
+  held: string[];
+  pgbackrest: StanzaExpiry[];
+}> {
   const sets = await repository.listSets();
   const decisions = planRetention(sets, keep, configNodes);
   const deleted: string[] = [];
@@ -117,7 +131,24 @@ export async function expireSets(
       deleted.push(d.id);
     }
   }
-  if (dryRun) return { decisions, deleted, released: [], held: [] };
+  const doomed = new Set(decisions.filter((d) => d.action === "delete").map((d) => d.id));
+  const physical = (current: () => Promise<SetSummary[]>) =>
+    pgbackrest
+      ? expirePgBackRest({
+          context: pgbackrest,
+          dryRun,
+          deleted: sets.filter((s) => doomed.has(s.id)).map((s) => s.manifest),
+          current: async () => ({
+            remaining: (await current()).map((s) => s.manifest),
+            writing: await repository.inProgress(),
+          }),
+          progress,
+        })
+      : Promise.resolve([]);
+  if (dryRun) {
+    const kept = sets.filter((s) => !doomed.has(s.id));
+    return { decisions, deleted, released: [], held: [], pgbackrest: await physical(async () => kept) };
+  }
   await repository.cleanIncomplete();
   const kept = sets.filter((s) => !deleted.includes(s.id));
   // A set being written has provisional holds: never release those.
@@ -125,7 +156,9 @@ export async function expireSets(
   const { released, held } = sequencer
     ? await reconcileHolds(sequencer, kept, writing, progress)
     : { released: [], held: [] };
-  return { decisions, deleted, released, held };
+  // Read afresh: a set completed since the listing above needs its backups too.
+  const expired = await physical(() => repository.listSets());
+  return { decisions, deleted, released, held, pgbackrest: expired };
 }
 
 /** Makes the sequencer's holds match the repository's sets (see expireSets). */

@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import type { Command } from "commander";
 import { createBackup } from "../backup/backup-create.ts";
 import { BackupEngines, type EngineOverrides } from "../backup/backup-engines.ts";
@@ -11,6 +12,8 @@ import { BackupRepository, type SetSummary } from "../backup/backup-repository.t
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
 import { BACKUP_FORMATS, type BackupFormat, type Manifest } from "../backup/manifest.ts";
+import { stanzaPgBackRest } from "../backup/pgbackrest/node-cluster.ts";
+import { pgBackRestRepoPath } from "../backup/pgbackrest/pgbackrest-config.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
 import {
   BACKUP_ENGINES,
@@ -281,21 +284,55 @@ export function registerBackupCommands(program: Command): void {
         throw new LockstepError("INVALID_ARGUMENT", { details: `--keep ${opts.keep} is not a count` });
       }
       const loaded = await loadCliConfig(command);
-      const repository = new BackupRepository(loaded.config.backup.repository, cliLogger());
+      const config = loaded.config;
+      const logger = cliLogger();
+      const repository = new BackupRepository(config.backup.repository, logger);
       const dryRun = Boolean(opts.dryRun);
-      const { decisions, deleted, released, held } = await expireSets(
+      const { decisions, deleted, released, held, pgbackrest } = await expireSets(
         repository,
         keep,
         dryRun,
-        configNodes(loaded.config).map((n) => n.name),
+        configNodes(config).map((n) => n.name),
         (line) => out.info(line),
-        sequencerRpc(loaded.config),
+        sequencerRpc(config),
+        {
+          repoPath: pgBackRestRepoPath(resolve(config.backup.repository)),
+          forStanza: (stanza) => {
+            const tool = stanzaPgBackRest(config, configNodes(config), stanza, logger);
+            tool.prepare();
+            return tool;
+          },
+        },
       );
-      out.result({ keep, dryRun, sets: decisions, deleted, releasedHolds: released, setHolds: held }, () =>
-        table(
+      const result = {
+        keep,
+        dryRun,
+        sets: decisions,
+        deleted,
+        releasedHolds: released,
+        setHolds: held,
+        pgbackrest: pgbackrest.map((p) => ({
+          stanza: p.stanza,
+          expired: p.expired,
+          kept: p.kept.map((k) => ({ label: k.label, neededBy: k.neededBy, reason: k.reason })),
+          missing: p.missing,
+          ...(p.error ? { error: p.error } : {}),
+        })),
+      };
+      out.result(result, () => {
+        const sets = table(
           ["ID", "ACTION", "REASON"],
           decisions.map((d) => [d.id, d.action === "delete" && dryRun ? "would delete" : d.action, d.reason]),
-        ),
-      );
+        );
+        const rows = pgbackrest.flatMap((p) => [
+          ...p.kept.map((k) => [p.stanza, k.label, "keep", k.reason]),
+          ...p.expired.map((e) => [p.stanza, e.label, dryRun ? "would expire" : "expired", e.reason]),
+          ...p.missing.map((m) => [p.stanza, m.label, "MISSING", `needed by ${m.neededBy.join(", ")}`]),
+          ...(p.error ? [[p.stanza, "-", "LEFT", p.error]] : []),
+        ]);
+        // pg_dump-only repositories: the sets' table alone, as before.
+        if (rows.length === 0) return sets;
+        return `${sets}\n\n${table(["STANZA", "PGBACKREST BACKUP", "ACTION", "REASON"], rows)}`;
+      });
     });
 }
