@@ -1,6 +1,5 @@
 import { mkdirSync } from "node:fs";
 import { resolve } from "node:path";
-import pg from "pg";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
@@ -9,7 +8,12 @@ import { createPgDb } from "../storage/pg-db.ts";
 import { BackupRepository } from "./backup-repository.ts";
 import type { Manifest, RecoveryTarget } from "./manifest.ts";
 import { readNodeSnapshotInfo } from "./node-position.ts";
-import { type NodeCluster, nodeCluster, stanzaPgBackRest } from "./pgbackrest/node-cluster.ts";
+import {
+  commitPastTarget,
+  type NodeCluster,
+  nodeCluster,
+  stanzaPgBackRest,
+} from "./pgbackrest/node-cluster.ts";
 import { recoveryFailure } from "./pgbackrest/pgbackrest-engine.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
 import { restoreToScratch } from "./pgbackrest/scratch-restore.ts";
@@ -123,20 +127,6 @@ async function findSource(
   return best;
 }
 
-/** Archives the live cluster's WAL past the target: a commit after it (recovery to a time stops at the first commit past it), then a switch. */
-async function archivePast(source: Source): Promise<void> {
-  const cluster = source.live as NodeCluster;
-  const client = new pg.Client({ connectionString: cluster.url, connectionTimeoutMillis: 10_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    await client.query("SELECT txid_current()");
-  } finally {
-    await client.end().catch(() => {});
-  }
-  await cluster.pgbackrest.check();
-}
-
 export interface PointInTimeOptions {
   config: LockstepConfig;
   time: string;
@@ -169,8 +159,8 @@ export async function pointInTimeSet(options: PointInTimeOptions): Promise<Manif
   for (const source of sources) {
     if (!source.live || archived.has(source.stanza)) continue;
     archived.add(source.stanza);
-    progress(`${source.stanza}: archiving the WAL past the target`);
-    await archivePast(source);
+    progress(`${source.stanza}: a commit after the target, archived`);
+    await commitPastTarget(config, source.stanza, logger);
   }
   // One scratch recovery per cluster, backup and time; the sequencer's group last.
   const groups = new Map<string, Source[]>();

@@ -1,16 +1,19 @@
 import type { Client } from "@connectrpc/connect";
+import type { LockstepConfig } from "../common/config-schema.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { msToMicros, nowMicros } from "../common/time.ts";
 import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { nodeKindDefinition } from "../node/node-kinds.ts";
 import { type AnchorSource, nodeStateMigrations, stampRestoredDatabase } from "../node/node-state.ts";
+import { clearRestoreMarker } from "../node/restore-marker.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository } from "./backup-repository.ts";
+import { planClusterRestore, restoreClusterInPlace } from "./cluster-restore.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
 import { syncSequencerAfterRestore } from "./restore-sequencer-sync.ts";
 import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./restore-target.ts";
@@ -18,6 +21,11 @@ import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./r
 export interface ApplyOptions {
   /** Each node is restored by the engine that made its artifact. */
   engines: BackupEngines;
+  /**
+   * The config, for the physical fast path (cluster-restore.ts): the embedded cluster restored in
+   * place when it holds only the restored nodes' databases. Without it, every node is restored by copy.
+   */
+  config?: LockstepConfig;
   /** The live sequencer, when it answers: restored members take at least its writer epoch record. */
   sequencer?: Client<typeof SequencerService>;
   jobs: number;
@@ -65,6 +73,24 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
   }
   const repository = plan.repository;
   const restored: RestoredNode[] = [];
+  const config = options.config;
+  const inPlace = config && (await planClusterRestore(plan, config["data-dir"], options.logger));
+  if (config && inPlace) {
+    const names = inPlace.nodes.map((n) => n.backup.name).join(", ");
+    try {
+      await restoreClusterInPlace(inPlace, plan, config, options.logger, (line) =>
+        options.onStep?.(names, line),
+      );
+    } catch (error) {
+      const failure = toLockstepError(error);
+      if (failure.category === "safety") throw failure;
+      throw new LockstepError(
+        "RESTORE_FAILED",
+        { node: names, reason: `${failure.code}: ${failure.message}` },
+        { cause: error },
+      );
+    }
+  }
   for (const node of plan.nodes) {
     const started = Date.now();
     const forced = plan.forced.filter((f) => f.startsWith(`${node.backup.name}:`));
@@ -87,7 +113,11 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
       });
     } else {
       try {
-        const done = await restoreNode(plan, node, forced, repository, options, restored);
+        const done = inPlace?.nodes.includes(node)
+          ? await stampRestored(node.target.url, plan, node, forced, options, restored, {
+              replacedDatabase: null,
+            })
+          : await restoreNode(plan, node, forced, repository, options, restored);
         restored.push({ ...done, durationMs: Date.now() - started });
       } catch (error) {
         const failure = toLockstepError(error);
@@ -104,6 +134,8 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
     // member's acknowledgement at the sequencer and re-register retention holds here; it must be
     // idempotent, since a rerun after a kill reaches this spot again for the skipped node.
   }
+  // Every node of an in-place cluster restore is stamped: they may start.
+  if (config && inPlace) clearRestoreMarker(config["data-dir"]);
   // Lead: the sequencer keeps what the restored members will ask for (also after a rerun).
   await syncSequencerAfterRestore(plan, options.sequencer, (node, line) => options.onStep?.(node, line));
   return restored;
@@ -117,18 +149,50 @@ async function restoreNode(
   options: ApplyOptions,
   earlier: readonly RestoredNode[],
 ): Promise<RestoredNode> {
-  const { backup, target, entry } = node;
+  const { backup, target } = node;
   const step = (s: string) => options.onStep?.(backup.name, s);
   const artifact = repository.artifact(plan.set, backup);
   const engine = options.engines.forArtifact(artifact);
   step(`creating staging database ${target.staging}`);
   await createStaging(target);
-  await engine.restore(
-    artifact,
-    { kind: "database", url: target.stagingUrl },
-    { jobs: options.jobs, onStep: step },
-  );
-  const db = createPgDb({ connectionString: target.stagingUrl, applicationName: "lockstep-restore", max: 2 });
+  try {
+    await engine.restore(
+      artifact,
+      { kind: "database", url: target.stagingUrl },
+      { jobs: options.jobs, onStep: step },
+    );
+    const kept = keptDatabaseName(target);
+    const stamped = await stampRestored(target.stagingUrl, plan, node, forced, options, earlier, {
+      replacedDatabase: node.state.exists ? kept : null,
+    });
+    step(`renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`);
+    const replaced = await swapIntoPlace(target, kept);
+    return { ...stamped, keptDatabase: replaced ? kept : null };
+  } catch (error) {
+    // The staging database is of no use half-done; the target was not touched.
+    await dropStaging(target).catch(() => {});
+    throw error;
+  }
+}
+
+/**
+ * Makes a restored database (at `url`: the staging database, or the node's own after a whole
+ * cluster was restored in place) a new incarnation: its schema brought up to this build, the
+ * writer epoch above the sequencer's record, the deduplication window's anchor, the recovery
+ * record, and the set registered in it.
+ */
+export async function stampRestored(
+  url: string,
+  plan: RestorePlan,
+  node: PlannedNode,
+  forced: string[],
+  options: ApplyOptions,
+  earlier: readonly RestoredNode[],
+  where: { replacedDatabase: string | null },
+): Promise<RestoredNode> {
+  const { backup, entry } = node;
+  const step = (s: string) => options.onStep?.(backup.name, s);
+  const db = createPgDb({ connectionString: url, applicationName: "lockstep-restore", max: 2 });
   try {
     step("bringing the schema up to this build");
     await runMigrations(db, entry.kind, [
@@ -139,7 +203,6 @@ async function restoreNode(
     const epoch = await sequencerWriterEpoch(plan, node, options.sequencer, earlier);
     const anchor =
       backup.kind === "participant" ? await sequencerAnchor(plan, options.sequencer, earlier) : NO_ANCHOR;
-    const kept = keptDatabaseName(target);
     step("stamping a new incarnation and the recovery record");
     const stamp = await stampRestoredDatabase(db, {
       backupSet: plan.set,
@@ -153,23 +216,20 @@ async function restoreNode(
       anchor: anchor.anchor,
       anchorSource: anchor.source,
       expectedEnd: anchor.expectedEnd,
-      replacedDatabase: node.state.exists ? kept : null,
+      replacedDatabase: where.replacedDatabase,
     });
     // The set holds this very database: registered in it, so that `keys list` names it and a key
     // rotation started from the restored node counts it (the set was registered in the source only
     // after its dump's snapshot).
     await registerBackupTaken(db, {
       setId: plan.set,
-      repository: repository.dir,
+      repository: plan.repository.dir,
       takenAt: new Date(backup.startedAt),
       keyFingerprints: backup.keyFingerprints,
       position: backup.position,
       safe: plan.manifest.safe || !plan.manifest.unsafe.some((u) => u.node === backup.name),
       wrapperFingerprint: backup.wrapperFingerprint ?? null,
     });
-    await db.close();
-    step(`renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`);
-    const replaced = await swapIntoPlace(target, kept);
     return {
       name: backup.name,
       kind: backup.kind,
@@ -181,15 +241,12 @@ async function restoreNode(
       deduplicationRecovery: backup.kind === "participant",
       anchor: anchor.anchor?.toString() ?? null,
       anchorSource: anchor.source,
-      keptDatabase: replaced ? kept : null,
+      keptDatabase: null,
       forced,
       durationMs: 0,
     };
-  } catch (error) {
+  } finally {
     await db.close().catch(() => {});
-    // The staging database is of no use half-done; the target was not touched.
-    await dropStaging(target).catch(() => {});
-    throw error;
   }
 }
 

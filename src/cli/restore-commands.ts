@@ -236,6 +236,7 @@ export function registerRestoreCommands(program: Command): void {
       }
       const restored = await applyRestore(plan, {
         engines: new BackupEngines(config, logger),
+        config,
         sequencer: plan.sequencerLive ? sequencerRpc(config) : undefined,
         jobs: opts.jobs ?? config.backup.jobs,
         logger,

@@ -874,6 +874,14 @@ export const ERROR_DEFINITIONS = [
     "Stop it first (`lockstep node stop {node}`), then restore.",
   ),
   def(
+    "RESTORE_IN_PROGRESS",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{node}'s cluster was restored in place from {set}, but the restore did not finish (the node is not stamped as a new incarnation yet)",
+    "Run `lockstep restore apply` again (it redoes the restore); do not start the node before it finished. The replaced data directory is kept beside the cluster's (data.replaced-<set>).",
+  ),
+  def(
     "RESTORE_INCOMPLETE",
     Code.FailedPrecondition,
     "safety",

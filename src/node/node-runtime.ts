@@ -17,6 +17,7 @@ import { nodeStateMigrations } from "./node-state.ts";
 import { type NodeSnapshot, type NodeStatus, nodeFailure, nodeHealth, nodeStatus } from "./node-status.ts";
 import { passiveGuard } from "./passive-guard.ts";
 import { ReplicationMonitor } from "./replication-monitor.ts";
+import { refuseWhileRestoring } from "./restore-marker.ts";
 import type { FenceOutcome } from "./writer-fencing.ts";
 import { WriterIdentity } from "./writer-identity.ts";
 import { WriterLock } from "./writer-lock.ts";
@@ -107,6 +108,7 @@ export class NodeRuntime {
   async start(): Promise<void> {
     const { entry, definition } = this.options;
     try {
+      refuseWhileRestoring(this.options.dataDir, entry.name);
       const { db, description } = await openNodeDatabase(
         entry,
         this.options.dataDir,

@@ -19,6 +19,7 @@ import pg from "pg";
 import { LockstepError } from "../common/errors.ts";
 import { type Logger, silentLogger } from "../common/logging.ts";
 import { freePort, LOOPBACK, portIsFree } from "../common/loopback.ts";
+import { finishDataDirSwap } from "./data-dir-swap.ts";
 import { findServerBinaries, POSTGRES_MAJOR, type ServerBinaries } from "./postgres-binaries.ts";
 import { chownTree, isAlive, makeTraversable, postgresOsUser, type RunAs, run } from "./server-process.ts";
 
@@ -102,6 +103,9 @@ export class LocalPostgres {
   async start(): Promise<StartedPostgres> {
     const binaries = this.binaries;
     const runAs = this.prepareDirectory();
+    // A data directory swap a killed restore left half done, before `data` is looked at (an empty
+    // cluster would otherwise be created where the restored one belongs).
+    finishDataDirSwap(this.dir);
     for (let attempt = 1; ; attempt++) {
       const running = await this.runningServer();
       if (running) {

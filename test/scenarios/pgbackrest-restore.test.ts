@@ -101,10 +101,19 @@ test("a participant restored from a pgBackRest incremental replays and agrees; d
   assert.equal(apply.code, 0, apply.stdout + apply.stderr);
   await nodeStart(n, "participant2");
   await waitForRecovery(n, "participant2");
-  await waitFor("participant2 to agree with participant1", async () => {
-    const got = await acsKeys(n, 1, bob).catch(() => []);
-    const want = await acsKeys(n, 0, bob);
-    return got.length === want.length && want.length === expected.length ? true : undefined;
+  let seen: string[] = [];
+  await waitFor(
+    "participant2 to agree with participant1",
+    async () => {
+      seen = await acsKeys(n, 1, bob).catch(() => []);
+      return JSON.stringify(seen) === JSON.stringify(expected) ? true : undefined;
+    },
+    90_000,
+    500,
+  ).catch((error) => {
+    throw new Error(
+      `${error}: participant2 holds ${JSON.stringify(seen)}, participant1 ${JSON.stringify(expected)}`,
+    );
   });
   assert.deepEqual(await acsKeys(n, 1, alice), await acsKeys(n, 0, alice));
 

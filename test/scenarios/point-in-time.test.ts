@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
+import { readdirSync, rmSync } from "node:fs";
 import { after, test } from "node:test";
 import pg from "pg";
 import { embeddedClusterDir } from "../../src/node/node-database.ts";
@@ -12,7 +12,7 @@ import {
   type LedgerNetwork,
   startLedgerNetwork,
 } from "../support/ledger-network.ts";
-import { acsKeys, type PlanJson, waitForRecovery } from "../support/restore-network.ts";
+import { acsKeys, killApplyAt, type PlanJson, waitForRecovery } from "../support/restore-network.ts";
 import { waitFor } from "../support/wait.ts";
 
 // Issue 14's network-wide point-in-time recovery, on real pgBackRest and PostgreSQL: a pgBackRest
@@ -95,7 +95,8 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   });
   assert.equal(plan.code, 0, plan.stdout + plan.stderr);
   assert.equal(plan.json<PlanJson>().ok, true);
-  await cli(n, "restore", "apply", "--checkpoint", "cp1", "--yes", "--json");
+  const fromCheckpoint = await cli(n, "restore", "apply", "--checkpoint", "cp1", "--yes", "--json");
+  assert.match(fromCheckpoint.stderr, /in place/, "the whole cluster, restored in place");
   await cli(n, "up", "--detach", "--json");
   for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
   assert.deepEqual(await bothSee(n, alice, bob, 3), atCp1, "the ledgers are as at the checkpoint");
@@ -125,8 +126,30 @@ test("the network restored to a checkpoint after losing everything, then to a ti
     `the order check refuses: ${JSON.stringify(refused)}`,
   );
 
-  // The network to T1: exactly a1 and a2.
-  await cli(n, "restore", "apply", "--to-time", t1, "--replace", "--yes", "--json");
+  // The network to T1: exactly a1 and a2. The whole embedded cluster holds only the restored nodes:
+  // it is restored in place. A first apply is killed after the swap, before any node is stamped: the
+  // nodes refuse to start until a rerun finished it; the replaced data directories are kept.
+  const planT1 = await runLockstep(["restore", "plan", "--to-time", t1, "--replace", "--json", ...n.cfg], {
+    timeoutMs: 300_000,
+  });
+  assert.equal(planT1.code, 0, planT1.stdout + planT1.stderr);
+  const setT1 = planT1.json<{ set: string }>().set;
+  const killed = await killApplyAt(n, setT1, ["--replace"], /recovering to/);
+  assert.match(killed, /in place/);
+  const refusedStart = await runLockstep(["node", "start", "participant1", "--detach", "--json", ...n.cfg], {
+    timeoutMs: 120_000,
+  });
+  assert.equal(refusedStart.code, 3, refusedStart.stdout + refusedStart.stderr);
+  assert.match(refusedStart.stdout, /RESTORE_IN_PROGRESS/);
+  const applied = await cli(n, "restore", "apply", "--to-time", t1, "--replace", "--yes", "--json");
+  assert.equal(applied.json<{ set: string }>().set, setT1, "the plan's set is reused");
+  const clusterDir = embeddedClusterDir(n.dataDir);
+  const kept = readdirSync(clusterDir).filter((f) => f.startsWith("data.replaced-"));
+  assert.equal(
+    kept.length,
+    3,
+    `the checkpoint's restore, the killed one and the rerun each kept one: ${kept}`,
+  );
   await cli(n, "up", "--detach", "--json");
   for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
   assert.deepEqual(await bothSee(n, alice, bob, 2), atT1, "the ledgers are as at T1");

@@ -15,12 +15,14 @@
  * nothing there needs a backup).
  */
 import { resolve } from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
 import type { ExternalClusterConfig, LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
+import { configNodes } from "../../common/config-schema.ts";
 import { LockstepError } from "../../common/errors.ts";
 import type { Logger } from "../../common/logging.ts";
 import { embeddedClusterDir, nodeConnection } from "../../node/node-database.ts";
-import { type LocalPostgres, sameSetting } from "../../storage/local-postgres.ts";
+import { LocalPostgres, sameSetting } from "../../storage/local-postgres.ts";
 import { storageServerUrl } from "../../storage/storage-db.ts";
 import { embeddedCluster } from "./embedded-archiving.ts";
 import { PgBackRest } from "./pgbackrest-cli.ts";
@@ -151,9 +153,16 @@ export function stanzaPgBackRest(
   const external = entries.find((e) => e.config.backup?.pgbackrest?.stanza === stanza)?.config.backup
     ?.pgbackrest;
   if (external) return makePgBackRest(config, stanza, externalCluster(external), logger);
-  const dir = embeddedClusterDir(resolve(config["data-dir"]));
-  // The port only goes into the config file; no command run through this instance connects.
-  return makePgBackRest(config, stanza, { dataDir: `${dir}/data`, port: 5432, socketDir: dir }, logger);
+  // The embedded cluster as it is now: when the stanza is its own, the config file this writes is
+  // the one its archive_command and a later `check` use, so it must name the real port. (Another,
+  // older embedded stanza is only read: restore, info, verify, expire.)
+  const embedded = new LocalPostgres({ dir: embeddedClusterDir(resolve(config["data-dir"])) });
+  return makePgBackRest(
+    config,
+    stanza,
+    { dataDir: embedded.dataDir, port: embedded.port ?? 5432, socketDir: embedded.dir },
+    logger,
+  );
 }
 
 export interface SetupState {
@@ -207,4 +216,41 @@ export async function requireSetUp(cluster: NodeCluster): Promise<void> {
       reason: state.problems.join("; "),
     });
   }
+}
+
+/**
+ * Before a recovery to a time: PostgreSQL stops at the first commit after the target and refuses
+ * to end recovery without one ("recovery ended before configured recovery target was reached"),
+ * and it follows the newest timeline, which may have no commit yet (a cluster just restored to
+ * that very time). When the stanza is the running embedded cluster's, this commits an empty
+ * transaction now (after any past target) and waits until its WAL is archived. Returns whether it did.
+ */
+export async function commitPastTarget(
+  config: LockstepConfig,
+  stanza: string,
+  logger: Logger,
+): Promise<boolean> {
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(resolve(config["data-dir"])), logger });
+  if (!(await cluster.isRunning()) || cluster.port === undefined) return false;
+  const url = cluster.connectionUrl("postgres");
+  if (embeddedStanza(await systemIdentifier(url)) !== stanza) return false;
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
+  client.on("error", () => {});
+  await client.connect();
+  try {
+    // A killed restore's cluster may still be recovering (it promotes by itself): wait for that.
+    for (let waited = 0; ; waited += 200) {
+      const recovering = await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
+      if (!recovering.rows[0]?.r) break;
+      if (waited >= 60_000) return false;
+      await sleep(200);
+    }
+    await client.query("SELECT txid_current()");
+  } finally {
+    await client.end().catch(() => {});
+  }
+  const pgbackrest = stanzaPgBackRest(config, configNodes(config), stanza, logger);
+  pgbackrest.prepare();
+  await pgbackrest.check();
+  return true;
 }

@@ -20,7 +20,13 @@ import type {
 import { fsyncPath, hashFile } from "../file-hash.ts";
 import type { PgBackRestRecord, RecoveryTarget } from "../manifest.ts";
 import { copyDatabase } from "./database-copy.ts";
-import { type NodeCluster, nodeCluster, requireSetUp, stanzaPgBackRest } from "./node-cluster.ts";
+import {
+  commitPastTarget,
+  type NodeCluster,
+  nodeCluster,
+  requireSetUp,
+  stanzaPgBackRest,
+} from "./node-cluster.ts";
 import type { RestoreTarget as CliRestoreTarget, PgBackRest } from "./pgbackrest-cli.ts";
 import type { PgBackRestBackup, PgBackRestBackupType, VerifyReport } from "./pgbackrest-info.ts";
 import { atRestorePoint, RESTORE_POINT_NAME_MAX, walSegmentOf } from "./restore-point.ts";
@@ -190,6 +196,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     options.onStep?.(
       `pgBackRest restore of ${record.database} from ${record.label} to ${describeTarget(record.target)} (scratch cluster)`,
     );
+    if (record.target.type === "time") await commitPastTarget(this.config, record.stanza, this.logger);
     const scratch = await restoreToScratch({
       pgbackrest,
       set: record.label,

@@ -165,7 +165,7 @@ export async function restoreToScratch(request: ScratchRestoreRequest): Promise<
  * standby accepts connections, before that). A server that stops meanwhile failed to recover (e.g. the
  * target lies beyond the archived WAL: "recovery ended before configured recovery target was reached").
  */
-async function waitForPromotion(
+export async function waitForPromotion(
   cluster: LocalPostgres,
   deadline: number,
   signal?: AbortSignal,
