@@ -93,6 +93,12 @@ export interface BackupEngine<
     request: BackupRequest,
     atConsistentPoint: (q: Queryable) => Promise<T>,
   ): Promise<BackupResult<R, T>>;
+  /**
+   * A cheap check that the artifact can be restored now, beyond the set's own files (pgbackrest: the
+   * backup and the WAL to its target are still in pgBackRest's repository); `restore plan` runs it.
+   * Returns what it saw; throws a LockstepError when the restore would fail.
+   */
+  preflight?(artifact: Artifact<R>): Promise<string>;
   /** Restores an artifact into a target of the kind it takes, empty unless `options.clean`. */
   restore(artifact: Artifact<R>, target: RestoreTargetOf<K>, options?: RestoreOptions): Promise<void>;
 }

@@ -39,6 +39,39 @@ export function planRetention(
   keep: number,
   configNodes: readonly string[],
 ): RetentionDecision[] {
+  // A checkpoint's set lives as long as the checkpoint (`checkpoint delete`); a point-in-time set
+  // is what a restore to a time wrote, redone on demand. Neither counts among the newest N.
+  const special: RetentionDecision[] = sets.flatMap((set): RetentionDecision[] => {
+    const p = set.manifest.pointInTime;
+    if (set.manifest.mode === "checkpoint")
+      return [
+        {
+          id: set.id,
+          action: "keep",
+          reason: `the set of checkpoint ${p && "checkpoint" in p ? p.checkpoint : "?"}: kept until \`lockstep checkpoint delete\``,
+        },
+      ];
+    if (set.manifest.mode === "point-in-time")
+      return [
+        {
+          id: set.id,
+          action: "delete",
+          reason: "written by a restore to a point in time (written again if that restore is planned again)",
+        },
+      ];
+    return [];
+  });
+  const ordinary = sets.filter((s) => !special.some((d) => d.id === s.id));
+  return [...planOrdinary(ordinary, keep, configNodes), ...special].sort((a, b) =>
+    a.id < b.id ? 1 : a.id > b.id ? -1 : 0,
+  );
+}
+
+function planOrdinary(
+  sets: readonly SetSummary[],
+  keep: number,
+  configNodes: readonly string[],
+): RetentionDecision[] {
   const newestFirst = [...sets].sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
   const protectedSet = newestFirst.find((s) => disqualification(s, configNodes) === null);
   const newestOfNodes = newestPerNode(newestFirst, configNodes);

@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { LockstepConfig, NodeEntry, NodeKind } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
@@ -14,7 +14,7 @@ import { type NodeSnapshotInfo, readNodeSnapshotInfo } from "./node-position.ts"
 import { type NodeCluster, nodeCluster, requireSetUp } from "./pgbackrest/node-cluster.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
 import { createRestorePoint, lockWriter } from "./pgbackrest/restore-point.ts";
-import { lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
+import { beginPointSet, lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
 
 // Network-wide checkpoints (issue 14, docs/restore.md "Point-in-time recovery"): a named restore
 // point in every node's PostgreSQL cluster, with each node's identity and position as of that exact
@@ -75,6 +75,27 @@ export async function listCheckpoints(repository: string): Promise<CheckpointRec
 export async function findCheckpoint(repository: string, name: string): Promise<CheckpointRecord> {
   const found = (await listCheckpoints(repository)).find((c) => c.name === name);
   if (!found) throw new LockstepError("CHECKPOINT_UNKNOWN", { name, repository });
+  if (!found.set) {
+    throw new LockstepError("INVALID_ARGUMENT", {
+      details: `checkpoint ${name} was recorded by an older build, without a backup set: it cannot be restored (create a new checkpoint)`,
+    });
+  }
+  return found;
+}
+
+/**
+ * `lockstep checkpoint delete NAME`: the record and its set go (their retention holds are released
+ * by the next `backup expire`, which also expires the pgBackRest backups nothing needs any more).
+ */
+export async function deleteCheckpoint(
+  repositoryDir: string,
+  name: string,
+  logger: Logger,
+): Promise<CheckpointRecord> {
+  const found = (await listCheckpoints(repositoryDir)).find((c) => c.name === name);
+  if (!found) throw new LockstepError("CHECKPOINT_UNKNOWN", { name, repository: repositoryDir });
+  if (found.set) await new BackupRepository(repositoryDir, logger).deleteSet(found.set);
+  await rm(join(checkpointDir(repositoryDir), `${name}.json`), { force: true });
   return found;
 }
 
@@ -100,7 +121,6 @@ export async function createCheckpoint(options: {
   progress?: (line: string) => void;
 }): Promise<CheckpointRecord> {
   const { config, name, logger } = options;
-  const progress = options.progress ?? (() => {});
   if (!NAME_PATTERN.test(name)) {
     throw new LockstepError("INVALID_ARGUMENT", {
       details: `checkpoint name "${name}" must match ${NAME_PATTERN.source} (it names a restore point)`,
@@ -115,6 +135,28 @@ export async function createCheckpoint(options: {
   const entries = options.nodes ?? configNodes(config);
   const startedAt = new Date();
   const restorePoint = checkpointRestorePoint(name);
+  const repository = new BackupRepository(repositoryDir, logger);
+  // Begun first: while it is being written, `backup expire` leaves the base backups alone.
+  const setId = await beginPointSet(repository, startedAt);
+  try {
+    return await checkpointInto(options, setId, repository, entries, startedAt, restorePoint);
+  } catch (error) {
+    await repository.abandonSet(setId).catch(() => {});
+    throw error;
+  }
+}
+
+async function checkpointInto(
+  options: { config: LockstepConfig; name: string; logger: Logger; progress?: (line: string) => void },
+  setId: string,
+  repository: BackupRepository,
+  entries: readonly NodeEntry[],
+  startedAt: Date,
+  restorePoint: string,
+): Promise<CheckpointRecord> {
+  const { config, name, logger } = options;
+  const repositoryDir = config.backup.repository;
+  const progress = options.progress ?? (() => {});
   // Every cluster archives and has a backup to replay from, before anything is locked.
   const clusters = new Map<string, NodeCluster>();
   const bases = new Map<string, PgBackRestBackup>();
@@ -212,10 +254,10 @@ export async function createCheckpoint(options: {
     progress(`${stanza}: archiving the WAL up to the restore point`);
     await (clusters.get(entry.name) as NodeCluster).pgbackrest.check();
   }
-  const repository = new BackupRepository(repositoryDir, logger);
   const manifest = await writePointSet({
     config,
     repository,
+    setId,
     nodes: read,
     mode: "checkpoint",
     pointInTime: { checkpoint: name },

@@ -55,12 +55,21 @@ export interface PointSetInput {
   startedAt: Date;
   /** The live sequencer, to check members against when the set has no sequencer (default from the config). */
   sequencer?: SequencerRpc;
+  /**
+   * The set, begun (BackupRepository.beginSet) before the pgBackRest backups were chosen: while it
+   * is being written, `backup expire` expires none of them.
+   */
+  setId: string;
+}
+
+/** Begins the set a point is written as: see PointSetInput.setId. */
+export function beginPointSet(repository: BackupRepository, startedAt: Date): Promise<string> {
+  return repository.beginSet(startedAt);
 }
 
 /** Writes the set: a descriptor per node (its artifact), the order check, the sealed manifest. */
 export async function writePointSet(input: PointSetInput): Promise<Manifest> {
-  const { repository } = input;
-  const setId = await repository.beginSet(input.startedAt);
+  const { repository, setId } = input;
   try {
     const setDir = repository.setDir(setId);
     const nodes: NodeBackup[] = [];

@@ -17,7 +17,7 @@ import {
 import { recoveryFailure } from "./pgbackrest/pgbackrest-engine.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
 import { restoreToScratch } from "./pgbackrest/scratch-restore.ts";
-import { lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
+import { beginPointSet, lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
 
 /**
  * `restore plan|apply --to-time T [--sequencer-to-time S]` (docs/restore.md "Point-in-time
@@ -141,13 +141,34 @@ export interface PointInTimeOptions {
 /** Recovers each cluster to its time in a scratch cluster, reads the nodes there, writes the set. */
 export async function pointInTimeSet(options: PointInTimeOptions): Promise<Manifest> {
   const { config, logger } = options;
-  const progress = options.progress ?? (() => {});
   const memberTime = parseTargetTime(options.time);
   const sequencerTime = options.sequencerTime
     ? parseTargetTime(options.sequencerTime, "--sequencer-to-time")
     : memberTime;
   const entries = options.nodes ?? configNodes(config);
   const repository = new BackupRepository(config.backup.repository, logger);
+  const startedAt = new Date();
+  // Begun first: while it is being written, `backup expire` leaves the base backups alone.
+  const setId = await beginPointSet(repository, startedAt);
+  try {
+    return await pointInto(options, repository, setId, startedAt, memberTime, sequencerTime, entries);
+  } catch (error) {
+    await repository.abandonSet(setId).catch(() => {});
+    throw error;
+  }
+}
+
+async function pointInto(
+  options: PointInTimeOptions,
+  repository: BackupRepository,
+  setId: string,
+  startedAt: Date,
+  memberTime: TimeTarget,
+  sequencerTime: TimeTarget,
+  entries: readonly NodeEntry[],
+): Promise<Manifest> {
+  const { config, logger } = options;
+  const progress = options.progress ?? (() => {});
   const sets = (await repository.listSets()).map((s) => s.manifest);
   const infos = new Map<string, Promise<PgBackRestBackup[]>>();
   const sources: Source[] = [];
@@ -176,7 +197,6 @@ export async function pointInTimeSet(options: PointInTimeOptions): Promise<Manif
   const parentDir = resolve(config["data-dir"], "restore-scratch");
   mkdirSync(parentDir, { recursive: true });
   const read: PointNode[] = [];
-  const startedAt = new Date();
   for (const group of ordered) {
     const { stanza, backup, target } = group[0] as Source;
     const recoveryTarget: RecoveryTarget = { type: "time", time: target.text };
@@ -238,6 +258,7 @@ export async function pointInTimeSet(options: PointInTimeOptions): Promise<Manif
   const manifest = await writePointSet({
     config,
     repository,
+    setId,
     nodes: read,
     mode: "point-in-time",
     pointInTime: { time: memberTime.text, sequencerTime: sequencerTime.text },

@@ -1,7 +1,7 @@
 import type { Client } from "@connectrpc/connect";
 import type { NodeEntry } from "../common/config-schema.ts";
 import type { ErrorCodeName } from "../common/error-codes.ts";
-import { LockstepError, type MetadataFor } from "../common/errors.ts";
+import { LockstepError, type MetadataFor, toLockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
 import { END_OF_TIME } from "../common/time.ts";
 import { loadWrapperKey } from "../crypto/key-wrapping.ts";
@@ -10,9 +10,11 @@ import type {
   SequencerService,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
+import type { Artifact } from "./backup-engine.ts";
 import { checkFile } from "./file-hash.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
 import type { TargetState } from "./restore-target.ts";
+import type { RuntimeEngine } from "./runtime-engine.ts";
 
 export type Verdict = "pass" | "warn" | "refuse";
 
@@ -84,6 +86,28 @@ export async function checkChecksums(setDir: string, set: string, node: NodeBack
     }
   }
   return passed(node.name, "checksums", `${node.files.length} file(s) match the manifest`);
+}
+
+/** The engine's preflight (pgbackrest: the backup and its WAL still in pgBackRest's repository). */
+export async function checkArtifact(
+  engine: RuntimeEngine,
+  artifact: Artifact,
+  node: NodeBackup,
+): Promise<RestoreCheck | null> {
+  try {
+    const seen = await engine.preflightCheck(artifact);
+    return seen === null ? null : passed(node.name, "artifact", seen);
+  } catch (error) {
+    const failure = toLockstepError(error);
+    return {
+      node: node.name,
+      check: "artifact",
+      verdict: "refuse",
+      code: failure.code,
+      message: failure.message,
+      remedy: failure.remedy,
+    };
+  }
 }
 
 /**

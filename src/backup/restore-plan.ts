@@ -7,11 +7,13 @@ import { nodeEndpoint } from "../common/node-endpoint.ts";
 import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { nodeAdminClient } from "../node/clients.ts";
 import { livePid, processFiles } from "../node/process-files.ts";
+import { BackupEngines } from "./backup-engines.ts";
 import { liveSequencerStatus, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository } from "./backup-repository.ts";
 import type { Manifest, NodeBackup } from "./manifest.ts";
 import {
   checkAgainstSequencer,
+  checkArtifact,
   checkChecksums,
   checkKeys,
   checkOrder,
@@ -82,6 +84,7 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
   const backups = selectBackups(manifest, options.nodes);
   const entries = new Map(configNodes(config).map((e) => [e.name, e]));
   const force = parseForce(options.force ?? [], backups);
+  const engines = new BackupEngines(config, logger);
   const rpc = sequencerRpc(config);
   const live = await liveSequencerStatus(rpc);
   const sequencerLive = live !== undefined;
@@ -102,6 +105,9 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
       state.exists && !state.empty && state.lastRestore?.backupSet === set && !state.lastRestore.startedSince;
     nodes.push({ entry, backup, target, state, alreadyRestored });
     checks.push(await checkChecksums(repository.setDir(set), set, backup));
+    const artifact = repository.artifact(set, backup);
+    const present = await checkArtifact(engines.forArtifact(artifact), artifact, backup);
+    if (present) checks.push(present);
     checks.push(checkWrapperKey(backup, entry));
     checks.push(checkOrder(manifest, backup, restoresSequencer));
     if (!restoresSequencer && backup.kind !== "sequencer" && live) {

@@ -60,6 +60,11 @@ export class RuntimeEngine implements BackupEngine {
     await this.engine.restore(artifact, target, options);
   }
 
+  /** The engine's preflight (see BackupEngine.preflight); null when it has none. */
+  async preflightCheck(artifact: Artifact): Promise<string | null> {
+    return this.engine.preflight ? this.engine.preflight(artifact) : null;
+  }
+
   /**
    * The engine's own verify tiers, in order, each only after the one before passed: the lines they
    * report, or the first failure as `{ tier, problem }`.

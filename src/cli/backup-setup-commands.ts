@@ -3,7 +3,7 @@ import { checkNode, setupNode } from "../backup/pgbackrest/cluster-setup.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createLogger } from "../common/logging.ts";
 import { findNode, loadCliConfig, outputFor } from "./cli-context.ts";
-import { table } from "./output.ts";
+import { alreadyReported, table } from "./output.ts";
 
 function cliLogger() {
   return createLogger({ node: "backup", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
@@ -65,14 +65,17 @@ export function registerPgBackRestSetupCommands(backup: Command): void {
         ].join("\n"),
       );
       if (!result.ok) {
-        throw new LockstepError("PGBACKREST_NOT_SET_UP", {
-          node: result.node,
-          cluster: result.cluster,
-          reason: result.findings
-            .filter((f) => !f.ok)
-            .map((f) => `${f.check}: ${f.detail}`)
-            .join("; "),
-        });
+        // The findings were the output: the error only sets the exit code (one JSON document).
+        throw alreadyReported(
+          new LockstepError("PGBACKREST_NOT_SET_UP", {
+            node: result.node,
+            cluster: result.cluster,
+            reason: result.findings
+              .filter((f) => !f.ok)
+              .map((f) => `${f.check}: ${f.detail}`)
+              .join("; "),
+          }),
+        );
       }
     });
 }

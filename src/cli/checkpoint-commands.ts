@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { createCheckpoint, listCheckpoints } from "../backup/checkpoint.ts";
+import { createCheckpoint, deleteCheckpoint, listCheckpoints } from "../backup/checkpoint.ts";
 import { createLogger } from "../common/logging.ts";
 import { loadCliConfig, outputFor, selectNodes } from "./cli-context.ts";
 import { table } from "./output.ts";
@@ -18,7 +18,10 @@ export function registerCheckpointCommands(program: Command): void {
     .description(
       "a restore point on every node's cluster, in the safe order, with each node's position as of it",
     )
-    .argument("<name>", "the checkpoint's name (letters, digits, - and _)")
+    .argument(
+      "<name>",
+      "the checkpoint's name: a lower-case letter, then lower-case letters, digits, - or _ (at most 48)",
+    )
     .option("--nodes <names>", "only these nodes (comma-separated)")
     .action(async (name: string, opts: { nodes?: string }, command: Command) => {
       const out = outputFor(command);
@@ -39,6 +42,22 @@ export function registerCheckpointCommands(program: Command): void {
             record.nodes.map((n) => [n.name, n.kind, n.cluster, JSON.stringify(n.position)]),
           ),
         ].join("\n"),
+      );
+    });
+  checkpoint
+    .command("delete")
+    .description(
+      "forget a checkpoint and its set; the next `backup expire` releases its holds and the pgBackRest backups only it needed",
+    )
+    .argument("<name>", "the checkpoint's name")
+    .action(async (name: string, _opts: unknown, command: Command) => {
+      const out = outputFor(command);
+      const loaded = await loadCliConfig(command);
+      const logger = createLogger({ node: "checkpoint", level: process.env.LOCKSTEP_LOG_LEVEL ?? "warn" });
+      const record = await deleteCheckpoint(loaded.config.backup.repository, name, logger);
+      out.result(
+        { deleted: record.name, set: record.set ?? null },
+        () => `checkpoint ${record.name} deleted${record.set ? ` with its set ${record.set}` : ""}`,
       );
     });
   checkpoint

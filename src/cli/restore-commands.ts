@@ -194,7 +194,7 @@ export function registerRestoreCommands(program: Command): void {
     .option("--sequencer-to-time <time>", "with --to-time: the sequencer's time (default: the same)")
     .option(
       "--force <checks>",
-      `override the named refused checks of the nodes being restored, e.g. \`--force sequencer-fork\` or \`--force participant1:order\` (${FORCE_NAMES.join(", ")}; the last two only when they could not run); each override is listed and recorded in the node's recovery record`,
+      `override the named refused checks of the nodes being restored, e.g. \`--force sequencer-fork\` or \`--force participant1:order\` (${FORCE_NAMES.join(", ")}; sequencer-events and keys only when they could not run); each override is listed and recorded in the node's recovery record`,
       collectForce,
     )
     .option("--yes", "do not ask for confirmation")

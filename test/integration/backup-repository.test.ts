@@ -161,3 +161,40 @@ test("fork check: the member's last stored event must be the sequencer's, by cha
   assert.equal(findForks(node, view(false, null), "s").length, 1);
   assert.equal(findForks(node, {}, "s").length, 1);
 });
+
+test("a checkpoint's set is kept and a point-in-time set deleted, neither counting among the newest N", () => {
+  const set = (id: string, mode: Manifest["mode"], pointInTime?: Manifest["pointInTime"]) => {
+    const base = unsigned(id, { safe: true, unsafe: [], manifestVersion: 2 });
+    const m = {
+      ...base,
+      mode,
+      ...(pointInTime ? { pointInTime } : {}),
+      nodes: [...base.nodes, SEQUENCER_NODE],
+      checksum: "",
+    } as Manifest;
+    return { id, manifest: m, verification: null };
+  };
+  const plan = planRetention(
+    [
+      set("20261127T010000Z-aaaaaa", "ordered"),
+      set("20261127T020000Z-bbbbbb", "checkpoint", { checkpoint: "before-deploy" }),
+      set("20261127T030000Z-cccccc", "point-in-time", {
+        time: "2026-11-27 01:30:00+00",
+        sequencerTime: "2026-11-27 01:30:00+00",
+      }),
+      set("20261127T040000Z-dddddd", "ordered"),
+    ],
+    1,
+    ["sequencer1", "participant1"],
+  );
+  assert.deepEqual(
+    plan.map((d) => [d.id.slice(-6), d.action]),
+    [
+      ["dddddd", "keep"],
+      ["cccccc", "delete"],
+      ["bbbbbb", "keep"],
+      ["aaaaaa", "delete"],
+    ],
+  );
+  assert.match(plan.find((d) => d.id.endsWith("bbbbbb"))?.reason ?? "", /checkpoint before-deploy/);
+});

@@ -1,8 +1,12 @@
 import assert from "node:assert/strict";
-import { readdirSync, statSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
 import type { Manifest } from "../../src/backup/manifest.ts";
+import { stanzaPgBackRest } from "../../src/backup/pgbackrest/node-cluster.ts";
+import { loadConfig } from "../../src/common/config.ts";
+import { configNodes } from "../../src/common/config-schema.ts";
+import { silentLogger } from "../../src/common/logging.ts";
 import { runLockstep } from "../support/cli.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
@@ -50,9 +54,7 @@ async function cli(n: LedgerNetwork, ...args: string[]) {
 async function physicalBackup(n: LedgerNetwork, type: string): Promise<Manifest> {
   const r = await cli(n, "backup", "create", "--engine", "pgbackrest", "--type", type, "--json");
   const set = r.json<{ set: string }>().set;
-  return JSON.parse(
-    (await import("node:fs")).readFileSync(join(n.net.dir, "backups", set, "manifest.json"), "utf8"),
-  ) as Manifest;
+  return JSON.parse(readFileSync(join(n.net.dir, "backups", set, "manifest.json"), "utf8")) as Manifest;
 }
 
 test("a participant restored from a pgBackRest incremental replays and agrees; drill passes; damage is found", async (t) => {
@@ -90,7 +92,11 @@ test("a participant restored from a pgBackRest incremental replays and agrees; d
   // After the set: traffic participant2 gets back from the sequencer after its restore.
   await create(n, 0, "a3", alice, bob);
   await create(n, 1, "b2", bob, alice);
-  const expected = await acsKeys(n, 0, alice);
+  // Read once participant1 has all five: b2 was submitted on participant2 and acknowledged there.
+  const expected = await waitFor("participant1 to hold the five contracts", async () => {
+    const keys = await acsKeys(n, 0, alice);
+    return keys.length === 5 ? keys : undefined;
+  });
 
   await nodeStop(n, "participant2");
   await dropNodeDatabase(n, "participant2");
@@ -127,6 +133,18 @@ test("a participant restored from a pgBackRest incremental replays and agrees; d
   const verify = await runLockstep(["backup", "verify", incr.id, "--json", ...n.cfg], { timeoutMs: 300_000 });
   assert.notEqual(verify.code, 0, `verify must fail on a damaged repository: ${verify.stdout}`);
   assert.match(verify.stdout + verify.stderr, /pgBackRest verify/);
+
+  // pgBackRest's backups expired behind Lockstep's back (by hand): `restore plan` refuses the set
+  // up front instead of failing half-way through apply.
+  const record = p2.engine;
+  const { config } = await loadConfig({ path: n.net.configPath });
+  const pgbackrest = stanzaPgBackRest(config, configNodes(config), record.stanza, silentLogger("test"));
+  pgbackrest.prepare();
+  await pgbackrest.expire({ set: record.label });
+  const gone = await restore(n, "plan", incr.id, ["--nodes", "participant2", "--replace"]);
+  assert.equal(gone.code, 3, gone.stdout + gone.stderr);
+  const artifact = gone.json<PlanJson>().checks.find((c) => c.check === "artifact");
+  assert.equal(artifact?.code, "PGBACKREST_BACKUP_MISSING", JSON.stringify(artifact));
 });
 
 function findFile(dir: string, want: (path: string) => boolean): string {

@@ -77,6 +77,7 @@ test("archive_command and the server settings for archiving", () => {
     wal_level: "replica",
     archive_mode: "on",
     archive_command: "pgbackrest --config=/c.conf --stanza=s archive-push %p",
+    archive_timeout: "1min",
     unix_socket_directories: "/run/pg",
   });
 });

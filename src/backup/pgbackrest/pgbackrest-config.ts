@@ -163,8 +163,9 @@ export function archiveCommand(configFile: string, stanza: string, executable = 
 
 /**
  * The server settings pgBackRest needs, as `SHOW` prints them (LocalPostgres.configure compares so):
- * WAL archiving through archive_command (archive_mode only takes effect at server start), a WAL level
- * that backups can be restored from, and a Unix socket for pgBackRest to connect through.
+ * WAL archiving through archive_command (archive_mode only takes effect at server start) at least
+ * every minute, a WAL level that backups can be restored from, and a Unix socket for pgBackRest to
+ * connect through.
  */
 export function postgresSettings(options: {
   configFile: string;
@@ -176,6 +177,9 @@ export function postgresSettings(options: {
     wal_level: "replica",
     archive_mode: "on",
     archive_command: archiveCommand(options.configFile, options.stanza, options.executable),
+    // A WAL segment is archived when full; on a quiet cluster that can take hours, and a machine
+    // lost meanwhile loses the commits in it. At most a minute's commits then (the RPO of a loss).
+    archive_timeout: "1min",
     unix_socket_directories: checkSocketDir(options.socketDir),
   };
 }

@@ -115,7 +115,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     const cluster = await nodeCluster(this.config, entry, this.logger);
     const { pgbackrest } = cluster;
     const stanza = pgbackrest.stanza;
-    const backup = await this.clusterBackup(request, cluster);
+    const { backup, shared } = await this.clusterBackup(request, cluster);
     const name = restorePointName(basename(request.setDir), entry.name);
     request.onStep?.(`restore point ${name}: locking the writer, reading the position`);
     const db = createStorageDb({
@@ -154,16 +154,21 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
       backup,
       cluster: { description: cluster.description, systemIdentifier: cluster.systemIdentifier },
     });
-    const bytes = BigInt(backup.size.repositoryDelta);
+    // What the backup added to the repository, counted once: on the node that took it.
+    const bytes = shared ? 0n : BigInt(backup.size.repositoryDelta);
     request.onProgress?.(bytes);
     return { record, artifact, files, bytes, consistent: point.value };
   }
 
   /** The set's pgBackRest backup of the node's cluster: taken by the first of its nodes, shared by the rest. */
-  private clusterBackup(request: BackupRequest, cluster: NodeCluster): Promise<PgBackRestBackup> {
+  private async clusterBackup(
+    request: BackupRequest,
+    cluster: NodeCluster,
+  ): Promise<{ backup: PgBackRestBackup; shared: boolean }> {
     const stanza = cluster.pgbackrest.stanza;
     const key = `${request.setDir}\n${stanza}`;
     let backup = this.clusterBackups.get(key);
+    const shared = backup !== undefined;
     if (!backup) {
       backup = (async () => {
         await requireSetUp(cluster);
@@ -181,7 +186,12 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     } else {
       request.onStep?.(`sharing the set's pgBackRest backup of ${cluster.description}`);
     }
-    return backup;
+    return { backup: await backup, shared };
+  }
+
+  /** The backup and the WAL to its target are still in pgBackRest's repository (`restore plan`). */
+  preflight(artifact: Artifact<PgBackRestRecord>): Promise<string> {
+    return this.checkListed(artifact.record);
   }
 
   async restore(
