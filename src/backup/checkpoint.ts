@@ -226,7 +226,7 @@ async function checkpointInto(
           database: node.cluster.database,
           stanza,
           backup: bases.get(stanza) as PgBackRestBackup,
-          target: { type: "name", name: restorePoint, lsn: point.lsn },
+          target: { type: "name", name: restorePoint, lsn: point.lsn, timeline: point.timeline },
           cluster: { description: node.cluster.description, systemIdentifier: node.cluster.systemIdentifier },
           readAt,
         });

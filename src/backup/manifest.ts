@@ -86,7 +86,16 @@ export type PgDumpRecord = z.infer<typeof pgDumpRecordSchema>;
  * Kept exactly as given to PostgreSQL (a time as text, to the microsecond).
  */
 export const recoveryTargetSchema = z.discriminatedUnion("type", [
-  z.object({ type: z.literal("name"), name: z.string().min(1), lsn: z.string().min(1) }),
+  z.object({
+    type: z.literal("name"),
+    name: z.string().min(1),
+    lsn: z.string().min(1),
+    /**
+     * The timeline the restore point was written on: recovery follows it (not the newest one), so a
+     * point stays reachable after a restore put the cluster on a later timeline.
+     */
+    timeline: z.number().int().min(1).optional(),
+  }),
   z.object({ type: z.literal("time"), time: z.string().min(1) }),
 ]);
 export type RecoveryTarget = z.infer<typeof recoveryTargetSchema>;

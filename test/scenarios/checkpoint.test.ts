@@ -89,6 +89,16 @@ test("a checkpoint under traffic: one restore point per cluster, positions in th
     .sets.find((s) => s.id === record.set);
   assert.equal(listedSet?.mode, "checkpoint", set.stdout);
   assert.equal(listedSet?.safe, true, "the checkpoint's set passes the order check");
+  // Exactness under traffic: each node recovered to the restore point (a scratch cluster) has the
+  // identity and position the checkpoint read under its writer lock (the drill compares them).
+  const drill = await runLockstep(["backup", "verify", record.set, "--drill", "--json", ...n.cfg], {
+    timeoutMs: 300_000,
+  });
+  assert.equal(drill.code, 0, drill.stdout + drill.stderr);
+  const drilled = drill.json<{ ok: boolean; drill: { node: string; checks: string[] }[] }>();
+  assert.equal(drilled.ok, true);
+  assert.equal(drilled.drill.length, 4);
+  for (const node of drilled.drill) assert.match(node.checks.join(";"), /position match the manifest/);
   const listed = await runLockstep(["checkpoint", "list", "--json", ...n.cfg]);
   assert.deepEqual(
     listed.json<{ checkpoints: CheckpointJson[] }>().checkpoints.map((c) => c.name),

@@ -16,8 +16,9 @@ import { acsKeys, killApplyAt, type PlanJson, waitForRecovery } from "../support
 import { waitFor } from "../support/wait.ts";
 
 // Issue 14's network-wide point-in-time recovery, on real pgBackRest and PostgreSQL: a pgBackRest
-// backup, transactions a1 a2 | T1 | a3, checkpoint cp1, a4; then everything is lost (the data dir
-// with the embedded cluster); the network restored to cp1 holds exactly a1..a3 and goes on (a5).
+// backup, transactions a1 a2 | T1 | a3, checkpoint cp1, a4, checkpoint cp2; then everything is lost (the data dir
+// with the embedded cluster); the network restored to cp1 holds exactly a1..a3 and goes on (a5);
+// restored to cp2 (written after a4, on the history before the first restore) it holds a1..a4.
 // Then the network restored to T1, between a2 and a3, holds exactly a1 a2; and a sequencer
 // recovered to T1 with the participants at cp1 (events after T1 in their histories) is refused.
 
@@ -84,7 +85,8 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   }>();
   t.diagnostic(`T1 ${t1}; checkpoint cp1 → set ${cp.set}`);
   await create(n, 0, "a4", alice, bob);
-  await bothSee(n, alice, bob, 4);
+  const atCp2 = await bothSee(n, alice, bob, 4);
+  await cli(n, "checkpoint", "create", "cp2", "--json");
 
   // Everything on this machine is lost but the backup repository.
   await cli(n, "down", "--json");
@@ -102,6 +104,14 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   assert.deepEqual(await bothSee(n, alice, bob, 3), atCp1, "the ledgers are as at the checkpoint");
   await create(n, 0, "a5", alice, bob);
   await bothSee(n, alice, bob, 4);
+
+  // The cluster now runs on a new timeline from cp1; cp2 was written later on the old one and is
+  // still reachable (recovery follows the timeline a restore point was written on).
+  await cli(n, "down", "--json");
+  await cli(n, "restore", "apply", "--checkpoint", "cp2", "--replace", "--yes", "--json");
+  await cli(n, "up", "--detach", "--json");
+  for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
+  assert.deepEqual(await bothSee(n, alice, bob, 4), atCp2, "the ledgers are as at cp2, a5 gone");
 
   // A sequencer recovered to T1 cannot serve participants recovered to the checkpoint: refused.
   await cli(n, "down", "--json");
@@ -147,8 +157,8 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   const kept = readdirSync(clusterDir).filter((f) => f.startsWith("data.replaced-"));
   assert.equal(
     kept.length,
-    3,
-    `the checkpoint's restore, the killed one and the rerun each kept one: ${kept}`,
+    4,
+    `the two checkpoints' restores, the killed one and the rerun each kept one: ${kept}`,
   );
   await cli(n, "up", "--detach", "--json");
   for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);

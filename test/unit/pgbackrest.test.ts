@@ -106,6 +106,11 @@ test("restore and expire options", () => {
     restoreArgs({ dataDir: "/d", target: { type: "name", name: "cp1" }, targetAction: "pause" }),
     ["--pg1-path=/d", "--type=name", "--target=cp1", "--target-action=pause"],
   );
+  // A restore point is followed on the timeline it was written on, not the newest.
+  assert.deepEqual(
+    restoreArgs({ dataDir: "/d", target: { type: "name", name: "cp1", timeline: 2 } }).slice(1),
+    ["--type=name", "--target=cp1", "--target-timeline=2", "--target-action=promote"],
+  );
   assert.deepEqual(
     restoreArgs({
       dataDir: "/d",

@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import {
   cliTarget,
   describeTarget,
   restorePointName,
+  walArchived,
 } from "../../src/backup/pgbackrest/pgbackrest-engine.ts";
 import { RESTORE_POINT_NAME_MAX, walSegmentOf } from "../../src/backup/pgbackrest/restore-point.ts";
 import { parseTargetTime } from "../../src/backup/point-in-time.ts";
@@ -103,4 +107,23 @@ test("the sequencer's side of the order check looks up the members' last stored 
     },
   ]);
   assert.deepEqual(lookups, [{ member: "PAR::p1", timestamp: "7" }]);
+});
+
+test("a restore point's WAL is looked up on its own timeline in the repository's archive", () => {
+  const repo = mkdtempSync(join(tmpdir(), "lockstep-walarchived-"));
+  try {
+    const dir = join(repo, "archive", "s", "15-1");
+    mkdirSync(join(dir, "0000000100000000"), { recursive: true });
+    mkdirSync(join(dir, "0000000200000000"), { recursive: true });
+    writeFileSync(join(dir, "0000000100000000", `000000010000000000000009-${"a".repeat(40)}.zst`), "");
+    writeFileSync(join(dir, "0000000200000000", `00000002000000000000000A-${"b".repeat(40)}.zst`), "");
+    // Timeline 2 went further than segment 9, but only timeline 1 has segment 9.
+    assert.equal(walArchived(repo, "s", "0/9008FF8", 1), true);
+    assert.equal(walArchived(repo, "s", "0/9008FF8", 2), false);
+    assert.equal(walArchived(repo, "s", "0/9008FF8"), true, "no timeline recorded: any");
+    assert.equal(walArchived(repo, "s", "0/B000000", 2), false);
+    assert.equal(walArchived(repo, "other", "0/9008FF8", 1), false);
+  } finally {
+    rmSync(repo, { recursive: true, force: true });
+  }
 });

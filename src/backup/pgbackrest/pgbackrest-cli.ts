@@ -67,8 +67,11 @@ export type RestoreTarget =
    * PostgreSQL reads timestamps (e.g. `clock_timestamp()::text`, keeping microseconds); a Date is UTC.
    */
   | { type: "time"; time: string | Date; exclusive?: boolean }
-  /** Stop at a restore point made with `pg_create_restore_point(name)`. */
-  | { type: "name"; name: string };
+  /**
+   * Stop at a restore point made with `pg_create_restore_point(name)`, following `timeline` (the
+   * one it was written on) rather than the newest.
+   */
+  | { type: "name"; name: string; timeline?: number };
 
 export interface RestoreRequest {
   /** The data directory to restore into: missing or empty (unless `delta`); its parent writable by runAs. */
@@ -111,7 +114,10 @@ export function restoreArgs(request: RestoreRequest): string[] {
     args.push(`--target=${targetTime(target.time)}`);
     if (target.exclusive) args.push("--target-exclusive");
   }
-  if (target.type === "name") args.push(`--target=${target.name}`);
+  if (target.type === "name") {
+    args.push(`--target=${target.name}`);
+    if (target.timeline) args.push(`--target-timeline=${target.timeline}`);
+  }
   if (target.type !== "default") args.push(`--target-action=${request.targetAction ?? "promote"}`);
   for (const db of request.databases ?? []) args.push(`--db-include=${db}`);
   if (request.delta) args.push("--delta");

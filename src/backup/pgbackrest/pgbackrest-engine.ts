@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readdirSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import { basename, join, resolve } from "node:path";
 import type { LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
@@ -59,7 +59,8 @@ export function restorePointName(setId: string, node: string): string {
 
 /** The restore target pgBackRest's CLI takes for a recorded one. */
 export function cliTarget(target: RecoveryTarget): CliRestoreTarget {
-  return target.type === "name" ? { type: "name", name: target.name } : { type: "time", time: target.time };
+  if (target.type === "time") return { type: "time", time: target.time };
+  return { type: "name", name: target.name, ...(target.timeline ? { timeline: target.timeline } : {}) };
 }
 
 export function describeTarget(target: RecoveryTarget): string {
@@ -124,7 +125,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
       max: 1,
       logger: this.logger,
     });
-    let point: { value: T; lsn: string; serverTime: string };
+    let point: { value: T; lsn: string; serverTime: string; timeline: number };
     try {
       const session: DbSession = await db.session();
       try {
@@ -147,7 +148,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
       startLsn: backup.lsn.start,
       stopLsn: backup.lsn.stop,
       database: cluster.database,
-      target: { type: "name", name, lsn: point.lsn },
+      target: { type: "name", name, lsn: point.lsn, timeline: point.timeline },
     };
     const { artifact, files } = await writeDescriptor(request.setDir, entry.name, {
       record,
@@ -241,9 +242,8 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     const backup = info.backups.find((b) => b.label === record.label);
     if (!backup) throw missing(record, `backup ${record.label} is not in stanza ${record.stanza}`);
     if (record.target.type === "name") {
-      const needed = walSegmentOf(record.target.lsn);
-      const archived = info.archive.some((a) => a.max !== undefined && a.max.slice(8) >= needed);
-      if (!archived)
+      const pgbackrest = this.pgbackrest(record.stanza);
+      if (!walArchived(pgbackrest.repoPath, record.stanza, record.target.lsn, record.target.timeline))
         throw missing(record, `the WAL up to ${describeTarget(record.target)} is not in the archive`);
     }
     return `pgBackRest lists backup ${record.label} (${backup.type}${backup.references.length ? `, on ${backup.references.length} earlier` : ""}) and the WAL it replays`;
@@ -281,6 +281,33 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     );
     return next;
   }
+}
+
+/**
+ * Whether the WAL segment holding `lsn` (on `timeline`, or on any when unknown) is in the stanza's
+ * archive. Read from the repository's layout (`archive/<stanza>/<archive id>/<first 16 hex digits>/
+ * <segment>-<sha1>[.<compression>]`): `info`'s minimum and maximum span every timeline together, so
+ * they cannot say whether one timeline's segment is there.
+ */
+export function walArchived(repoPath: string, stanza: string, lsn: string, timeline?: number): boolean {
+  const segment = walSegmentOf(lsn);
+  const prefix = timeline ? timeline.toString(16).toUpperCase().padStart(8, "0") : null;
+  const root = join(repoPath, "archive", stanza);
+  const list = (dir: string) => {
+    try {
+      return readdirSync(dir);
+    } catch {
+      return [];
+    }
+  };
+  for (const archiveId of list(root)) {
+    for (const dir of list(join(root, archiveId))) {
+      if (dir.length !== 16 || dir.slice(8) !== segment.slice(0, 8)) continue;
+      if (prefix && dir.slice(0, 8) !== prefix) continue;
+      if (list(join(root, archiveId, dir)).some((f) => f.slice(8, 24) === segment)) return true;
+    }
+  }
+  return false;
 }
 
 function missing(record: PgBackRestRecord, reason: string): LockstepError {

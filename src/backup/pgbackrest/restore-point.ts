@@ -33,14 +33,16 @@ export async function lockWriter(session: DbSession, kind: NodeKind, lockTimeout
 export async function createRestorePoint(
   session: DbSession,
   name: string,
-): Promise<{ lsn: string; serverTime: string }> {
+): Promise<{ lsn: string; serverTime: string; timeline: number }> {
   if (Buffer.byteLength(name) > RESTORE_POINT_NAME_MAX)
     throw new TypeError(`restore point name ${name} is longer than ${RESTORE_POINT_NAME_MAX} bytes`);
-  const row = await session.one<{ lsn: string; at: string }>(
-    "SELECT pg_create_restore_point($1)::text AS lsn, clock_timestamp()::text AS at",
+  // The WAL file name of the point starts with the timeline it was written on (8 hex digits).
+  const row = await session.one<{ lsn: string; at: string; file: string }>(
+    `SELECT p.lsn::text AS lsn, clock_timestamp()::text AS at, pg_walfile_name(p.lsn) AS file
+       FROM (SELECT pg_create_restore_point($1) AS lsn) p`,
     [name],
   );
-  return { lsn: row.lsn, serverTime: row.at };
+  return { lsn: row.lsn, serverTime: row.at, timeline: Number.parseInt(row.file.slice(0, 8), 16) };
 }
 
 /**
@@ -53,7 +55,7 @@ export async function atRestorePoint<T>(
   kind: NodeKind,
   name: string,
   read: (session: DbSession) => Promise<T>,
-): Promise<{ value: T; lsn: string; serverTime: string }> {
+): Promise<{ value: T; lsn: string; serverTime: string; timeline: number }> {
   try {
     await lockWriter(session, kind);
     const value = await read(session);
