@@ -48,7 +48,7 @@ export interface ClusterRestore {
 
 /** Whether this apply can restore the embedded cluster in place, and for which nodes. */
 export async function planClusterRestore(
-  plan: RestorePlan,
+  plan: Pick<RestorePlan, "nodes">,
   dataDir: string,
   logger: Logger,
 ): Promise<ClusterRestore | undefined> {

@@ -10,7 +10,8 @@ import { livePid, processFiles } from "../node/process-files.ts";
 import { BackupEngines } from "./backup-engines.ts";
 import { liveSequencerStatus, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository } from "./backup-repository.ts";
-import type { Manifest, NodeBackup } from "./manifest.ts";
+import { planClusterRestore } from "./cluster-restore.ts";
+import { type Manifest, type NodeBackup, nodeEngine } from "./manifest.ts";
 import {
   checkAgainstSequencer,
   checkArtifact,
@@ -149,8 +150,25 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     forced.push(`${check.node}:${check.check}`);
   }
   nodes.sort((a, b) => KIND_ORDER[a.backup.kind] - KIND_ORDER[b.backup.kind]);
+  checks.push(...(await restorePaths(nodes, config["data-dir"], logger)));
   const ok = checks.every((c) => c.verdict !== "refuse");
   return { set, ok, checks, manifest, repository, nodes, sequencerLive, forced };
+}
+
+/** For physical nodes: whether apply restores the embedded cluster in place or by copy (cluster-restore.ts). */
+async function restorePaths(nodes: PlannedNode[], dataDir: string, logger: Logger): Promise<RestoreCheck[]> {
+  const physical = nodes.filter((n) => !n.alreadyRestored && nodeEngine(n.backup).name === "pgbackrest");
+  if (physical.length === 0) return [];
+  const inPlace = await planClusterRestore({ nodes }, dataDir, logger).catch(() => undefined);
+  return physical.map((n) =>
+    passed(
+      n.backup.name,
+      "restore-path",
+      inPlace?.nodes.includes(n)
+        ? "physical, in place: the embedded cluster holds only the restored databases (its data directory is replaced and kept)"
+        : "physical, by copy: recovered in a scratch cluster, copied into the staging database",
+    ),
+  );
 }
 
 /** `--force order,participant1:sequencer-fork` → what it names; unknown names are a usage error. */

@@ -103,6 +103,9 @@ test("a participant restored from a pgBackRest incremental replays and agrees; d
   const plan = await restore(n, "plan", incr.id, ["--nodes", "participant2"]);
   assert.equal(plan.code, 0, plan.stdout + plan.stderr);
   assert.ok(plan.json<PlanJson>().ok);
+  // The others share the embedded cluster and keep running: participant2 alone, by copy.
+  const path = plan.json<PlanJson>().checks.find((c) => c.check === "restore-path");
+  assert.match(path?.message ?? "", /physical, by copy/);
   const apply = await restore(n, "apply", incr.id, ["--nodes", "participant2"]);
   assert.equal(apply.code, 0, apply.stdout + apply.stderr);
   await nodeStart(n, "participant2");

@@ -97,6 +97,9 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   });
   assert.equal(plan.code, 0, plan.stdout + plan.stderr);
   assert.equal(plan.json<PlanJson>().ok, true);
+  const paths = plan.json<PlanJson>().checks.filter((c) => c.check === "restore-path");
+  assert.equal(paths.length, 4);
+  for (const c of paths) assert.match(c.message, /physical, in place/);
   const fromCheckpoint = await cli(n, "restore", "apply", "--checkpoint", "cp1", "--yes", "--json");
   assert.match(fromCheckpoint.stderr, /in place/, "the whole cluster, restored in place");
   await cli(n, "up", "--detach", "--json");

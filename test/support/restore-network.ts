@@ -15,7 +15,14 @@ import { contractKey, waitFor } from "./ledger-network.ts";
 export interface PlanJson {
   set: string;
   ok: boolean;
-  checks: { node: string; check: string; verdict: string; code: string | null; remedy: string | null }[];
+  checks: {
+    node: string;
+    check: string;
+    verdict: string;
+    code: string | null;
+    message: string;
+    remedy: string | null;
+  }[];
 }
 
 export interface StatusNode {
