@@ -6,6 +6,7 @@ import type { Logger } from "../common/logging.ts";
 import { embeddedClusterDir, embeddedDatabaseName } from "../node/node-database.ts";
 import { lockIdForDatabase } from "../storage/advisory-lock.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
+import { withPgClient } from "../storage/pg-client.ts";
 import { storageServerUrl } from "../storage/storage-db.ts";
 
 /**
@@ -94,20 +95,9 @@ export async function restoreTargetFor(
   };
 }
 
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  // A bounded connect: `status` lists kept databases through here and must not hang on a dead server.
-  const client = new pg.Client({
-    connectionString: url,
-    application_name: "lockstep-restore",
-    connectionTimeoutMillis: 10_000,
-  });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => {});
-  }
+// A bounded connect: `status` lists kept databases through here and must not hang on a dead server.
+function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  return withPgClient(url, fn, "lockstep-restore");
 }
 
 async function databaseExists(client: pg.Client, name: string): Promise<boolean> {

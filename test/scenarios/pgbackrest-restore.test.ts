@@ -8,15 +8,11 @@ import { loadConfig } from "../../src/common/config.ts";
 import { configNodes } from "../../src/common/config-schema.ts";
 import { silentLogger } from "../../src/common/logging.ts";
 import { runLockstep } from "../support/cli.ts";
-import type { LedgerClients } from "../support/ledger-client.ts";
-import {
-  allocateKnownParty,
-  createIouCommand,
-  type LedgerNetwork,
-  startLedgerNetwork,
-} from "../support/ledger-network.ts";
+import { allocateKnownParty, type LedgerNetwork, startLedgerNetwork } from "../support/ledger-network.ts";
 import {
   acsKeys,
+  cliOk,
+  createIou,
   dropNodeDatabase,
   nodeStart,
   nodeStop,
@@ -36,20 +32,8 @@ import { waitFor } from "../support/wait.ts";
 let network: LedgerNetwork | undefined;
 after(() => network?.down());
 
-const p = (n: LedgerNetwork, i: 0 | 1) => n.clients[i] as LedgerClients;
-
-async function create(n: LedgerNetwork, i: 0 | 1, id: string, issuer: string, owner: string) {
-  return p(n, i).commands.submitAndWait(
-    { commands: createIouCommand(id, issuer, owner, { amount: "1.00" }) },
-    { timeoutMs: 60_000 },
-  );
-}
-
-async function cli(n: LedgerNetwork, ...args: string[]) {
-  const r = await runLockstep([...args, ...n.cfg], { timeoutMs: 300_000 });
-  assert.equal(r.code, 0, `${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return r;
-}
+const create = createIou;
+const cli = cliOk;
 
 async function physicalBackup(n: LedgerNetwork, type: string): Promise<Manifest> {
   const r = await cli(n, "backup", "create", "--engine", "pgbackrest", "--type", type, "--json");

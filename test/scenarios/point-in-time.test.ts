@@ -5,19 +5,20 @@ import pg from "pg";
 import { embeddedClusterDir } from "../../src/node/node-database.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { runLockstep } from "../support/cli.ts";
-import type { LedgerClients } from "../support/ledger-client.ts";
+import { allocateKnownParty, type LedgerNetwork, startLedgerNetwork } from "../support/ledger-network.ts";
 import {
-  allocateKnownParty,
-  createIouCommand,
-  type LedgerNetwork,
-  startLedgerNetwork,
-} from "../support/ledger-network.ts";
-import { acsKeys, killApplyAt, type PlanJson, waitForRecovery } from "../support/restore-network.ts";
+  acsKeys,
+  cliOk,
+  createIou,
+  killApplyAt,
+  type PlanJson,
+  waitForRecovery,
+} from "../support/restore-network.ts";
 import { waitFor } from "../support/wait.ts";
 
 // Issue 14's network-wide point-in-time recovery, on real pgBackRest and PostgreSQL: a pgBackRest
-// backup, transactions a1 a2 | T1 | a3, checkpoint cp1, a4, checkpoint cp2; then everything is lost (the data dir
-// with the embedded cluster); the network restored to cp1 holds exactly a1..a3 and goes on (a5);
+// backup, transactions a1 a2 | T1 | a3, checkpoint cp1, a4, checkpoint cp2; then everything is
+// lost (the data dir with the embedded cluster); the network restored to cp1 holds exactly a1..a3 and goes on (a5);
 // restored to cp2 (written after a4, on the history before the first restore) it holds a1..a4.
 // Then the network restored to T1, between a2 and a3, holds exactly a1 a2; and a sequencer
 // recovered to T1 with the participants at cp1 (events after T1 in their histories) is refused.
@@ -25,20 +26,8 @@ import { waitFor } from "../support/wait.ts";
 let network: LedgerNetwork | undefined;
 after(() => network?.down());
 
-const p = (n: LedgerNetwork, i: 0 | 1) => n.clients[i] as LedgerClients;
-
-async function create(n: LedgerNetwork, i: 0 | 1, id: string, issuer: string, owner: string) {
-  return p(n, i).commands.submitAndWait(
-    { commands: createIouCommand(id, issuer, owner, { amount: "1.00" }) },
-    { timeoutMs: 60_000 },
-  );
-}
-
-async function cli(n: LedgerNetwork, ...args: string[]) {
-  const r = await runLockstep([...args, ...n.cfg], { timeoutMs: 300_000 });
-  assert.equal(r.code, 0, `${args.join(" ")} failed (${r.code}): ${r.stdout}${r.stderr}`);
-  return r;
-}
+const create = createIou;
+const cli = cliOk;
 
 /** Both participants hold `count` contracts of the pair (the other's view caught up). */
 async function bothSee(n: LedgerNetwork, alice: string, bob: string, count: number): Promise<string[]> {

@@ -8,7 +8,7 @@ import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { type CliResult, runLockstep } from "./cli.ts";
 import type { LedgerClients } from "./ledger-client.ts";
 import type { LedgerNetwork } from "./ledger-network.ts";
-import { contractKey, waitFor } from "./ledger-network.ts";
+import { contractKey, createIouCommand, waitFor } from "./ledger-network.ts";
 
 /** What restore scenarios do to a network started with startLedgerNetwork, through the CLI. */
 
@@ -154,4 +154,24 @@ export function killApplyAt(
 export async function acsKeys(n: LedgerNetwork, i: 0 | 1, party: string): Promise<string[]> {
   const r = await (n.clients[i] as LedgerClients).state.getActiveContracts({ parties: [party] });
   return r.contracts.map(contractKey).sort();
+}
+
+/** Creates an Iou on participant i (0 or 1) and waits for its completion there. */
+export function createIou(
+  n: LedgerNetwork,
+  i: 0 | 1,
+  id: string,
+  issuer: string,
+  owner: string,
+  amount = "1.00",
+) {
+  return (n.clients[i] as LedgerClients).commands.submitAndWait(
+    { commands: createIouCommand(id, issuer, owner, { amount }) },
+    { timeoutMs: 60_000 },
+  );
+}
+
+/** A lockstep command on the network's config that must succeed (5 minutes at most). */
+export async function cliOk(n: LedgerNetwork, ...args: string[]): Promise<CliResult> {
+  return expectOk(await runLockstep([...args, ...n.cfg], { timeoutMs: 300_000 }), args.join(" "));
 }

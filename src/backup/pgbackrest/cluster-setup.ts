@@ -7,9 +7,9 @@
  * writes pgBackRest's config file on this host and prints the server settings to make, and creates
  * the stanza once the server archives.
  */
-import pg from "pg";
 import type { LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
 import type { Logger } from "../../common/logging.ts";
+import { withPgClient } from "../../storage/pg-client.ts";
 import { chooseEngine } from "../backup-engines.ts";
 import { enableArchiving } from "./embedded-archiving.ts";
 import { inspectSetup, type NodeCluster, nodeCluster } from "./node-cluster.ts";
@@ -162,20 +162,9 @@ export async function checkNode(
   };
 }
 
-async function withClient<T>(url: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end().catch(() => {});
-  }
-}
-
 /** The segment the server wrote last (after check's switch) must be in the repository's archive. */
 async function walReachesRepository(cluster: NodeCluster): Promise<CheckFinding> {
-  const lsn = await withClient(cluster.url, async (c) => {
+  const lsn = await withPgClient(cluster.url, async (c) => {
     const row = await c.query<{ lsn: string }>("SELECT last_archived_wal AS lsn FROM pg_stat_archiver");
     return row.rows[0]?.lsn ?? null;
   });
@@ -204,7 +193,7 @@ async function walReachesRepository(cluster: NodeCluster): Promise<CheckFinding>
 
 /** pg_stat_archiver: a failure more recent than the last success means archiving is broken now. */
 async function archiverHealth(cluster: NodeCluster): Promise<CheckFinding> {
-  return withClient(cluster.url, async (c) => {
+  return withPgClient(cluster.url, async (c) => {
     const row = await c.query<{
       failed: string;
       last_failed: string | null;

@@ -16,13 +16,13 @@
  */
 import { resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import pg from "pg";
 import type { ExternalClusterConfig, LockstepConfig, NodeEntry } from "../../common/config-schema.ts";
 import { configNodes } from "../../common/config-schema.ts";
 import { LockstepError } from "../../common/errors.ts";
 import type { Logger } from "../../common/logging.ts";
 import { embeddedClusterDir, nodeConnection } from "../../node/node-database.ts";
 import { LocalPostgres, sameSetting } from "../../storage/local-postgres.ts";
+import { withPgClient } from "../../storage/pg-client.ts";
 import { storageServerUrl } from "../../storage/storage-db.ts";
 import { embeddedCluster } from "./embedded-archiving.ts";
 import { PgBackRest } from "./pgbackrest-cli.ts";
@@ -78,18 +78,13 @@ function externalCluster(external: ExternalClusterConfig): PgBackRestCluster {
   };
 }
 
-async function systemIdentifier(url: string): Promise<string> {
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
+function systemIdentifier(url: string): Promise<string> {
+  return withPgClient(url, async (client) => {
     const row = await client.query<{ id: string }>(
       "SELECT system_identifier::text AS id FROM pg_control_system()",
     );
     return row.rows[0]?.id as string;
-  } finally {
-    await client.end().catch(() => {});
-  }
+  });
 }
 
 /** The node's cluster and its stanza; starts the embedded cluster when the node uses it. */
@@ -184,10 +179,7 @@ export async function inspectSetup(cluster: NodeCluster): Promise<SetupState> {
     socketDir: pgbackrest.cluster.socketDir,
   });
   const problems: string[] = [];
-  const client = new pg.Client({ connectionString: cluster.url, connectionTimeoutMillis: 10_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
+  await withPgClient(cluster.url, async (client) => {
     for (const [name, wanted] of Object.entries(settings)) {
       const row = await client.query<{ setting: string }>("SELECT current_setting($1) AS setting", [name]);
       const actual = row.rows[0]?.setting ?? "";
@@ -195,9 +187,7 @@ export async function inspectSetup(cluster: NodeCluster): Promise<SetupState> {
         name === "wal_level" ? actual === "replica" || actual === "logical" : sameSetting(actual, wanted);
       if (!same) problems.push(`${name} is ${JSON.stringify(actual)}, needs ${JSON.stringify(wanted)}`);
     }
-  } finally {
-    await client.end().catch(() => {});
-  }
+  });
   pgbackrest.prepare();
   const info = await pgbackrest.info({ timeoutMs: 60_000 });
   // 1: the stanza's folder is missing in the repository (never created).
@@ -234,10 +224,7 @@ export async function commitPastTarget(
   if (!(await cluster.isRunning()) || cluster.port === undefined) return false;
   const url = cluster.connectionUrl("postgres");
   if (embeddedStanza(await systemIdentifier(url)) !== stanza) return false;
-  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 10_000 });
-  client.on("error", () => {});
-  await client.connect();
-  try {
+  const committed = await withPgClient(url, async (client) => {
     // A killed restore's cluster may still be recovering (it promotes by itself): wait for that.
     for (let waited = 0; ; waited += 200) {
       const recovering = await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
@@ -246,9 +233,9 @@ export async function commitPastTarget(
       await sleep(200);
     }
     await client.query("SELECT txid_current()");
-  } finally {
-    await client.end().catch(() => {});
-  }
+    return true;
+  });
+  if (!committed) return false;
   const pgbackrest = stanzaPgBackRest(config, configNodes(config), stanza, logger);
   pgbackrest.prepare();
   await pgbackrest.check();
