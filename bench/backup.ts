@@ -1,21 +1,35 @@
 /**
- * `lockstep backup create --nodes participant1` against a raw `pg_dump` of the same database in the
- * same format, in the same run, at one or more database sizes; prints each time, the ratio (goal
- * ≤ 1.10) and the CLI's peak RSS (which should stay flat as the database grows: dumps are streamed).
+ * Backup and restore, Lockstep beside the raw tools, on the same node database in the same run
+ * (docs/performance.md "Backup"), at one or more database sizes:
  *
- *   npm run bench:backup                        # BENCH_SIZES_GB=1 BENCH_FORMAT=custom BENCH_RUNS=3
- *   BENCH_SIZES_GB=0.25,1 npm run bench:backup  # RSS at two sizes
+ *   - logical (engine pg-dump): `lockstep backup create --nodes participant1` beside a raw `pg_dump`
+ *     in the same format (ratio goal ≤ 1.10, and the CLI's peak RSS, which should stay flat as the
+ *     database grows: dumps are streamed); `lockstep restore apply` of that set beside a raw
+ *     `pg_restore` of the raw dump into an empty database;
+ *   - physical (engine pgbackrest, bench/backup-physical.ts): full and incremental backups beside
+ *     `pgbackrest backup`, and the restore beside `pgbackrest restore` + recovery; then physical
+ *     restore against logical restore.
+ *
+ *   npm run bench:backup        # BENCH_SIZES_GB=1 BENCH_ENGINES=pg-dump,pgbackrest BENCH_RUNS=3
+ *   BENCH_SIZES_GB=0.25,1 BENCH_ENGINES=pg-dump npm run bench:backup  # RSS at two sizes, logical only
+ *
+ * BENCH_RUNS: runs of each comparison (raw and Lockstep alternating); BENCH_RESTORE_RUNS (default
+ * BENCH_RUNS; 0: no restores) of each restore, the slow part at larger sizes (1 GiB: 5–40 s each;
+ * the whole bench ≈ 12 min on 2 cores). BENCH_VERBOSE=1 prints each Lockstep command's progress
+ * lines with their times.
  *
  * The participant database is migrated as a node would, then filled with generated rows in the
  * participant tables (updates, contracts, stored events) with generate_series, without a network:
- * the dump's cost depends on the data, not on how it got there. Each run alternates raw and CLI.
+ * the cost depends on the data, not on how it got there. The cluster is set up for pgBackRest
+ * (`lockstep backup setup`: archiving on, fsync back on) before any figure, so that every backup and
+ * restore runs on the same cluster as configured for production. Restores go into an empty target:
+ * the node's database is dropped (untimed) before each Lockstep restore, so no --replace or --force
+ * is needed and no replaced database is kept.
  */
-import { execFileSync, spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { cpus, tmpdir, totalmem } from "node:os";
+import { execFileSync } from "node:child_process";
+import { readFileSync, rmSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
-import { stringify } from "yaml";
-import { LOCKSTEP_BIN } from "../src/cli/self-process.ts";
 import { embeddedClusterDir } from "../src/node/node-database.ts";
 import { ensureNodeState, nodeStateMigrations } from "../src/node/node-state.ts";
 import { participantNodeKind } from "../src/participant/participant-node.ts";
@@ -23,33 +37,47 @@ import { LocalPostgres } from "../src/storage/local-postgres.ts";
 import { runMigrations } from "../src/storage/migrations.ts";
 import { createPgDb } from "../src/storage/pg-db.ts";
 import { findClientTools } from "../src/storage/postgres-binaries.ts";
+import {
+  atLeast,
+  atMost,
+  base,
+  compare,
+  dataDir,
+  describeSteps,
+  type Figure,
+  FORMAT,
+  LOGICAL_STEPS,
+  lockstep,
+  medOf,
+  minOf,
+  NODE,
+  printFigures,
+  RESTORE_RUNS,
+  RUNS,
+  repository,
+  s,
+  type Timing,
+  timed,
+} from "./backup-common.ts";
+import {
+  physicalBackups,
+  physicalRestores,
+  type Stanza,
+  setUpPgBackRest,
+  showPlan,
+} from "./backup-physical.ts";
 
 const SIZES_GB = (process.env.BENCH_SIZES_GB ?? "1").split(",").map(Number);
-const FORMAT = (process.env.BENCH_FORMAT ?? "custom") as "custom" | "tar" | "directory";
-const RUNS = Number(process.env.BENCH_RUNS ?? 3);
+const ENGINES = (process.env.BENCH_ENGINES ?? "pg-dump,pgbackrest").split(",");
+const LOGICAL = ENGINES.includes("pg-dump");
+const PHYSICAL = ENGINES.includes("pgbackrest");
 const FLAG = { custom: "c", tar: "t", directory: "d" }[FORMAT];
 // Writes the CLI process's own peak RSS (kB) to $BENCH_RSS_FILE at exit (pg_dump's is not in it).
 const RSS_HOOK =
   "data:text/javascript,import{writeFileSync}from'node:fs';process.on('exit',()=>writeFileSync(process.env.BENCH_RSS_FILE,String(process.resourceUsage().maxRSS)))";
 
-const base = mkdtempSync(join(tmpdir(), "lockstep-bench-backup-"));
-const dataDir = join(base, "data");
-const repository = join(base, "backups");
-const configPath = join(base, "lockstep.yaml");
-writeFileSync(
-  configPath,
-  stringify({
-    "data-dir": dataDir,
-    synchronizer: {
-      id: "sync1",
-      sequencer: { name: "sequencer1", port: 4901 },
-      mediator: { name: "mediator1", port: 4902 },
-    },
-    participants: [{ name: "participant1", port: 4911 }],
-    backup: { repository, format: FORMAT, jobs: 2 },
-  }),
-);
-// fsync off: the bench measures dumping, and generating the data should not take the hour.
+// fsync off while the bench fills the database (generating the data should not take the hour);
+// `lockstep backup setup` restarts the cluster as Lockstep starts it, with fsync on.
 const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir), fsync: false });
 
 async function fillTo(db: ReturnType<typeof createPgDb>, bytes: number): Promise<number> {
@@ -96,96 +124,162 @@ async function fillTo(db: ReturnType<typeof createPgDb>, bytes: number): Promise
   return current;
 }
 
-interface Timing {
-  wall: number;
-  /** user + sys CPU seconds of the process and the children it waited for (pg_dump, for the CLI). */
-  cpu: number;
+const wallMin = (xs: Timing[]) => minOf(xs.map((x) => x.wall));
+const med = (xs: Timing[], k: "wall" | "cpu") => medOf(xs.map((x) => x[k]));
+const mibOf = (path: string) =>
+  Number(execFileSync("du", ["-sb", path], { encoding: "utf8" }).split("\t")[0]) / 2 ** 20;
+
+interface LogicalBackups {
+  row: string;
+  figure: Figure;
+  /** The last raw dump (kept for the raw pg_restore) and the last Lockstep set. */
+  archive: string;
+  set: string;
 }
 
-/** Runs a command under GNU time: wall clock and CPU of the whole process tree. */
-function timed(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Timing> {
-  const timeFile = join(base, "time");
-  return new Promise((resolve, reject) => {
-    const child = spawn("/usr/bin/time", ["-f", "%e %U %S", "-o", timeFile, command, ...args], {
-      stdio: ["ignore", "ignore", "pipe"],
-      env: { ...process.env, ...env },
-    });
-    let stderr = "";
-    child.stderr.on("data", (d) => {
-      stderr = (stderr + d).slice(-4000);
-    });
-    child.on("error", reject);
-    child.on("close", (code) => {
-      if (code !== 0) return reject(new Error(`${command} ${args.join(" ")} exited ${code}: ${stderr}`));
-      const [wall, user, sys] = readFileSync(timeFile, "utf8").trim().split(/\s+/).slice(-3).map(Number);
-      resolve({ wall: wall ?? 0, cpu: (user ?? 0) + (sys ?? 0) });
-    });
-  });
+/** Raw pg_dump and `lockstep backup create` (pg-dump engine), alternating, RUNS times. */
+async function logicalBackups(gb: number, size: number, url: string): Promise<LogicalBackups> {
+  const tools = findClientTools();
+  const raw: Timing[] = [];
+  const cli: Timing[] = [];
+  const rss: number[] = [];
+  let archive = "";
+  let set = "";
+  for (let run = 0; run < RUNS; run++) {
+    if (archive) rmSync(archive, { recursive: true, force: true });
+    if (set) rmSync(join(repository, set), { recursive: true, force: true });
+    archive = join(base, `raw-${run}.${FORMAT}`);
+    const jobs = FORMAT === "directory" ? ["--jobs=2"] : [];
+    raw.push(
+      await timed(tools.pgDump, [`--format=${FLAG}`, ...jobs, `--file=${archive}`, `--dbname=${url}`]),
+    );
+    const rssFile = join(base, "rss");
+    const create = ["backup", "create", "--engine", "pg-dump", "--nodes", NODE, "--json"];
+    cli.push(await lockstep(create, { BENCH_RSS_FILE: rssFile }, ["--import", RSS_HOOK]));
+    set = (JSON.parse(cli.at(-1)?.stdout ?? "{}") as { set: string }).set;
+    rss.push(Number(readFileSync(rssFile, "utf8")) / 1024);
+    const [r, c] = [raw.at(-1) as Timing, cli.at(-1) as Timing];
+    console.log(
+      `  ${gb} GiB run ${run + 1}: raw pg_dump ${s(r.wall)} (CPU ${s(r.cpu)}), lockstep ${s(c.wall)} (CPU ${s(c.cpu)}), CLI peak RSS ${rss.at(-1)?.toFixed(0)} MiB`,
+    );
+  }
+  const row = `| ${(size / 2 ** 30).toFixed(2)} GiB | ${mibOf(archive).toFixed(0)} MiB | ${wallMin(raw).toFixed(2)} / ${med(raw, "wall").toFixed(2)} s | ${wallMin(cli).toFixed(2)} / ${med(cli, "wall").toFixed(2)} s | ${(wallMin(cli) / wallMin(raw)).toFixed(3)} | ${med(raw, "cpu").toFixed(2)} / ${med(cli, "cpu").toFixed(2)} s | ${(med(cli, "cpu") / med(raw, "cpu")).toFixed(3)} | ${Math.max(...rss).toFixed(0)} MiB |`;
+  return { row, figure: compare(`logical backup (${FORMAT})`, raw, cli, atMost(1.1)), archive, set };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
-const minWall = (xs: Timing[]) => Math.min(...xs.map((x) => x.wall));
-const med = (xs: Timing[], k: keyof Timing) => median(xs.map((x) => x[k]));
+/** Raw pg_restore of the raw dump into an empty database, and `lockstep restore apply` of the set. */
+async function logicalRestores(backups: LogicalBackups): Promise<{ raw: Timing[]; cli: Timing[] }> {
+  const tools = findClientTools();
+  const raw: Timing[] = [];
+  const cli: Timing[] = [];
+  for (let run = 0; run < RESTORE_RUNS; run++) {
+    await cluster.ensureDatabase("bench_pg_restore");
+    const args = [
+      "--no-owner",
+      "--no-privileges",
+      "--exit-on-error",
+      ...(FORMAT === "tar" ? [] : ["--jobs=2"]),
+    ];
+    const url = cluster.connectionUrl("bench_pg_restore");
+    raw.push(await timed(tools.pgRestore, [`--dbname=${url}`, ...args, backups.archive]));
+    await cluster.dropDatabase("bench_pg_restore");
+    await cluster.dropDatabase(NODE); // an empty target: no --replace, nothing kept
+    if (run === 0) await showPlan(backups.set);
+    cli.push(await lockstep(["restore", "apply", backups.set, "--nodes", NODE, "--yes"]));
+    const [r, c] = [raw.at(-1) as Timing, cli.at(-1) as Timing];
+    console.log(
+      `  logical restore run ${run + 1}: raw pg_restore ${s(r.wall)} (CPU ${s(r.cpu)}), lockstep ${s(c.wall)} (CPU ${s(c.cpu)}: ${describeSteps(c, LOGICAL_STEPS)})`,
+    );
+  }
+  return { raw, cli };
+}
 
 async function main(): Promise<void> {
   const tools = findClientTools();
   const { port } = await cluster.start();
-  await cluster.ensureDatabase("participant1");
-  const url = cluster.connectionUrl("participant1");
-  const db = createPgDb({ connectionString: url, max: 1 });
+  await cluster.ensureDatabase(NODE);
+  const db = createPgDb({ connectionString: cluster.connectionUrl(NODE), max: 1 });
   await runMigrations(db, "participant", [...nodeStateMigrations, ...participantNodeKind.migrations]);
-  await ensureNodeState(db, "participant1", "participant");
+  await ensureNodeState(db, NODE, "participant");
+  await db.close();
+  const pgbackrest = PHYSICAL ? execFileSync("pgbackrest", ["version"], { encoding: "utf8" }).trim() : "";
   console.log(
-    `backup bench: format ${FORMAT}, ${RUNS} run(s) per size; ${cpus().length} CPUs, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM; pg_dump ${tools.version}; cluster port ${port}`,
+    `backup bench: engines ${ENGINES.join(",")}, format ${FORMAT}, ${RUNS} run(s) per backup and ${RESTORE_RUNS} per restore; ${cpus().length} CPUs, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM; pg_dump ${tools.version}${pgbackrest ? `, ${pgbackrest}` : ""}; cluster port ${port}`,
   );
   // The CLI's fixed cost (node + tsx start-up, config): what a one-off command costs at any size.
-  const startup = await timed(process.execPath, [LOCKSTEP_BIN, "backup", "list", "--config", configPath]);
-  console.log(
-    `  CLI start-up (lockstep backup list): ${startup.wall.toFixed(2)} s wall, ${startup.cpu.toFixed(2)} s CPU`,
-  );
+  const startup = await lockstep(["backup", "list"]);
+  console.log(`  CLI start-up (lockstep backup list): ${s(startup.wall)} wall, ${s(startup.cpu)} CPU`);
   const rows: string[] = [];
+  let stanza: Stanza | undefined;
   for (const gb of SIZES_GB) {
-    const size = await fillTo(db, gb * 2 ** 30);
-    const raw: Timing[] = [];
-    const cli: Timing[] = [];
-    const rss: number[] = [];
-    let dumpBytes = 0;
-    for (let run = 0; run < RUNS; run++) {
-      const out = join(base, `raw-${run}.${FORMAT}`);
-      const jobs = FORMAT === "directory" ? ["--jobs=2"] : [];
-      raw.push(await timed(tools.pgDump, [`--format=${FLAG}`, ...jobs, `--file=${out}`, `--dbname=${url}`]));
-      dumpBytes = Number(execFileSync("du", ["-sb", out], { encoding: "utf8" }).split("\t")[0]);
-      rmSync(out, { recursive: true, force: true });
-      const rssFile = join(base, "rss");
-      const args = [
-        "--import",
-        RSS_HOOK,
-        LOCKSTEP_BIN,
-        "backup",
-        "create",
-        "--nodes",
-        "participant1",
-        "--config",
-        configPath,
-      ];
-      cli.push(await timed(process.execPath, args, { BENCH_RSS_FILE: rssFile, LOCKSTEP_LOG_LEVEL: "warn" }));
-      rss.push(Number(readFileSync(rssFile, "utf8")) / 1024);
-      rmSync(repository, { recursive: true, force: true });
-      const [r, c] = [raw.at(-1) as Timing, cli.at(-1) as Timing];
-      console.log(
-        `  ${gb} GiB run ${run + 1}: raw pg_dump ${r.wall.toFixed(2)} s (CPU ${r.cpu.toFixed(2)} s), lockstep ${c.wall.toFixed(2)} s (CPU ${c.cpu.toFixed(2)} s), CLI peak RSS ${rss.at(-1)?.toFixed(0)} MiB`,
-      );
+    // A restart (setup) or a restore may have moved the port or replaced the database: look again.
+    await cluster.start();
+    const fill = createPgDb({ connectionString: cluster.connectionUrl(NODE), max: 1 });
+    const size = await fillTo(fill, gb * 2 ** 30);
+    await fill.close();
+    if (PHYSICAL && !stanza) {
+      stanza = await setUpPgBackRest();
+      await cluster.start();
     }
-    rows.push(
-      `| ${(size / 2 ** 30).toFixed(2)} GiB | ${(dumpBytes / 2 ** 20).toFixed(0)} MiB | ${minWall(raw).toFixed(2)} / ${med(raw, "wall").toFixed(2)} s | ${minWall(cli).toFixed(2)} / ${med(cli, "wall").toFixed(2)} s | ${(minWall(cli) / minWall(raw)).toFixed(3)} | ${med(raw, "cpu").toFixed(2)} / ${med(cli, "cpu").toFixed(2)} s | ${(med(cli, "cpu") / med(raw, "cpu")).toFixed(3)} | ${Math.max(...rss).toFixed(0)} MiB |`,
-    );
+    const url = cluster.connectionUrl(NODE);
+    const figures: Figure[] = [];
+    const logical = LOGICAL ? await logicalBackups(gb, size, url) : undefined;
+    if (logical) {
+      rows.push(logical.row);
+      figures.push(logical.figure);
+    }
+    const physical = stanza ? await physicalBackups(stanza, url) : undefined;
+    if (physical) figures.push(...physical.figures);
+    // BENCH_RESTORE_RUNS=0: backups only.
+    const logicalRestore = logical && RESTORE_RUNS > 0 ? await logicalRestores(logical) : undefined;
+    if (logicalRestore) figures.push(compare("logical restore", logicalRestore.raw, logicalRestore.cli));
+    const physicalRestore =
+      stanza && physical && RESTORE_RUNS > 0
+        ? await physicalRestores(stanza, physical.fullSet, cluster)
+        : undefined;
+    if (physicalRestore) figures.push(...physicalRestore.figures);
+    if (logicalRestore && physicalRestore) {
+      // Speed-up of physical over logical restore: logical time / physical time (min / min).
+      const speedup = (
+        what: string,
+        logicalRuns: Timing[],
+        physicalRuns: Timing[],
+        target?: Figure["target"],
+      ) => {
+        const x = wallMin(logicalRuns) / wallMin(physicalRuns);
+        figures.push({
+          what,
+          baseline: `${s(wallMin(logicalRuns))} logical`,
+          figure: `${s(wallMin(physicalRuns))} physical`,
+          ratio: x,
+          ratioText: `${x.toFixed(2)}×`,
+          ...(target ? { target } : {}),
+        });
+      };
+      const threeTimes = atLeast(3, "≥ 3×");
+      speedup(
+        "physical over logical restore, lockstep in place",
+        logicalRestore.cli,
+        physicalRestore.inPlace,
+        threeTimes,
+      );
+      speedup(
+        "physical over logical restore, lockstep scratch + copy",
+        logicalRestore.cli,
+        physicalRestore.scratch,
+        threeTimes,
+      );
+      speedup("physical over logical restore, raw tools", logicalRestore.raw, physicalRestore.raw);
+    }
+    printFigures(`${(size / 2 ** 30).toFixed(2)} GiB database: wall times`, figures);
   }
-  console.log(
-    `\n| database | dump (${FORMAT}) | raw pg_dump wall, min / median | lockstep wall, min / median | wall ratio (min; goal ≤ 1.10) | CPU raw / lockstep (median) | CPU ratio | CLI peak RSS |`,
-  );
-  console.log("|---|---|---|---|---|---|---|---|");
-  for (const row of rows) console.log(row);
-  await db.close();
+  if (rows.length > 0) {
+    console.log(
+      `\n| database | dump (${FORMAT}) | raw pg_dump wall, min / median | lockstep wall, min / median | wall ratio (min; goal ≤ 1.10) | CPU raw / lockstep (median) | CPU ratio | CLI peak RSS |`,
+    );
+    console.log("|---|---|---|---|---|---|---|---|");
+    for (const row of rows) console.log(row);
+  }
 }
 
 try {

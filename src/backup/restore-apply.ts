@@ -165,7 +165,11 @@ async function restoreNode(
     const stamped = await stampRestored(target.stagingUrl, plan, node, forced, options, earlier, {
       replacedDatabase: node.state.exists ? kept : null,
     });
-    step(`renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`);
+    step(
+      node.state.exists
+        ? `renaming ${target.database} to ${kept} (kept) and ${target.staging} to ${target.database}`
+        : `renaming ${target.staging} to ${target.database}`,
+    );
     const replaced = await swapIntoPlace(target, kept);
     return { ...stamped, keptDatabase: replaced ? kept : null };
   } catch (error) {
