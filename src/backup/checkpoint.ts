@@ -203,7 +203,7 @@ async function checkpointInto(
       }
       const infos: { node: OpenNode; info: NodeSnapshotInfo }[] = [];
       for (const node of opened) {
-        await lockWriter(node.session, node.entry.kind, "10s");
+        await lockWriter(node.session, node.entry.kind);
         const lookups =
           node.entry.kind === "sequencer"
             ? lookupsOf(read.map((r) => r.info).concat(infos.map((i) => i.info)))

@@ -2,31 +2,83 @@
  * A restore point that describes a node exactly: the node's position read while its writer cannot
  * commit, and the restore point written before it can again (docs/design.md §4.6).
  *
- * Every state-changing commit of a node writes one of its "writer tables" (a member's clean
- * timestamp; the sequencer's events and member heads). A SHARE lock on them waits for the commits
+ * Every commit that changes what the manifest records of a node writes one of its "writer tables"
+ * (WRITER_TABLES). A SHARE lock on them waits for the commits
  * that got there first (their WAL precedes the restore point) and holds back later ones until the
  * transaction ends (their WAL follows it). So recovery to the restore point's name yields exactly
  * the position read under the lock. pg_create_restore_point writes WAL at once, whatever the
  * transaction, which is why it runs before COMMIT.
  */
+import { setTimeout as sleep } from "node:timers/promises";
 import type { NodeKind } from "../../common/config-schema.ts";
 import type { DbSession } from "../../storage/db.ts";
 
-/** The tables a node's writer commits to with every change of its position. */
+/**
+ * The tables whose rows make up what the manifest records of a node: its position (a member's clean
+ * timestamp and stored events, a participant's ledger end; the sequencer's events, member heads,
+ * deliveries, members and state) and its identity (node state, registration, keys). Locked only
+ * where they exist (a node that never started has no keys table yet).
+ */
 export const WRITER_TABLES: Record<NodeKind, readonly string[]> = {
-  participant: ["sequencer_client_clean"],
-  mediator: ["sequencer_client_clean"],
-  sequencer: ["sequencer_events", "sequencer_member_heads"],
+  participant: [
+    "sequencer_client_clean",
+    "sequencer_client_events",
+    "participant_ledger_end",
+    "sequencer_client_registration",
+    "node_state",
+    "crypto_private_keys",
+  ],
+  mediator: [
+    "sequencer_client_clean",
+    "sequencer_client_events",
+    "sequencer_client_registration",
+    "node_state",
+    "crypto_private_keys",
+  ],
+  sequencer: [
+    "sequencer_events",
+    "sequencer_member_heads",
+    "sequencer_deliveries",
+    "sequencer_members",
+    "sequencer_state",
+    "node_state",
+    "crypto_private_keys",
+  ],
 };
+
+/** PostgreSQL's lock_not_available (lock_timeout expired). */
+const LOCK_NOT_AVAILABLE = "55P03";
+/** Below deadlock_timeout (1 s): a writer that waits on us while we wait on it is never the one aborted. */
+const ATTEMPT_LOCK_TIMEOUT = "300ms";
 
 /** PostgreSQL keeps restore point names to 63 bytes (MAXFNAMELEN - 1). */
 export const RESTORE_POINT_NAME_MAX = 63;
 
-/** Begins a transaction on `session` and blocks the node's writer (see the file comment). */
-export async function lockWriter(session: DbSession, kind: NodeKind, lockTimeout = "30s"): Promise<void> {
-  await session.execute("BEGIN");
-  await session.execute(`SET LOCAL lock_timeout = '${lockTimeout.replace(/[^0-9a-z]/g, "")}'`);
-  for (const table of WRITER_TABLES[kind]) await session.execute(`LOCK TABLE ${table} IN SHARE MODE`);
+/**
+ * Begins a transaction on `session` and blocks the node's writer (see the file comment). The locks
+ * are taken with a short lock_timeout and retried: a writer transaction holding one of the tables
+ * while it waits for another we hold would otherwise deadlock, and PostgreSQL could abort the
+ * writer's side (a node error); this way our attempt gives up first and the writer goes on.
+ */
+export async function lockWriter(session: DbSession, kind: NodeKind, within = 30_000): Promise<void> {
+  const deadline = Date.now() + within;
+  for (;;) {
+    await session.execute("BEGIN");
+    try {
+      const present = await session.query<{ name: string }>(
+        "SELECT t AS name FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL",
+        [[...WRITER_TABLES[kind]]],
+      );
+      await session.execute(`SET LOCAL lock_timeout = '${ATTEMPT_LOCK_TIMEOUT}'`);
+      await session.execute(`LOCK TABLE ${present.map((p) => p.name).join(", ")} IN SHARE MODE`);
+      return;
+    } catch (error) {
+      await session.execute("ROLLBACK").catch(() => {});
+      const code = (error as { code?: string }).code ?? (error as { cause?: { code?: string } }).cause?.code;
+      if (code !== LOCK_NOT_AVAILABLE || Date.now() > deadline) throw error;
+      await sleep(20 + Math.random() * 80);
+    }
+  }
 }
 
 /** Writes the restore point; the caller commits after. Returns its LSN and the server's time. */
