@@ -18,9 +18,8 @@
 import { appendFileSync, chownSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { performance } from "node:perf_hooks";
-import { setTimeout as sleep } from "node:timers/promises";
-import pg from "pg";
 import { type PgBackRestBackup, parseInfo } from "../src/backup/pgbackrest/pgbackrest-info.ts";
+import { waitForPromotion } from "../src/backup/pgbackrest/scratch-restore.ts";
 import { LocalPostgres } from "../src/storage/local-postgres.ts";
 import { createPgDb } from "../src/storage/pg-db.ts";
 import { makeTraversable, postgresOsUser } from "../src/storage/server-process.ts";
@@ -222,20 +221,8 @@ async function rawRestore(stanza: Stanza, label: string): Promise<Timing & { res
     ]);
     appendFileSync(join(cluster.dataDir, "postgresql.auto.conf"), SCRATCH_SETTINGS);
     await cluster.start();
-    for (;;) {
-      const client = new pg.Client({ connectionString: cluster.connectionUrl("postgres") });
-      client.on("error", () => {});
-      try {
-        await client.connect();
-        const row = await client.query<{ r: boolean }>("SELECT pg_is_in_recovery() AS r");
-        if (!row.rows[0]?.r) break;
-      } catch {
-        // starting up: look again
-      } finally {
-        await client.end().catch(() => {});
-      }
-      await sleep(100);
-    }
+    // The raw baseline waits as Lockstep's scratch restore does: until the server promoted itself.
+    await waitForPromotion(cluster, Date.now() + 30 * 60_000);
     const wall = (performance.now() - started) / 1000;
     return { wall, cpu: restore.cpu, stdout: "", lines: [], restore: restore.wall };
   } finally {

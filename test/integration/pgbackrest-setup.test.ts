@@ -12,6 +12,7 @@ import { isLockstepError } from "../../src/common/errors.ts";
 import { silentLogger } from "../../src/common/logging.ts";
 import { embeddedClusterDir } from "../../src/node/node-database.ts";
 import { LocalPostgres } from "../../src/storage/local-postgres.ts";
+import { waitFor } from "../support/wait.ts";
 
 // `backup setup` and `backup check` on a real embedded cluster and the real pgBackRest: a fresh
 // cluster is refused (not archiving, no stanza), setup switches archiving on (one restart) and
@@ -68,12 +69,17 @@ test("a fresh cluster is refused, setup makes it archive, check proves it, a bro
   // The archiver tries (and fails) once a segment is complete.
   await sql(cluster.url, "SELECT txid_current()");
   await sql(cluster.url, "SELECT pg_switch_wal()");
-  const deadline = Date.now() + 30_000;
-  let archiver = broken.findings.find((f) => f.check === "archiver");
-  while (archiver?.ok !== false && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 500));
-    archiver = (await checkNode(config, participant, logger)).findings.find((f) => f.check === "archiver");
-  }
+  const archiver = await waitFor(
+    "the archiver to report its failure",
+    async () => {
+      const found = (await checkNode(config, participant, logger)).findings.find(
+        (f) => f.check === "archiver",
+      );
+      return found?.ok === false ? found : undefined;
+    },
+    30_000,
+    500,
+  );
   assert.equal(archiver?.ok, false, JSON.stringify(archiver));
   assert.match(archiver?.detail ?? "", /failed after the last success/);
 });

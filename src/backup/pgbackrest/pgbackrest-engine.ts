@@ -99,6 +99,8 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
   /** pgBackRest commands on one stanza run one at a time (its own stanza lock would refuse). */
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly verifyReports = new Map<string, Promise<VerifyReport>>();
+  /** Made (and its config file written) once per stanza and run. */
+  private readonly stanzas = new Map<string, PgBackRest>();
 
   constructor(
     private readonly config: LockstepConfig,
@@ -230,10 +232,14 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     }
   }
 
-  /** pgBackRest for a stanza a record names (its config file rewritten: the data dir may be new). */
+  /** pgBackRest for a stanza a record names (its config file written on first use: the data dir may be new). */
   pgbackrest(stanza: string): PgBackRest {
-    const pgbackrest = stanzaPgBackRest(this.config, this.entries, stanza, this.logger);
-    pgbackrest.prepare();
+    let pgbackrest = this.stanzas.get(stanza);
+    if (!pgbackrest) {
+      pgbackrest = stanzaPgBackRest(this.config, this.entries, stanza, this.logger);
+      pgbackrest.prepare();
+      this.stanzas.set(stanza, pgbackrest);
+    }
     return pgbackrest;
   }
 
