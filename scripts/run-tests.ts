@@ -17,6 +17,8 @@ interface FileResult {
   passed: number;
   failed: number;
   exitCode: number;
+  /** For a failed file: the test runner's failure details, re-printed at the very end. */
+  failures?: string;
 }
 
 const DIRS = ["test/unit", "test/integration", "test/scenarios"];
@@ -53,9 +55,21 @@ function runFile(file: string): Promise<FileResult> {
       process.stdout.write(`\n=== ${file} (${seconds.toFixed(1)} s)\n${output}`);
       const exitCode = code ?? (signal ? 128 : 1);
       const failed = count(output, "fail") + (exitCode !== 0 && count(output, "fail") === 0 ? 1 : 0);
-      resolve({ file, seconds, passed: count(output, "pass"), failed, exitCode });
+      const result: FileResult = { file, seconds, passed: count(output, "pass"), failed, exitCode };
+      if (failed > 0) result.failures = failureDetails(output);
+      resolve(result);
     });
   });
+}
+
+/**
+ * The spec reporter's "failing tests" section (assertion, expected/actual, stack), else the output's
+ * tail: printed again after the summary, since CI logs are often read from their end.
+ */
+function failureDetails(output: string): string {
+  const at = output.lastIndexOf("✖ failing tests:");
+  const lines = (at >= 0 ? output.slice(at) : output).split("\n");
+  return (at >= 0 ? lines.slice(0, 120) : lines.slice(-80)).join("\n");
 }
 
 /** Longest first, so a long scenario does not start last and leave the other slot idle. */
@@ -87,6 +101,9 @@ async function main(): Promise<void> {
   }
   const wall = ((Date.now() - started) / 1000).toFixed(1);
   process.stdout.write(`total ${wall} s for ${results.length} files\n`);
+  for (const r of results.filter((x) => x.failed > 0)) {
+    process.stdout.write(`\n--- ${r.file}: what failed\n${r.failures ?? ""}\n`);
+  }
   for (const r of results.filter((x) => x.failed > 0)) process.stdout.write(`failed: ${r.file}\n`);
   process.stdout.write(`${passed} passed, ${failed} failed\n`);
   process.exitCode = failed > 0 ? 1 : 0;
