@@ -5,15 +5,17 @@
 // every node process starts this way). The bundle is rebuilt (≈ 0.2 s) whenever a source is newer;
 // tsx runs the sources directly when it cannot be built or written, or with LOCKSTEP_TSX=1.
 //
-// The bundle sits two folders below the root (node_modules/.cache/), as src/<folder>/<file>.ts do,
-// so the few `new URL("../../…", import.meta.url)` in the sources resolve to the same files.
+// The bundle sits two folders below the root (bin/.bundle/), as src/<folder>/<file>.ts do, so the
+// few `new URL("../../…", import.meta.url)` in the sources resolve to the same files — inside this
+// checkout, also when node_modules is a link to another one's.
 import { mkdirSync, readdirSync, renameSync, statSync, utimesSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const src = join(root, "src");
-const bundle = join(root, "node_modules", ".cache", "lockstep-cli.mjs");
+const bundleDir = join(root, "bin", ".bundle");
+const bundle = join(bundleDir, "lockstep-cli.mjs");
 
 function mtime(path) {
   try {
@@ -39,7 +41,7 @@ async function freshBundle() {
   if (built !== undefined && built >= newest) return bundle;
   try {
     const { buildSync } = await import("esbuild");
-    mkdirSync(join(root, "node_modules", ".cache"), { recursive: true });
+    mkdirSync(bundleDir, { recursive: true });
     // Built beside it and renamed: processes starting at once never read a half-written bundle.
     const tmp = `${bundle}.${process.pid}.tmp`;
     buildSync({
