@@ -14,6 +14,7 @@ import { type NodeSnapshotInfo, readNodeSnapshotInfo } from "./node-position.ts"
 import { type NodeCluster, nodeCluster, requireSetUp } from "./pgbackrest/node-cluster.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
 import { createRestorePoint, lockWriter } from "./pgbackrest/restore-point.ts";
+import { waitWalArchived } from "./pgbackrest/wal-archived.ts";
 import { beginPointSet, lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
 
 // Network-wide checkpoints (issue 14, docs/restore.md "Point-in-time recovery"): a named restore
@@ -248,11 +249,11 @@ async function checkpointInto(
       }
     }
   }
-  // A restore point is a target only once its WAL is in the repository (check switches and waits).
-  for (const stanza of stanzas) {
-    const entry = entries.find((e) => stanzaOf(e) === stanza) as NodeEntry;
-    progress(`${stanza}: archiving the WAL up to the restore point`);
-    await (clusters.get(entry.name) as NodeCluster).pgbackrest.check();
+  // A restore point is a target only once its WAL is in the repository.
+  for (const point of points) {
+    const entry = entries.find((e) => stanzaOf(e) === point.cluster) as NodeEntry;
+    progress(`${point.cluster}: archiving the WAL up to the restore point`);
+    await waitWalArchived(clusters.get(entry.name) as NodeCluster, point.lsn);
   }
   const manifest = await writePointSet({
     config,

@@ -225,13 +225,21 @@ export class PgBackRest {
 
   /** Takes a backup; returns it as `info` describes it (label, LSNs, the backup it references, …). */
   async backup(type: PgBackRestBackupType, options: CommandOptions = {}): Promise<PgBackRestBackup> {
-    const before = new Set((await this.info(options)).backups.map((b) => b.label));
     const started = Date.now();
-    await this.exec("backup", [`--type=${type}`], options);
-    const created = (await this.info(options)).backups.filter((b) => !before.has(b.label));
-    const backup = created.at(-1);
+    // The label from the backup's own output (INFO "new backup label = …"): one `info` fewer than
+    // diffing the list before and after, and right even when another process backs up just after.
+    const result = await this.exec("backup", [`--type=${type}`, "--log-level-console=info"], options);
+    const label = /new backup label = (\S+)/.exec(result.stdout)?.[1];
+    const backup =
+      label === undefined
+        ? undefined
+        : (await this.info({ ...options, set: label })).backups.find((b) => b.label === label);
     if (!backup) {
-      throw this.failed("backup", 0, "the backup succeeded, but `info` lists no new backup set");
+      throw this.failed(
+        "backup",
+        0,
+        `the backup succeeded, but \`info\` does not list it (${label ?? "no label printed"})`,
+      );
     }
     this.logger.info(
       { stanza: this.stanza, label: backup.label, type, ms: Date.now() - started },

@@ -31,6 +31,7 @@ import type { RestoreTarget as CliRestoreTarget, PgBackRest } from "./pgbackrest
 import type { PgBackRestBackup, PgBackRestBackupType, VerifyReport } from "./pgbackrest-info.ts";
 import { atRestorePoint, RESTORE_POINT_NAME_MAX, walSegmentOf } from "./restore-point.ts";
 import { restoreToScratch } from "./scratch-restore.ts";
+import { waitWalArchived } from "./wal-archived.ts";
 
 /** The pgbackrest engine's options (config `backup.pgbackrest`, `backup create --type`). */
 export interface PgBackRestEngineOptions {
@@ -138,10 +139,9 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     } finally {
       await db.close();
     }
-    // The restore point is only a target once its WAL is in the repository: `check` switches the
-    // WAL segment and waits until pgBackRest archived it.
+    // The restore point is only a target once its WAL is in the repository.
     request.onStep?.(`archiving the WAL up to ${point.lsn}`);
-    await this.queued(stanza, () => pgbackrest.check());
+    await this.queued(stanza, () => waitWalArchived(cluster, point.lsn));
     const record: PgBackRestRecord = {
       name: this.name,
       stanza,
