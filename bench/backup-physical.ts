@@ -197,11 +197,21 @@ export async function physicalBackups(stanza: Stanza, url: string): Promise<Phys
 const SCRATCH_SETTINGS = "\narchive_mode = 'off'\nunix_socket_directories = ''\n";
 
 /**
- * The raw physical restore: `pgbackrest restore` into an empty directory, then a server started on
- * it (pg_ctl start -w, fsync off as Lockstep's scratch cluster) until recovery ended and it promoted.
- * Archiving off in the copy, as Lockstep does: it would otherwise push its new timeline into the stanza.
+ * The raw physical restore, run by hand with the options Lockstep's restore passes (issue 14: "the
+ * raw tool with the same options"): `pgbackrest restore --set=<label> --type=name --target=<the set's
+ * restore point> --target-timeline=<its timeline> --target-action=promote --db-include=<the node's
+ * database>` into an empty directory, then a server started on it (pg_ctl start -w) until recovery
+ * ended and it promoted. With fsync on, as an operator's restore of a live cluster runs (Lockstep's
+ * in-place restore does; its scratch cluster runs with fsync off). Archiving off in the copy: it
+ * would otherwise push its new timeline into the stanza.
  */
-async function rawRestore(stanza: Stanza, label: string): Promise<Timing & { restore: number }> {
+interface RawTarget {
+  label: string;
+  restorePoint: string;
+  timeline?: number;
+}
+
+async function rawRestore(stanza: Stanza, target: RawTarget): Promise<Timing & { restore: number }> {
   const dir = join(base, "raw-restore");
   const owner = postgresOsUser();
   mkdirSync(dir, { mode: 0o700 });
@@ -209,14 +219,17 @@ async function rawRestore(stanza: Stanza, label: string): Promise<Timing & { res
     chownSync(dir, owner.uid, owner.gid);
     makeTraversable(base, owner);
   }
-  const cluster = new LocalPostgres({ dir, fsync: false });
+  const cluster = new LocalPostgres({ dir });
   try {
     const started = performance.now();
     const restore = await pgbackrest(stanza, [
       "restore",
-      `--set=${label}`,
-      "--type=immediate",
+      `--set=${target.label}`,
+      "--type=name",
+      `--target=${target.restorePoint}`,
+      ...(target.timeline ? [`--target-timeline=${target.timeline}`] : []),
       "--target-action=promote",
+      `--db-include=${NODE}`,
       `--pg1-path=${cluster.dataDir}`,
     ]);
     appendFileSync(join(cluster.dataDir, "postgresql.auto.conf"), SCRATCH_SETTINGS);
@@ -270,9 +283,14 @@ export async function physicalRestores(
   const descriptor = JSON.parse(
     readFileSync(join(repository, fullSet, `${NODE}.pgbackrest.json`), "utf8"),
   ) as {
-    record: { label: string };
+    record: { label: string; target: { name: string; timeline?: number } };
   };
   const label = descriptor.record.label;
+  const target: RawTarget = {
+    label,
+    restorePoint: descriptor.record.target.name,
+    timeline: descriptor.record.target.timeline,
+  };
   const raw: (Timing & { restore: number })[] = [];
   const inPlace: Timing[] = [];
   const scratch: Timing[] = [];
@@ -283,7 +301,7 @@ export async function physicalRestores(
   };
   const apply = () => lockstep(["restore", "apply", fullSet, "--nodes", NODE, "--yes"]);
   for (let run = 0; run < RESTORE_RUNS; run++) {
-    const r = await rawRestore(stanza, label);
+    const r = await rawRestore(stanza, target);
     raw.push(r);
     const rawOwn = loggedSeconds(stanza, "restore");
     await dropTarget();
