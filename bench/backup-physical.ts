@@ -10,8 +10,9 @@
  *     `pgbackrest backup --type=incr`; and the incremental's time as a share of the full's;
  *   - restore: `lockstep restore apply SET --nodes participant1 --yes` of the last Lockstep full set,
  *     into an empty target (the participant database is dropped first, untimed), beside the raw
- *     `pgbackrest restore --set=<that set's label> --type=immediate --target-action=promote` into an
- *     empty directory plus starting a server on it until it promoted itself. Lockstep restores both
+ *     `pgbackrest restore` with the options Lockstep passes (that set's label, its restore point as
+ *     the target, `--db-include` of the node's database) into an empty directory plus starting a
+ *     server on it until it promoted itself. Lockstep restores both
  *     ways it can: in place (the embedded cluster holds nothing else) and through a scratch cluster
  *     and a logical copy (another database beside it); each broken down from its progress lines.
  */
