@@ -30,7 +30,7 @@ writeFileSync(
       sequencer: { name: "sequencer1", port: 4901 },
       mediator: { name: "mediator1", port: 4902 },
     },
-    participants: [{ name: NODE, port: 4911 }],
+    participants: [{ name: NODE, port: 4911, "ledger-api": { auth: { type: "off" } } }],
     backup: { repository, format: FORMAT, jobs: 2 },
   }),
 );

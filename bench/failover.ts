@@ -98,7 +98,7 @@ async function startNetwork(): Promise<Network> {
         sequencer: { name: "sequencer1", port: ports.sequencer },
         mediator: { name: "mediator1", port: ports.mediator },
       },
-      participants: [{ name: NODE, port: ports.p1 }],
+      participants: [{ name: NODE, port: ports.p1, "ledger-api": { auth: { type: "off" } } }],
       backup: { repository: join(base, "backups") },
     }),
   );

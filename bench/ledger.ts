@@ -265,8 +265,8 @@ async function main(): Promise<void> {
         mediator: { name: "mediator1", port: ports.mediator },
       },
       participants: [
-        { name: "participant1", port: ports.p1 },
-        { name: "participant2", port: ports.p2 },
+        { name: "participant1", port: ports.p1, "ledger-api": { auth: { type: "off" } } },
+        { name: "participant2", port: ports.p2, "ledger-api": { auth: { type: "off" } } },
       ],
       backup: { repository: join(base, "backups") },
     }),

@@ -80,6 +80,7 @@ export async function syncStandbySection(): Promise<ThroughputFigure[]> {
           {
             name: "participant1",
             port: ports.p1,
+            "ledger-api": { auth: { type: "off" } },
             // Phase 2 runs without the standby on purpose: the check would only repeat that.
             storage: { url: pg.primary.url("bench_participant1"), replication: { check: "off" } },
           },

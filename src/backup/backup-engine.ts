@@ -96,9 +96,10 @@ export interface BackupEngine<
   /**
    * A cheap check that the artifact can be restored now, beyond the set's own files (pgbackrest: the
    * backup and the WAL to its target are still in pgBackRest's repository); `restore plan` runs it.
-   * Returns what it saw; throws a LockstepError when the restore would fail.
+   * Returns what it saw (null: nothing to check for this artifact); throws a LockstepError when
+   * the restore would fail (pg-dump: an encrypted artifact's key is not configured).
    */
-  preflight?(artifact: Artifact<R>): Promise<string>;
+  preflight?(artifact: Artifact<R>): Promise<string | null>;
   /** Restores an artifact into a target of the kind it takes, empty unless `options.clean`. */
   restore(artifact: Artifact<R>, target: RestoreTargetOf<K>, options?: RestoreOptions): Promise<void>;
 }

@@ -1,3 +1,4 @@
+import { join } from "node:path";
 import {
   BACKUP_ENGINES,
   type BackupEngineName,
@@ -7,6 +8,7 @@ import {
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { Artifact, BackupEngine } from "./backup-engine.ts";
+import { BackupKeys } from "./backup-keys.ts";
 import type { BackupFormat } from "./manifest.ts";
 import { PgDumpEngine } from "./pg-dump-engine.ts";
 import { PgBackRestEngine } from "./pgbackrest/pgbackrest-engine.ts";
@@ -55,7 +57,13 @@ export type EngineFactories = Partial<Record<BackupEngineName, EngineFactory>>;
 const FACTORIES: EngineFactories = {
   "pg-dump": (config, overrides, logger) =>
     new PgDumpEngine(
-      { format: overrides.format ?? config.backup.format, jobs: overrides.jobs ?? config.backup.jobs },
+      {
+        format: overrides.format ?? config.backup.format,
+        jobs: overrides.jobs ?? config.backup.jobs,
+        keys: new BackupKeys(config.backup.encryption),
+        // Plaintext a tool needs on disk goes beside the data it came from, never into the repository.
+        scratchDir: join(config["data-dir"], "backup-scratch"),
+      },
       logger,
     ),
   pgbackrest: (config, overrides, logger) =>
@@ -77,9 +85,21 @@ export class BackupEngines {
     private readonly factories: EngineFactories = FACTORIES,
   ) {}
 
-  /** The engine that backs up this node; BACKUP_ENGINE_UNAVAILABLE when this build has none of that name. */
+  /**
+   * The engine that backs up this node; BACKUP_ENGINE_UNAVAILABLE when this build has none of that
+   * name, BACKUP_ENCRYPTION_UNSUPPORTED when backup.encryption is set and it is not pg-dump.
+   */
   forNode(entry: NodeEntry): RuntimeEngine {
     const choice = chooseEngine(this.config, entry, this.overrides.engine);
+    // Only the pg-dump engine encrypts through Lockstep; a set must never be plain by surprise.
+    if (this.config.backup.encryption && choice.engine !== "pg-dump") {
+      throw new LockstepError("BACKUP_ENCRYPTION_UNSUPPORTED", {
+        engine: choice.engine,
+        chosenBy: choice.chosenBy,
+      });
+    }
+    // A key file that cannot be used refuses the run before a set is begun (BACKUP_KEY_FILE_INVALID).
+    new BackupKeys(this.config.backup.encryption).current();
     return this.get(choice.engine, choice.chosenBy);
   }
 

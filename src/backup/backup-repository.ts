@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { LockstepError } from "../common/errors.ts";
@@ -17,11 +17,14 @@ import {
   sealManifest,
   type UnsignedManifest,
 } from "./manifest.ts";
+import { looseModes, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenTree } from "./owner-only.ts";
 
 export const MANIFEST_FILE = "manifest.json";
 export const VERIFICATION_FILE = "verification.json";
 /** Marks a set being written: who writes it, so a later run can tell a crashed writer from a live one. */
 const IN_PROGRESS_FILE = "in-progress.json";
+/** pgBackRest's own repository inside this one (pgbackrest-config.ts pgBackRestRepoPath). */
+const PGBACKREST_DIR = "pgbackrest";
 const SET_ID = /^\d{8}T\d{6}Z-[0-9a-z]+$/;
 
 /** The last verification of a set (written beside the manifest; the manifest stays immutable). */
@@ -51,12 +54,16 @@ export function newSetId(now: Date = new Date()): string {
   return `${stamp}-${randomBytes(3).toString("hex")}`;
 }
 
-/** Writes a file so that readers see the old content or the new, never a part: temp, fsync, rename, fsync dir. */
+/**
+ * Writes a file so that readers see the old content or the new, never a part: temp, fsync, rename,
+ * fsync dir. Owner-only (0600, set on the handle whatever the umask): what it writes is a backup's.
+ */
 export async function writeFileAtomic(path: string, content: string): Promise<void> {
   const dir = resolve(path, "..");
   const temp = `${path}.tmp-${process.pid}-${randomBytes(4).toString("hex")}`;
-  const handle = await open(temp, "w", 0o644);
+  const handle = await open(temp, "w", PRIVATE_FILE_MODE);
   try {
+    await handle.chmod(PRIVATE_FILE_MODE);
     await handle.writeFile(content, "utf8");
     await handle.sync();
   } finally {
@@ -162,15 +169,23 @@ export class BackupRepository {
    * in-progress marker naming this process.
    */
   async beginSet(now: Date = new Date()): Promise<string> {
-    await mkdir(this.dir, { recursive: true });
+    // A new repository: 0700 whatever the umask. An existing one is tightened, its root keeping
+    // the search bit pgBackRest's user was given (tighten).
+    if (await mkdir(this.dir, { recursive: true, mode: PRIVATE_DIR_MODE }))
+      await chmod(this.dir, PRIVATE_DIR_MODE);
+    await this.tighten();
     await this.cleanIncomplete();
     const id = newSetId(now);
     const dir = this.setDir(id);
-    await mkdir(dir);
+    await mkdir(dir, { mode: PRIVATE_DIR_MODE });
+    await chmod(dir, PRIVATE_DIR_MODE);
+    const marker = join(dir, IN_PROGRESS_FILE);
     await writeFile(
-      join(dir, IN_PROGRESS_FILE),
+      marker,
       JSON.stringify({ pid: process.pid, host: hostname(), startedAt: now.toISOString() }),
+      { mode: PRIVATE_FILE_MODE },
     );
+    await chmod(marker, PRIVATE_FILE_MODE);
     await fsyncPath(this.dir);
     return id;
   }
@@ -179,10 +194,34 @@ export class BackupRepository {
   async completeSet(manifest: UnsignedManifest): Promise<Manifest> {
     const sealed = sealManifest(manifest);
     const dir = this.setDir(manifest.id);
+    // Whatever an engine wrote into the set (pgbackrest's descriptors, with their tool's modes).
+    await tightenTree(dir);
     await fsyncPath(dir);
     await writeFileAtomic(join(dir, MANIFEST_FILE), `${JSON.stringify(sealed, null, 2)}\n`);
     await rm(join(dir, IN_PROGRESS_FILE), { force: true });
     return sealed;
+  }
+
+  /**
+   * Makes an existing repository owner-only (docs/backup.md "Who can read a backup"): every
+   * directory 0700 and file 0600 of Lockstep's, pgBackRest's folder left to its engine, the root
+   * keeping search bits when that folder exists (pgBackRest's user reaches it through the root).
+   * Every write (beginSet) runs it; returns what it changed, each also logged.
+   */
+  async tighten(): Promise<string[]> {
+    const changed = await tightenTree(this.dir, this.treeOptions());
+    for (const path of changed) this.logger.warn({ path }, "made backup repository path owner-only");
+    return changed;
+  }
+
+  /** Paths in the repository that others than its owner can access (`backup verify` warns of them). */
+  async loosePaths(): Promise<string[]> {
+    return looseModes(this.dir, this.treeOptions());
+  }
+
+  private treeOptions() {
+    const pgbackrest = existsSync(join(this.dir, PGBACKREST_DIR));
+    return { skip: [PGBACKREST_DIR], rootSearch: pgbackrest };
   }
 
   /** Gives up a set being written (e.g. a dump failed): removes its folder. */

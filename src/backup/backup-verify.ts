@@ -38,6 +38,14 @@ function mismatch(check: Exclude<FileCheck, { ok: true }>, file: ManifestFile): 
   return `SHA-256 ${check.sha256.slice(0, 16)}…, manifest says ${file.sha256.slice(0, 16)}…`;
 }
 
+/** Failures of a verify tier reported with their own code rather than as BACKUP_CORRUPTED. */
+const OWN_VERDICTS: ReadonlySet<string> = new Set([
+  "BACKUP_AUTHENTICATION_FAILED",
+  "BACKUP_KEY_MISSING",
+  "BACKUP_KEY_MISMATCH",
+  "BACKUP_KEY_FILE_INVALID",
+]);
+
 /** Size and SHA-256 of every file of every node, each against the manifest; the problems found. */
 export async function checkFiles(
   repository: BackupRepository,
@@ -61,7 +69,8 @@ export async function checkFiles(
 /**
  * `lockstep backup verify SET [--drill]` (docs/design.md §4.6), tier by tier, each only once the one
  * before passed: the manifest's checksum (on read), every file's size and SHA-256, each engine's own
- * tiers on its artifacts (pg-dump: `pg_restore --list`), and with --drill a restore of each node into
+ * tiers on its artifacts (pg-dump: every chunk of an encrypted artifact authenticated, then
+ * `pg_restore --list`), and with --drill a restore of each node into
  * a scratch database with ledger invariant checks. The result is recorded beside the manifest
  * (verification.json); a failure throws BACKUP_CORRUPTED / BACKUP_DRILL_FAILED naming what broke.
  */
@@ -70,15 +79,28 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
   const started = Date.now();
   const manifest = await repository.readManifest(setId);
   progress(`${setId}: manifest checksum ok`);
+  // Backups are secrets: a repository written before they were kept owner-only is tightened now.
+  const loose = await repository.loosePaths();
+  if (loose.length > 0) {
+    progress(
+      `WARNING: ${loose.length} path(s) in ${repository.dir} were readable by others than their owner (e.g. ${loose[0]}): made owner-only`,
+    );
+    await repository.tighten();
+  }
   const { problems, files } = await checkFiles(repository, manifest, progress);
   let listed = 0;
+  // A tier's own verdict (an encrypted artifact that fails authentication, a key not configured).
+  let verdict: LockstepError | undefined;
   if (problems.length === 0) {
     for (const node of manifest.nodes) {
       const artifact = repository.artifact(setId, node);
       const { lines, failure } = await options.engines.forArtifact(artifact).verify(artifact);
       for (const line of lines) progress(`${node.name}: ${line}`);
-      if (failure) problems.push(`${node.artifact}: ${failure.problem}`);
-      else listed++;
+      if (failure) {
+        problems.push(`${node.artifact}: ${failure.problem}`);
+        if (!verdict && failure.error instanceof LockstepError && OWN_VERDICTS.has(failure.error.code))
+          verdict = failure.error;
+      } else listed++;
     }
   }
   let drill: VerifyResult["drill"] = null;
@@ -97,6 +119,8 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
     drill = result.nodes;
     drillProblems = result.problems;
   }
+  // A key the config lacks says nothing of the set: nothing recorded (backup list keeps its last verdict).
+  if (verdict && verdict.code !== "BACKUP_AUTHENTICATION_FAILED") throw verdict;
   const all = [...problems, ...drillProblems];
   const level = options.drill && problems.length === 0 ? "drill" : "checksums";
   const durationMs = Date.now() - started;
@@ -108,6 +132,7 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
     problems: all,
     durationMs,
   });
+  if (verdict) throw verdict;
   if (problems.length > 0) {
     throw new LockstepError("BACKUP_CORRUPTED", {
       set: setId,

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { z } from "zod";
 import { canonicalJson } from "../common/canonical-json.ts";
+import { ARTIFACT_CIPHER } from "./artifact-cipher.ts";
 
 /**
  * The manifest of a backup set (docs/design.md §4.1): what each node's artifact holds and where the
@@ -79,6 +80,17 @@ export const pgDumpRecordSchema = z.object({
   format: z.enum(BACKUP_FORMATS),
   /** Parallel pg_dump jobs (directory format only, the only one that runs them). */
   jobs: z.number().int().min(1).optional(),
+  /**
+   * Each file of the artifact encrypted (artifact-cipher.ts) under the backup key with this
+   * fingerprint (never the key); absent: plain, so plain sets keep their manifests' bytes.
+   */
+  encryption: z
+    .object({
+      cipher: z.literal(ARTIFACT_CIPHER),
+      keyFingerprint: z.string().regex(/^[0-9a-f]{16}$/, "16 lower-case hex digits"),
+      chunkBytes: z.number().int().min(1),
+    })
+    .optional(),
 });
 export type PgDumpRecord = z.infer<typeof pgDumpRecordSchema>;
 /**

@@ -1,5 +1,5 @@
 import type { Client } from "@connectrpc/connect";
-import type { NodeEntry } from "../common/config-schema.ts";
+import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import type { ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError, type MetadataFor, toLockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier } from "../common/ids.ts";
@@ -12,7 +12,7 @@ import type {
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import type { Artifact } from "./backup-engine.ts";
 import { checkFile } from "./file-hash.ts";
-import type { Manifest, NodeBackup } from "./manifest.ts";
+import { type Manifest, type NodeBackup, nodeEngine } from "./manifest.ts";
 import type { TargetState } from "./restore-target.ts";
 import type { RuntimeEngine } from "./runtime-engine.ts";
 
@@ -108,6 +108,18 @@ export async function checkArtifact(
       remedy: failure.remedy,
     };
   }
+}
+
+/**
+ * A pg-dump artifact stored in plain while the config encrypts backups: expected for a set made
+ * before encryption was enabled, but also what a rewritten manifest would declare to slip a plain
+ * dump in (its checksum is no signature). A warning, for the operator to judge.
+ */
+export function checkEncrypted(config: LockstepConfig, set: string, node: NodeBackup): RestoreCheck | null {
+  const record = nodeEngine(node);
+  if (!config.backup.encryption || record.name !== "pg-dump") return null;
+  if (record.encryption) return null; // the artifact check names its key
+  return failed(node.name, "encryption", "warn", "BACKUP_NOT_ENCRYPTED", { set, artifact: node.artifact });
 }
 
 /**

@@ -16,6 +16,7 @@ import {
   checkAgainstSequencer,
   checkArtifact,
   checkChecksums,
+  checkEncrypted,
   checkKeys,
   checkOrder,
   checkStranded,
@@ -109,6 +110,8 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     const artifact = repository.artifact(set, backup);
     const present = await checkArtifact(engines.forArtifact(artifact), artifact, backup);
     if (present) checks.push(present);
+    const plain = checkEncrypted(config, set, backup);
+    if (plain) checks.push(plain);
     checks.push(checkWrapperKey(backup, entry));
     checks.push(checkOrder(manifest, backup, restoresSequencer));
     if (!restoresSequencer && backup.kind !== "sequencer" && live) {

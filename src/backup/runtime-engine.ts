@@ -62,22 +62,24 @@ export class RuntimeEngine implements BackupEngine {
 
   /** The engine's preflight (see BackupEngine.preflight); null when it has none. */
   async preflightCheck(artifact: Artifact): Promise<string | null> {
-    return this.engine.preflight ? this.engine.preflight(artifact) : null;
+    return this.engine.preflight ? await this.engine.preflight(artifact) : null;
   }
 
   /**
    * The engine's own verify tiers, in order, each only after the one before passed: the lines they
    * report, or the first failure as `{ tier, problem }`.
    */
-  async verify(
-    artifact: Artifact,
-  ): Promise<{ lines: string[]; failure: { tier: string; problem: string } | null }> {
+  async verify(artifact: Artifact): Promise<{
+    lines: string[];
+    failure: { tier: string; problem: string; error: unknown } | null;
+  }> {
     const lines: string[] = [];
     for (const tier of this.engine.verifyTiers) {
       try {
         lines.push(await tier.check(artifact));
       } catch (error) {
-        return { lines, failure: { tier: tier.name, problem: (error as Error).message } };
+        // The error too: a tier's own code (BACKUP_AUTHENTICATION_FAILED, a missing key) is the verdict's.
+        return { lines, failure: { tier: tier.name, problem: (error as Error).message, error } };
       }
     }
     return { lines, failure: null };

@@ -8,6 +8,7 @@ import {
   sequencerRpc,
   withinRetentionUntil,
 } from "../backup/backup-holds.ts";
+import { createBackupKeyFile } from "../backup/backup-keys.ts";
 import { BackupRepository, type SetSummary } from "../backup/backup-repository.ts";
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
@@ -101,7 +102,7 @@ function restorable(s: ReturnType<typeof listEntry>): string {
   return `${s.hold === "held" ? "held" : "NO HOLD"}${until}`;
 }
 
-/** `lockstep backup create | list | verify | expire` (docs/cli.md; docs/design.md §4.1–4.3, §4.6). */
+/** `lockstep backup create | list | verify | key create | expire` (docs/cli.md; docs/design.md §4.1–4.3, §4.6). */
 export function registerBackupCommands(program: Command): void {
   const backup = program.command("backup").description("take, list, verify and expire backup sets");
   registerPgBackRestSetupCommands(backup);
@@ -266,6 +267,27 @@ export function registerBackupCommands(program: Command): void {
         [
           `backup set ${setId}: ok (${result.level}; ${result.files} files, ${result.listed} archives listed, ${(result.durationMs / 1000).toFixed(1)}s)`,
           ...(result.drill ?? []).map((d) => `  ${d.node}: ${d.checks.join("; ")}`),
+        ].join("\n"),
+      );
+    });
+
+  const key = backup.command("key").description("backup encryption keys (backup.encryption)");
+  key
+    .command("create")
+    .description(
+      "write a new backup key (32 random bytes as 64 hex digits) to FILE, owner-only; never overwrites a file",
+    )
+    .argument(
+      "<file>",
+      "where to write the key (keep a copy apart from the backups: without it no set opens)",
+    )
+    .action((file: string, _opts: unknown, command: Command) => {
+      const out = outputFor(command);
+      const created = createBackupKeyFile(file);
+      out.result({ path: created.source, fingerprint: created.fingerprint }, () =>
+        [
+          `backup key written to ${created.source} (fingerprint ${created.fingerprint})`,
+          "set backup.encryption.key-file to it; keep a copy somewhere else than the backups",
         ].join("\n"),
       );
     });

@@ -1,11 +1,14 @@
 import { accessSync, constants, mkdirSync, statSync } from "node:fs";
 import { resolve } from "node:path";
 import type { Command } from "commander";
+import { adminTokenFile, readAdminTokenFile } from "../common/admin-credentials.ts";
 import type { LoadedConfig } from "../common/config.ts";
 import { loadConfig } from "../common/config.ts";
 import type { NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
+import { configureClientTls } from "../common/tls-client.ts";
+import { registerNetworkAdminToken } from "../node/admin-token.ts";
 import { Output } from "./output.ts";
 
 export interface GlobalOptions {
@@ -21,10 +24,18 @@ export function outputFor(command: Command): Output {
   return new Output(Boolean(globalOptions(command).json));
 }
 
-/** The config per docs/cli.md: --config FILE, else $LOCKSTEP_CONFIG, else ./lockstep.yaml. */
-export function loadCliConfig(command: Command): Promise<LoadedConfig> {
+/**
+ * The config per docs/cli.md: --config FILE, else $LOCKSTEP_CONFIG, else ./lockstep.yaml. Admin
+ * calls to its nodes then carry the network's admin token ($LOCKSTEP_ADMIN_TOKEN, else the token
+ * file, read when first needed: `lockstep up` may create it after this).
+ */
+export async function loadCliConfig(command: Command): Promise<LoadedConfig> {
   const path = globalOptions(command).config ?? process.env.LOCKSTEP_CONFIG ?? "lockstep.yaml";
-  return loadConfig({ path: resolve(path) });
+  const loaded = await loadConfig({ path: resolve(path) });
+  registerNetworkAdminToken(loaded.config, () => readAdminTokenFile(adminTokenFile(loaded.config)));
+  // https to nodes with TLS: the network's CAs, the CLI's client certificate (tls-client.ts).
+  configureClientTls(loaded.config);
+  return loaded;
 }
 
 /**

@@ -94,8 +94,9 @@ export class DemoStory {
         mediator: { name: "mediator1", port: this.ports.mediator },
       },
       participants: [
-        { name: "participant1", port: this.ports.p1 },
-        { name: "participant2", port: this.ports.p2 },
+        // The embedded demo serves the Ledger API without auth, by explicit config (docs/security.md).
+        { name: "participant1", port: this.ports.p1, "ledger-api": { auth: { type: "off" } } },
+        { name: "participant2", port: this.ports.p2, "ledger-api": { auth: { type: "off" } } },
       ],
       backup: { repository: "backups", format: "custom" },
     };

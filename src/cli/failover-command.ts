@@ -131,7 +131,7 @@ export function registerFailoverCommand(program: Command): void {
         dataDir,
         name,
         port: entry.port,
-        endpoint: { ...endpoint, url: httpUrl(local, entry.port) },
+        endpoint: { ...endpoint, url: httpUrl(local, entry.port, endpoint.tls) },
         env: { [key.env]: opts.to },
       });
 
@@ -141,7 +141,7 @@ export function registerFailoverCommand(program: Command): void {
         out,
         entry,
         launched,
-        adminClient(entry.port, local),
+        adminClient(entry.port, local, { tls: endpoint.tls }),
       );
       out.info(
         `      active, pid ${launched.pid}, writer epoch ${status.writerEpoch} (was ${checked.writerEpoch})`,

@@ -1,7 +1,9 @@
+import { readFileSync } from "node:fs";
 import type { DescService, JsonObject, MessageInitShape } from "@bufbuild/protobuf";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { type CallOptions, type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
+import type { ParticipantConfig } from "../common/config-schema.ts";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { DurationFormatError, parseDuration } from "../common/duration.ts";
 import { LockstepError } from "../common/errors.ts";
@@ -13,6 +15,7 @@ import type { Contract } from "../gen/lockstep/ledger/v1/event_pb.ts";
 import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_management_service_pb.ts";
 import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
 import { findNode, loadCliConfig, outputFor } from "./cli-context.ts";
+import { registerLedgerUserCommands } from "./ledger-user-commands.ts";
 import { table } from "./output.ts";
 
 /** docs/cli.md: `ledger submit --user-id` defaults to this. */
@@ -28,27 +31,59 @@ export interface AcsContractJson {
   createdOffset: string;
 }
 
-interface ParticipantTarget {
+export interface ParticipantTarget {
   name: string;
   address: string;
+  /** Headers of every call: the access token, when one was given (docs/security.md). */
+  options: CallOptions;
+  /** Whether a token goes with the calls (then an absent user id is the token's). */
+  hasToken: boolean;
+  /** The participant's config entry (`ledger token` reads its auth). */
+  config: ParticipantConfig;
+}
+
+/** The environment variable `ledger …` reads an access token from when neither flag gives one. */
+export const LEDGER_TOKEN_ENV = "LOCKSTEP_LEDGER_TOKEN";
+
+/** `ledger --token JWT`, else `--token-file FILE`, else $LOCKSTEP_LEDGER_TOKEN; undefined for none. */
+export function ledgerToken(command: Command): string | undefined {
+  const opts = command.optsWithGlobals() as { token?: string; tokenFile?: string };
+  if (opts.token) return opts.token.trim();
+  if (opts.tokenFile) {
+    try {
+      return readFileSync(opts.tokenFile, "utf8").trim();
+    } catch (error) {
+      throw new LockstepError("INVALID_ARGUMENT", {
+        details: `--token-file ${opts.tokenFile}: ${(error as Error).message}`,
+      });
+    }
+  }
+  return process.env[LEDGER_TOKEN_ENV]?.trim() || undefined;
 }
 
 /** The participant's Ledger API address, from the config; NODE_UNKNOWN for a name that is not a participant. */
-async function participantTarget(command: Command, name: string): Promise<ParticipantTarget> {
+export async function participantTarget(command: Command, name: string): Promise<ParticipantTarget> {
   const loaded = await loadCliConfig(command);
   const entry = findNode(loaded, name);
   if (entry.kind !== "participant") {
     const known = loaded.config.participants.map((p) => p.name).join(", ");
     throw new LockstepError("NODE_UNKNOWN", { node: name, known });
   }
-  return { name, address: nodeEndpoint(entry).url };
+  const token = ledgerToken(command);
+  return {
+    name,
+    address: nodeEndpoint(entry).url,
+    options: token ? { headers: { authorization: `Bearer ${token}` } } : {},
+    hasToken: token !== undefined,
+    config: entry.config as ParticipantConfig,
+  };
 }
 
 /**
  * Runs one Ledger API call, turning what comes back into the LockstepError the node threw, or
  * NODE_NOT_RUNNING when nobody answers at the participant's port.
  */
-async function ledgerCall<S extends DescService, T>(
+export async function ledgerCall<S extends DescService, T>(
   target: ParticipantTarget,
   service: S,
   call: (client: Client<S>) => Promise<T>,
@@ -100,7 +135,7 @@ interface SubmitFlags {
   participant: string;
   actAs: string[];
   commandId: string;
-  userId: string;
+  userId?: string;
   submissionId?: string;
   dedup?: string;
   create?: string;
@@ -147,7 +182,7 @@ export function commandsFromFlags(flags: SubmitFlags): CommandsInit {
     ? { case: "create", value: { template: flags.create, createArguments: args } }
     : { case: "exercise", value: { contractId: flags.exercise, choice: flags.choice, choiceArgument: args } };
   return {
-    userId: flags.userId,
+    userId: flags.userId ?? DEFAULT_CLI_USER_ID,
     commandId: flags.commandId,
     submissionId: flags.submissionId ?? "",
     actAs: flags.actAs,
@@ -170,7 +205,14 @@ export function contractJson(c: Contract): AcsContractJson {
 const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 export function registerLedgerCommands(program: Command): void {
-  const ledger = program.command("ledger").description("use a participant's Ledger API");
+  const ledger = program
+    .command("ledger")
+    .description("use a participant's Ledger API")
+    .option(
+      "--token <jwt>",
+      `an access token for the Ledger API (else --token-file, else $${LEDGER_TOKEN_ENV})`,
+    )
+    .option("--token-file <file>", "a file holding the access token");
 
   ledger
     .command("allocate-party <name>")
@@ -181,7 +223,7 @@ export function registerLedgerCommands(program: Command): void {
       const out = outputFor(command);
       const target = await participantTarget(command, opts.participant);
       const response = await ledgerCall(target, PartyManagementService, (c) =>
-        c.allocateParty({ partyIdHint: name, displayName: opts.displayName ?? "" }),
+        c.allocateParty({ partyIdHint: name, displayName: opts.displayName ?? "" }, target.options),
       );
       out.result({ party: response.party }, () => response.party);
     });
@@ -192,7 +234,10 @@ export function registerLedgerCommands(program: Command): void {
     .requiredOption("--participant <name>", "the participant to submit to")
     .requiredOption("--act-as <party>", "a party the command acts as (repeatable)", collect)
     .requiredOption("--command-id <id>", "the application's command id (deduplication key)")
-    .option("--user-id <id>", "the application's user id", DEFAULT_CLI_USER_ID)
+    .option(
+      "--user-id <id>",
+      `the application's user id (default: the token's user, without a token ${DEFAULT_CLI_USER_ID})`,
+    )
     .option("--submission-id <id>", "this submission attempt's id (generated when absent)")
     .option("--dedup <duration>", "deduplication period, e.g. 30s (the participant's maximum when absent)")
     .option("--create <template>", "create a contract of this template, e.g. Iou")
@@ -205,10 +250,16 @@ export function registerLedgerCommands(program: Command): void {
     )
     .action(async (opts: SubmitFlags, command: Command) => {
       const out = outputFor(command);
-      const commands = commandsFromFlags(opts);
       const timeoutMs = timeoutFromFlag(opts.timeout);
       const target = await participantTarget(command, opts.participant);
-      const r = await ledgerCall(target, CommandService, (c) => c.submitAndWait({ commands }, { timeoutMs }));
+      // With a token, an absent user id is the token's (the participant fills it in, as Canton's).
+      const commands = commandsFromFlags({
+        ...opts,
+        userId: opts.userId ?? (target.hasToken ? "" : undefined),
+      });
+      const r = await ledgerCall(target, CommandService, (c) =>
+        c.submitAndWait({ commands }, { ...target.options, timeoutMs }),
+      );
       const result = {
         updateId: r.updateId,
         offset: r.offset.toString(),
@@ -234,7 +285,7 @@ export function registerLedgerCommands(program: Command): void {
       const out = outputFor(command);
       const target = await participantTarget(command, opts.participant);
       const r = await ledgerCall(target, StateService, (c) =>
-        c.getActiveContracts({ parties: opts.party, template: opts.template ?? "" }),
+        c.getActiveContracts({ parties: opts.party, template: opts.template ?? "" }, target.options),
       );
       const contracts = r.contracts.map(contractJson);
       out.result({ contracts, offset: r.offset.toString() }, () =>
@@ -259,10 +310,12 @@ export function registerLedgerCommands(program: Command): void {
     .action(async (opts: { participant: string }, command: Command) => {
       const out = outputFor(command);
       const target = await participantTarget(command, opts.participant);
-      const r = await ledgerCall(target, StateService, (c) => c.getLedgerEnd({}));
+      const r = await ledgerCall(target, StateService, (c) => c.getLedgerEnd({}, target.options));
       out.result(
         { offset: r.offset.toString(), incarnation: r.incarnation },
         () => `offset ${r.offset}, incarnation ${r.incarnation}`,
       );
     });
+
+  registerLedgerUserCommands(ledger);
 }

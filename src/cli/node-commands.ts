@@ -18,6 +18,7 @@ import {
   writePidFile,
 } from "../node/process-files.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
+import { admitConfiguredNode } from "./admit-configured.ts";
 import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
 import type { LaunchedNode } from "./node-launcher.ts";
 import { launchDetached } from "./node-launcher.ts";
@@ -111,6 +112,16 @@ export function registerNodeCommands(program: Command): void {
       });
       for (const runtime of network.runtimes)
         writePidFile(processFiles(dataDir, runtime.name).pidFile, process.pid);
+      // A permissioned synchronizer lets in the nodes this config declares (admit-configured.ts).
+      network.runtimes.forEach((runtime, i) => {
+        const kind = entries[i]?.kind ?? "sequencer";
+        void admitConfiguredNode({
+          config: loaded.config,
+          kind,
+          runtime,
+          log: createLogger({ node: runtime.name }),
+        });
+      });
       out.info(`${network.runtimes.length} nodes running; Ctrl-C to stop`);
       await untilSignal();
       await network.stop();
@@ -163,8 +174,16 @@ export function registerNodeCommands(program: Command): void {
       "another process of the same node on the same database, passive until the active one goes",
     )
     .option("--port <port>", "the replica's port", (v) => Number.parseInt(v, 10))
+    .option(
+      "--no-admit",
+      "with synchronizer.onboarding allow-list: do not admit the node; it waits until an operator runs `lockstep synchronizer admit`",
+    )
     .action(
-      async (name: string, opts: { detach?: boolean; replica?: string; port?: number }, command: Command) => {
+      async (
+        name: string,
+        opts: { detach?: boolean; replica?: string; port?: number; admit: boolean },
+        command: Command,
+      ) => {
         const out = outputFor(command);
         const loaded = await loadCliConfig(command);
         const entry = findNode(loaded, name);
@@ -190,6 +209,7 @@ export function registerNodeCommands(program: Command): void {
             // A replica's own port replaces the address's; without one the configured address stands.
             endpoint: nodeEndpoint(entry, opts.port),
             replica: opts.replica,
+            noAdmit: !opts.admit,
           });
           out.result(launched, () => launchedTable([launched]));
           return;
@@ -206,6 +226,15 @@ export function registerNodeCommands(program: Command): void {
         });
         try {
           await runtime.start();
+          // A permissioned synchronizer lets in the nodes this config declares (admit-configured.ts).
+          if (opts.admit) {
+            void admitConfiguredNode({
+              config: loaded.config,
+              kind: entry.kind,
+              runtime,
+              log: createLogger({ node: name }),
+            });
+          }
           await Promise.race([untilSignal(), runtime.whenStopped()]);
           await runtime.stop();
         } finally {

@@ -5,6 +5,7 @@ import type { ErrorCodeName } from "../common/error-codes.ts";
 import { ERRORS } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { NodeEndpoint } from "../common/node-endpoint.ts";
+import { getJson } from "../common/tls-client.ts";
 import { isAlive, logTail, processFiles } from "../node/process-files.ts";
 import { LOCKSTEP_BIN } from "./self-process.ts";
 
@@ -18,6 +19,8 @@ export interface LaunchRequest {
   replica?: string;
   /** How long to wait for the node's health endpoint to answer. */
   timeoutMs?: number;
+  /** `node start --no-admit`: the node waits for an operator's `synchronizer admit` (admit-configured.ts). */
+  noAdmit?: boolean;
   /** Added to the node's environment, e.g. a `LOCKSTEP_…` config override (`lockstep failover`). */
   env?: Record<string, string>;
 }
@@ -43,6 +46,7 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
   // --json: a failure is printed as one JSON line, which startFailure() reads back from the log.
   const args = [LOCKSTEP_BIN, "node", "start", request.name, "--config", request.configPath, "--json"];
   if (request.replica) args.push("--replica", request.replica, "--port", String(request.port));
+  if (request.noAdmit) args.push("--no-admit");
   const log = openSync(logFile, "a");
   const child = spawn(process.execPath, args, {
     detached: true,
@@ -76,9 +80,9 @@ export async function launchDetached(request: LaunchRequest): Promise<LaunchedNo
 
 async function healthRole(url: string): Promise<string | undefined> {
   try {
-    const response = await fetch(`${url}/health`, { signal: AbortSignal.timeout(1000) });
-    const body = (await response.json()) as { status?: string };
-    return body.status;
+    // Not fetch(): an https node needs the network's CA (tls-client.ts).
+    const { body } = await getJson(`${url}/health`, 1000);
+    return (body as { status?: string } | undefined)?.status;
   } catch {
     return undefined;
   }

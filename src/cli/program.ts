@@ -2,6 +2,7 @@ import { ConnectError } from "@connectrpc/connect";
 import { Command, CommanderError } from "commander";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
+import { tlsHandshakeFailure } from "../common/tls-diagnosis.ts";
 import { LOCKSTEP_VERSION } from "../common/version.ts";
 import { registerBackupCommands } from "./backup-commands.ts";
 import { registerCheckpointCommands } from "./checkpoint-commands.ts";
@@ -17,6 +18,8 @@ import { registerReplicationCommand } from "./replication-command.ts";
 import { registerRestoreCommands } from "./restore-commands.ts";
 import { registerSequencerCommands } from "./sequencer-commands.ts";
 import { registerStatusCommand } from "./status-command.ts";
+import { registerSynchronizerCommands } from "./synchronizer-commands.ts";
+import { registerTlsCommands } from "./tls-commands.ts";
 
 /** Every (sub)command throws instead of exiting, so usage errors come back to runCli for exit code 2. */
 function overrideExits(command: Command): void {
@@ -38,11 +41,13 @@ export function buildProgram(): Command {
   registerNodeCommands(program);
   registerStatusCommand(program);
   registerSequencerCommands(program);
+  registerSynchronizerCommands(program);
   registerLedgerCommands(program);
   registerRestoreCommands(program);
   registerBackupCommands(program);
   registerCheckpointCommands(program);
   registerKeysCommands(program);
+  registerTlsCommands(program);
   registerReplicationCommand(program);
   registerFailoverCommand(program);
   registerRepairCommands(program);
@@ -69,7 +74,9 @@ export async function runCli(argv: string[]): Promise<number> {
       return 2;
     }
     // A node's own error comes back as a ConnectError: show its code and remedy, not INTERNAL_ERROR.
-    return new Output(json).failure(fromConnectError(error) ?? unreachableNode(error) ?? error);
+    return new Output(json).failure(
+      fromConnectError(error) ?? unreachableNode(error) ?? (await tlsHandshakeFailure(error)) ?? error,
+    );
   }
 }
 

@@ -12,6 +12,7 @@ import {
   nodeEndpoint,
   parseAddress,
 } from "./node-endpoint.ts";
+import { networkTlsSchema, nodeTlsSchema } from "./tls-schema.ts";
 
 /** A duration string (`30s`) parsed to milliseconds. Exported so tools can write durations back. */
 export const durationSchema = z.string().transform((value, ctx) => {
@@ -116,6 +117,13 @@ const pgbackrestOptions = z
     "compress-type": z.enum(["zst", "gz", "lz4", "bz2", "none"]).default("zst"),
   })
   .strict();
+/** `backup.encryption`: key files of 32 random bytes as 64 hex digits (`lockstep backup key create`). */
+const backupEncryption = z
+  .object({
+    "key-file": z.string().min(1),
+    "previous-key-files": z.array(z.string().min(1)).default([]),
+  })
+  .strict();
 const defaultPgbackrestOptions = () => ({
   type: "incr" as const,
   "process-max": 2,
@@ -131,11 +139,51 @@ const node = z
     storage: storage.default(defaultStorage),
     crypto: crypto.default(() => ({})),
     backup: nodeBackup.optional(),
+    // TLS on the node's port (docs/security.md "TLS"); absent: the network's `tls`.
+    tls: nodeTlsSchema.optional(),
   })
   .strict();
 
+// Ledger API authorization (docs/security.md "Ledger API authorization"): JWTs whose `sub` is a user
+// of the participant. No default on purpose: a participant refuses to start until the config says
+// which (participant-node.ts), so auth is off only where a config says `off`.
+const ledgerApiAuth = z.discriminatedUnion("type", [
+  z.object({ type: z.literal("off") }).strict(),
+  z
+    .object({
+      type: z.literal("hs256"),
+      "secret-file": z.string().min(1),
+      audience: z.string().min(1).optional(),
+      issuer: z.string().min(1).optional(),
+    })
+    .strict(),
+  z
+    .object({
+      type: z.literal("jwks"),
+      "jwks-file": z.string().min(1).optional(),
+      "jwks-url": z.url({ protocol: /^https?$/ }).optional(),
+      audience: z.string().min(1).optional(),
+      issuer: z.string().min(1).optional(),
+    })
+    .strict(),
+]);
+const ledgerApi = z
+  .object({ auth: ledgerApiAuth.optional() })
+  .strict()
+  .superRefine((api, ctx) => {
+    const auth = api.auth;
+    if (auth?.type === "jwks" && (auth["jwks-file"] === undefined) === (auth["jwks-url"] === undefined))
+      ctx.addIssue({
+        code: "custom",
+        path: ["auth"],
+        message: "a jwks auth names exactly one of jwks-file and jwks-url",
+      });
+  });
+export type LedgerApiAuthConfig = z.output<typeof ledgerApiAuth>;
+
 const participant = node
   .extend({
+    "ledger-api": ledgerApi.optional(),
     restore: z
       .object({ "deduplication-recovery": z.enum(["reject", "warn"]).default("reject") })
       .strict()
@@ -146,6 +194,14 @@ const participant = node
 export const configSchema = z
   .object({
     "data-dir": z.string().min(1).default(".lockstep"),
+    // Every node's TLS unless it has its own: off, auto (certificates issued under the data dir) or files.
+    tls: networkTlsSchema.optional(),
+    // The Admin API's bearer token, shared by the network's nodes and the CLI (docs/security.md
+    // "Admin API"); without token-file: <data-dir>/admin-token, created by `lockstep up`/the nodes.
+    admin: z
+      .object({ "token-file": z.string().min(1).optional() })
+      .strict()
+      .optional(),
     synchronizer: z
       .object({
         id: name,
@@ -165,6 +221,10 @@ export const configSchema = z
         // days); backup list shows, per set, until when the live sequencer can serve it.
         sequencer: node.extend({ retention: durationSchema.default(7 * 86_400_000) }).strict(),
         mediator: node,
+        // Who may register with the sequencer (docs/security.md "Permissioned synchronizer"), as
+        // Canton's onboardingRestriction: allow-list = RestrictedOpen (only admitted member ids),
+        // open = UnrestrictedOpen (anyone with a self-signed key).
+        onboarding: z.enum(["open", "allow-list"]).default("allow-list"),
       })
       .strict(),
     participants: z.array(participant).default([]),
@@ -177,6 +237,9 @@ export const configSchema = z
         "app-hook": z.string().default(""),
         jobs: z.number().int().min(1).default(2),
         pgbackrest: pgbackrestOptions.default(defaultPgbackrestOptions),
+        // Artifacts encrypted at rest (docs/backup.md "Encryption"): the key file encrypts new
+        // sets, previous ones only decrypt older sets.
+        encryption: backupEncryption.optional(),
       })
       .strict()
       .default(() => ({

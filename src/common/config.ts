@@ -5,6 +5,7 @@ import { z } from "zod";
 import { configNodes, configSchema, durationSchema, type LockstepConfig } from "./config-schema.ts";
 import { formatDuration } from "./duration.ts";
 import { LockstepError } from "./errors.ts";
+import { applyTlsDefaults } from "./tls-config.ts";
 
 export interface LoadedConfig {
   config: LockstepConfig;
@@ -102,6 +103,20 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
   const config = result.data;
   config["data-dir"] = resolve(baseDir, config["data-dir"]);
   config.backup.repository = resolve(baseDir, config.backup.repository);
+  const backupEncryption = config.backup.encryption;
+  if (backupEncryption) {
+    backupEncryption["key-file"] = resolve(baseDir, backupEncryption["key-file"]);
+    backupEncryption["previous-key-files"] = backupEncryption["previous-key-files"].map((file) =>
+      resolve(baseDir, file),
+    );
+  }
+  const adminTokenFile = config.admin?.["token-file"];
+  if (config.admin && adminTokenFile) config.admin["token-file"] = resolve(baseDir, adminTokenFile);
+  for (const participant of config.participants) {
+    const auth = participant["ledger-api"]?.auth;
+    if (auth?.type === "hs256") auth["secret-file"] = resolve(baseDir, auth["secret-file"]);
+    if (auth?.type === "jwks" && auth["jwks-file"]) auth["jwks-file"] = resolve(baseDir, auth["jwks-file"]);
+  }
   for (const { config: node } of configNodes(config)) {
     const encryption = node.crypto["private-key-encryption"];
     if (!encryption) continue;
@@ -110,6 +125,8 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
       resolve(baseDir, file),
     );
   }
+  // After data-dir is absolute: `tls: auto` puts each node's certificate under it.
+  applyTlsDefaults(config, baseDir);
   return { config, path, baseDir, warnings };
 }
 
@@ -117,6 +134,7 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
 export function validateConfig(input: unknown): LockstepConfig {
   const result = configSchema.safeParse(input);
   if (!result.success) throw new ConfigError(configIssues(result.error));
+  applyTlsDefaults(result.data);
   return result.data;
 }
 
@@ -265,7 +283,12 @@ export function exampleConfig(
       sequencer: { name: "sequencer1", port: ports.sequencer ?? 4001 },
       mediator: { name: "mediator1", port: ports.mediator ?? 4002 },
     },
-    participants: participantPorts.map((port, i) => ({ name: `participant${i + 1}`, port })),
+    // The embedded demo runs without Ledger API auth, by explicit config (docs/security.md).
+    participants: participantPorts.map((port, i) => ({
+      name: `participant${i + 1}`,
+      port,
+      "ledger-api": { auth: { type: "off" } },
+    })),
     backup: { repository: join(resolve(dataDir), "backups") },
   });
 }

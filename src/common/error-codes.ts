@@ -317,6 +317,27 @@ export const ERROR_DEFINITIONS = [
     "Recipients are not registered members: {recipients}",
     "Address only members that are registered in the synchronizer's topology.",
   ),
+  // Permissioned synchronizer (docs/security.md "Permissioned synchronizer"). Canton's id
+  // (TopologyManagerError.ParticipantOnboardingRefused, category InvalidGivenCurrentSystemStateOther
+  // → FAILED_PRECONDITION); Lockstep refuses mediators the same way.
+  def(
+    "TOPOLOGY_PARTICIPANT_ONBOARDING_REFUSED",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "{member} can not join synchronizer {synchronizer}: onboarding is restricted to an allow-list and it is not admitted",
+    "An operator admits it: `lockstep synchronizer admit {member}`. The node keeps asking and registers by itself once admitted (its status shows this error meanwhile).",
+  ),
+  // Canton disables a member at the sequencer (CreateSubscriptionError.MemberDisabled; its sends
+  // are refused with SEQUENCER_SUBMISSION_REQUEST_REFUSED "is disabled at the sequencer").
+  def(
+    "SEQUENCER_MEMBER_REVOKED",
+    Code.FailedPrecondition,
+    "request",
+    false,
+    "{member} was revoked from the synchronizer at {revokedAt}: its sends and subscriptions are refused",
+    "If that was intended, stop the node. Otherwise an operator lets it back in with `lockstep synchronizer admit {member}`; then restart the node (`lockstep node start NAME`): it resumes from its last event.",
+  ),
   def(
     "SEQUENCER_SUBMISSION_REQUEST_MALFORMED",
     Code.InvalidArgument,
@@ -488,6 +509,56 @@ export const ERROR_DEFINITIONS = [
     "The old primary {oldPrimary} of {node} still accepts writes: {reason}",
     "Fence it first: stop that server, or make it read-only or a standby of the new primary, so that no writer is left at the old site. If it is fenced in a way this check cannot see (e.g. its site is isolated from every client), say so with --old-primary-fenced.",
   ),
+  // --- Ledger API authorization and user management (Canton's AuthorizationChecksErrors and
+  // UserManagementServiceErrors ids; docs/security.md) ---
+  def(
+    "UNAUTHENTICATED",
+    Code.Unauthenticated,
+    "request",
+    false,
+    "The request is not authenticated: {reason}",
+    'Send a valid access token for a user of this participant as `Authorization: Bearer <token>` (docs/security.md "Ledger API authorization").',
+  ),
+  def(
+    "ACCESS_TOKEN_EXPIRED",
+    Code.Unauthenticated,
+    "request",
+    false,
+    "The access token expired at {expiredAt}",
+    "Obtain a fresh token from the issuer and call again (re-open the stream).",
+  ),
+  def(
+    "PERMISSION_DENIED",
+    Code.PermissionDenied,
+    "request",
+    false,
+    "User {userId} may not {action}: {reason}",
+    "Use a user with that right, or grant it: `lockstep ledger user grant USER --act-as/--read-as PARTY | --admin`.",
+  ),
+  def(
+    "USER_NOT_FOUND",
+    Code.NotFound,
+    "request",
+    false,
+    "User {userId} does not exist on this participant",
+    "Create it first (`lockstep ledger user create`), or check the token's `sub`.",
+  ),
+  def(
+    "USER_ALREADY_EXISTS",
+    Code.AlreadyExists,
+    "request",
+    false,
+    "User {userId} already exists on this participant",
+    "Use another user id, or grant the existing user the rights it lacks.",
+  ),
+  def(
+    "ADMIN_UNAUTHENTICATED",
+    Code.Unauthenticated,
+    "request",
+    false,
+    "The Admin API of {node} refused {procedure}: {reason}",
+    "Pass the network's admin token: `admin.token-file` in the config or the LOCKSTEP_ADMIN_TOKEN environment variable (without either, `lockstep up` keeps it in <data-dir>/admin-token).",
+  ),
   // --- node and environment ---
   def(
     "NODE_PASSIVE",
@@ -569,6 +640,31 @@ export const ERROR_DEFINITIONS = [
     false,
     "{node} cannot listen on {host}: this machine has no such address",
     "Start the node on the machine its `host` names (`lockstep node start {node}` there), or set `host` to an address of this machine (0.0.0.0 for every one, with `address` saying how the others reach it).",
+  ),
+  // --- TLS (docs/security.md "TLS") ---
+  def(
+    "TLS_REQUIRED",
+    Code.InvalidArgument,
+    "usage",
+    false,
+    "{node} binds {host}, an address other machines can reach, but its config has no TLS",
+    "Give it TLS (`tls: auto` at the top of the config for certificates Lockstep issues, or a `tls` section with `cert`, `key` and `ca` on the node), or say `tls: off` (on the node or at the top) to serve cleartext on purpose, e.g. inside a private network.",
+  ),
+  def(
+    "TLS_HANDSHAKE_FAILED",
+    Code.Unavailable,
+    "environment",
+    false,
+    "The TLS handshake with the node failed: {reason}",
+    "Check that this client trusts the node's CA (the `ca` files of the config where it runs) and that the node's certificate names the address dialed (`lockstep tls init` re-issues auto certificates); a node with `client-auth: require` also needs a client certificate its CA issued (the network's `tls.client`, or the one `tls: auto` issues).",
+  ),
+  def(
+    "TLS_FILES_INVALID",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "TLS {what} {path} cannot be used: {reason}",
+    "Fix the path or the file (PEM; the key PKCS#8, unencrypted, matching the certificate) in the config's `tls` section; with `tls: auto`, `lockstep tls init` (also run by every node at start) issues the missing files under the data dir.",
   ),
   def(
     "DATA_DIR_NOT_WRITABLE",
@@ -683,6 +779,56 @@ export const ERROR_DEFINITIONS = [
     true,
     "Nodes did not become clean at the sequencer head within {timeout}: {nodes}",
     "Check that every node is running (`lockstep status`), then retry, or back up without --quiesce.",
+  ),
+  // Backup encryption (docs/backup.md "Encryption"). Canton leaves backups to the database's own
+  // tools and has no ids for this; these follow Lockstep's BACKUP_ style.
+  def(
+    "BACKUP_KEY_FILE_INVALID",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "Backup key file {path} cannot be used: {reason}",
+    "Point backup.encryption.key-file at a readable file holding 32 random bytes as 64 hex digits (`lockstep backup key create FILE` writes one; it never overwrites a file).",
+  ),
+  def(
+    "BACKUP_KEY_MISSING",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{artifact} of backup set {set} is encrypted under backup key {fingerprint}, and no backup.encryption is configured",
+    "Configure backup.encryption.key-file (or previous-key-files) with the key file whose fingerprint is {fingerprint}, then retry.",
+  ),
+  def(
+    "BACKUP_KEY_MISMATCH",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{artifact} of backup set {set} is encrypted under backup key {fingerprint}; the configured keys are others ({configured})",
+    "Add the key file whose fingerprint is {fingerprint} to backup.encryption.previous-key-files (or make it the key-file), then retry.",
+  ),
+  def(
+    "BACKUP_AUTHENTICATION_FAILED",
+    Code.DataLoss,
+    "environment",
+    false,
+    "Encrypted artifact {file} of backup set {set} fails authentication: {details}",
+    "Do not restore from this set: the file was changed, truncated or swapped after it was written. Use another set (`lockstep backup list`) and check who can write the repository.",
+  ),
+  def(
+    "BACKUP_NOT_ENCRYPTED",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "{artifact} of backup set {set} is stored in plain, though backup.encryption is configured",
+    "Expected for a set made before encryption was enabled. Otherwise its manifest may have been rewritten (a manifest's checksum is not a signature): restore from a set you trust.",
+  ),
+  def(
+    "BACKUP_ENCRYPTION_UNSUPPORTED",
+    Code.FailedPrecondition,
+    "usage",
+    false,
+    "backup.encryption is configured, but the {engine} engine (chosen by {chosenBy}) does not encrypt through Lockstep",
+    "Back these nodes up with the pg-dump engine (`lockstep backup create --engine pg-dump`), or remove backup.encryption and encrypt pgBackRest's repository with its own cipher (repo1-cipher-type=aes-256-cbc and repo1-cipher-pass, set before stanza-create). Nothing was started.",
   ),
   // --- pgBackRest, the physical backup engine (src/backup/pgbackrest) ---
   def(

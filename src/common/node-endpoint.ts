@@ -1,6 +1,7 @@
 import { isIP } from "node:net";
 import type { NodeEntry } from "./config-schema.ts";
 import { LOOPBACK } from "./loopback.ts";
+import type { NodeTlsConfig } from "./tls-schema.ts";
 
 /** The keys of a node's config that say where it listens and how the others reach it. */
 export interface EndpointConfig {
@@ -9,6 +10,8 @@ export interface EndpointConfig {
   host?: string;
   /** `host[:port]` the others dial; default the bind host (127.0.0.1 for a wildcard) and `port`. */
   address?: string;
+  /** Its TLS (filled from the network's by applyTlsDefaults): any but `off` makes the URL https. */
+  tls?: NodeTlsConfig;
 }
 
 /** Where a node listens and the one way every other node and the CLI reach it. */
@@ -20,8 +23,10 @@ export interface NodeEndpoint {
   port: number;
   /** `host:port` as people write it (`[v6]:port`), e.g. `10.0.0.5:4011`. */
   address: string;
-  /** The base URL of every call to the node, e.g. `http://10.0.0.5:4011`. */
+  /** The base URL of every call to the node, e.g. `http://10.0.0.5:4011` (`https://` with TLS). */
   url: string;
+  /** Whether the node serves TLS. */
+  tls: boolean;
 }
 
 /**
@@ -37,7 +42,16 @@ export function nodeEndpoint(node: NodeEntry | EndpointConfig, port?: number): N
   const host = address?.host ?? (isWildcardHost(bindHost) ? LOOPBACK : bindHost);
   const reachPort = port ?? address?.port ?? config.port;
   const joined = joinHostPort(host, reachPort);
-  return { bindHost, bindPort, host, port: reachPort, address: joined, url: `http://${joined}` };
+  const tls = config.tls !== undefined && config.tls !== "off";
+  return {
+    bindHost,
+    bindPort,
+    host,
+    port: reachPort,
+    address: joined,
+    url: httpUrl(host, reachPort, tls),
+    tls,
+  };
 }
 
 /**
@@ -50,9 +64,9 @@ export function processAddress(node: NodeEntry | EndpointConfig, port: number): 
   return isWildcardHost(endpoint.bindHost) ? endpoint.address : joinHostPort(endpoint.bindHost, port);
 }
 
-/** `http://host:port`, an IPv6 host in brackets. */
-export function httpUrl(host: string, port: number): string {
-  return `http://${joinHostPort(host, port)}`;
+/** `http://host:port` (`https://` for a node with TLS), an IPv6 host in brackets. */
+export function httpUrl(host: string, port: number, tls = false): string {
+  return `${tls ? "https" : "http"}://${joinHostPort(host, port)}`;
 }
 
 function joinHostPort(host: string, port: number): string {
@@ -92,7 +106,8 @@ export function bindSite(node: EndpointConfig): string {
   return isLoopbackHost(reached) ? host : reached;
 }
 
-function isLoopbackHost(host: string): boolean {
+/** `localhost`, 127.0.0.0/8 or ::1: reachable from this machine only. */
+export function isLoopbackHost(host: string): boolean {
   const h = canonicalHost(host);
   return h === "localhost" || h === "::1" || (isIP(h) === 4 && h.startsWith("127."));
 }

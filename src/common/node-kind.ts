@@ -45,6 +45,11 @@ export interface NodeKindContext<TDb = unknown> {
 export interface NodeKindStatus {
   position: Record<string, unknown>;
   deduplicationRecovery?: Record<string, unknown> | null;
+  /**
+   * A condition the node waits out while active, reported as its status's lastError when it has
+   * no fatal one (e.g. TOPOLOGY_PARTICIPANT_ONBOARDING_REFUSED: not admitted to the synchronizer).
+   */
+  warning?: { code: string; message: string; remedy: string };
 }
 
 /** One running node of a kind. The runtime calls activate() once it holds the single-writer lock. */

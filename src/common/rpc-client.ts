@@ -1,8 +1,10 @@
 import type { DescService } from "@bufbuild/protobuf";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { adminCredentials } from "./admin-credentials.ts";
 import { LOOPBACK } from "./loopback.ts";
 import { httpUrl } from "./node-endpoint.ts";
+import { clientTlsGeneration, clientTlsOptions, noteDialed } from "./tls-client.ts";
 
 export interface NodeClientOptions {
   /** "2" (default) multiplexes calls on one connection; "1.1" for proxies or debugging. */
@@ -13,6 +15,8 @@ export interface NodeClientOptions {
    * vanished without closing it (its site cut off) then fails and is retried instead of hanging.
    */
   pingIntervalMs?: number;
+  /** The node serves TLS: an `http://` baseUrl (nodeBaseUrl) is dialed as `https://`. */
+  tls?: boolean;
 }
 
 // One transport per node and HTTP version, so calls share an HTTP/2 connection instead of opening
@@ -20,7 +24,8 @@ export interface NodeClientOptions {
 const transports = new Map<string, Transport>();
 
 function transportFor(baseUrl: string, httpVersion: "1.1" | "2", pingIntervalMs?: number): Transport {
-  const key = `${httpVersion} ${baseUrl} ${pingIntervalMs ?? ""}`;
+  const tls = baseUrl.startsWith("https:");
+  const key = `${httpVersion} ${baseUrl} ${pingIntervalMs ?? ""} ${tls ? clientTlsGeneration() : ""}`;
   let transport = transports.get(key);
   if (!transport) {
     // No compression: node-to-node traffic is loopback or LAN, where gzip costs CPU and gains nothing
@@ -30,15 +35,21 @@ function transportFor(baseUrl: string, httpVersion: "1.1" | "2", pingIntervalMs?
       httpVersion,
       useBinaryFormat: true,
       acceptCompression: [],
+      // Admin calls carry the network's admin token (admin-credentials.ts; docs/security.md).
+      interceptors: [adminCredentials],
       ...(pingIntervalMs === undefined ? {} : { pingIntervalMs, pingTimeoutMs: pingIntervalMs }),
+      // https: the network's CAs and this process's client certificate (tls-client.ts).
+      ...(tls ? { nodeOptions: clientTlsOptions() } : {}),
     });
     transports.set(key, transport);
+    if (tls) noteDialed(baseUrl);
   }
   return transport;
 }
 
 /**
- * A Connect client for a service a node serves at baseUrl (e.g. "http://127.0.0.1:4011").
+ * A Connect client for a service a node serves at baseUrl (e.g. "http://127.0.0.1:4011"; an https
+ * URL, from nodeEndpoint for a node with TLS, connects with configureClientTls's CA and certificate).
  * Errors a node throws on purpose come back as ConnectErrors; `fromConnectError` rebuilds them.
  */
 export function createNodeClient<S extends DescService>(
@@ -46,7 +57,8 @@ export function createNodeClient<S extends DescService>(
   baseUrl: string,
   options: NodeClientOptions = {},
 ): Client<S> {
-  return createClient(service, transportFor(baseUrl, options.httpVersion ?? "2", options.pingIntervalMs));
+  const url = options.tls ? baseUrl.replace(/^http:/, "https:") : baseUrl;
+  return createClient(service, transportFor(url, options.httpVersion ?? "2", options.pingIntervalMs));
 }
 
 /** A node's base URL by port (loopback unless `host`); a node of the config: `nodeEndpoint(…).url`. */

@@ -15,6 +15,7 @@ import {
   VerdictSchema,
 } from "../gen/lockstep/protocol/v1/confirmation_pb.ts";
 import { parseProtocolMessage, protocolPayload } from "../protocol/confirmation-messages.ts";
+import { admissionStatus } from "../sequencer-client/admission-status.ts";
 import { clientOwnTopology } from "../sequencer-client/client-own-topology.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
@@ -133,11 +134,20 @@ export class MediatorNode implements NodeKindRuntime {
   }
 
   async status(): Promise<{
-    position: { clean: Micros | null; openRequests: number; subscriptionCheck: string };
+    position: { clean: Micros | null; openRequests: number; subscriptionCheck: string; notAdmitted?: string };
+    warning?: { code: string; message: string; remedy: string };
   }> {
-    const { clean, subscriptionCheck } = this.client.status();
+    const client = this.client.status();
+    const { clean, subscriptionCheck } = client;
+    const admission = admissionStatus(client);
     return {
-      position: { clean, openRequests: await openRequestCount(this.context.db), subscriptionCheck },
+      warning: admission.warning,
+      position: {
+        ...admission.position,
+        clean,
+        openRequests: await openRequestCount(this.context.db),
+        subscriptionCheck,
+      },
     };
   }
 

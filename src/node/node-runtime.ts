@@ -1,3 +1,4 @@
+import { registerAdminToken } from "../common/admin-credentials.ts";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import type { ErrorJson } from "../common/errors.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
@@ -8,6 +9,7 @@ import type { FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import type { Db } from "../storage/db.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { adminServiceRoutes } from "./admin-service.ts";
+import { adminTokenInterceptor, nodeAdminToken } from "./admin-token.ts";
 import type { HealthReport } from "./health.ts";
 import { createKindInstance, type KindInstance, stopKindInstance } from "./kind-instance.ts";
 import { KindRoutes } from "./kind-routes.ts";
@@ -18,6 +20,7 @@ import { type NodeSnapshot, type NodeStatus, nodeFailure, nodeHealth, nodeStatus
 import { passiveGuard } from "./passive-guard.ts";
 import { ReplicationMonitor } from "./replication-monitor.ts";
 import { refuseWhileRestoring } from "./restore-marker.ts";
+import { prepareNodeTls } from "./tls-server.ts";
 import type { FenceOutcome } from "./writer-fencing.ts";
 import { WriterIdentity } from "./writer-identity.ts";
 import { WriterLock } from "./writer-lock.ts";
@@ -109,6 +112,7 @@ export class NodeRuntime {
     const { entry, definition } = this.options;
     try {
       refuseWhileRestoring(this.options.dataDir, entry.name);
+      const tls = await prepareNodeTls(this.options.config, entry);
       const { db, description } = await openNodeDatabase(
         entry,
         this.options.dataDir,
@@ -125,13 +129,17 @@ export class NodeRuntime {
       await this.writer.load(db, entry);
       this.instance = this.createInstance();
       const kind = this.instance.kind;
+      // The Admin API needs the network's admin token (docs/security.md "Admin API").
+      const adminToken = nodeAdminToken(this.options.config, this.options.dataDir);
       this.server = new NodeServer({
         node: entry.name,
         port: this.options.port ?? entry.port,
         host: nodeEndpoint(entry).bindHost,
         logger: this.log,
         health: () => this.health(),
+        tls,
         interceptors: [
+          adminTokenInterceptor({ node: entry.name, token: adminToken }),
           passiveGuard({
             name: entry.name,
             role: () => this.role,
@@ -151,6 +159,8 @@ export class NodeRuntime {
       });
       this.port = await this.server.start();
       this.writer.address = processAddress(entry, this.port);
+      this.writer.tls = tls !== undefined;
+      registerAdminToken([this.writer.address], () => adminToken, { served: true });
       this.log.info({ port: this.port }, "serving");
       await this.transition(() => this.takeLockOrWait());
     } catch (error) {

@@ -2,13 +2,24 @@ import { setMaxListeners } from "node:events";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
-import { Code, ConnectError, type ConnectRouter, type Interceptor } from "@connectrpc/connect";
+import type { TLSSocket } from "node:tls";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  type ContextValues,
+  createContextValues,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { LOOPBACK } from "../common/loopback.ts";
+import { adminAuthenticatedByCertificate } from "./admin-token.ts";
 import { errorInterceptor } from "./error-interceptor.ts";
 import { type HealthReport, healthHttpStatus } from "./health.ts";
+import { type PeerIdentity, peerIdentityKey, socketPeerIdentity } from "./tls-peer.ts";
+import { createTlsServer, type ServerTls, socketKey, unverifiedPresented } from "./tls-server.ts";
 
 export interface NodeServerOptions {
   /** The node's name, for errors and logs. */
@@ -23,6 +34,8 @@ export interface NodeServerOptions {
   shutdownGraceMs?: number;
   /** Run inside the error interceptor, so a LockstepError they throw reaches clients with its code. */
   interceptors?: Interceptor[];
+  /** Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext; see tls-server.ts. */
+  tls?: ServerTls;
 }
 
 /** The client connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4). */
@@ -38,6 +51,7 @@ type NodeServerResponse = Parameters<Fallback>[1];
  * knowledge, as grpc-js clients use), Connect JSON over HTTP/1.1 (curl, fetch), and `GET /health`.
  * Node's http2 server cannot fall back to HTTP/1.1 without TLS, so we sniff the first bytes of
  * each connection and hand the socket to an HTTP/2 or an HTTP/1.1 server that share one handler.
+ * With TLS, each socket goes to one secure server that offers both by ALPN (allowHTTP1).
  */
 export class NodeServer {
   private readonly tcp = net.createServer({ pauseOnConnect: true }, (socket) => this.sniff(socket));
@@ -49,6 +63,9 @@ export class NodeServer {
   private readonly sessions = new Set<http2.ServerHttp2Session>();
   /** Sockets handed to HTTP/2: their session closes them gracefully. */
   private readonly h2Sockets = new Set<net.Socket>();
+  /** With TLS: the server that takes each accepted socket, and its connections by remote address:port. */
+  private readonly secure: http2.Http2SecureServer | undefined;
+  private readonly secured = new Map<string, { socket: TLSSocket; peer: PeerIdentity | undefined }>();
   private readonly shutdown = new AbortController();
   private stopping: Promise<void> | undefined;
   private boundPort = 0;
@@ -62,6 +79,7 @@ export class NodeServer {
       // Aborts handler signals on stop() so that open server streams end instead of holding it up.
       shutdownSignal: this.shutdown.signal,
       fallback: (req, res) => this.fallback(req, res),
+      contextValues: (req) => this.contextValues(req),
     });
     this.h1 = http.createServer((req, res) => {
       this.trackH1(req.socket, res);
@@ -71,12 +89,53 @@ export class NodeServer {
       reencodeGrpcMessage(res);
       handler(req, res);
     });
-    this.h2.on("session", (session) => {
+    this.watchSessions(this.h2);
+    if (options.tls) {
+      this.secure = createTlsServer(options.tls, (req, res) => {
+        if (req.httpVersionMajor === 2) reencodeGrpcMessage(res as http2.Http2ServerResponse);
+        else this.trackH1(req.socket, res as unknown as http.ServerResponse);
+        handler(req, res);
+      });
+      this.watchSessions(this.secure);
+      this.secure.on("secureConnection", (socket: TLSSocket) => this.onSecure(socket));
+      // A plaintext client, a failed handshake (a certificate of another CA): the client's problem.
+      this.secure.on("tlsClientError", (err) => this.options.logger.debug({ err }, "tls handshake failed"));
+    }
+  }
+
+  private watchSessions(server: http2.Http2Server | http2.Http2SecureServer): void {
+    server.on("session", (session) => {
       this.sessions.add(session);
       session.once("close", () => this.sessions.delete(session));
       // A broken session is the client's problem; without a listener it would crash the node.
       session.on("error", (err) => this.options.logger.debug({ err }, "http2 session error"));
     });
+  }
+
+  /** A TLS handshake done: its client's identity, kept for the connection's calls (contextValues). */
+  private onSecure(socket: TLSSocket): void {
+    if (unverifiedPresented(socket)) {
+      // client-auth optional: no certificate is fine, one the node's CA did not issue is not.
+      this.options.logger.debug({ remote: socketKey(socket) }, "client certificate not verified");
+      socket.destroy();
+      return;
+    }
+    const key = socketKey(socket);
+    this.secured.set(key, { socket, peer: socketPeerIdentity(socket) });
+    if (socket.alpnProtocol === "h2") this.h2Sockets.add(socket as unknown as net.Socket);
+    socket.once("close", () => {
+      this.secured.delete(key);
+      this.h2Sockets.delete(socket as unknown as net.Socket);
+    });
+  }
+
+  private contextValues(req: NodeServerRequest): ContextValues {
+    const values = createContextValues();
+    const peer = this.secure && this.secured.get(socketKey(req.socket))?.peer;
+    if (peer) values.set(peerIdentityKey, peer);
+    // A verified admin client certificate stands for the admin token (admin-token.ts reads this).
+    if (peer?.admin) values.set(adminAuthenticatedByCertificate, true);
+    return values;
   }
 
   get port(): number {
@@ -136,6 +195,12 @@ export class NodeServer {
       socket.destroy();
       return;
     }
+    if (this.secure) {
+      // TLS: ALPN picks HTTP/2 or HTTP/1.1 during the handshake; no bytes to sniff.
+      socket.on("error", () => socket.destroy());
+      this.secure.emit("connection", socket);
+      return;
+    }
     let received = Buffer.alloc(0);
     const onError = () => socket.destroy();
     const onData = (chunk: Buffer) => {
@@ -177,7 +242,11 @@ export class NodeServer {
 
   /** HTTP/2 sockets belong to their session, which closes them; HTTP/1.1 ones are busy while a request runs. */
   private isBusy(socket: net.Socket): boolean {
-    return this.busyH1.has(socket) || this.h2Sockets.has(socket);
+    // With TLS the requests run on the TLS socket over this accepted one (none while it handshakes).
+    const over = this.secure
+      ? (this.secured.get(socketKey(socket))?.socket as net.Socket | undefined)
+      : socket;
+    return over !== undefined && (this.busyH1.has(over) || this.h2Sockets.has(over));
   }
 
   private fallback(req: NodeServerRequest, res: NodeServerResponse): void {

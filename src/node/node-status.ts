@@ -66,7 +66,7 @@ export function nodeStatus(node: NodeSnapshot, kindStatus: NodeKindStatus | unde
     replicationFindings: node.replication?.statusFindings() ?? [],
     lastError: node.lastError
       ? { code: node.lastError.code, message: node.lastError.message, remedy: node.lastError.remedy }
-      : undefined,
+      : kindStatus?.warning,
     pid: process.pid,
     startedAt: node.startedAt.toISOString(),
     version: LOCKSTEP_VERSION,

@@ -209,6 +209,8 @@ export interface FencingSender {
   node: string;
   /** Where this process runs (processAddress): a previous activation at the same address is this one. */
   address: string;
+  /** The node serves TLS (so the previous process of it does too). */
+  tls?: boolean;
   secret: Buffer;
   identity: Pick<NodeIdentity, "writerEpoch" | "writerActivation">;
   logger: Logger;
@@ -236,7 +238,7 @@ export function fencePrevious(
     },
     secret: sender.secret,
     target: previous.endpoint,
-    client: adminClient(port, host),
+    client: adminClient(port, host, { tls: sender.tls }),
     logger: sender.logger,
     current,
   });

@@ -35,6 +35,8 @@ export class WriterIdentity {
   private previousFencer: WriterFencer | undefined;
   /** Where this process serves (processAddress), recorded with each activation for the next one. */
   address = "";
+  /** Whether this node serves TLS: so does the process it fences (the same node's config). */
+  tls = false;
 
   constructor(
     private readonly node: string,
@@ -101,6 +103,7 @@ export class WriterIdentity {
       {
         node: this.node,
         address: this.address,
+        tls: this.tls,
         secret: this.secret as Buffer,
         identity: this.require(),
         logger: this.logger,

@@ -6,6 +6,7 @@ import { PartyManagementService } from "../gen/lockstep/ledger/v1/party_manageme
 import { StateService } from "../gen/lockstep/ledger/v1/state_service_pb.ts";
 import { UpdateService } from "../gen/lockstep/ledger/v1/update_service_pb.ts";
 import { isMigrationMarker, type LedgerApiBackend } from "./ledger-api-backend.ts";
+import { LedgerApiGuard } from "./ledger-api-guard.ts";
 import {
   checkOffset,
   completionToProto,
@@ -21,23 +22,35 @@ import {
  * mapping onto the backend; LockstepErrors it throws reach clients through the node's error
  * interceptor (gRPC status + ErrorDetail; Connect JSON error body with the code in details).
  * Streams run until the client goes or the node stops: both abort the handler's signal, which
- * the backend's iterators honour.
+ * the backend's iterators honour. `guard` authorizes every call first (ledger-api-guard.ts;
+ * docs/security.md): without it, or with auth off, every call is allowed.
  */
-export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRouter) => void {
+export function ledgerApiRoutes(
+  backend: LedgerApiBackend,
+  guard = new LedgerApiGuard(),
+): (router: ConnectRouter) => void {
   return (router) => {
     router.service(PartyManagementService, {
-      allocateParty: (req) => backend.allocateParty(req.partyIdHint, optionalString(req.displayName)),
-      listParties: async () => ({ parties: [...(await backend.listParties())] }),
+      allocateParty: async (req, ctx: HandlerContext) => {
+        await guard.admin(ctx, "allocate a party");
+        return backend.allocateParty(req.partyIdHint, optionalString(req.displayName));
+      },
+      listParties: async (_req, ctx: HandlerContext) => {
+        await guard.admin(ctx, "list the known parties");
+        return { parties: [...(await backend.listParties())] };
+      },
     });
 
     router.service(CommandSubmissionService, {
-      submit: (req) => backend.submit(toSubmitCommands(req.commands)),
+      submit: async (req, ctx: HandlerContext) =>
+        backend.submit(toSubmitCommands(await guard.submission(ctx, req.commands))),
     });
 
     router.service(CommandService, {
       submitAndWait: async (req, ctx: HandlerContext) => {
+        const commands = toSubmitCommands(await guard.submission(ctx, req.commands));
         // The caller's deadline (grpc-timeout / connect-timeout-ms), as Canton's command service takes it.
-        const r = await backend.submitAndWait(toSubmitCommands(req.commands), ctx.signal, {
+        const r = await backend.submitAndWait(commands, ctx.signal, {
           timeoutMs: ctx.timeoutMs(),
         });
         return {
@@ -52,14 +65,17 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
 
     router.service(CommandCompletionService, {
       completionStream: async function* (req, ctx: HandlerContext) {
-        const completions = backend.completionStream(
-          {
-            beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
-            userId: req.userId,
-            parties: req.parties,
-            incarnation: optionalString(req.incarnation),
-          },
-          ctx.signal,
+        const { auth, userId } = await guard.completions(ctx, req.userId, req.parties);
+        const completions = guard.stream(ctx, auth, (signal) =>
+          backend.completionStream(
+            {
+              beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
+              userId,
+              parties: req.parties,
+              incarnation: optionalString(req.incarnation),
+            },
+            signal,
+          ),
         );
         for await (const item of completions) {
           yield {
@@ -73,15 +89,18 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
 
     router.service(UpdateService, {
       getUpdates: async function* (req, ctx: HandlerContext) {
-        const updates = backend.updateStream(
-          {
-            beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
-            endInclusive:
-              req.endInclusive === undefined ? undefined : checkOffset(req.endInclusive, "end_inclusive"),
-            parties: req.parties,
-            incarnation: optionalString(req.incarnation),
-          },
-          ctx.signal,
+        const auth = await guard.read(ctx, req.parties, "read updates of");
+        const updates = guard.stream(ctx, auth, (signal) =>
+          backend.updateStream(
+            {
+              beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
+              endInclusive:
+                req.endInclusive === undefined ? undefined : checkOffset(req.endInclusive, "end_inclusive"),
+              parties: req.parties,
+              incarnation: optionalString(req.incarnation),
+            },
+            signal,
+          ),
         );
         for await (const item of updates) {
           yield {
@@ -94,8 +113,12 @@ export function ledgerApiRoutes(backend: LedgerApiBackend): (router: ConnectRout
     });
 
     router.service(StateService, {
-      getLedgerEnd: (req) => backend.ledgerEnd({ incarnation: optionalString(req.incarnation) }),
-      getActiveContracts: async (req) => {
+      getLedgerEnd: async (req, ctx: HandlerContext) => {
+        await guard.caller(ctx);
+        return backend.ledgerEnd({ incarnation: optionalString(req.incarnation) });
+      },
+      getActiveContracts: async (req, ctx: HandlerContext) => {
+        await guard.read(ctx, req.parties, "read the active contracts of");
         const r = await backend.activeContracts({
           parties: req.parties,
           activeAtOffset:

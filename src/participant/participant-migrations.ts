@@ -1,4 +1,5 @@
 import type { Migration } from "../storage/migrations.ts";
+import { userManagementMigration } from "./user-store.ts";
 
 /**
  * The participant's schema (versions 400–499). Everything but the local party metadata and the
@@ -163,4 +164,5 @@ ALTER TABLE participant_updates
   ALTER COLUMN request_id DROP NOT NULL;
 `,
   },
+  userManagementMigration,
 ];

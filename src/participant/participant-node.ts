@@ -12,6 +12,7 @@ import type { Micros } from "../common/time.ts";
 import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
+import { admissionStatus, notAdmittedReason } from "../sequencer-client/admission-status.ts";
 import { clientOwnTopology } from "../sequencer-client/client-own-topology.ts";
 import { createSequencerClient } from "../sequencer-client/create-sequencer-client.ts";
 import type { EventContext, SequencerClient } from "../sequencer-client/sequencer-client.ts";
@@ -20,7 +21,9 @@ import type { Db, Tx } from "../storage/db.ts";
 import { recordResubscribed } from "../storage/recovery-records.ts";
 import { ConfirmationSender } from "./confirmation-sender.ts";
 import { DeduplicationRecovery } from "./deduplication-recovery.ts";
+import { ledgerApiAuthenticator, requireAuthConfig } from "./ledger-api-auth.ts";
 import type { LedgerApiBackend } from "./ledger-api-backend.ts";
+import { LedgerApiGuard } from "./ledger-api-guard.ts";
 import { ledgerApiRoutes } from "./ledger-api-service.ts";
 import { LedgerNotifier } from "./ledger-notifier.ts";
 import { ParticipantBackend } from "./participant-backend.ts";
@@ -38,13 +41,18 @@ import {
   synchronizerHistory,
   synchronizerMigrations,
 } from "./synchronizer-migration.ts";
+import { userManagementRoutes } from "./user-management-service.ts";
+import { UserStore } from "./user-store.ts";
 
 /** How often the participant asks for a time proof while submissions wait to be sequenced. */
 export const TIME_PROOF_INTERVAL_MS = 1000;
 
 export interface ParticipantNodeOptions {
   /** Serves the Ledger API on the node's port (ledger-api-service.ts provides it). */
-  readonly ledgerApiRoutes?: (backend: LedgerApiBackend) => (router: ConnectRouter) => void;
+  readonly ledgerApiRoutes?: (
+    backend: LedgerApiBackend,
+    guard: LedgerApiGuard,
+  ) => (router: ConnectRouter) => void;
   /** Called with each started node (tests reach the backend through it). */
   readonly onCreate?: (node: ParticipantNode) => void;
   /** SubmitAndWait's deadline when the caller sent none; default 5 minutes, as Canton's. */
@@ -83,6 +91,9 @@ export class ParticipantNode implements NodeKindRuntime {
   private readonly submissions: SubmissionService;
   private readonly parties: PartyManagement;
   private readonly recovery: DeduplicationRecovery;
+  /** Ledger API authorization (docs/security.md); built only where the Ledger API is served. */
+  private readonly users: UserStore;
+  private readonly guard: LedgerApiGuard | undefined;
   private timer: NodeJS.Timeout | undefined;
   private starting: Promise<void> | undefined;
   private recoveryLoaded: Promise<void> | undefined;
@@ -95,6 +106,16 @@ export class ParticipantNode implements NodeKindRuntime {
     private readonly options: ParticipantNodeOptions = {},
   ) {
     this.log = context.logger.child({ component: "participant" });
+    this.users = new UserStore(context.db);
+    // A participant serving the Ledger API refuses to start unless its config says which auth.
+    if (options.ledgerApiRoutes) {
+      const config = context.entry.config;
+      const auth = requireAuthConfig(
+        context.entry.name,
+        "ledger-api" in config ? config["ledger-api"]?.auth : undefined,
+      );
+      this.guard = new LedgerApiGuard(ledgerApiAuthenticator(auth, this.users));
+    }
     this.keys = nodeKeyStore(context.db, context.entry);
     this.client = createSequencerClient({
       db: context.db,
@@ -148,7 +169,10 @@ export class ParticipantNode implements NodeKindRuntime {
   }
 
   routes(router: ConnectRouter): void {
-    this.options.ledgerApiRoutes?.(this.backend)(router);
+    if (this.options.ledgerApiRoutes && this.guard) {
+      this.options.ledgerApiRoutes(this.backend, this.guard)(router);
+      userManagementRoutes(this.users, this.guard)(router);
+    }
     keyAdminRoutes(() => this.keyAdmin)(router);
   }
 
@@ -181,7 +205,9 @@ export class ParticipantNode implements NodeKindRuntime {
       if (!started) {
         throw new LockstepError("NOT_CONNECTED_TO_SYNCHRONIZER", {
           synchronizer: this.context.config.synchronizer.id,
-          reason: "it is still registering with its sequencer (is the sequencer running?)",
+          reason:
+            notAdmittedReason(this.client.status()) ??
+            "it is still registering with its sequencer (is the sequencer running?)",
         });
       }
     }
@@ -238,9 +264,13 @@ export class ParticipantNode implements NodeKindRuntime {
   }
 
   async status(): Promise<NodeKindStatus> {
-    const { clean, subscriptionCheck } = this.client.status();
+    const client = this.client.status();
+    const { clean, subscriptionCheck } = client;
+    const admission = admissionStatus(client);
     return {
+      warning: admission.warning,
       position: {
+        ...admission.position,
         clean: clean === null ? null : String(clean),
         ledgerEnd: String(await readLedgerEnd(this.context.db)),
         subscriptionCheck,

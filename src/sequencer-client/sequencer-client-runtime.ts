@@ -35,7 +35,12 @@ export const SEQUENCER_CLIENT_DEFAULTS = {
   ackIntervalMs: 1000,
   reconnectInitialMs: 100,
   reconnectMaxMs: 5000,
+  /** How often a member the sequencer has not admitted asks again (an operator may admit it any time). */
+  admissionPollMaxMs: 1000,
 } as const;
+
+/** How often the refusal is logged again while the member waits to be admitted. */
+const NOT_ADMITTED_LOG_EVERY_MS = 60_000;
 
 /**
  * The client's lifecycle: created → registering → replaying → subscribed (connected or
@@ -81,6 +86,8 @@ export class SequencerClientRuntime implements SequencerClient {
   /** The latest transport error while reconnecting (cleared once connected). */
   private lastTransient: LockstepError | null = null;
   private subscribeAttempts = 0;
+  /** Set while the sequencer refuses to onboard the member (not on its allow-list). */
+  private notAdmitted: { member: string; loggedAt: number } | null = null;
   /** Whether the key store was brought in line with the sequencer's topology in this process. */
   private keysReconciled = false;
   private readonly cleanWaiters = new CleanWaiters();
@@ -225,13 +232,24 @@ export class SequencerClientRuntime implements SequencerClient {
     for (let attempt = 0; ; attempt++) {
       try {
         await this.register();
+        if (this.notAdmitted) {
+          this.log.info({ member: this.notAdmitted.member }, "admitted by the synchronizer: registered");
+          this.notAdmitted = null;
+          this.lastTransient = null;
+        }
         return signal.aborted ? undefined : this.registered;
       } catch (error) {
         if (signal.aborted) return undefined;
-        if (!(error instanceof LockstepError && error.retryable)) throw error;
-        this.noteTransient(error);
+        const waitingForAdmission =
+          error instanceof LockstepError && error.code === "TOPOLOGY_PARTICIPANT_ONBOARDING_REFUSED";
+        if (waitingForAdmission) this.noteNotAdmitted(error);
+        else if (!(error instanceof LockstepError && error.retryable)) throw error;
+        else this.noteTransient(error);
+        const delay = waitingForAdmission
+          ? Math.min(this.backoff(attempt), SEQUENCER_CLIENT_DEFAULTS.admissionPollMaxMs)
+          : this.backoff(attempt);
         try {
-          await sleep(this.backoff(attempt), undefined, { signal });
+          await sleep(delay, undefined, { signal });
         } catch {
           return undefined;
         }
@@ -284,6 +302,7 @@ export class SequencerClientRuntime implements SequencerClient {
       failed: this.state.kind === "failed",
       subscribeAttempts: this.subscribeAttempts,
       subscriptionCheck: this.check.state,
+      notAdmitted: this.notAdmitted?.member ?? null,
     };
   }
 
@@ -366,6 +385,23 @@ export class SequencerClientRuntime implements SequencerClient {
     const initialMs = this.options.reconnect?.initialMs ?? SEQUENCER_CLIENT_DEFAULTS.reconnectInitialMs;
     const maxMs = this.options.reconnect?.maxMs ?? SEQUENCER_CLIENT_DEFAULTS.reconnectMaxMs;
     return backoffDelayMs(attempt, initialMs, maxMs);
+  }
+
+  /**
+   * Not on the sequencer's allow-list: the node waits to be admitted (`lockstep synchronizer admit`)
+   * and asks again, with the refusal in its status (lastError, notAdmitted) and logged as an error
+   * at once and every minute after, so it is never silent (docs/security.md "Permissioned synchronizer").
+   */
+  private noteNotAdmitted(error: LockstepError): void {
+    this.lastTransient = error;
+    const member = error.metadata.member ?? this.options.memberName;
+    const now = Date.now();
+    if (this.notAdmitted && now - this.notAdmitted.loggedAt < NOT_ADMITTED_LOG_EVERY_MS) return;
+    this.notAdmitted = { member, loggedAt: now };
+    this.log.error(
+      { code: error.code, member, remedy: error.remedy },
+      `not admitted by the synchronizer: ${error.message}; waiting to be admitted`,
+    );
   }
 
   private noteTransient(error: LockstepError): void {

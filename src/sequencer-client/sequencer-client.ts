@@ -145,6 +145,11 @@ export interface SequencerClientStatus {
    * (e.g. accept submissions) while it is pending.
    */
   subscriptionCheck: "pending" | "passed";
+  /**
+   * The member id the sequencer refused to onboard (TOPOLOGY_PARTICIPANT_ONBOARDING_REFUSED: not on
+   * its allow-list) while the client keeps asking; null otherwise. lastError then names the code.
+   */
+  notAdmitted: string | null;
 }
 
 export interface SequencerClientOptions {

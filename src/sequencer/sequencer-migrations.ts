@@ -112,6 +112,24 @@ CREATE TABLE sequencer_synchronizer (
 );
 `,
   },
+  {
+    version: 103,
+    name: "member_admissions",
+    // The allow-list of a permissioned synchronizer (member-admissions.ts). Each change has the
+    // sequencing timestamp the writer gave it (the head counts it, so no event reuses it). Members
+    // registered before the list existed stay in: they were let in by the rules of their time.
+    sql: `
+CREATE TABLE sequencer_admissions (
+  member      text PRIMARY KEY,
+  state       text NOT NULL CHECK (state IN ('admitted', 'revoked')),
+  changed_at  bigint NOT NULL,
+  changed_by  text NOT NULL,
+  recorded_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO sequencer_admissions (member, state, changed_at, changed_by)
+SELECT member, 'admitted', registered_at, 'registered-before-allow-list' FROM sequencer_members;
+`,
+  },
 ];
 
 /** Everything a sequencer's database needs beyond node_state, in the order the runtime applies it. */

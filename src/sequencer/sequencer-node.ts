@@ -31,7 +31,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
         })(router);
       },
       async activate() {
-        const { parameters, mediator, id } = ctx.config.synchronizer;
+        const { parameters, mediator, id, onboarding } = ctx.config.synchronizer;
         await claimSynchronizerId(ctx.db, ctx.entry.name, id);
         sequencer = await Sequencer.start({
           db: ctx.db,
@@ -45,6 +45,7 @@ export const sequencerNodeKind: NodeKindDefinition<Db> = {
             maxDeduplicationDurationMs: parameters["max-deduplication-duration"],
           },
           mediatorName: mediator.name,
+          onboarding,
           retentionMs: ctx.config.synchronizer.sequencer.retention,
           onFatal: (error) => ctx.fail(error.toJSON()),
         });

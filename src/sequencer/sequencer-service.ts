@@ -5,12 +5,14 @@ import { eventToProto } from "../common/sequenced-event.ts";
 import { signedTopologyToParts } from "../crypto/topology.ts";
 import type { ErrorDetailSchema } from "../gen/lockstep/common/v1/error_pb.ts";
 import {
+  MemberAdmissionSchema,
   MemberStatusSchema,
   RetentionHoldSchema,
   SequencerService,
   StoredTopologyTransactionSchema,
   StrandedSetSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import type { Admission } from "./member-admissions.ts";
 import type { StrandedSet } from "./retention-holds.ts";
 import type { Sequencer } from "./sequencer.ts";
 import { isBinaryRequest, subscribeResponse } from "./subscribe-response.ts";
@@ -30,6 +32,16 @@ function errorDetail(error: LockstepError): MessageInitShape<typeof ErrorDetailS
 }
 
 const strandedProto = (s: StrandedSet) => create(StrandedSetSchema, s);
+
+function admissionProto(a: Admission, sequencer: Sequencer) {
+  return create(MemberAdmissionSchema, {
+    member: a.member,
+    state: a.state,
+    changedAt: a.at,
+    changedBy: a.by,
+    registeredAt: sequencer.registeredAt(a.member),
+  });
+}
 
 /**
  * lockstep.sequencer.v1.SequencerService over a Sequencer: proto in, proto out, nothing else.
@@ -151,6 +163,25 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
       resumeIntake() {
         current().intake.resume();
         return {};
+      },
+      async admitMember(request) {
+        const sequencer = current();
+        const admissions = sequencer.admissions;
+        const { admission, changed } = await sequencer.intake.admit(() => admissions.admit(request.member));
+        return { admission: admissionProto(admission, sequencer), changed };
+      },
+      async revokeMember(request) {
+        const sequencer = current();
+        const admissions = sequencer.admissions;
+        const { admission, changed } = await sequencer.intake.admit(() => admissions.revoke(request.member));
+        return { admission: admissionProto(admission, sequencer), changed };
+      },
+      listMemberAdmissions() {
+        const sequencer = current();
+        return {
+          onboarding: sequencer.admissions.onboarding,
+          admissions: sequencer.admissions.list().map((a) => admissionProto(a, sequencer)),
+        };
       },
       async getSequencerStatus() {
         const status = await current().status();

@@ -9,6 +9,7 @@ import type { Micros } from "../common/time.ts";
 import type { TopologyEntry } from "../crypto/topology.ts";
 import { signedTopologyFromParts } from "../crypto/topology.ts";
 import type { Db, DbSession, Queryable } from "../storage/db.ts";
+import { type Admission, readAdmissions } from "./member-admissions.ts";
 import { type RetentionHold, readHolds, type StrandedSet, strandSets } from "./retention-holds.ts";
 
 /** NOTIFY channel on which every committed batch announces the new head (readers in other processes). */
@@ -29,6 +30,8 @@ export interface LoadedSequencerState {
   readonly members: readonly StoredMember[];
   readonly heads: ReadonlyMap<string, EventPosition>;
   readonly topology: readonly TopologyEntry[];
+  /** The allow-list (member-admissions.ts). */
+  readonly admissions: readonly Admission[];
 }
 
 /** One sequenced submission with the member views it produced; written all at once. */
@@ -49,6 +52,8 @@ export interface WriteBatch {
   readonly heads: ReadonlyMap<string, EventPosition>;
   readonly newMembers: readonly { readonly member: string; readonly registeredAt: Micros }[];
   readonly topology: readonly TopologyEntry[];
+  /** Allow-list changes at their sequencing timestamps (member-admissions.ts). */
+  readonly admissions: readonly Admission[];
 }
 
 export interface MemberPosition {
@@ -144,9 +149,12 @@ export class SequencerStore {
       `SELECT effective_at, transaction, signer_public_key, signature FROM sequencer_topology
        ORDER BY effective_at, position`,
     );
+    const admissions = await readAdmissions(this.db);
     // Heads and the lower bound also bound the head: never reuse a timestamp, even after pruning.
+    // So do allow-list changes, which take a timestamp without an event.
     let head = state.head;
     for (const h of heads) if (head === null || h.last_timestamp > head) head = h.last_timestamp;
+    for (const a of admissions) if (head === null || a.at > head) head = a.at;
     return {
       head,
       pruningLowerBound: state.pruning_lower_bound,
@@ -167,6 +175,7 @@ export class SequencerStore {
           signature: t.signature,
         }),
       })),
+      admissions,
     };
   }
 
@@ -202,6 +211,12 @@ export class SequencerStore {
            ), tp AS (
              INSERT INTO sequencer_topology (effective_at, position, transaction, signer_public_key, signature)
              SELECT * FROM unnest($17::bigint[], $18::int[], $19::bytea[], $20::bytea[], $21::bytea[])
+           ), ad AS (
+             INSERT INTO sequencer_admissions (member, state, changed_at, changed_by)
+             SELECT * FROM unnest($23::text[], $24::text[], $25::bigint[], $26::text[])
+             ON CONFLICT (member) DO UPDATE
+               SET state = EXCLUDED.state, changed_at = EXCLUDED.changed_at,
+                   changed_by = EXCLUDED.changed_by, recorded_at = now()
            )
            SELECT pg_notify('${SEQUENCER_EVENTS_CHANNEL}', $22)`,
       [
@@ -227,6 +242,10 @@ export class SequencerStore {
         t.map((x) => x.entry.signed.signerKey),
         t.map((x) => x.entry.signed.signature),
         head.toString(),
+        batch.admissions.map((a) => a.member),
+        batch.admissions.map((a) => a.state),
+        batch.admissions.map((a) => a.at),
+        batch.admissions.map((a) => a.by),
       ],
       { prepare: "lockstep_sequencer_write_batch" },
     );

@@ -17,6 +17,13 @@ import {
   type TopologyState,
 } from "../crypto/topology.ts";
 import { EventPayloadSchema } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import {
+  type Admission,
+  type AdmissionItem,
+  type OnboardingMode,
+  registrationRefusal,
+  revokedRefusal,
+} from "./member-admissions.ts";
 import type { SequencedRecord, SequencerStore } from "./sequencer-store.ts";
 
 /** A member's submission, already authenticated and validated by the Send handler. */
@@ -40,7 +47,7 @@ export interface TopologyItem {
   readonly registers?: string;
 }
 
-export type WriterItem = SubmissionItem | TopologyItem;
+export type WriterItem = SubmissionItem | TopologyItem | AdmissionItem;
 
 /** What the writer keeps in memory: the single writer is the only one to change it. */
 export interface WriterState {
@@ -49,6 +56,8 @@ export interface WriterState {
   /** Registered members → registration timestamp. */
   readonly members: ReadonlyMap<string, Micros>;
   readonly heads: ReadonlyMap<string, EventPosition>;
+  /** The allow-list by member (member-admissions.ts). */
+  readonly admissions: ReadonlyMap<string, Admission>;
 }
 
 export interface SequencerWriterOptions {
@@ -62,6 +71,10 @@ export interface SequencerWriterOptions {
    */
   sign: (bytes: Buffer, listed: readonly string[]) => Buffer | Promise<Buffer>;
   initial: WriterState;
+  /** synchronizer.onboarding: who may register (checked again here, at the sequencing timestamp). */
+  onboarding?: OnboardingMode;
+  /** The synchronizer id, for the onboarding refusal. */
+  synchronizerId?: string;
   clock?: () => Micros;
   /** Upper bound of submissions per transaction (group commit takes all queued, up to this). */
   maxBatchSize?: number;
@@ -116,6 +129,12 @@ export class SequencerWriter {
   }
   lastDelivered(member: string): Micros | undefined {
     return this.state.heads.get(member)?.timestamp;
+  }
+  admission(member: string): Admission | undefined {
+    return this.state.admissions.get(member);
+  }
+  admissions(): Admission[] {
+    return [...this.state.admissions.values()].sort((a, b) => a.member.localeCompare(b.member));
   }
 
   submit(item: WriterItem): Promise<Micros> {
@@ -191,15 +210,47 @@ export class SequencerWriter {
     let listed = topology.signingKeysOf(sequencerId, END_OF_TIME).map((k) => k.fingerprint);
     const topologyEntries: TopologyEntry[] = [];
     const outcomes: [Pending, Micros | LockstepError][] = [];
+    // Allow-list changes of this batch; a revocation applies to everything sequenced after it.
+    const admissions = new Map<string, Admission>();
+    const admissionOf = (member: string) => admissions.get(member) ?? base.admissions.get(member);
 
     for (const pending of batch) {
       const now = this.clock();
       const timestamp = head === null || now > head ? now : head + 1n;
       let event: SequencedSubmission;
+      if (pending.item.kind === "admission") {
+        // Takes a timestamp but no event: recorded in order, delivered to nobody.
+        const { member, state, by } = pending.item;
+        admissions.set(member, { member, state, at: timestamp, by });
+        head = timestamp;
+        outcomes.push([pending, timestamp]);
+        continue;
+      }
       if (pending.item.kind === "submission") {
+        // Checked at intake too; this catches a revocation sequenced while the send was verified.
+        const revoked = revokedRefusal(admissionOf(pending.item.sender));
+        if (revoked) {
+          outcomes.push([pending, revoked]);
+          continue;
+        }
         event = submissionEvent(pending.item, timestamp);
       } else {
         const item = pending.item;
+        const registering = item.registers !== undefined && !base.members.has(item.registers);
+        const admission = item.registers === undefined ? undefined : admissionOf(item.registers);
+        if (registering && item.registers !== undefined) {
+          const mode = this.options.onboarding ?? "open";
+          const refusal = registrationRefusal(
+            mode,
+            item.registers,
+            admission,
+            this.options.synchronizerId ?? "",
+          );
+          if (refusal) {
+            outcomes.push([pending, refusal]);
+            continue;
+          }
+        }
         let next = topology;
         try {
           for (const tx of item.transactions) next = next.apply(tx, timestamp);
@@ -210,8 +261,13 @@ export class SequencerWriter {
         }
         topology = next;
         for (const signed of item.transactions) topologyEntries.push({ signed, effectiveAt: timestamp });
-        if (item.registers !== undefined && !base.members.has(item.registers)) {
+        if (registering && item.registers !== undefined) {
           newMembers.set(item.registers, timestamp);
+          // Let in by open onboarding: recorded, so that switching to allow-list keeps it in.
+          if (admission === undefined) {
+            const member = item.registers;
+            admissions.set(member, { member, state: "admitted", at: timestamp, by: "open-onboarding" });
+          }
         }
         event = topologyEvent(item, timestamp, sequencerId, [...base.members.keys(), ...newMembers.keys()]);
       }
@@ -238,7 +294,7 @@ export class SequencerWriter {
     }
     const records = await signRecords(built, sign);
 
-    if (records.length > 0 && head !== null) {
+    if ((records.length > 0 || admissions.size > 0) && head !== null) {
       try {
         await this.options.store.writeBatch(
           {
@@ -246,6 +302,7 @@ export class SequencerWriter {
             heads,
             newMembers: [...newMembers].map(([member, registeredAt]) => ({ member, registeredAt })),
             topology: topologyEntries,
+            admissions: [...admissions.values()],
           },
           head,
         );
@@ -260,6 +317,7 @@ export class SequencerWriter {
         topology,
         members: new Map([...base.members, ...newMembers]),
         heads: new Map([...base.heads, ...heads]),
+        admissions: new Map([...base.admissions, ...admissions]),
       };
       this.options.onCommitted?.(head, records);
     }

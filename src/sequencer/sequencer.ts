@@ -15,9 +15,11 @@ import {
   TopologyState,
 } from "../crypto/topology.ts";
 import type { Db } from "../storage/db.ts";
+import { AdmissionControl } from "./admission-control.ts";
 import { EventNotifier } from "./event-notifier.ts";
 import { readEvents } from "./event-reader.ts";
 import { IntakeGate } from "./intake-gate.ts";
+import type { OnboardingMode } from "./member-admissions.ts";
 import { RecentEvents } from "./recent-events.ts";
 import { checkIssuedAt, verifyMemberSignature } from "./request-verification.ts";
 import {
@@ -81,6 +83,8 @@ export interface SequencerOptions {
   /** config.synchronizer.id: the synchronizer id is `id::<namespace fingerprint>`. */
   synchronizerName: string;
   parameters: SynchronizerParametersValues;
+  /** synchronizer.onboarding (member-admissions.ts); default open (protocol tests register anyone). */
+  onboarding?: OnboardingMode;
   /** The configured mediator's name: registering it also adds it to the MediatorDomainState. */
   mediatorName?: string;
   clock?: () => Micros;
@@ -149,6 +153,8 @@ export class Sequencer {
   private readonly stopping = new AbortController();
   /** Paused by `backup create --quiesce` (PauseIntake); the service admits submissions through it. */
   readonly intake = new IntakeGate();
+  /** The allow-list: admit, revoke, and who may register (docs/security.md "Permissioned synchronizer"). */
+  readonly admissions: AdmissionControl;
 
   private constructor(
     private readonly options: SequencerOptions,
@@ -164,6 +170,13 @@ export class Sequencer {
   ) {
     // Every open subscription listens for the stop: there may be many more than 10.
     setMaxListeners(0, this.stopping.signal);
+    this.admissions = new AdmissionControl({
+      writer,
+      sequencerId,
+      synchronizerId,
+      onboarding: options.onboarding ?? "open",
+      logger: options.logger,
+    });
   }
 
   /** Loads the state, starts the writer and sequences the initial topology if missing. */
@@ -176,6 +189,7 @@ export class Sequencer {
     const notifier = new EventNotifier(loaded.head);
     const recent = new RecentEvents(loaded.head);
     const sequencerId = uniqueIdentifier(options.name, namespace);
+    const synchronizerId = uniqueIdentifier(options.synchronizerName, namespace);
     const topology = TopologyState.replay(namespace, loaded.topology);
     // A rotation stopped between its steps, or a restore from a set taken mid-rotation: the store
     // follows topology before the signing key is picked (docs/keys.md).
@@ -198,7 +212,10 @@ export class Sequencer {
         topology,
         members: new Map(loaded.members.map((m) => [m.member, m.registeredAt])),
         heads: loaded.heads,
+        admissions: new Map(loaded.admissions.map((a) => [a.member, a])),
       },
+      onboarding: options.onboarding ?? "open",
+      synchronizerId,
       clock: options.clock,
       maxBatchSize: options.maxBatchSize,
       onCommitted: (head, records) => {
@@ -221,7 +238,7 @@ export class Sequencer {
       new SubmissionIntake(writer, epochs),
       keys,
       sequencerId,
-      uniqueIdentifier(options.synchronizerName, namespace),
+      synchronizerId,
     );
     await sequencer.bootstrap();
     return sequencer;
@@ -340,16 +357,22 @@ export class Sequencer {
         reason: `the member was registered at ${registeredAt}`,
       });
     }
-    const stop = AbortSignal.any([signal, this.stopping.signal]);
-    yield* readEvents({
-      store: this.store,
-      notifier: this.notifier,
-      recent: this.recent,
-      member,
-      fromInclusive: fromTimestamp ?? registeredAt,
-      signal: stop,
-      batchSize: this.options.subscriptionBatchSize,
-    });
+    const subscription = this.admissions.subscription(member);
+    const stop = AbortSignal.any([signal, this.stopping.signal, subscription.signal]);
+    try {
+      yield* readEvents({
+        store: this.store,
+        notifier: this.notifier,
+        recent: this.recent,
+        member,
+        fromInclusive: fromTimestamp ?? registeredAt,
+        signal: stop,
+        batchSize: this.options.subscriptionBatchSize,
+      });
+    } finally {
+      // Ended by a revocation: SEQUENCER_MEMBER_REVOKED.
+      subscription.close(signal.aborted);
+    }
     if (this.stopping.signal.aborted && !signal.aborted) {
       throw new LockstepError("SEQUENCER_SHUTTING_DOWN", { sequencer: this.sequencerId });
     }
@@ -365,6 +388,7 @@ export class Sequencer {
       digest: acknowledgementDigest({ member, timestamp, writerEpoch, writerActivation }),
       signature: request.signature,
     });
+    this.admissions.requireNotRevoked(member);
     const last = this.writer.lastDelivered(member);
     if (last === undefined || timestamp > last) {
       throw new LockstepError("SEQUENCER_SUBMISSION_REQUEST_MALFORMED", {
@@ -392,6 +416,8 @@ export class Sequencer {
       });
     }
     const member = mapping.member;
+    // Refused before anything else: a revoked member stays out, an unknown one needs admitting.
+    this.admissions.requireNotRevoked(member);
     const registered = this.writer.registeredAt(member);
     if (
       registered !== undefined &&
@@ -402,6 +428,7 @@ export class Sequencer {
     if (member === this.sequencerId) {
       throw new LockstepError("INVALID_TOPOLOGY_MAPPING", { reason: "the sequencer cannot register itself" });
     }
+    this.admissions.checkRegistration(member);
     // Validate now, so that a bad transaction is refused without a writer round trip; the writer
     // validates again at the sequencing timestamp.
     const after = this.writer.topology.apply(signed, this.at() + 1n);
@@ -452,6 +479,11 @@ export class Sequencer {
     return at;
   }
 
+  /** The member's registration timestamp; undefined before it registered. */
+  registeredAt(member: string): Micros | undefined {
+    return this.writer.registeredAt(member);
+  }
+
   topology(asOf?: Micros): TopologyEntry[] {
     return this.writer.topology.transactions(asOf);
   }
@@ -466,7 +498,12 @@ export class Sequencer {
   ): Promise<{ pruningLowerBound: Micros; removedEvents: number; stranded: StrandedSet[] }> {
     const result = await this.store.prune(
       before,
-      (positions, holds) => checkPruningSafe(before, { positions, head: this.writer.head, holds }, force),
+      (positions, holds) =>
+        checkPruningSafe(
+          before,
+          { positions: this.admissions.holdingPruning(positions), head: this.writer.head, holds },
+          force,
+        ),
       nowMicros(),
     );
     this.recent.prune(result.pruningLowerBound);
@@ -510,7 +547,11 @@ export class Sequencer {
       readHolds(db),
       readStranded(db),
     ]);
-    const safe = safePruningPoint({ positions: members, head: this.writer.head, holds });
+    const safe = safePruningPoint({
+      positions: this.admissions.holdingPruning(members),
+      head: this.writer.head,
+      holds,
+    });
     return {
       sequencerId: this.sequencerId,
       synchronizerId: this.synchronizerId,

@@ -2,6 +2,7 @@ import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Micros } from "../common/time.ts";
 import { submissionBatchDigest, submissionDigest } from "../crypto/keys.ts";
 import type { Submission } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { revokedRefusal } from "./member-admissions.ts";
 import {
   malformed,
   parseSubmission,
@@ -35,6 +36,12 @@ export function requireMember(writer: SequencerWriter, member: string): Micros {
   const registeredAt = writer.registeredAt(member);
   if (registeredAt === undefined) throw new LockstepError("SEQUENCER_SENDER_UNKNOWN", { member });
   return registeredAt;
+}
+
+/** A revoked member's own (authenticated) requests are refused: SEQUENCER_MEMBER_REVOKED. */
+export function requireNotRevoked(writer: SequencerWriter, member: string): void {
+  const revoked = revokedRefusal(writer.admission(member));
+  if (revoked) throw revoked;
 }
 
 /**
@@ -127,6 +134,8 @@ export class SubmissionIntake {
 
   /** The checks after authentication: well formed, and from the sender's current writer epoch. */
   private async checkAuthenticated(submission: Submission): Promise<SubmissionItem> {
+    // After authentication, so that only the member itself learns it was revoked.
+    requireNotRevoked(this.writer, submission.sender);
     const item = validateSubmission(submission, (m) => this.writer.registeredAt(m) !== undefined);
     await this.epochs.check(submission.sender, submission.writerEpoch, submission.writerActivation);
     return item;

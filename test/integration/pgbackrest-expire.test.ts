@@ -65,6 +65,7 @@ function lockstepConfig() {
       {
         name: NODE,
         port: 17003,
+        "ledger-api": { auth: { type: "off" } },
         backup: {
           engine: "pgbackrest",
           pgbackrest: { stanza: STANZA, "pg-data": pg.dataDir, "socket-dir": pg.dir, "pg-port": pg.port },

@@ -33,7 +33,7 @@ writeFileSync(
       sequencer: { name: "sequencer1", port: await freePort(), storage: { url: nodeUrl } },
       mediator: { name: "mediator1", port: await freePort() },
     },
-    participants: [{ name: "participant1", port: await freePort() }],
+    participants: [{ name: "participant1", port: await freePort(), "ledger-api": { auth: { type: "off" } } }],
     backup: { repository: "backups" },
   }),
 );

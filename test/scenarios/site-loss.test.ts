@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { type TestContext, test } from "node:test";
 import pg from "pg";
 import { stringify } from "yaml";
+import { ensureAdminTokenFile } from "../../src/common/admin-credentials.ts";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
 import { freePort } from "../../src/common/loopback.ts";
 import { adminClient } from "../../src/node/clients.ts";
@@ -95,8 +96,14 @@ async function startTwoSites(t: TestContext, replication: "sync" | "async"): Pro
     p2: await freePort(),
   };
   const sequencer = await sites.forward(ports.sequencer, { host: a.address, port: ports.sequencer });
+  // One admin token for the three configs' data dirs, as hosts of one network share it (docs/security.md).
+  const adminTokenPath = join(dir, "admin-token");
+  process.env.LOCKSTEP_ADMIN_TOKEN = ensureAdminTokenFile(adminTokenPath);
   const siteConfig = (dataDir: string, site: Site) => ({
     "data-dir": dataDir,
+    // The sites' nodes bind addresses of their network namespaces: cleartext there on purpose.
+    tls: "off",
+    admin: { "token-file": adminTokenPath },
     synchronizer: {
       id: "sync1",
       parameters: { "ledger-time-record-time-tolerance": "10s" },
@@ -118,9 +125,15 @@ async function startTwoSites(t: TestContext, replication: "sync" | "async"): Pro
         name: "participant1",
         port: ports.p1,
         host: site.address,
+        "ledger-api": { auth: { type: "off" } },
         storage: { url: repl.primary.url("participant1") },
       },
-      { name: "participant2", port: ports.p2, storage: { url: core.connectionUrl("participant2") } },
+      {
+        name: "participant2",
+        port: ports.p2,
+        storage: { url: core.connectionUrl("participant2") },
+        "ledger-api": { auth: { type: "off" } },
+      },
     ],
     backup: { repository: "backups" },
   });

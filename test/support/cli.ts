@@ -3,7 +3,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { stringify } from "yaml";
 import { runLockstep as runSelf } from "../../src/cli/self-process.ts";
+import { readAdminTokenFile, registerAdminToken } from "../../src/common/admin-credentials.ts";
 import { freePort, LOOPBACK } from "../../src/common/loopback.ts";
+import { httpUrl } from "../../src/common/node-endpoint.ts";
 
 export interface CliResult {
   /** -1 when the child was killed by a signal (src/cli/self-process.ts). */
@@ -74,10 +76,22 @@ export async function writeTestConfig(
       name: `participant${i + 1}`,
       port,
       ...at(options.hosts?.participants?.[i]),
+      // Ledger API auth off by explicit config (a test that needs it turns it on: ledger-api-auth.test.ts).
+      "ledger-api": { auth: { type: "off" } },
     })),
     backup: { repository: "backups" },
   };
   const configPath = join(dir, "lockstep.yaml");
   writeFileSync(configPath, stringify(config));
+  // This process's admin calls to the network (tests' own clients) carry the token its nodes create.
+  const nodeHosts = [
+    [hosts.sequencer, ports.sequencer],
+    [hosts.mediator, ports.mediator],
+    ...ports.participants.map((port, i) => [hosts.participants[i] as string, port] as const),
+  ] as const;
+  registerAdminToken(
+    nodeHosts.map(([host, port]) => new URL(httpUrl(host, port)).host),
+    () => readAdminTokenFile(join(dir, "data", "admin-token")),
+  );
   return { dir, configPath, ports, hosts };
 }

@@ -66,6 +66,7 @@ export async function startParticipantNetwork(
         name,
         port: 4011 + 10 * i,
         storage: await storage(`${name}_pt`),
+        "ledger-api": { auth: { type: "off" as const } },
       })),
     ),
   });

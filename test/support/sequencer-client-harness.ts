@@ -65,6 +65,8 @@ export async function startTestSequencer(
       "data-dir": dataDir,
       synchronizer: {
         id: "sync1",
+        // These tests register members of their own making (the allow-list has its own tests).
+        onboarding: "open",
         sequencer: {
           name: "sequencer1",
           port,

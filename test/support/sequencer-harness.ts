@@ -74,6 +74,8 @@ export interface TestSequencerOptions {
   database?: string;
   mediatorName?: string;
   parameters?: Record<string, string>;
+  /** synchronizer.onboarding: open by default here, as these tests register members of their own. */
+  onboarding?: "open" | "allow-list";
 }
 
 /** A sequencer node on `pg`, active and serving on a free port. Stop it at the end of the test. */
@@ -87,6 +89,7 @@ export async function startTestSequencer(
   const config = validateConfig({
     synchronizer: {
       id: "sync1",
+      onboarding: options.onboarding ?? "open",
       ...(options.parameters ? { parameters: options.parameters } : {}),
       sequencer: { name: "sequencer", port: 4001, storage: { url: connectionUrl } },
       mediator: { name: options.mediatorName ?? "mediator", port: 4002 },

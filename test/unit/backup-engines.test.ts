@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import { BackupEngines, chooseEngine } from "../../src/backup/backup-engines.ts";
+import { createBackupKeyFile } from "../../src/backup/backup-keys.ts";
 import { exampleConfig } from "../../src/common/config.ts";
 import { configNodes, type LockstepConfig, type NodeEntry } from "../../src/common/config-schema.ts";
 import { isLockstepError } from "../../src/common/errors.ts";
@@ -57,7 +61,7 @@ test("pg-dump is made once, with the config's format and jobs or the run's", () 
   assert.equal(engine.restoresInto, "database");
   assert.deepEqual(
     engine.verifyTiers.map((t) => t.name),
-    ["archive listing"],
+    ["authentication", "archive listing"],
   );
   assert.equal(engines.forNode(node("sequencer1")), engine);
   const artifact = {
@@ -111,4 +115,36 @@ test("an engine this build lacks is refused by name, saying which setting chose 
       isLockstepError(error, "BACKUP_ENGINE_UNAVAILABLE") &&
       /chosen by --engine, for mediator1/.test(error.message),
   );
+});
+
+test("with backup.encryption, a node backed up by pgbackrest is refused before anything starts", () => {
+  const { config, node } = network((c) => {
+    c.backup.engine = "pgbackrest";
+    c.backup.encryption = { "key-file": "/nonexistent/backup.key", "previous-key-files": [] };
+  });
+  assert.throws(
+    () => new BackupEngines(config, silentLogger("test")).forNode(node("mediator1")),
+    (error: unknown) =>
+      isLockstepError(error, "BACKUP_ENCRYPTION_UNSUPPORTED") &&
+      error.exitCode === 2 &&
+      /pgbackrest engine \(chosen by backup\.engine, for mediator1\)/.test(error.message) &&
+      /repo1-cipher-type=aes-256-cbc/.test(error.remedy),
+  );
+  // pg-dump encrypts: --engine pg-dump for the run is the way out, with a key file that can be used.
+  assert.throws(
+    () => new BackupEngines(config, silentLogger("test"), { engine: "pg-dump" }).forNode(node("mediator1")),
+    (error: unknown) =>
+      isLockstepError(error, "BACKUP_KEY_FILE_INVALID") && /\/nonexistent\/backup\.key/.test(error.message),
+  );
+  const dir = mkdtempSync(join(tmpdir(), "lockstep-engines-"));
+  try {
+    const key = createBackupKeyFile(join(dir, "backup.key"));
+    config.backup.encryption = { "key-file": key.source, "previous-key-files": [] };
+    assert.equal(
+      new BackupEngines(config, silentLogger("test"), { engine: "pg-dump" }).forNode(node("mediator1")).name,
+      "pg-dump",
+    );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -316,6 +316,7 @@ test("host and address default to 127.0.0.1 and the node's port", async () => {
     port: 4001,
     address: "127.0.0.1:4001",
     url: "http://127.0.0.1:4001",
+    tls: false,
   });
   // A replica's own port: bound on the node's host, reached there too.
   assert.equal(nodeEndpoint(configNodes(config)[2] as NodeEntry, 4111).url, "http://127.0.0.1:4111");
