@@ -127,6 +127,14 @@ export async function createCheckpoint(options: {
       details: `checkpoint name "${name}" must match ${NAME_PATTERN.source} (it names a restore point)`,
     });
   }
+  // A checkpoint's restore points are targets in pgBackRest backups, which Lockstep does not
+  // encrypt: with backup.encryption set, a set must never be plain by surprise (backup-engines.ts).
+  if (config.backup.encryption) {
+    throw new LockstepError("BACKUP_ENCRYPTION_UNSUPPORTED", {
+      engine: "pgbackrest",
+      chosenBy: "checkpoint create (a checkpoint is made of pgBackRest backups)",
+    });
+  }
   const repositoryDir = config.backup.repository;
   if ((await listCheckpoints(repositoryDir)).some((c) => c.name === name)) {
     throw new LockstepError("INVALID_ARGUMENT", {

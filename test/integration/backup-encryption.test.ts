@@ -163,6 +163,11 @@ test("with backup.encryption, the pgbackrest engine is refused before anything s
   assert.equal(e.code, "BACKUP_ENCRYPTION_UNSUPPORTED");
   assert.match(e.message, /the pgbackrest engine \(chosen by --engine/);
   assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no set was begun");
+  // A checkpoint is made of pgBackRest backups: refused the same way, before anything is written.
+  const c = await n.cli("checkpoint", "create", "cp1", "--json");
+  assert.equal(c.code, 2, c.stdout + c.stderr);
+  assert.equal(c.json<ErrorJson>().error.code, "BACKUP_ENCRYPTION_UNSUPPORTED");
+  assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no checkpoint set or record was begun");
 });
 
 /** Replaces a set's file and rewrites its manifest to match (size, SHA-256, checksum): what a writer of the repository can do. */
