@@ -31,8 +31,18 @@ export const ADMIN_PROCEDURES: ReadonlySet<string> = new Set([
   "lockstep.sequencer.v1.SequencerService/ListMemberAdmissions",
 ]);
 
+/**
+ * Calls of an admin service that authenticate themselves instead. FenceWriter: a newer activation's
+ * notice to a stale copy of the same node, MAC'd with that node's own secret (node/writer-fencing.ts).
+ * It must reach a copy restored on another host or data dir, whose admin token is another: behind
+ * the token, that copy would never learn it is stale and two copies would stay active.
+ */
+const SELF_AUTHENTICATED: ReadonlySet<string> = new Set(["lockstep.admin.v1.AdminService/FenceWriter"]);
+
 export function isAdminProcedure(service: string, method: string): boolean {
-  return ADMIN_PROCEDURES.has(service) || ADMIN_PROCEDURES.has(`${service}/${method}`);
+  const procedure = `${service}/${method}`;
+  if (SELF_AUTHENTICATED.has(procedure)) return false;
+  return ADMIN_PROCEDURES.has(service) || ADMIN_PROCEDURES.has(procedure);
 }
 
 export const ADMIN_TOKEN_ENV = "LOCKSTEP_ADMIN_TOKEN";

@@ -141,6 +141,10 @@ const node = z
     backup: nodeBackup.optional(),
     // TLS on the node's port (docs/security.md "TLS"); absent: the network's `tls`.
     tls: nodeTlsSchema.optional(),
+    // The largest request message the node's port reads, in bytes (Canton's per-API
+    // max-inbound-message-size); absent: the node kind's default (node-server.ts MESSAGE_LIMITS).
+    // Connect's hard ceiling is 2^32-1.
+    "max-inbound-message-size": z.number().int().min(1024).max(0xffffffff).optional(),
   })
   .strict();
 

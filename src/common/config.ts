@@ -71,7 +71,8 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
   }
   const lineCounter = new LineCounter();
   // prettyErrors off: we place errors ourselves and keep the message to one line.
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
+  // logLevel error: its warnings are reported below (doc.warnings), not also by process.emitWarning.
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, logLevel: "error" });
   if (doc.errors.length > 0) {
     throw new ConfigError(
       doc.errors.map((e) => {
@@ -81,7 +82,14 @@ export async function loadConfig(options: LoadConfigOptions = {}): Promise<Loade
       path,
     );
   }
-  const raw: unknown = doc.toJS() ?? {};
+  let raw: unknown;
+  try {
+    // toJS resolves aliases: an undefined anchor, or too many aliases (yaml's maxAliasCount, a
+    // "billion laughs" guard), throws a ReferenceError, which is the file's problem, not a crash.
+    raw = doc.toJS() ?? {};
+  } catch (error) {
+    throw new ConfigError([{ path: "", message: (error as Error).message }], path);
+  }
   if (!isPlainObject(raw))
     throw new ConfigError([{ path: "", message: "expected a mapping of config keys" }], path);
 

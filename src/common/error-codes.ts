@@ -625,6 +625,15 @@ export const ERROR_DEFINITIONS = [
     "Pass --config FILE, or create lockstep.yaml in the current directory.",
   ),
   def("INVALID_ARGUMENT", Code.InvalidArgument, "usage", false, "{details}", "Fix the request's arguments."),
+  // Canton's RequestValidationErrors.InvalidField: a Ledger API field whose value is out of bounds.
+  def(
+    "INVALID_FIELD",
+    Code.InvalidArgument,
+    "usage",
+    false,
+    "The submitted command has a field with invalid value: Invalid field {fieldName}: {details}",
+    "Correct the named field; Ledger API identifiers are at most 255 characters.",
+  ),
   def(
     "PORT_IN_USE",
     Code.FailedPrecondition,

@@ -14,7 +14,7 @@ import type { HealthReport } from "./health.ts";
 import { createKindInstance, type KindInstance, stopKindInstance } from "./kind-instance.ts";
 import { KindRoutes } from "./kind-routes.ts";
 import { openNodeDatabase } from "./node-database.ts";
-import { NodeServer } from "./node-server.ts";
+import { MESSAGE_LIMITS, NodeServer } from "./node-server.ts";
 import { nodeStateMigrations } from "./node-state.ts";
 import { type NodeSnapshot, type NodeStatus, nodeFailure, nodeHealth, nodeStatus } from "./node-status.ts";
 import { passiveGuard } from "./passive-guard.ts";
@@ -138,6 +138,7 @@ export class NodeRuntime {
         logger: this.log,
         health: () => this.health(),
         tls,
+        readMaxBytes: entry.config["max-inbound-message-size"] ?? MESSAGE_LIMITS[entry.kind],
         interceptors: [
           adminTokenInterceptor({ node: entry.name, token: adminToken }),
           passiveGuard({

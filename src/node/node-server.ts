@@ -11,11 +11,11 @@ import {
   createContextValues,
   type Interceptor,
 } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { LOOPBACK } from "../common/loopback.ts";
 import { adminAuthenticatedByCertificate } from "./admin-token.ts";
+import { connectHandler } from "./connect-handler.ts";
 import { errorInterceptor } from "./error-interceptor.ts";
 import { type HealthReport, healthHttpStatus } from "./health.ts";
 import { type PeerIdentity, peerIdentityKey, socketPeerIdentity } from "./tls-peer.ts";
@@ -36,13 +36,37 @@ export interface NodeServerOptions {
   interceptors?: Interceptor[];
   /** Serve TLS (HTTP/2 and HTTP/1.1 by ALPN) instead of cleartext; see tls-server.ts. */
   tls?: ServerTls;
+  /**
+   * The largest request message read, in bytes: each message of a stream, and a whole unary
+   * body (binary or JSON, HTTP/2 or HTTP/1.1). Larger ones get RESOURCE_EXHAUSTED before the
+   * handler runs. Default DEFAULT_READ_MAX_BYTES; nodes pass their kind's (MESSAGE_LIMITS).
+   */
+  readMaxBytes?: number;
 }
+
+/** gRPC's usual default for inbound messages (grpc-java/grpc-js maxReceiveMessageLength). */
+export const DEFAULT_READ_MAX_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Default inbound limit per node kind, raised by a node's `max-inbound-message-size` (Canton's key
+ * of that name; docs/configuration.md). Participant and mediator requests are commands, queries and
+ * admin calls: gRPC's 4 MiB. The sequencer takes SendBatch calls that coalesce up to 256 signed
+ * submissions (send-coalescer.ts), each a confirmation request carrying a whole transaction that a
+ * Ledger API command of up to 4 MiB produced: 64 MiB leaves room for several such at once.
+ * No writeMaxBytes: what nodes send (active contracts, event batches) grows with the ledger and
+ * goes to clients that set their own read limits; cutting it here would break a legitimate read.
+ */
+export const MESSAGE_LIMITS = {
+  participant: DEFAULT_READ_MAX_BYTES,
+  mediator: DEFAULT_READ_MAX_BYTES,
+  sequencer: 64 * 1024 * 1024,
+} as const;
 
 /** The client connection preface of HTTP/2 with prior knowledge (RFC 9113 §3.4). */
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "latin1");
 
 // connect-node does not export its request/response types; the fallback's parameters are them.
-type Fallback = NonNullable<Parameters<typeof connectNodeAdapter>[0]["fallback"]>;
+type Fallback = NonNullable<Parameters<typeof connectHandler>[0]["fallback"]>;
 type NodeServerRequest = Parameters<Fallback>[0];
 type NodeServerResponse = Parameters<Fallback>[1];
 
@@ -73,16 +97,19 @@ export class NodeServer {
   constructor(private readonly options: NodeServerOptions) {
     // Connect links every call's signal to this one; many concurrent calls are normal, not a leak.
     setMaxListeners(0, this.shutdown.signal);
-    const handler = connectNodeAdapter({
+    // connectNodeAdapter, but malformed protobuf answered INVALID_ARGUMENT (connect-handler.ts).
+    const handler = connectHandler({
       routes: options.routes,
       interceptors: [errorInterceptor(options.logger), ...(options.interceptors ?? [])],
       // Aborts handler signals on stop() so that open server streams end instead of holding it up.
       shutdownSignal: this.shutdown.signal,
       fallback: (req, res) => this.fallback(req, res),
       contextValues: (req) => this.contextValues(req),
+      readMaxBytes: options.readMaxBytes ?? DEFAULT_READ_MAX_BYTES,
     });
     this.h1 = http.createServer((req, res) => {
       this.trackH1(req.socket, res);
+      lingerOnRefusedBody(req, res);
       handler(req, res);
     });
     this.h2 = http2.createServer({}, (req, res) => {
@@ -93,7 +120,10 @@ export class NodeServer {
     if (options.tls) {
       this.secure = createTlsServer(options.tls, (req, res) => {
         if (req.httpVersionMajor === 2) reencodeGrpcMessage(res as http2.Http2ServerResponse);
-        else this.trackH1(req.socket, res as unknown as http.ServerResponse);
+        else {
+          this.trackH1(req.socket, res as unknown as http.ServerResponse);
+          lingerOnRefusedBody(req as unknown as http.IncomingMessage, res as unknown as http.ServerResponse);
+        }
         handler(req, res);
       });
       this.watchSessions(this.secure);
@@ -271,6 +301,37 @@ export class NodeServer {
     res.writeHead(404, { "content-type": "text/plain" });
     res.end("not found\n");
   }
+}
+
+/** How much of a refused HTTP/1.1 body the node still reads (and drops) so its client gets the answer. */
+const LINGER_MAX_BYTES = 64 * 1024 * 1024;
+
+/**
+ * A body refused before it was read (over readMaxBytes by its content-length, a wrong content type):
+ * Node closes the connection when such a response ends, and closing with unread bytes sends a reset,
+ * which can discard the answer before the client (still writing) reads it — Apache's "lingering
+ * close" problem. So the end of the response waits until the rest of the body was read and dropped,
+ * up to LINGER_MAX_BYTES (then the connection is cut), or until the client goes.
+ */
+function lingerOnRefusedBody(req: http.IncomingMessage, res: http.ServerResponse): void {
+  const end = res.end.bind(res) as (...args: unknown[]) => http.ServerResponse;
+  res.end = ((...args: unknown[]) => {
+    if (req.complete || req.destroyed) return end(...args);
+    let dropped = 0;
+    const finish = () => {
+      req.off("end", finish);
+      req.off("close", finish);
+      end(...args);
+    };
+    req.on("data", (chunk: Buffer) => {
+      dropped += chunk.length;
+      if (dropped > LINGER_MAX_BYTES) req.socket.destroy();
+    });
+    req.once("end", finish);
+    req.once("close", finish);
+    req.resume();
+    return res;
+  }) as typeof res.end;
 }
 
 /**

@@ -59,6 +59,22 @@ export function checkOffset(offset: bigint, field: string): bigint {
   return offset;
 }
 
+/**
+ * Daml-LF's LedgerString and Party (ids, user ids, command ids) are at most 255 characters; Canton
+ * refuses longer ones with INVALID_FIELD (RequestValidationErrors.InvalidField). Checked before
+ * anything is stored, so a huge id never reaches the command deduplication tables.
+ */
+export const MAX_ID_LENGTH = 255;
+
+export function checkIdLength(value: string, field: string): string {
+  if (value.length > MAX_ID_LENGTH)
+    throw new LockstepError("INVALID_FIELD", {
+      fieldName: field,
+      details: `${value.length} characters, at most ${MAX_ID_LENGTH} allowed`,
+    });
+  return value;
+}
+
 /** An empty proto3 string means "not set". */
 export function optionalString(value: string): string | undefined {
   return value === "" ? undefined : value;
@@ -69,6 +85,11 @@ export function toSubmitCommands(commands: Commands | undefined): SubmitCommands
   if (!commands.userId) throw invalid("commands.user_id is required");
   if (!commands.commandId) throw invalid("commands.command_id is required");
   if (commands.actAs.length === 0) throw invalid("commands.act_as must name at least one party");
+  checkIdLength(commands.userId, "commands.user_id");
+  checkIdLength(commands.commandId, "commands.command_id");
+  checkIdLength(commands.submissionId, "commands.submission_id");
+  for (const party of commands.actAs) checkIdLength(party, "commands.act_as");
+  for (const party of commands.readAs) checkIdLength(party, "commands.read_as");
   let deduplicationPeriod: DeduplicationPeriod | undefined;
   const dedup = commands.deduplicationPeriod;
   if (dedup.case === "deduplicationDuration") {

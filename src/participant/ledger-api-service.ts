@@ -8,6 +8,7 @@ import { UpdateService } from "../gen/lockstep/ledger/v1/update_service_pb.ts";
 import { isMigrationMarker, type LedgerApiBackend } from "./ledger-api-backend.ts";
 import { LedgerApiGuard } from "./ledger-api-guard.ts";
 import {
+  checkIdLength,
   checkOffset,
   completionToProto,
   contractToProto,
@@ -33,6 +34,7 @@ export function ledgerApiRoutes(
     router.service(PartyManagementService, {
       allocateParty: async (req, ctx: HandlerContext) => {
         await guard.admin(ctx, "allocate a party");
+        checkIdLength(req.displayName, "display_name");
         return backend.allocateParty(req.partyIdHint, optionalString(req.displayName));
       },
       listParties: async (_req, ctx: HandlerContext) => {
