@@ -1,5 +1,6 @@
 import type { Client } from "@connectrpc/connect";
 import type { LockstepConfig } from "../common/config-schema.ts";
+import { fromConnectError } from "../common/connect-errors.ts";
 import { nodeEndpoint } from "../common/node-endpoint.ts";
 import { createNodeClient } from "../common/rpc-client.ts";
 import {
@@ -26,7 +27,11 @@ export async function liveSequencerStatus(
 ): Promise<GetSequencerStatusResponse | undefined> {
   try {
     return await rpc.getSequencerStatus({}, { timeoutMs: 3000 });
-  } catch {
+  } catch (error) {
+    // A sequencer that refuses our admin token is up: treating it as down would skip the checks
+    // and holds that need it (a restore's sequencer checks only warn into an empty target).
+    const refused = fromConnectError(error);
+    if (refused?.code === "ADMIN_UNAUTHENTICATED") throw refused;
     return undefined;
   }
 }

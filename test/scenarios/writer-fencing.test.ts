@@ -122,6 +122,8 @@ test("two copies restored from one set: the second to connect is refused at the 
   };
   config["data-dir"] = "data-copy";
   (config.participants[0] as { port: number }).port = copyPort;
+  // The operator restoring the copy holds the network's admin token (the sequencer's checks need it).
+  (config as { admin?: unknown }).admin = { "token-file": join(n.dataDir, "admin-token") };
   const copyConfig = join(n.net.dir, "lockstep-copy.yaml");
   writeFileSync(copyConfig, stringify(config));
   const copy: LedgerNetwork = { ...n, cfg: ["--config", copyConfig], dataDir: join(n.net.dir, "data-copy") };
