@@ -381,6 +381,17 @@ test("the Admin API needs the admin token; health stays open", async () => {
   });
   assert.notEqual(wrongEnv.code, 0);
   assert.match(`${wrongEnv.stdout}${wrongEnv.stderr}`, /ADMIN_UNAUTHENTICATED/);
+
+  // A sequencer that refuses the token is not "down": backup create fails with the code instead of
+  // taking a set without retention holds (and restore plan instead of skipping its sequencer checks).
+  const listed = async () => (await runLockstep(["backup", "list", "--json", ...network.cfg])).stdout;
+  const before = await listed();
+  const backup = await runLockstep(["backup", "create", "--json", ...network.cfg], {
+    env: { LOCKSTEP_ADMIN_TOKEN: "wrong-wrong-wrong-wrong" },
+  });
+  assert.notEqual(backup.code, 0, backup.stdout);
+  assert.match(`${backup.stdout}${backup.stderr}`, /ADMIN_UNAUTHENTICATED/);
+  assert.equal(await listed(), before, "no set was listed");
 });
 
 test("a participant whose config says nothing about auth refuses to start, naming the choices", async () => {
