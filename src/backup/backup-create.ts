@@ -77,13 +77,14 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
   const options: CreateBackupOptions = { ...input, connect };
   // Every node's engine before anything starts: an engine this build lacks refuses the whole run.
   for (const entry of options.nodes) options.engines.forNode(entry);
+  // Asked before the set is begun: a sequencer refusing our admin token fails the run here.
+  const rpc = input.sequencer ?? sequencerRpc(config);
+  const live = await liveSequencerStatus(rpc);
   const setId = await repository.beginSet();
   const setDir = repository.setDir(setId);
   const startedAt = new Date().toISOString();
   progress(`backup set ${setId} in ${repository.dir}`);
   let resume: (() => Promise<void>) | undefined;
-  const rpc = input.sequencer ?? sequencerRpc(config);
-  const live = await liveSequencerStatus(rpc);
   let held = false;
   try {
     held = await holdProvisionally(rpc, live, setId, options.nodes, progress);
