@@ -100,7 +100,7 @@ function backupSteps(run: Timing): string {
   const start = stepAt(run, /pgBackRest (full|incr|diff) backup of/);
   const done = stepAt(run, /pgBackRest backup \S+ \(\w+\) in/);
   if (start === undefined || done === undefined) return "";
-  return `: ${s(start)} to the backup, ${s(done - start)} pgbackrest backup, ${s(run.wall - done)} after (restore point, pgbackrest check, manifest)`;
+  return `: ${s(start)} to the backup, ${s(done - start)} pgbackrest backup, ${s(run.wall - done)} after (restore point, WAL archived, manifest)`;
 }
 
 /** Updates 1 % of the rows of the three big tables: those whose key % 100 = k. */

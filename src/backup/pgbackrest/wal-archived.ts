@@ -24,10 +24,10 @@ export async function waitWalArchived(
     return "check";
   }
   await withPgClient(cluster.url, async (client) => {
-    const wanted = await client.query<{ file: string; switched: string }>(
-      // Switching is a no-op when the segment holds nothing since the last switch; `lsn` then
-      // lies in an already closed segment, which the archiver handles on its own.
-      "SELECT pg_walfile_name($1::pg_lsn) AS file, pg_switch_wal()::text AS switched",
+    // Switching is a no-op when the segment holds nothing since the last switch; `lsn` then lies
+    // in an already closed segment, which the archiver handles on its own.
+    const wanted = await client.query<{ file: string }>(
+      "SELECT pg_walfile_name($1::pg_lsn) AS file FROM pg_switch_wal()",
       [lsn],
     );
     const file = wanted.rows[0]?.file as string;
