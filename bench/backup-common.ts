@@ -3,7 +3,7 @@
  * command (wall and CPU under GNU time, each stderr line timestamped so a Lockstep command's steps
  * can be timed from its progress lines), the figures' summary and the table that prints them.
  */
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -44,8 +44,13 @@ export interface Timing {
   lines: { t: number; text: string }[];
 }
 
-/** Runs a command under GNU time: wall clock and CPU of the whole process tree it waits for. */
+/**
+ * Runs a command under GNU time: wall clock and CPU of the whole process tree it waits for. Dirty
+ * pages are flushed first (`sync`, untimed): otherwise a command pays for the writeback of the one
+ * before it (a backup's or restore's gigabyte), and whichever runs second looks slower.
+ */
 export function timed(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<Timing> {
+  execFileSync("sync");
   const timeFile = join(base, "time");
   const started = performance.now();
   return new Promise((resolve, reject) => {

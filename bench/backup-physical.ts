@@ -150,15 +150,29 @@ export async function physicalBackups(stanza: Stanza, url: string): Promise<Phys
   let fullSet = "";
   for (const type of ["full", "incr"] as const) {
     for (let run = 0; run < RUNS; run++) {
+      // Raw first in even runs, Lockstep first in odd ones: neither always runs on the other's heels.
       const changed = type === "incr" ? await changeOnePercent(url, 2 * run) : 0;
-      const r = await pgbackrest(stanza, ["backup", `--type=${type}`]);
-      raw[type].push(r);
-      const rb = await newest(stanza);
+      let r: Timing | undefined;
+      let rb: Awaited<ReturnType<typeof newest>> | undefined;
+      let c: Timing | undefined;
+      let cb: typeof rb;
+      const rawBackup = async () => {
+        r = await pgbackrest(stanza, ["backup", `--type=${type}`]);
+        rb = await newest(stanza);
+      };
+      const cliBackup = async () => {
+        c = await create(type);
+        cb = await newest(stanza);
+      };
+      const [one, two] = run % 2 === 0 ? [rawBackup, cliBackup] : [cliBackup, rawBackup];
+      await one();
       if (type === "incr") await changeOnePercent(url, 2 * run + 1);
-      const c = await create(type);
+      await two();
+      if (!r || !rb || !c || !cb) throw new Error("a backup of the run did not run");
+      raw[type].push(r);
       cli[type].push(c);
+      // The full set restores come from: the last Lockstep full.
       if (type === "full") fullSet = (JSON.parse(c.stdout) as { set: string }).set;
-      const cb = await newest(stanza);
       own.raw[type].push(loggedSeconds(stanza, "backup", rb.label) ?? Number.NaN);
       own.cli[type].push(loggedSeconds(stanza, "backup", cb.label) ?? Number.NaN);
       console.log(
