@@ -171,10 +171,24 @@ const ledgerApiAuth = z.discriminatedUnion("type", [
     })
     .strict(),
 ]);
+/** Canton's ledger-api.user-management-service.cache-expiry-after-write-in-seconds default (5). */
+export const DEFAULT_USER_RIGHTS_CHECK_INTERVAL_MS = 5_000;
 const ledgerApi = z
-  .object({ auth: ledgerApiAuth.optional() })
+  .object({
+    auth: ledgerApiAuth.optional(),
+    // How often an open stream re-reads its user's rights (docs/security.md "Ledger API
+    // authorization"); Canton's interval, which its cache-expiry-after-write-in-seconds sets.
+    "user-rights-check-interval": durationSchema.default(DEFAULT_USER_RIGHTS_CHECK_INTERVAL_MS),
+  })
   .strict()
   .superRefine((api, ctx) => {
+    const interval = api["user-rights-check-interval"];
+    if (interval < 100 || interval > 3_600_000)
+      ctx.addIssue({
+        code: "custom",
+        path: ["user-rights-check-interval"],
+        message: "between 100ms and 1h",
+      });
     const auth = api.auth;
     if (auth?.type === "jwks" && (auth["jwks-file"] === undefined) === (auth["jwks-url"] === undefined))
       ctx.addIssue({

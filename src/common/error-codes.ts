@@ -527,6 +527,26 @@ export const ERROR_DEFINITIONS = [
     "The access token expired at {expiredAt}",
     "Obtain a fresh token from the issuer and call again (re-open the stream).",
   ),
+  // Canton's AuthorizationChecksErrors.StaleUserManagementBasedStreamClaims: category
+  // ContentionOnSharedResources (ABORTED), retryable at once.
+  def(
+    "STALE_STREAM_AUTHORIZATION",
+    Code.Aborted,
+    "transient",
+    true,
+    "The stream's authorization is stale: {reason}",
+    "Re-open the stream at once from the last offset processed: it is either served again or refused with PERMISSION_DENIED / UNAUTHENTICATED naming what is missing.",
+  ),
+  // Canton answers UNAUTHENTICATED when its JWKS verifier cannot fetch keys; ours says the token
+  // was not judged, so that clients retry instead of discarding a good token.
+  def(
+    "JWKS_UNAVAILABLE",
+    Code.Unavailable,
+    "transient",
+    true,
+    "The participant could not fetch the token signing keys from {url}: {reason}",
+    "Retry later. The operator makes the identity provider's JWKS URL (ledger-api.auth.jwks-url) reachable from the participant, or configures jwks-file.",
+  ),
   def(
     "PERMISSION_DENIED",
     Code.PermissionDenied,

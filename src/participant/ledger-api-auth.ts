@@ -2,6 +2,8 @@ import { readFileSync } from "node:fs";
 import {
   createLocalJWKSet,
   createRemoteJWKSet,
+  customFetch,
+  type FetchImplementation,
   type JSONWebKeySet,
   type JWTPayload,
   type JWTVerifyGetKey,
@@ -20,7 +22,8 @@ import { type AuthContext, authContextOf, type UserRight } from "./user-rights.t
  * * scope-based: else `scope` must contain `daml_ledger_api` (Canton's default target scope);
  * * `exp`, when present, is enforced (ACCESS_TOKEN_EXPIRED), also on open streams; `iss` when configured.
  * The user's rights are read from the participant's database at every call, so a revoke takes
- * effect on the next call (Canton caches them for a short while; ours is the stricter reading).
+ * effect on the next call (Canton caches them for a short while; ours is the stricter reading), and
+ * re-read by open streams (reload, ledger-api-stream-watch.ts).
  */
 
 /** Canton's scope for scope-based user tokens. */
@@ -34,6 +37,8 @@ export interface UserRightsSource {
 export interface LedgerApiAuthenticator {
   /** undefined when auth is off: every call is allowed. */
   authenticate(authorization: string | null): Promise<AuthContext | undefined>;
+  /** The same caller with the user's rights as they are now; undefined when the user is gone. */
+  reload(auth: AuthContext): Promise<AuthContext | undefined>;
 }
 
 /** A participant whose config names no auth is refused, naming the choices (issue 15: off only by explicit config). */
@@ -51,9 +56,13 @@ export function ledgerApiAuthenticator(
   config: LedgerApiAuthConfig,
   users: UserRightsSource,
 ): LedgerApiAuthenticator {
-  if (config.type === "off") return { authenticate: async () => undefined };
+  if (config.type === "off") return { authenticate: async () => undefined, reload: async (auth) => auth };
   const verifier = tokenVerifier(config);
   return {
+    async reload(auth) {
+      const rights = await users.rightsIfExists(auth.userId);
+      return rights === undefined ? undefined : authContextOf(auth.userId, rights, auth.expiresAtMs);
+    },
     async authenticate(authorization) {
       const payload = await verifier(bearerToken(authorization));
       const userId = payload.sub;
@@ -96,7 +105,10 @@ function tokenVerifier(config: Exclude<LedgerApiAuthConfig, { type: "off" }>): V
     verify = (token) => jwtVerify(token, secret, { ...options, algorithms: ["HS256"] });
   } else {
     const keys: JWTVerifyGetKey = config["jwks-url"]
-      ? createRemoteJWKSet(new URL(config["jwks-url"]))
+      ? createRemoteJWKSet(new URL(config["jwks-url"]), {
+          timeoutDuration: JWKS_TIMEOUT_MS,
+          [customFetch]: jwksFetch(config["jwks-url"]),
+        })
       : createLocalJWKSet(readJwks(config["jwks-file"] as string));
     verify = (token) => jwtVerify(token, keys, { ...options, algorithms: ["RS256", "ES256"] });
   }
@@ -120,6 +132,7 @@ function scopes(payload: JWTPayload): string[] {
 }
 
 function tokenError(error: unknown): LockstepError {
+  if (error instanceof LockstepError) return error;
   if (error instanceof joseErrors.JWTExpired) {
     const exp = error.payload.exp;
     return new LockstepError("ACCESS_TOKEN_EXPIRED", {
@@ -163,40 +176,40 @@ function readJwks(path: string): JSONWebKeySet {
   }
 }
 
+/** How long a fetch of the JWKS URL may take (jose's default). */
+const JWKS_TIMEOUT_MS = 5_000;
+
 /**
- * Runs `items` until the token's expiry, then ends it with ACCESS_TOKEN_EXPIRED (Canton closes an
- * open stream when its token expires). `abort` stops the producer (the backend honours the signal).
+ * jose's fetch of a JWKS URL (createRemoteJWKSet: JWKS_TIMEOUT_MS, keys cached 10 min, refetched for an
+ * unknown `kid` at most every 30 s), with every failure to get a key set — unreachable, a timeout,
+ * not 200, not a JWKS — thrown as JWKS_UNAVAILABLE: the token was not judged, so it is not
+ * UNAUTHENTICATED. jose passes our error through (it rewraps only a TimeoutError, which we catch).
  */
-export async function* untilExpiry<T>(
-  items: AsyncIterable<T>,
-  expiresAtMs: number | undefined,
-  abort: AbortController,
-): AsyncIterable<T> {
-  if (expiresAtMs === undefined) {
-    yield* items;
-    return;
-  }
-  const expired = () =>
-    new LockstepError("ACCESS_TOKEN_EXPIRED", { expiredAt: new Date(expiresAtMs).toISOString() });
-  let timer: NodeJS.Timeout | undefined;
-  const expiry = new Promise<"expired">((resolve) => {
-    timer = setTimeout(() => resolve("expired"), Math.max(0, expiresAtMs - Date.now()));
-  });
-  const iterator = items[Symbol.asyncIterator]();
-  try {
-    for (;;) {
-      const next = await Promise.race([iterator.next(), expiry]);
-      if (next === "expired") {
-        abort.abort(expired());
-        throw expired();
-      }
-      if (next.done) return;
-      yield next.value;
+function jwksFetch(url: string): FetchImplementation {
+  const unavailable = (reason: string, cause?: unknown) =>
+    new LockstepError("JWKS_UNAVAILABLE", { url, reason }, { cause });
+  return async (href, options) => {
+    let response: Response;
+    let text: string;
+    try {
+      response = await fetch(href, options);
+      text = await response.text();
+    } catch (error) {
+      const e = error as Error & { cause?: { code?: string } };
+      const reason =
+        e.name === "TimeoutError" ? `no answer within ${JWKS_TIMEOUT_MS} ms` : (e.cause?.code ?? e.message);
+      throw unavailable(reason, error);
     }
-  } finally {
-    clearTimeout(timer);
-    // Ends the producer whatever ended the stream (expiry, the client leaving, an error).
-    if (!abort.signal.aborted) abort.abort();
-    void iterator.return?.()?.catch?.(() => {});
-  }
+    if (response.status !== 200) throw unavailable(`HTTP ${response.status}`);
+    let jwks: unknown;
+    try {
+      jwks = JSON.parse(text);
+    } catch {
+      throw unavailable("the answer is not JSON");
+    }
+    const keys = (jwks as { keys?: unknown } | null)?.keys;
+    if (!Array.isArray(keys) || !keys.every((k) => typeof k === "object" && k !== null && !Array.isArray(k)))
+      throw unavailable("the answer is not a JSON Web Key Set (no `keys` array of objects)");
+    return new Response(text, { status: 200, headers: { "content-type": "application/json" } });
+  };
 }

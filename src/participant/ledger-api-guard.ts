@@ -1,12 +1,14 @@
 import type { HandlerContext } from "@connectrpc/connect";
+import { DEFAULT_USER_RIGHTS_CHECK_INTERVAL_MS } from "../common/config-schema.ts";
 import type { LedgerApiAuthenticator } from "./ledger-api-auth.ts";
-import { untilExpiry } from "./ledger-api-auth.ts";
+import { watchStream } from "./ledger-api-stream-watch.ts";
 import {
   type AuthContext,
   authorizeSubmission,
   matchingUserId,
   requireAdmin,
   requireRead,
+  staleStreamReason,
 } from "./user-rights.ts";
 
 /** What authorization reads of a submission (the proto Commands). */
@@ -24,7 +26,15 @@ interface SubmittedCommands {
  * any authenticated user. Without an authenticator (auth off) every call passes.
  */
 export class LedgerApiGuard {
-  constructor(private readonly authenticator?: LedgerApiAuthenticator) {}
+  /** How often open streams re-read their user's rights (`ledger-api.user-rights-check-interval`). */
+  private readonly checkIntervalMs: number;
+
+  constructor(
+    private readonly authenticator?: LedgerApiAuthenticator,
+    options: { userRightsCheckIntervalMs?: number } = {},
+  ) {
+    this.checkIntervalMs = options.userRightsCheckIntervalMs ?? DEFAULT_USER_RIGHTS_CHECK_INTERVAL_MS;
+  }
 
   /** The caller, or undefined when auth is off; UNAUTHENTICATED / ACCESS_TOKEN_EXPIRED otherwise. */
   async caller(ctx: HandlerContext): Promise<AuthContext | undefined> {
@@ -72,16 +82,29 @@ export class LedgerApiGuard {
   }
 
   /**
-   * A stream that ends with ACCESS_TOKEN_EXPIRED when the caller's token expires; `start` gets the
-   * signal to produce under (the call's, aborted also at expiry).
+   * A stream of `parties`' data that stays authorized while it runs (ledger-api-stream-watch.ts):
+   * it ends with ACCESS_TOKEN_EXPIRED when the caller's token expires, and with
+   * STALE_STREAM_AUTHORIZATION when a periodic re-read of the user's rights finds that they no
+   * longer cover `parties` (or the user is gone). `start` gets the signal to produce under (the
+   * call's, aborted also when the stream is closed).
    */
   stream<T>(
     ctx: HandlerContext,
     auth: AuthContext | undefined,
+    parties: readonly string[],
     start: (signal: AbortSignal) => AsyncIterable<T>,
   ): AsyncIterable<T> {
     const abort = new AbortController();
     const items = start(AbortSignal.any([ctx.signal, abort.signal]));
-    return untilExpiry(items, auth?.expiresAtMs, abort);
+    const authenticator = this.authenticator;
+    const recheck =
+      auth && authenticator
+        ? async () => staleStreamReason(auth.userId, await authenticator.reload(auth), parties)
+        : undefined;
+    return watchStream(
+      items,
+      { expiresAtMs: auth?.expiresAtMs, recheck, checkIntervalMs: this.checkIntervalMs },
+      abort,
+    );
   }
 }

@@ -68,7 +68,7 @@ export function ledgerApiRoutes(
     router.service(CommandCompletionService, {
       completionStream: async function* (req, ctx: HandlerContext) {
         const { auth, userId } = await guard.completions(ctx, req.userId, req.parties);
-        const completions = guard.stream(ctx, auth, (signal) =>
+        const completions = guard.stream(ctx, auth, req.parties, (signal) =>
           backend.completionStream(
             {
               beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),
@@ -92,7 +92,7 @@ export function ledgerApiRoutes(
     router.service(UpdateService, {
       getUpdates: async function* (req, ctx: HandlerContext) {
         const auth = await guard.read(ctx, req.parties, "read updates of");
-        const updates = guard.stream(ctx, auth, (signal) =>
+        const updates = guard.stream(ctx, auth, req.parties, (signal) =>
           backend.updateStream(
             {
               beginExclusive: checkOffset(req.beginExclusive, "begin_exclusive"),

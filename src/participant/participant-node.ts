@@ -114,7 +114,10 @@ export class ParticipantNode implements NodeKindRuntime {
         context.entry.name,
         "ledger-api" in config ? config["ledger-api"]?.auth : undefined,
       );
-      this.guard = new LedgerApiGuard(ledgerApiAuthenticator(auth, this.users));
+      this.guard = new LedgerApiGuard(ledgerApiAuthenticator(auth, this.users), {
+        userRightsCheckIntervalMs:
+          "ledger-api" in config ? config["ledger-api"]?.["user-rights-check-interval"] : undefined,
+      });
     }
     this.keys = nodeKeyStore(context.db, context.entry);
     this.client = createSequencerClient({

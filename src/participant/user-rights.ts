@@ -115,8 +115,31 @@ export function authorizeSubmission(
 
 /** Reading parties' data: CanReadAs or CanActAs for each (Canton's requireReadClaimsForAllParties). */
 export function requireRead(auth: AuthContext, parties: readonly string[], action: string): void {
-  const missing = parties.filter((p) => !auth.readAs.has(p) && !auth.actAs.has(p));
+  const missing = missingReadRights(auth, parties);
   if (missing.length > 0) throw denied(auth, action, `it lacks CanReadAs for ${missing.join(", ")}`);
+}
+
+/** The parties `auth` may not read (neither CanReadAs nor CanActAs). */
+export function missingReadRights(auth: AuthContext, parties: readonly string[]): string[] {
+  return parties.filter((p) => !auth.readAs.has(p) && !auth.actAs.has(p));
+}
+
+/**
+ * Why an open stream reading `parties` as `userId` is no longer authorized by the user's current
+ * rights (`current`, undefined when the user was deleted), or undefined while they still cover it.
+ * Canton closes a stream on any change of the user's rights (UserRightsChangeAsyncChecker compares
+ * the whole claim set); we know what the stream reads, so only a change that uncovers it closes it.
+ */
+export function staleStreamReason(
+  userId: string,
+  current: AuthContext | undefined,
+  parties: readonly string[],
+): string | undefined {
+  if (!current) return `user ${userId} no longer exists`;
+  const missing = missingReadRights(current, parties);
+  if (missing.length > 0)
+    return `user ${userId} no longer has CanReadAs or CanActAs for ${missing.join(", ")}`;
+  return undefined;
 }
 
 /** The request's user id must be the token's; empty means the token's (Canton's). */

@@ -1,7 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { LockstepError } from "../../src/common/errors.ts";
-import { untilExpiry } from "../../src/participant/ledger-api-auth.ts";
 import {
   authContextOf,
   authorizeSubmission,
@@ -10,6 +9,7 @@ import {
   requireAdmin,
   requireRead,
   rightKey,
+  staleStreamReason,
 } from "../../src/participant/user-rights.ts";
 
 const codeOf = (fn: () => unknown): string => {
@@ -86,35 +86,19 @@ test("user ids follow Canton's syntax; rights print as Canton names them", () =>
   assert.equal(rightKey({ kind: "participant-admin" }), "ParticipantAdmin");
 });
 
-test("untilExpiry ends a quiet stream at the expiry with ACCESS_TOKEN_EXPIRED and stops its producer", async () => {
-  const abort = new AbortController();
-  let produced = 0;
-  async function* quiet(): AsyncIterable<number> {
-    produced++;
-    yield 1;
-    // Waits for more, as a live update stream does, until aborted.
-    await new Promise<void>((resolve) =>
-      abort.signal.addEventListener("abort", () => resolve(), { once: true }),
-    );
-  }
-  const seen: number[] = [];
-  const expiresAt = Date.now() + 150;
-  await assert.rejects(
-    (async () => {
-      for await (const n of untilExpiry(quiet(), expiresAt, abort)) seen.push(n);
-    })(),
-    (error: unknown) => error instanceof LockstepError && error.code === "ACCESS_TOKEN_EXPIRED",
+test("a stream's authorization is stale when the user is gone or no longer reads its parties", () => {
+  assert.equal(staleStreamReason("app", app, [alice, bob]), undefined);
+  // Rights added or taken that the stream does not read leave it alone (Canton would close it).
+  const more = authContextOf("app", [
+    { kind: "can-read-as", party: alice },
+    { kind: "can-read-as", party: bob },
+    { kind: "participant-admin" },
+  ]);
+  assert.equal(staleStreamReason("app", more, [alice, bob]), undefined);
+  assert.match(
+    staleStreamReason("app", authContextOf("app", [{ kind: "can-act-as", party: alice }]), [alice, bob]) ??
+      "",
+    /no longer has CanReadAs or CanActAs for bob::1220ab/,
   );
-  assert.deepEqual(seen, [1]);
-  assert.ok(Date.now() >= expiresAt, "not before the expiry");
-  assert.ok(abort.signal.aborted, "the producer was told to stop");
-  assert.equal(produced, 1);
-
-  // Without an expiry the stream is passed through unchanged.
-  async function* three(): AsyncIterable<number> {
-    yield* [1, 2, 3];
-  }
-  const all: number[] = [];
-  for await (const n of untilExpiry(three(), undefined, new AbortController())) all.push(n);
-  assert.deepEqual(all, [1, 2, 3]);
+  assert.match(staleStreamReason("app", undefined, [alice]) ?? "", /user app no longer exists/);
 });
