@@ -20,11 +20,13 @@ import {
 import { withinSeconds } from "../support/wait.ts";
 
 // Open streams re-check their user's rights (Canton's OngoingAuthorizationObserver): a real
-// participant (`lockstep up --detach`, HS256 tokens) re-reads them every second
-// (`ledger-api.user-rights-check-interval: 1s`); a revoke through the CLI or a deleted user ends the
+// participant (`lockstep up --detach`, HS256 tokens) re-reads them every two seconds
+// (`ledger-api.user-rights-check-interval: 2s`); a revoke through the CLI or a deleted user ends the
 // stream with STALE_STREAM_AUTHORIZATION, while a change that leaves the stream covered does not.
 const SECRET = "0123456789abcdef0123456789abcdef-stream-secret";
-const CHECK_INTERVAL_MS = 1_000;
+// Two seconds, not less: on a loaded CI machine a rights query can take a second, and the safety
+// switch (twice the interval since the last finished check) would close the stream under test.
+const CHECK_INTERVAL_MS = 2_000;
 
 let network: LedgerNetwork;
 let p1: LedgerClients;
