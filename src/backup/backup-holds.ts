@@ -3,6 +3,7 @@ import type { LockstepConfig } from "../common/config-schema.ts";
 import { fromConnectError } from "../common/connect-errors.ts";
 import { nodeEndpoint } from "../common/node-endpoint.ts";
 import { createNodeClient } from "../common/rpc-client.ts";
+import { tlsHandshakeFailure } from "../common/tls-diagnosis.ts";
 import {
   type GetSequencerStatusResponse,
   SequencerService,
@@ -32,6 +33,9 @@ export async function liveSequencerStatus(
     // and holds that need it (a restore's sequencer checks only warn into an empty target).
     const refused = fromConnectError(error);
     if (refused?.code === "ADMIN_UNAUTHENTICATED") throw refused;
+    // Likewise one whose TLS handshake fails (it refuses our certificate, or we do not trust its).
+    const handshake = await tlsHandshakeFailure(error);
+    if (handshake) throw handshake;
     return undefined;
   }
 }

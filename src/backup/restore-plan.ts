@@ -1,6 +1,7 @@
 import type { Client } from "@connectrpc/connect";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
+import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { nodeEndpoint } from "../common/node-endpoint.ts";
@@ -73,7 +74,11 @@ async function answers(probe: () => Promise<unknown>): Promise<boolean> {
   try {
     await probe();
     return true;
-  } catch {
+  } catch (error) {
+    // A node that refuses our admin token is running: as for the sequencer (backup-holds.ts), the
+    // operator gets the refusal, not a plan that took the node for stopped.
+    const refused = fromConnectError(error);
+    if (refused?.code === "ADMIN_UNAUTHENTICATED") throw refused;
     return false;
   }
 }

@@ -4,7 +4,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { adminCredentials } from "./admin-credentials.ts";
 import { LOOPBACK } from "./loopback.ts";
 import { httpUrl } from "./node-endpoint.ts";
-import { clientTlsGeneration, clientTlsOptions, noteDialed } from "./tls-client.ts";
+import { type ClientTlsIdentity, clientTlsKey, clientTlsOptions, noteDialed } from "./tls-client.ts";
 
 export interface NodeClientOptions {
   /** "2" (default) multiplexes calls on one connection; "1.1" for proxies or debugging. */
@@ -17,15 +17,27 @@ export interface NodeClientOptions {
   pingIntervalMs?: number;
   /** The node serves TLS: an `http://` baseUrl (nodeBaseUrl) is dialed as `https://`. */
   tls?: boolean;
+  /**
+   * https: whose client certificate to present (tls-client.ts). A node's own calls pass the node's
+   * (nodeClientTls), so that each node of a process shows its own identity; default the process's
+   * (the CLI's admin client certificate).
+   */
+  clientTls?: ClientTlsIdentity;
 }
 
-// One transport per node and HTTP version, so calls share an HTTP/2 connection instead of opening
-// one each. Idle connections are unref'd by connect-node and do not keep a CLI process alive.
+// One transport per node, HTTP version and client identity, so calls share an HTTP/2 connection
+// instead of opening one each, and never a connection that presented another node's certificate.
+// Idle connections are unref'd by connect-node and do not keep a CLI process alive.
 const transports = new Map<string, Transport>();
 
-function transportFor(baseUrl: string, httpVersion: "1.1" | "2", pingIntervalMs?: number): Transport {
+function transportFor(
+  baseUrl: string,
+  httpVersion: "1.1" | "2",
+  pingIntervalMs?: number,
+  clientTls?: ClientTlsIdentity,
+): Transport {
   const tls = baseUrl.startsWith("https:");
-  const key = `${httpVersion} ${baseUrl} ${pingIntervalMs ?? ""} ${tls ? clientTlsGeneration() : ""}`;
+  const key = `${httpVersion} ${baseUrl} ${pingIntervalMs ?? ""} ${tls ? clientTlsKey(clientTls) : ""}`;
   let transport = transports.get(key);
   if (!transport) {
     // No compression: node-to-node traffic is loopback or LAN, where gzip costs CPU and gains nothing
@@ -38,8 +50,8 @@ function transportFor(baseUrl: string, httpVersion: "1.1" | "2", pingIntervalMs?
       // Admin calls carry the network's admin token (admin-credentials.ts; docs/security.md).
       interceptors: [adminCredentials],
       ...(pingIntervalMs === undefined ? {} : { pingIntervalMs, pingTimeoutMs: pingIntervalMs }),
-      // https: the network's CAs and this process's client certificate (tls-client.ts).
-      ...(tls ? { nodeOptions: clientTlsOptions() } : {}),
+      // https: the network's CAs and the caller's client certificate (tls-client.ts).
+      ...(tls ? { nodeOptions: clientTlsOptions(clientTls) } : {}),
     });
     transports.set(key, transport);
     if (tls) noteDialed(baseUrl);
@@ -49,7 +61,8 @@ function transportFor(baseUrl: string, httpVersion: "1.1" | "2", pingIntervalMs?
 
 /**
  * A Connect client for a service a node serves at baseUrl (e.g. "http://127.0.0.1:4011"; an https
- * URL, from nodeEndpoint for a node with TLS, connects with configureClientTls's CA and certificate).
+ * URL, from nodeEndpoint for a node with TLS, connects with `options.clientTls`, else the process's
+ * CA and certificate: configureClientTls).
  * Errors a node throws on purpose come back as ConnectErrors; `fromConnectError` rebuilds them.
  */
 export function createNodeClient<S extends DescService>(
@@ -58,7 +71,10 @@ export function createNodeClient<S extends DescService>(
   options: NodeClientOptions = {},
 ): Client<S> {
   const url = options.tls ? baseUrl.replace(/^http:/, "https:") : baseUrl;
-  return createClient(service, transportFor(url, options.httpVersion ?? "2", options.pingIntervalMs));
+  return createClient(
+    service,
+    transportFor(url, options.httpVersion ?? "2", options.pingIntervalMs, options.clientTls),
+  );
 }
 
 /** A node's base URL by port (loopback unless `host`); a node of the config: `nodeEndpoint(…).url`. */

@@ -5,6 +5,7 @@ import { nodeEndpoint } from "../common/node-endpoint.ts";
 import type { NodeKindContext, NodeKindDefinition, NodeKindRuntime } from "../common/node-kind.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import { nodeClientTls } from "../common/tls-client.ts";
 import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
 import {
@@ -77,6 +78,7 @@ export class MediatorNode implements NodeKindRuntime {
       logger: context.logger,
       memberName: context.config.synchronizer.mediator.name,
       sequencerUrl: nodeEndpoint(context.config.synchronizer.sequencer).url,
+      clientTls: nodeClientTls(context.config, context.entry),
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => context.fail(error.toJSON()),

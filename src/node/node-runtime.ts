@@ -5,6 +5,7 @@ import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { nodeEndpoint, processAddress } from "../common/node-endpoint.ts";
 import type { NodeKindDefinition } from "../common/node-kind.ts";
+import { nodeClientTls } from "../common/tls-client.ts";
 import type { FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import type { Db } from "../storage/db.ts";
 import { runMigrations } from "../storage/migrations.ts";
@@ -161,6 +162,7 @@ export class NodeRuntime {
       this.port = await this.server.start();
       this.writer.address = processAddress(entry, this.port);
       this.writer.tls = tls !== undefined;
+      this.writer.clientTls = nodeClientTls(this.options.config, entry);
       registerAdminToken([this.writer.address], () => adminToken, { served: true });
       this.log.info({ port: this.port }, "serving");
       await this.transition(() => this.takeLockOrWait());

@@ -18,7 +18,7 @@ import { adminAuthenticatedByCertificate } from "./admin-token.ts";
 import { connectHandler } from "./connect-handler.ts";
 import { errorInterceptor } from "./error-interceptor.ts";
 import { type HealthReport, healthHttpStatus } from "./health.ts";
-import { type PeerIdentity, peerIdentityKey, socketPeerIdentity } from "./tls-peer.ts";
+import { describePeer, type PeerIdentity, peerIdentityKey, socketPeerIdentity } from "./tls-peer.ts";
 import { createTlsServer, type ServerTls, socketKey, unverifiedPresented } from "./tls-server.ts";
 
 export interface NodeServerOptions {
@@ -151,7 +151,10 @@ export class NodeServer {
       return;
     }
     const key = socketKey(socket);
-    this.secured.set(key, { socket, peer: socketPeerIdentity(socket) });
+    const peer = socketPeerIdentity(socket);
+    this.secured.set(key, { socket, peer });
+    // Who is at the other end, by its certificate: each node's own calls present its own.
+    this.options.logger.debug({ remote: key, peer: describePeer(peer) }, "tls client connected");
     if (socket.alpnProtocol === "h2") this.h2Sockets.add(socket as unknown as net.Socket);
     socket.once("close", () => {
       this.secured.delete(key);

@@ -51,6 +51,13 @@ export function socketPeerIdentity(socket: TLSSocket): PeerIdentity | undefined 
   };
 }
 
+/** For logs: `node:<name>`, `admin:<CN>`, `cn:<CN>`, or `none` (no verified certificate). */
+export function describePeer(peer: PeerIdentity | undefined): string {
+  if (!peer) return "none";
+  if (peer.node !== undefined) return `node:${peer.node}`;
+  return `${peer.admin ? "admin" : "cn"}:${peer.commonName ?? peer.fingerprint256}`;
+}
+
 /** node:crypto's `DNS:a, IP Address:1.2.3.4, URI:urn:…` (values needing it are JSON-quoted). */
 export function parseSubjectAltName(text: string): {
   uris: string[];

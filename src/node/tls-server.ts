@@ -3,7 +3,7 @@ import http2 from "node:http2";
 import tls, { type TLSSocket } from "node:tls";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
-import { configureClientTls, readTlsFile } from "../common/tls-client.ts";
+import { configureClientTlsIfUnset, readTlsFile } from "../common/tls-client.ts";
 import { isAutoIssued, nodeTlsFiles, tlsRequirementProblem } from "../common/tls-config.ts";
 import { ensureAutoTls } from "../common/tls-issuer.ts";
 import type { ClientAuth } from "../common/tls-schema.ts";
@@ -101,14 +101,16 @@ export function unverifiedPresented(socket: TLSSocket): boolean {
 }
 
 /**
- * Everything a node does about TLS before it serves: issues its certificate under `tls: auto`, sets
- * the process's clients to present it (mutual TLS between nodes), and reads its server TLS.
+ * Everything a node does about TLS before it serves: issues its certificate under `tls: auto`, lets a
+ * process without the CLI's setup trust the network's CAs, and reads its server TLS. The node's own
+ * calls present its certificate through nodeClientTls, never the process's default: several nodes
+ * may share this process (`lockstep up` in the foreground, the demo).
  */
 export async function prepareNodeTls(
   config: LockstepConfig,
   entry: NodeEntry,
 ): Promise<ServerTls | undefined> {
   if (isAutoIssued(config, entry)) await ensureAutoTls(config, { nodes: [entry], clientIfPossible: true });
-  configureClientTls(config, entry);
+  configureClientTlsIfUnset(config);
   return serverTlsFor(entry);
 }

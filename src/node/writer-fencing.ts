@@ -4,6 +4,7 @@ import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError, toLockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { NodeIdentity } from "../common/node-kind.ts";
+import type { ClientTlsIdentity } from "../common/tls-client.ts";
 import type { AdminService, FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import { adminClient } from "./clients.ts";
 import type { PreviousActivation } from "./node-state.ts";
@@ -211,6 +212,8 @@ export interface FencingSender {
   address: string;
   /** The node serves TLS (so the previous process of it does too). */
   tls?: boolean;
+  /** Under TLS, the node's own client certificate (nodeClientTls): the notice is the node's call. */
+  clientTls?: ClientTlsIdentity;
   secret: Buffer;
   identity: Pick<NodeIdentity, "writerEpoch" | "writerActivation">;
   logger: Logger;
@@ -238,7 +241,10 @@ export function fencePrevious(
     },
     secret: sender.secret,
     target: previous.endpoint,
-    client: adminClient(port, host, { tls: sender.tls }),
+    client: adminClient(port, host, {
+      tls: sender.tls,
+      ...(sender.clientTls ? { clientTls: sender.clientTls } : {}),
+    }),
     logger: sender.logger,
     current,
   });

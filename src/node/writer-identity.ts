@@ -2,6 +2,7 @@ import type { NodeEntry } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { NodeIdentity } from "../common/node-kind.ts";
+import type { ClientTlsIdentity } from "../common/tls-client.ts";
 import type { FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import type { Db } from "../storage/db.ts";
 import {
@@ -37,6 +38,8 @@ export class WriterIdentity {
   address = "";
   /** Whether this node serves TLS: so does the process it fences (the same node's config). */
   tls = false;
+  /** The certificate its fence notices present (the node's own: nodeClientTls). */
+  clientTls: ClientTlsIdentity | undefined;
 
   constructor(
     private readonly node: string,
@@ -104,6 +107,7 @@ export class WriterIdentity {
         node: this.node,
         address: this.address,
         tls: this.tls,
+        ...(this.clientTls ? { clientTls: this.clientTls } : {}),
         secret: this.secret as Buffer,
         identity: this.require(),
         logger: this.logger,

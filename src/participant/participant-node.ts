@@ -9,6 +9,7 @@ import type {
 } from "../common/node-kind.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import { nodeClientTls } from "../common/tls-client.ts";
 import { KeyAdmin, keyAdminRoutes, nodeKeyStore } from "../crypto/key-admin.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
 import { keyStoreMigrations } from "../crypto/key-store-migrations.ts";
@@ -126,6 +127,7 @@ export class ParticipantNode implements NodeKindRuntime {
       logger: context.logger,
       memberName: context.entry.name,
       sequencerUrl: nodeEndpoint(context.config.synchronizer.sequencer).url,
+      clientTls: nodeClientTls(context.config, context.entry),
       identity: context.identity,
       settleWriterEpoch: context.settleWriterEpoch,
       onFatal: (error) => this.stopOn(error),

@@ -4,5 +4,5 @@ import { SequencerClientRuntime } from "./sequencer-client-runtime.ts";
 
 /** The sequencer client over Connect (gRPC), the only transport so far. No I/O until register() or start(). */
 export function createSequencerClient(options: SequencerClientOptions): SequencerClient {
-  return new SequencerClientRuntime(grpcSequencerTransport(options.sequencerUrl), options);
+  return new SequencerClientRuntime(grpcSequencerTransport(options.sequencerUrl, options.clientTls), options);
 }

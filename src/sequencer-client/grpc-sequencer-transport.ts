@@ -3,6 +3,7 @@ import { fromConnectError } from "../common/connect-errors.ts";
 import { ERRORS, type ErrorCodeName } from "../common/error-codes.ts";
 import { LockstepError } from "../common/errors.ts";
 import { createNodeClient } from "../common/rpc-client.ts";
+import type { ClientTlsIdentity } from "../common/tls-client.ts";
 import type { ErrorDetail } from "../gen/lockstep/common/v1/error_pb.ts";
 import { type SendBatchResponse, SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import type { SendBatchOutcome, SequencerTransport } from "./sequencer-transport.ts";
@@ -20,9 +21,14 @@ const SEQUENCER_PING_MS = 5_000;
  * SequencerTransport over Connect (gRPC): RPC plumbing and error classification only. Every
  * failure becomes a LockstepError (sequencerCallError); everything else is the client's.
  */
-export function grpcSequencerTransport(sequencerUrl: string): SequencerTransport {
+export function grpcSequencerTransport(
+  sequencerUrl: string,
+  clientTls?: ClientTlsIdentity,
+): SequencerTransport {
   const rpc: Client<typeof SequencerService> = createNodeClient(SequencerService, sequencerUrl, {
     pingIntervalMs: SEQUENCER_PING_MS,
+    // The member's own certificate under mutual TLS, whichever nodes share the process.
+    ...(clientTls ? { clientTls } : {}),
   });
   const call = <T>(fn: () => Promise<T>): Promise<T> => callSequencer(sequencerUrl, fn);
   return {

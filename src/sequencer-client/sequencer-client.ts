@@ -2,6 +2,7 @@ import type { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import type { SequencedEvent } from "../common/sequenced-event.ts";
 import type { Micros } from "../common/time.ts";
+import type { ClientTlsIdentity } from "../common/tls-client.ts";
 import type { KeyStore } from "../crypto/key-store.ts";
 import type { SignedTopologyTransaction, TopologyState } from "../crypto/topology.ts";
 import type { Db, Tx } from "../storage/db.ts";
@@ -162,6 +163,8 @@ export interface SequencerClientOptions {
   memberName: string;
   /** e.g. nodeEndpoint(config.synchronizer.sequencer).url. */
   sequencerUrl: string;
+  /** https: the node's own client certificate (nodeClientTls), not its process's. */
+  clientTls?: ClientTlsIdentity;
   /** The node's current writer epoch and activation (NodeKindContext.identity), sent with every request. */
   identity: () => { writerEpoch: bigint; writerActivation?: string };
   /**
