@@ -1,10 +1,12 @@
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
 import { uniqueIdentifier } from "../common/ids.ts";
 import type { Micros } from "../common/time.ts";
 import { type RestoreMarker, restoreMarkerPath } from "../node/restore-marker.ts";
 import { type Admission, readAdmissions } from "../sequencer/member-admissions.ts";
 import type { Queryable } from "../storage/db.ts";
 import { createPgDb } from "../storage/pg-db.ts";
+import { writeFileAtomic } from "./backup-repository.ts";
 import type { NodeBackup } from "./manifest.ts";
 import { failed, passed, type RestoreCheck } from "./restore-checks.ts";
 import type { PlannedNode } from "./restore-plan.ts";
@@ -28,7 +30,9 @@ import type { PlannedNode } from "./restore-plan.ts";
  *
  * The live list is read at plan time, before apply changes anything: an in-place restore of the
  * embedded cluster replaces the whole data directory, after which the old database is no longer
- * reachable (it is kept as a data directory, not as a database).
+ * reachable (it is kept as a data directory, not as a database). So before such a restore, apply
+ * saves the list it read in the data dir (saveLiveAllowList), and a rerun after a kill reads it
+ * from there; it goes once every restored node is stamped.
  */
 
 /** What changed in the live allow-list after the set. */
@@ -83,10 +87,16 @@ const listed = (admissions: readonly Admission[]) =>
   admissions.map((a) => `${a.member} (at ${a.at})`).join(", ");
 
 /** Reads the allow-list of the database a sequencer restore replaces, when there is one. */
-export async function readLiveAllowList(node: PlannedNode, dataDir: string): Promise<LiveAllowList> {
+export async function readLiveAllowList(
+  node: PlannedNode,
+  set: string,
+  dataDir: string,
+): Promise<LiveAllowList> {
   const { backup, target, state } = node;
   if (node.alreadyRestored) return { status: "carried-already" };
   if (inPlaceRestoreInterrupted(dataDir, backup.name)) {
+    const saved = savedAllowList(dataDir, set);
+    if (saved) return saved;
     return {
       status: "unavailable",
       reason:
@@ -113,13 +123,7 @@ export async function readLiveAllowList(node: PlannedNode, dataDir: string): Pro
       };
     }
     const rows = await readAdmissions(db);
-    const head = backup.kind === "sequencer" ? backup.position.head : null;
-    return {
-      status: "read",
-      database: target.database,
-      rows,
-      changes: changesAfter(rows, head === null ? null : BigInt(head)),
-    };
+    return { status: "read", database: target.database, rows, changes: changesAfter(rows, setHead(backup)) };
   } catch (error) {
     return {
       status: "unavailable",
@@ -138,6 +142,62 @@ async function liveMember(q: Queryable): Promise<string | null> {
        FROM node_state s`,
   );
   return row?.namespace ? uniqueIdentifier(row.name, row.namespace) : null;
+}
+
+function setHead(backup: NodeBackup): Micros | null {
+  const head = backup.kind === "sequencer" ? backup.position.head : null;
+  return head === null ? null : BigInt(head);
+}
+
+const SAVED_FILE = "restore-allow-list.json";
+
+interface SavedAllowList {
+  set: string;
+  database: string;
+  /** As `changes` needs them again: the set's head, and the rows with their timestamps as strings. */
+  head: string | null;
+  rows: { member: string; state: Admission["state"]; at: string; by: Admission["by"] }[];
+}
+
+/** Before an in-place restore of the embedded cluster: the live list, for a rerun after a kill. */
+export async function saveLiveAllowList(
+  dataDir: string,
+  set: string,
+  backup: NodeBackup,
+  live: LiveAllowList | undefined,
+): Promise<void> {
+  if (live?.status !== "read") return;
+  const saved: SavedAllowList = {
+    set,
+    database: live.database,
+    head: setHead(backup)?.toString() ?? null,
+    rows: live.rows.map((a) => ({ ...a, at: a.at.toString() })),
+  };
+  await writeFileAtomic(join(dataDir, SAVED_FILE), JSON.stringify(saved));
+}
+
+/** Every restored node is stamped: the saved list is of no more use. */
+export function clearSavedAllowList(dataDir: string): void {
+  rmSync(join(dataDir, SAVED_FILE), { force: true });
+}
+
+function savedAllowList(dataDir: string, set: string): LiveAllowList | undefined {
+  const path = join(dataDir, SAVED_FILE);
+  if (!existsSync(path)) return undefined;
+  try {
+    const saved = JSON.parse(readFileSync(path, "utf8")) as SavedAllowList;
+    if (saved.set !== set) return undefined;
+    const rows = saved.rows.map((a) => ({ ...a, at: BigInt(a.at) }));
+    const head = saved.head === null ? null : BigInt(saved.head);
+    return {
+      status: "read",
+      database: `${saved.database} (as read before the interrupted in-place restore)`,
+      rows,
+      changes: changesAfter(rows, head),
+    };
+  } catch {
+    return undefined;
+  }
 }
 
 function inPlaceRestoreInterrupted(dataDir: string, node: string): boolean {

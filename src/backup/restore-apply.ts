@@ -15,7 +15,7 @@ import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository } from "./backup-repository.ts";
 import { planClusterRestore, restoreClusterInPlace } from "./cluster-restore.ts";
-import { carryAllowList } from "./restore-allow-list.ts";
+import { carryAllowList, clearSavedAllowList, saveLiveAllowList } from "./restore-allow-list.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
 import { syncSequencerAfterRestore } from "./restore-sequencer-sync.ts";
 import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./restore-target.ts";
@@ -79,6 +79,9 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
   const inPlace = config && (await planClusterRestore(plan, config["data-dir"], options.logger));
   if (config && inPlace) {
     const names = inPlace.nodes.map((n) => n.backup.name).join(", ");
+    // The replaced cluster is out of reach after the swap: a rerun after a kill reads the list here.
+    const sequencer = inPlace.nodes.find((n) => n.backup.kind === "sequencer");
+    if (sequencer) await saveLiveAllowList(config["data-dir"], plan.set, sequencer.backup, plan.allowList);
     try {
       await restoreClusterInPlace(inPlace, plan, config, options.logger, (line) =>
         options.onStep?.(names, line),
@@ -137,7 +140,10 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
     // idempotent, since a rerun after a kill reaches this spot again for the skipped node.
   }
   // Every node of an in-place cluster restore is stamped: they may start.
-  if (config && inPlace) clearRestoreMarker(config["data-dir"]);
+  if (config && inPlace) {
+    clearRestoreMarker(config["data-dir"]);
+    clearSavedAllowList(config["data-dir"]);
+  }
   // Lead: the sequencer keeps what the restored members will ask for (also after a rerun).
   await syncSequencerAfterRestore(plan, options.sequencer, (node, line) => options.onStep?.(node, line));
   return restored;

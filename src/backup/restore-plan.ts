@@ -145,7 +145,7 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     checks.push(...(await membersAhead(others, sequencerBackup)));
   }
   const sequencerNode = nodes.find((n) => n.backup.kind === "sequencer");
-  const allowList = sequencerNode && (await readLiveAllowList(sequencerNode, config["data-dir"]));
+  const allowList = sequencerNode && (await readLiveAllowList(sequencerNode, set, config["data-dir"]));
   if (sequencerNode && allowList) checks.push(allowListCheck(sequencerNode.backup, set, allowList));
   const forced: string[] = [];
   const restored = new Set(backups.map((b) => b.name));

@@ -1,13 +1,21 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
 import type { NodeBackup } from "../../src/backup/manifest.ts";
 import {
   admissionsNotCarried,
   allowListCheck,
   changesAfter,
+  clearSavedAllowList,
   type LiveAllowList,
+  readLiveAllowList,
   revocationsToCarry,
+  saveLiveAllowList,
 } from "../../src/backup/restore-allow-list.ts";
+import type { PlannedNode } from "../../src/backup/restore-plan.ts";
+import { restoreMarkerPath } from "../../src/node/restore-marker.ts";
 import type { Admission } from "../../src/sequencer/member-admissions.ts";
 
 const row = (member: string, state: Admission["state"], at: bigint): Admission => ({
@@ -98,4 +106,34 @@ test("the plan's allow-list check: revocations carried pass, later admissions wa
   assert.match(unread.remedy ?? "", /lockstep synchronizer revoke/);
 
   assert.equal(allowListCheck(sequencerBackup, "set-1", { status: "carried-already" }).verdict, "pass");
+});
+
+test("an interrupted in-place restore: the rerun carries the list apply saved before the swap", async () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "lockstep-allow-list-"));
+  try {
+    // The database in place is a restored one; never read it as the live list.
+    const node = { backup: sequencerBackup, alreadyRestored: false } as unknown as PlannedNode;
+    writeFileSync(restoreMarkerPath(dataDir), JSON.stringify({ set: "set-1", nodes: ["sequencer1"] }));
+    const unsaved = await readLiveAllowList(node, "set-1", dataDir);
+    assert.equal(unsaved.status, "unavailable");
+
+    const read: LiveAllowList = {
+      status: "read",
+      database: "lockstep_sequencer1",
+      rows: live,
+      changes: changesAfter(live, 100n),
+    };
+    await saveLiveAllowList(dataDir, "set-1", sequencerBackup, read);
+    const again = await readLiveAllowList(node, "set-1", dataDir);
+    assert.equal(again.status, "read");
+    if (again.status !== "read") return;
+    assert.deepEqual(again.rows, live, "timestamps come back as bigints");
+    assert.deepEqual(again.changes, read.changes);
+    // Saved for another set: not this restore's.
+    assert.equal((await readLiveAllowList(node, "set-2", dataDir)).status, "unavailable");
+    clearSavedAllowList(dataDir);
+    assert.equal((await readLiveAllowList(node, "set-1", dataDir)).status, "unavailable");
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
 });
