@@ -1,5 +1,6 @@
 import type { NodeKind } from "../common/config-schema.ts";
 import { uniqueIdentifier } from "../common/ids.ts";
+import { readSequencerHead } from "../sequencer/sequencer-head.ts";
 import type { Queryable } from "../storage/db.ts";
 import type {
   MediatorPosition,
@@ -66,25 +67,16 @@ export async function mediatorPosition(q: Queryable): Promise<MediatorPosition> 
 
 /** The sequencer's position: head, per-member last delivered, pruning lower bound. */
 export async function sequencerPosition(q: Queryable): Promise<SequencerPosition> {
-  const state = await q.one<{
-    pruning_lower_bound: bigint | null;
-    head: bigint | null;
-    heads_max: bigint | null;
-  }>(
-    `SELECT pruning_lower_bound,
-            (SELECT max(timestamp) FROM sequencer_events) AS head,
-            (SELECT max(last_timestamp) FROM sequencer_member_heads) AS heads_max
-       FROM sequencer_state`,
+  const state = await q.one<{ pruning_lower_bound: bigint | null }>(
+    "SELECT pruning_lower_bound FROM sequencer_state",
   );
   const members = await q.query<{ member: string; last_timestamp: bigint | null }>(
     `SELECT m.member, h.last_timestamp FROM sequencer_members m
        LEFT JOIN sequencer_member_heads h ON h.member = m.member ORDER BY m.member`,
   );
-  // As the store's load(): after pruning the member heads still bound the head.
-  let head = state.head;
-  if (state.heads_max !== null && (head === null || state.heads_max > head)) head = state.heads_max;
   return {
-    head: str(head),
+    // As the store's load(): events, member heads (they outlive pruning) and allow-list changes.
+    head: str(await readSequencerHead(q)),
     members: Object.fromEntries(members.map((m) => [m.member, str(m.last_timestamp)])),
     pruningLowerBound: str(state.pruning_lower_bound),
   };

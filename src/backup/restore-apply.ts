@@ -7,6 +7,7 @@ import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb
 import { nodeKindDefinition } from "../node/node-kinds.ts";
 import { type AnchorSource, nodeStateMigrations, stampRestoredDatabase } from "../node/node-state.ts";
 import { clearRestoreMarker } from "../node/restore-marker.ts";
+import { readSequencerHead } from "../sequencer/sequencer-head.ts";
 import { fetchTopology } from "../sequencer-client/topology-bootstrap.ts";
 import { registerBackupTaken } from "../storage/backups-taken.ts";
 import { runMigrations } from "../storage/migrations.ts";
@@ -14,6 +15,7 @@ import { createPgDb } from "../storage/pg-db.ts";
 import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository } from "./backup-repository.ts";
 import { planClusterRestore, restoreClusterInPlace } from "./cluster-restore.ts";
+import { carryAllowList, clearSavedAllowList, saveLiveAllowList } from "./restore-allow-list.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
 import { syncSequencerAfterRestore } from "./restore-sequencer-sync.ts";
 import { createStaging, dropStaging, keptDatabaseName, swapIntoPlace } from "./restore-target.ts";
@@ -77,6 +79,9 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
   const inPlace = config && (await planClusterRestore(plan, config["data-dir"], options.logger));
   if (config && inPlace) {
     const names = inPlace.nodes.map((n) => n.backup.name).join(", ");
+    // The replaced cluster is out of reach after the swap: a rerun after a kill reads the list here.
+    const sequencer = inPlace.nodes.find((n) => n.backup.kind === "sequencer");
+    if (sequencer) await saveLiveAllowList(config["data-dir"], plan.set, sequencer.backup, plan.allowList);
     try {
       await restoreClusterInPlace(inPlace, plan, config, options.logger, (line) =>
         options.onStep?.(names, line),
@@ -135,7 +140,10 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
     // idempotent, since a rerun after a kill reaches this spot again for the skipped node.
   }
   // Every node of an in-place cluster restore is stamped: they may start.
-  if (config && inPlace) clearRestoreMarker(config["data-dir"]);
+  if (config && inPlace) {
+    clearRestoreMarker(config["data-dir"]);
+    clearSavedAllowList(config["data-dir"]);
+  }
   // Lead: the sequencer keeps what the restored members will ask for (also after a rerun).
   await syncSequencerAfterRestore(plan, options.sequencer, (node, line) => options.onStep?.(node, line));
   return restored;
@@ -203,6 +211,8 @@ export async function stampRestored(
       ...nodeStateMigrations,
       ...nodeKindDefinition(entry.kind).migrations,
     ]);
+    // Before the stamp, in the database that goes into place: a revoked member stays out.
+    if (backup.kind === "sequencer") await carryAllowList(db, plan.allowList, step);
     step("reading the sequencer's head and its writer epoch record of the member");
     const epoch = await sequencerWriterEpoch(plan, node, options.sequencer, earlier);
     const anchor =
@@ -284,15 +294,13 @@ async function sequencerAnchor(
   if (restored) {
     const db = createPgDb({ connectionString: restored.target.url, max: 1 });
     try {
-      // As the sequencer store computes its head: events, member heads and the lower bound.
-      const row = await db.maybeOne<{ head: bigint | null }>(
-        `SELECT GREATEST((SELECT max(timestamp) FROM sequencer_events),
-                         (SELECT max(last_timestamp) FROM sequencer_member_heads),
-                         (SELECT pruning_lower_bound FROM sequencer_state)) AS head`,
+      // The head as the sequencer store computes it (allow-list changes count), or the lower bound.
+      const lower = await db.maybeOne<{ bound: bigint | null }>(
+        "SELECT pruning_lower_bound AS bound FROM sequencer_state",
       );
+      const head = maxOrNull(await readSequencerHead(db), lower?.bound ?? null);
       // The node computes the expected end from its topology once it processed the anchor.
-      if (row?.head != null)
-        return { anchor: row.head, source: "restored-sequencer-head", expectedEnd: null };
+      if (head !== null) return { anchor: head, source: "restored-sequencer-head", expectedEnd: null };
       return NO_ANCHOR;
     } finally {
       await db.close();
@@ -311,6 +319,10 @@ async function sequencerAnchor(
   } catch {
     return NO_ANCHOR; // it stopped answering since the plan: the node anchors after it starts
   }
+}
+
+function maxOrNull(a: bigint | null, b: bigint | null): bigint | null {
+  return a === null ? b : b === null || a > b ? a : b;
 }
 
 /**

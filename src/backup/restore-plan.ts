@@ -13,6 +13,7 @@ import { liveSequencerStatus, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository } from "./backup-repository.ts";
 import { planClusterRestore } from "./cluster-restore.ts";
 import { type Manifest, type NodeBackup, nodeEngine } from "./manifest.ts";
+import { allowListCheck, type LiveAllowList, readLiveAllowList } from "./restore-allow-list.ts";
 import {
   checkAgainstSequencer,
   checkArtifact,
@@ -64,6 +65,8 @@ export interface RestorePlan {
   sequencerLive: boolean;
   /** The refusals --force overrode ("node:check"), recorded in the recovery records. */
   forced: string[];
+  /** Restoring the sequencer: the live allow-list it replaces (restore-allow-list.ts). */
+  allowList?: LiveAllowList;
 }
 
 const KIND_ORDER = { sequencer: 0, mediator: 1, participant: 2 } as const;
@@ -146,6 +149,9 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     );
     checks.push(...(await membersAhead(others, sequencerBackup)));
   }
+  const sequencerNode = nodes.find((n) => n.backup.kind === "sequencer");
+  const allowList = sequencerNode && (await readLiveAllowList(sequencerNode, set, config["data-dir"]));
+  if (sequencerNode && allowList) checks.push(allowListCheck(sequencerNode.backup, set, allowList));
   const forced: string[] = [];
   const restored = new Set(backups.map((b) => b.name));
   for (const check of checks) {
@@ -160,7 +166,7 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
   nodes.sort((a, b) => KIND_ORDER[a.backup.kind] - KIND_ORDER[b.backup.kind]);
   checks.push(...(await restorePaths(nodes, config["data-dir"], logger)));
   const ok = checks.every((c) => c.verdict !== "refuse");
-  return { set, ok, checks, manifest, repository, nodes, sequencerLive, forced };
+  return { set, ok, checks, manifest, repository, nodes, sequencerLive, forced, allowList };
 }
 
 /** For physical nodes: whether apply restores the embedded cluster in place or by copy (cluster-restore.ts). */

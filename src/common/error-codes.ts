@@ -1081,6 +1081,22 @@ export const ERROR_DEFINITIONS = [
     "Start the sequencer so that restore can compare the node's position and keys with it, or accept the risk the check covers by overriding it by name (`--force {check}`, recorded in the recovery record).",
   ),
   def(
+    "RESTORE_ADMISSIONS_AFTER_SET",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "Admitted to the synchronizer after set {set}, so not admitted by the restored sequencer: {members}",
+    "Once the restored sequencer runs, admit again each member that belongs on the synchronizer (`lockstep synchronizer admit MEMBER-ID`). Admissions are not carried over by a restore on purpose: letting a member in is a decision to make again. Revocations made after the set are carried over.",
+  ),
+  def(
+    "RESTORE_ALLOW_LIST_UNREAD",
+    Code.FailedPrecondition,
+    "safety",
+    false,
+    "The live allow-list {node} replaces could not be read ({reason}): revocations made after set {set} are not carried into the restore",
+    "If members were revoked after the set, revoke them again as soon as the restored sequencer runs, before their nodes reconnect (`lockstep synchronizer revoke MEMBER-ID`); `lockstep synchronizer members` shows the restored list.",
+  ),
+  def(
     "RESTORE_KEPT_DATABASE_NEEDED",
     Code.FailedPrecondition,
     "safety",

@@ -1,0 +1,109 @@
+import { LockstepError } from "../common/errors.ts";
+import { parseUniqueIdentifier } from "../common/ids.ts";
+import type { Logger } from "../common/logging.ts";
+import { type Micros, maxMicros } from "../common/time.ts";
+import type { KeyPair } from "../crypto/keys.ts";
+import { type SignedTopologyTransactionParts, signedTopologyFromParts } from "../crypto/topology.ts";
+import type { AdmissionControl } from "./admission-control.ts";
+import { addMediatorTransaction } from "./sequencer-bootstrap.ts";
+import type { SequencerWriter } from "./sequencer-writer.ts";
+import { checkTime } from "./submission-intake.ts";
+
+export interface TopologyIntakeOptions {
+  writer: SequencerWriter;
+  admissions: AdmissionControl;
+  sequencerId: string;
+  /** Signs the MediatorDomainState the configured mediator's registration adds. */
+  namespaceKey: KeyPair;
+  /** The configured mediator's name: registering it also adds it to the MediatorDomainState. */
+  mediatorName?: string;
+  logger: Logger;
+}
+
+/**
+ * RegisterMember and SubmitTopology: the topology members bring to the sequencer. Each is validated
+ * against the writer's topology before it is queued, so a bad transaction is refused without a
+ * writer round trip; the writer validates again at the sequencing timestamp.
+ */
+export class TopologyIntake {
+  constructor(private readonly options: TopologyIntakeOptions) {}
+
+  /**
+   * Sequences a self-signed MemberKeys add; the member is registered from its timestamp. A retry
+   * of the same transaction returns the first registration. The configured mediator is also added
+   * to the MediatorDomainState, in the same event.
+   */
+  async registerMember(
+    parts: SignedTopologyTransactionParts,
+  ): Promise<{ member: string; registeredAt: Micros }> {
+    const { writer, admissions, sequencerId, logger } = this.options;
+    const signed = signedTopologyFromParts(parts);
+    const { operation, mapping } = signed.transaction;
+    if (operation !== "add" || mapping.type !== "MemberKeys") {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+        reason: `RegisterMember takes a MemberKeys add, not a ${mapping.type} ${operation}`,
+      });
+    }
+    const member = mapping.member;
+    // Refused before anything else: a revoked member stays out, an unknown one needs admitting.
+    admissions.requireNotRevoked(member);
+    const registered = writer.registeredAt(member);
+    if (
+      registered !== undefined &&
+      writer.topology.transactions().some((e) => e.signed.hash === signed.hash)
+    ) {
+      return { member, registeredAt: registered };
+    }
+    if (member === sequencerId) {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", { reason: "the sequencer cannot register itself" });
+    }
+    admissions.checkRegistration(member);
+    const after = writer.topology.apply(signed, checkTime(writer) + 1n);
+    const transactions = [signed];
+    if (
+      this.options.mediatorName !== undefined &&
+      parseUniqueIdentifier(member).name === this.options.mediatorName
+    ) {
+      const mediatorState = addMediatorTransaction(after, member, this.options.namespaceKey);
+      if (mediatorState) transactions.push(mediatorState);
+    }
+    const at = await writer.submit({ kind: "topology", transactions, registers: member });
+    logger.info({ member, at: at.toString() }, "registered member");
+    return { member, registeredAt: writer.registeredAt(member) ?? at };
+  }
+
+  /**
+   * Sequences owner-signed topology transactions from a member: party allocation, and a registered
+   * member's own MemberKeys (signing key rotation, docs/keys.md). Onboarding and mediator changes
+   * stay with RegisterMember and the synchronizer, so a member cannot onboard others or change
+   * parameters through here; a retry of an already sequenced transaction returns its timestamp.
+   */
+  async submitTopology(parts: readonly SignedTopologyTransactionParts[]): Promise<Micros> {
+    const { writer, sequencerId, logger } = this.options;
+    const transactions = parts.map((p) => signedTopologyFromParts(p));
+    const known = transactions.map((t) =>
+      writer.topology.transactions().find((e) => e.signed.hash === t.hash),
+    );
+    if (known.every((e) => e !== undefined))
+      return known.reduce((max, e) => maxMicros(max, e.effectiveAt), 0n);
+    let state = writer.topology;
+    for (const signed of transactions) {
+      const { mapping, operation } = signed.transaction;
+      const keyRotation =
+        mapping.type === "MemberKeys" &&
+        operation === "add" &&
+        mapping.member !== sequencerId &&
+        writer.registeredAt(mapping.member) !== undefined;
+      if (mapping.type !== "PartyToParticipant" && !keyRotation) {
+        throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+          reason: `members submit PartyToParticipant or their own MemberKeys (a registered member's key rotation), not ${operation} ${mapping.type}`,
+        });
+      }
+      // Validate now (signature, owner, serial) so a bad one is refused without a writer round trip.
+      state = state.apply(signed, checkTime(writer) + 1n);
+    }
+    const at = await writer.submit({ kind: "topology", transactions });
+    logger.info({ at: at.toString(), count: transactions.length }, "sequenced member topology");
+    return at;
+  }
+}
