@@ -32,7 +32,8 @@ import { waitFor } from "../support/wait.ts";
 // cannot read without the passphrase; verify passes. The key is rotated: the next set goes to the
 // new key's repository while the old key's set restores through previous-key-files; without the
 // key, or with another only, restore plan refuses naming the fingerprint; a checkpoint and a
-// point-in-time plan work from the encrypted repository; a damaged repository file fails verify.
+// point-in-time plan work from the encrypted repository, and the network is restored to the
+// checkpoint in place from it; a damaged repository file fails verify.
 
 let network: LedgerNetwork | undefined;
 after(() => network?.down());
@@ -293,6 +294,24 @@ test("pgbackrest with backup.encryption: its own encrypted repository per key, v
   const pitSet = readManifest(n, pit.json<{ set: string }>().set);
   for (const r of records(pitSet)) assert.equal(r.encryption?.keyFingerprint, fp2);
   t.diagnostic(`point in time ${at}: set ${pitSet.id}`);
+
+  // The whole network back to the checkpoint, in place, from key2's encrypted repository: it then
+  // archives into that repository again and goes on.
+  const applied = await cli(n, "restore", "apply", "--checkpoint", "cp1", "--replace", "--yes", "--json");
+  assert.match(applied.stderr, /in place/);
+  await cli(n, "up", "--detach", "--json");
+  for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
+  await waitFor("both participants as at the checkpoint", async () => {
+    const a = await acsKeys(n, 0, alice).catch(() => []);
+    const b = await acsKeys(n, 1, bob).catch(() => []);
+    return JSON.stringify(a) === JSON.stringify(expected) && JSON.stringify(b) === JSON.stringify(expected)
+      ? true
+      : undefined;
+  });
+  const check = await cli(n, "backup", "check", "participant1", "--json");
+  assert.equal(check.json<{ ok: boolean }>().ok, true, check.stdout);
+  assert.ok(readFileSync(conf, "utf8").includes(`pgbackrest-${fp2}`));
+  await cli(n, "down", "--json");
 
   // Retention goes through every repository.
   const expire = await cli(n, "backup", "expire", "--keep", "100", "--dry-run", "--json");
