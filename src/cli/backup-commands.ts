@@ -12,7 +12,7 @@ import { BackupRepository, type SetSummary } from "../backup/backup-repository.t
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
 import { BACKUP_FORMATS, type BackupFormat, type Manifest } from "../backup/manifest.ts";
-import { expiryContexts } from "../backup/pgbackrest/pgbackrest-retention.ts";
+import { expiryContexts } from "../backup/pgbackrest/expiry-contexts.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
 import {
   BACKUP_ENGINES,
