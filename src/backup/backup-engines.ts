@@ -87,17 +87,11 @@ export class BackupEngines {
 
   /**
    * The engine that backs up this node; BACKUP_ENGINE_UNAVAILABLE when this build has none of that
-   * name, BACKUP_ENCRYPTION_UNSUPPORTED when backup.encryption is set and it is not pg-dump.
+   * name. With backup.encryption every engine encrypts: pg-dump each artifact (artifact-cipher.ts),
+   * pgbackrest through pgBackRest's repository encryption (pgbackrest/pgbackrest-repo.ts).
    */
   forNode(entry: NodeEntry): RuntimeEngine {
     const choice = chooseEngine(this.config, entry, this.overrides.engine);
-    // Only the pg-dump engine encrypts through Lockstep; a set must never be plain by surprise.
-    if (this.config.backup.encryption && choice.engine !== "pg-dump") {
-      throw new LockstepError("BACKUP_ENCRYPTION_UNSUPPORTED", {
-        engine: choice.engine,
-        chosenBy: choice.chosenBy,
-      });
-    }
     // A key file that cannot be used refuses the run before a set is begun (BACKUP_KEY_FILE_INVALID).
     new BackupKeys(this.config.backup.encryption).current();
     return this.get(choice.engine, choice.chosenBy);

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync } from "node:fs";
 import { chmod, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
@@ -18,13 +18,12 @@ import {
   type UnsignedManifest,
 } from "./manifest.ts";
 import { looseModes, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenTree } from "./owner-only.ts";
+import { isRepoFolder } from "./pgbackrest/pgbackrest-repo.ts";
 
 export const MANIFEST_FILE = "manifest.json";
 export const VERIFICATION_FILE = "verification.json";
 /** Marks a set being written: who writes it, so a later run can tell a crashed writer from a live one. */
 const IN_PROGRESS_FILE = "in-progress.json";
-/** pgBackRest's own repository inside this one (pgbackrest-config.ts pgBackRestRepoPath). */
-const PGBACKREST_DIR = "pgbackrest";
 const SET_ID = /^\d{8}T\d{6}Z-[0-9a-z]+$/;
 
 /** The last verification of a set (written beside the manifest; the manifest stays immutable). */
@@ -220,8 +219,15 @@ export class BackupRepository {
   }
 
   private treeOptions() {
-    const pgbackrest = existsSync(join(this.dir, PGBACKREST_DIR));
-    return { skip: [PGBACKREST_DIR], rootSearch: pgbackrest };
+    // pgBackRest's own repositories inside this one: `pgbackrest`, and `pgbackrest-<key fingerprint>`
+    // with backup.encryption (pgbackrest/pgbackrest-repo.ts).
+    let pgbackrest: string[] = [];
+    try {
+      pgbackrest = readdirSync(this.dir).filter(isRepoFolder);
+    } catch {
+      // no repository yet
+    }
+    return { skip: pgbackrest, rootSearch: pgbackrest.length > 0 };
   }
 
   /** Gives up a set being written (e.g. a dump failed): removes its folder. */

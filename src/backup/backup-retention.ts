@@ -146,7 +146,8 @@ export async function expireSets(
   configNodes: readonly string[],
   progress: (line: string) => void,
   sequencer?: SequencerRpc,
-  pgbackrest?: PgBackRestExpiryContext,
+  /** One pgBackRest repository, or each of them (plain, and one per backup key: pgbackrest-repo.ts). */
+  pgbackrest?: PgBackRestExpiryContext | readonly PgBackRestExpiryContext[],
 ): Promise<{
   decisions: RetentionDecision[];
   deleted: string[];

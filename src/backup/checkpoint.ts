@@ -11,7 +11,7 @@ import { holdSet, sequencerRpc } from "./backup-holds.ts";
 import { BackupRepository, writeFileAtomic } from "./backup-repository.ts";
 import type { MediatorPosition, ParticipantPosition, SequencerPosition } from "./manifest.ts";
 import { type NodeSnapshotInfo, readNodeSnapshotInfo } from "./node-position.ts";
-import { type NodeCluster, nodeCluster, requireSetUp } from "./pgbackrest/node-cluster.ts";
+import { configuredRepo, type NodeCluster, nodeCluster, requireSetUp } from "./pgbackrest/node-cluster.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
 import { createRestorePoint, lockWriter } from "./pgbackrest/restore-point.ts";
 import { waitWalArchived } from "./pgbackrest/wal-archived.ts";
@@ -127,14 +127,10 @@ export async function createCheckpoint(options: {
       details: `checkpoint name "${name}" must match ${NAME_PATTERN.source} (it names a restore point)`,
     });
   }
-  // A checkpoint's restore points are targets in pgBackRest backups, which Lockstep does not
-  // encrypt: with backup.encryption set, a set must never be plain by surprise (backup-engines.ts).
-  if (config.backup.encryption) {
-    throw new LockstepError("BACKUP_ENCRYPTION_UNSUPPORTED", {
-      engine: "pgbackrest",
-      chosenBy: "checkpoint create (a checkpoint is made of pgBackRest backups)",
-    });
-  }
+  // With backup.encryption, the base backups and WAL are in the key's encrypted repository
+  // (pgbackrest/pgbackrest-repo.ts) and the set's records name its fingerprint. A key file that
+  // cannot be used is refused here, before anything is written (BACKUP_KEY_FILE_INVALID).
+  configuredRepo(config);
   const repositoryDir = config.backup.repository;
   if ((await listCheckpoints(repositoryDir)).some((c) => c.name === name)) {
     throw new LockstepError("INVALID_ARGUMENT", {
@@ -234,6 +230,7 @@ async function checkpointInto(
           info,
           database: node.cluster.database,
           stanza,
+          repo: node.cluster.repo,
           backup: bases.get(stanza) as PgBackRestBackup,
           target: { type: "name", name: restorePoint, lsn: point.lsn, timeline: point.timeline },
           cluster: { description: node.cluster.description, systemIdentifier: node.cluster.systemIdentifier },

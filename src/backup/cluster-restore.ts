@@ -16,12 +16,14 @@ import { type RestoreMarker, restoreMarkerPath } from "../node/restore-marker.ts
 import { swapDataDir } from "../storage/data-dir-swap.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
 import { makeTraversable } from "../storage/server-process.ts";
+import { BackupKeys } from "./backup-keys.ts";
 import { writeFileAtomic } from "./backup-repository.ts";
 import { nodeEngine, type PgBackRestRecord } from "./manifest.ts";
 import { embeddedCluster, enableArchiving } from "./pgbackrest/embedded-archiving.ts";
 import { commitPastTarget, stanzaPgBackRest } from "./pgbackrest/node-cluster.ts";
 import { postgresSettings } from "./pgbackrest/pgbackrest-config.ts";
 import { cliTarget, describeTarget, recoveryFailure } from "./pgbackrest/pgbackrest-engine.ts";
+import { recordRepo } from "./pgbackrest/pgbackrest-repo.ts";
 import { waitForPromotion } from "./pgbackrest/scratch-restore.ts";
 import type { PlannedNode, RestorePlan } from "./restore-plan.ts";
 
@@ -61,6 +63,7 @@ export async function planClusterRestore(
     r.name === "pgbackrest" &&
     r.stanza === first.stanza &&
     r.label === first.label &&
+    r.encryption?.keyFingerprint === first.encryption?.keyFingerprint &&
     JSON.stringify(r.target) === JSON.stringify(first.target);
   if (!records.every(same)) return undefined;
   const cluster = new LocalPostgres({ dir: embeddedClusterDir(dataDir), logger });
@@ -91,6 +94,15 @@ export async function restoreClusterInPlace(
   const incoming = "data.restoring";
   const restoring = join(cluster.dir, incoming);
   rmSync(restoring, { recursive: true, force: true }); // a killed run's, of no use
+  // Restored from the repository the set names (an older key's, maybe); archiving goes on into the
+  // current one (pgbackrest/pgbackrest-repo.ts): the stanza's own config file, which names it.
+  const first = restore.nodes[0] as PlannedNode;
+  const repo = recordRepo(config, new BackupKeys(config.backup.encryption), record, {
+    set: plan.set,
+    artifact: first.backup.artifact,
+  });
+  const source = stanzaPgBackRest(config, configNodes(config), record.stanza, logger, repo);
+  source.prepare();
   const pgbackrest = stanzaPgBackRest(config, configNodes(config), record.stanza, logger);
   pgbackrest.prepare();
   mkdirSync(restoring, { mode: 0o700 });
@@ -98,11 +110,11 @@ export async function restoreClusterInPlace(
     chownSync(restoring, pgbackrest.runAs.uid, pgbackrest.runAs.gid);
     makeTraversable(cluster.dir, pgbackrest.runAs);
   }
-  if (record.target.type === "time") await commitPastTarget(config, record.stanza, logger);
+  if (record.target.type === "time") await commitPastTarget(config, record.stanza, logger, repo);
   step(
     `pgBackRest restore of the embedded cluster (${restore.databases.join(", ")}) from ${record.label} to ${describeTarget(record.target)}, in place`,
   );
-  await pgbackrest.restore({
+  await source.restore({
     dataDir: restoring,
     set: record.label,
     target: cliTarget(record.target),
@@ -145,6 +157,9 @@ export async function restoreClusterInPlace(
   // The config names the port the server came up on; ALTER SYSTEM makes the settings the cluster's own.
   pgbackrest.prepare(embeddedCluster(cluster));
   await enableArchiving(cluster, pgbackrest);
+  // Restored from an older repository while the current one is a new encrypted one: its stanza
+  // (idempotent), so that the archiving just pointed at it works.
+  if (source.repoPath !== pgbackrest.repoPath && pgbackrest.encrypted) await pgbackrest.stanzaCreate();
 }
 
 async function writeMarker(dataDir: string, marker: RestoreMarker): Promise<void> {

@@ -128,6 +128,17 @@ export const pgBackRestRecordSchema = z.object({
   stopLsn: z.string(),
   database: z.string().min(1),
   target: recoveryTargetSchema,
+  /**
+   * pgBackRest's repository encryption (pgbackrest/pgbackrest-repo.ts): the backup is in the
+   * repository `pgbackrest-<keyFingerprint>`, encrypted under a passphrase derived from the backup
+   * key with this fingerprint (never the key nor the passphrase); absent: the plain `pgbackrest`.
+   */
+  encryption: z
+    .object({
+      cipher: z.literal("aes-256-cbc"),
+      keyFingerprint: z.string().regex(/^[0-9a-f]{16}$/, "16 lower-case hex digits"),
+    })
+    .optional(),
 });
 export type PgBackRestRecord = z.infer<typeof pgBackRestRecordSchema>;
 export const engineRecordSchema = z.discriminatedUnion("name", [pgDumpRecordSchema, pgBackRestRecordSchema]);

@@ -13,6 +13,7 @@ import type { MemberLookup, NodeSnapshotInfo } from "./node-position.ts";
 import { checkOrder } from "./order-check.ts";
 import { writeDescriptor } from "./pgbackrest/pgbackrest-engine.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
+import { type PgBackRestRepo, recordEncryption } from "./pgbackrest/pgbackrest-repo.ts";
 
 /**
  * Point-in-time recovery as a backup set (docs/design.md §4.6): a checkpoint, or a time, becomes a
@@ -28,6 +29,8 @@ export interface PointNode {
   info: NodeSnapshotInfo;
   database: string;
   stanza: string;
+  /** The pgBackRest repository the backup is in (encrypted or plain: its record says which). */
+  repo: PgBackRestRepo;
   /** The backup recovery starts from. */
   backup: PgBackRestBackup;
   target: RecoveryTarget;
@@ -84,6 +87,7 @@ export async function writePointSet(input: PointSetInput): Promise<Manifest> {
         stopLsn: node.backup.lsn.stop,
         database: node.database,
         target: node.target,
+        ...recordEncryption(node.repo),
       };
       const { artifact, files } = await writeDescriptor(setDir, info.nodeName, {
         record,

@@ -1,10 +1,11 @@
-import { mkdirSync } from "node:fs";
-import { resolve } from "node:path";
+import { existsSync, mkdirSync } from "node:fs";
+import { join, resolve } from "node:path";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { createPgDb } from "../storage/pg-db.ts";
+import { BackupKeys } from "./backup-keys.ts";
 import { BackupRepository } from "./backup-repository.ts";
 import type { Manifest, RecoveryTarget } from "./manifest.ts";
 import { readNodeSnapshotInfo } from "./node-position.ts";
@@ -16,6 +17,7 @@ import {
 } from "./pgbackrest/node-cluster.ts";
 import { recoveryFailure } from "./pgbackrest/pgbackrest-engine.ts";
 import type { PgBackRestBackup } from "./pgbackrest/pgbackrest-info.ts";
+import { knownRepos, type PgBackRestRepo } from "./pgbackrest/pgbackrest-repo.ts";
 import { restoreToScratch } from "./pgbackrest/scratch-restore.ts";
 import { beginPointSet, lookupsOf, type PointNode, writePointSet } from "./point-in-time-set.ts";
 
@@ -63,6 +65,8 @@ export function parseTargetTime(text: string, what = "--to-time"): TimeTarget {
 interface Source {
   entry: NodeEntry;
   stanza: string;
+  /** The pgBackRest repository the backup is in (the current one, or an older key's). */
+  repo: PgBackRestRepo;
   database: string;
   backup: PgBackRestBackup;
   /** The node's live cluster when the stanza is its current one (its WAL can still be archived). */
@@ -83,6 +87,7 @@ async function findSource(
   entry: NodeEntry,
   target: TimeTarget,
   sets: readonly Manifest[],
+  repos: readonly PgBackRestRepo[],
   infos: Map<string, Promise<PgBackRestBackup[]>>,
   logger: Logger,
 ): Promise<Source> {
@@ -102,19 +107,26 @@ async function findSource(
   for (const c of candidates) {
     if (seen.has(c.stanza)) continue;
     seen.add(c.stanza);
-    let backups = infos.get(c.stanza);
-    if (!backups) {
-      const pgbackrest = stanzaPgBackRest(config, configNodes(config), c.stanza, logger);
-      pgbackrest.prepare();
-      backups = pgbackrest.info().then(
-        (i) => i.backups,
-        () => [],
-      );
-      infos.set(c.stanza, backups);
-    }
-    const base = baseBefore(await backups, target.at);
-    if (base && (!best || base.stoppedAt > best.backup.stoppedAt)) {
-      best = { entry, stanza: c.stanza, database: c.database, backup: base, live: c.live, target };
+    // Every repository: turning backup.encryption on, or changing its key, starts a new one, and a
+    // time before that is in an older one (pgbackrest/pgbackrest-repo.ts). repos[0] is the current.
+    for (const repo of repos) {
+      if (repo !== repos[0] && !existsSync(join(repo.path, "backup", c.stanza))) continue;
+      const key = `${c.stanza}\n${repo.folder}`;
+      let backups = infos.get(key);
+      if (!backups) {
+        const pgbackrest = stanzaPgBackRest(config, configNodes(config), c.stanza, logger, repo);
+        pgbackrest.prepare();
+        backups = pgbackrest.info().then(
+          (i) => i.backups,
+          () => [],
+        );
+        infos.set(key, backups);
+      }
+      const base = baseBefore(await backups, target.at);
+      if (base && (!best || base.stoppedAt > best.backup.stoppedAt)) {
+        const live = repo === repos[0] ? c.live : undefined;
+        best = { entry, stanza: c.stanza, repo, database: c.database, backup: base, live, target };
+      }
     }
   }
   if (!best) {
@@ -171,22 +183,26 @@ async function pointInto(
   const progress = options.progress ?? (() => {});
   const sets = (await repository.listSets()).map((s) => s.manifest);
   const infos = new Map<string, Promise<PgBackRestBackup[]>>();
+  // Those whose key is not configured cannot be read: a time only they cover has no base backup.
+  const repos = knownRepos(config, new BackupKeys(config.backup.encryption)).flatMap((r) =>
+    r.ok ? [r.repo] : [],
+  );
   const sources: Source[] = [];
   for (const entry of entries) {
     const target = entry.kind === "sequencer" ? sequencerTime : memberTime;
-    sources.push(await findSource(config, entry, target, sets, infos, logger));
+    sources.push(await findSource(config, entry, target, sets, repos, infos, logger));
   }
   const archived = new Set<string>();
   for (const source of sources) {
     if (!source.live || archived.has(source.stanza)) continue;
     archived.add(source.stanza);
     progress(`${source.stanza}: a commit after the target, archived`);
-    await commitPastTarget(config, source.stanza, logger);
+    await commitPastTarget(config, source.stanza, logger, source.repo);
   }
   // One scratch recovery per cluster, backup and time; the sequencer's group last.
   const groups = new Map<string, Source[]>();
   for (const s of sources) {
-    const key = `${s.stanza}\n${s.backup.label}\n${s.target.text}`;
+    const key = `${s.stanza}\n${s.repo.folder}\n${s.backup.label}\n${s.target.text}`;
     groups.set(key, [...(groups.get(key) ?? []), s]);
   }
   const ordered = [...groups.values()].sort(
@@ -198,12 +214,12 @@ async function pointInto(
   mkdirSync(parentDir, { recursive: true });
   const read: PointNode[] = [];
   for (const group of ordered) {
-    const { stanza, backup, target } = group[0] as Source;
+    const { stanza, repo, backup, target } = group[0] as Source;
     const recoveryTarget: RecoveryTarget = { type: "time", time: target.text };
     progress(
       `${group.map((s) => s.entry.name).join(", ")}: recovering ${stanza} from ${backup.label} to ${target.text} (scratch cluster)`,
     );
-    const pgbackrest = stanzaPgBackRest(config, configNodes(config), stanza, logger);
+    const pgbackrest = stanzaPgBackRest(config, configNodes(config), stanza, logger, repo);
     pgbackrest.prepare();
     const scratch = await restoreToScratch({
       pgbackrest,
@@ -235,6 +251,7 @@ async function pointInto(
             info,
             database: source.database,
             stanza,
+            repo,
             backup,
             target: recoveryTarget,
             cluster: { description: `stanza ${stanza}`, systemIdentifier: info.postgres.systemIdentifier },

@@ -111,13 +111,14 @@ export async function checkArtifact(
 }
 
 /**
- * A pg-dump artifact stored in plain while the config encrypts backups: expected for a set made
- * before encryption was enabled, but also what a rewritten manifest would declare to slip a plain
- * dump in (its checksum is no signature). A warning, for the operator to judge.
+ * An artifact stored in plain while the config encrypts backups (a pg-dump artifact, or a
+ * pgbackrest backup in the plain repository): expected for a set made before encryption was
+ * enabled, but also what a rewritten manifest would declare to slip a plain dump in (its checksum
+ * is no signature). A warning, for the operator to judge.
  */
 export function checkEncrypted(config: LockstepConfig, set: string, node: NodeBackup): RestoreCheck | null {
   const record = nodeEngine(node);
-  if (!config.backup.encryption || record.name !== "pg-dump") return null;
+  if (!config.backup.encryption) return null;
   if (record.encryption) return null; // the artifact check names its key
   return failed(node.name, "encryption", "warn", "BACKUP_NOT_ENCRYPTED", { set, artifact: node.artifact });
 }

@@ -1,4 +1,3 @@
-import { resolve } from "node:path";
 import type { Command } from "commander";
 import { createBackup } from "../backup/backup-create.ts";
 import { BackupEngines, type EngineOverrides } from "../backup/backup-engines.ts";
@@ -13,8 +12,7 @@ import { BackupRepository, type SetSummary } from "../backup/backup-repository.t
 import { expireSets } from "../backup/backup-retention.ts";
 import { verifySet } from "../backup/backup-verify.ts";
 import { BACKUP_FORMATS, type BackupFormat, type Manifest } from "../backup/manifest.ts";
-import { stanzaPgBackRest } from "../backup/pgbackrest/node-cluster.ts";
-import { pgBackRestRepoPath } from "../backup/pgbackrest/pgbackrest-config.ts";
+import { expiryContexts } from "../backup/pgbackrest/expiry-contexts.ts";
 import { quiesceNetwork } from "../backup/quiesce.ts";
 import {
   BACKUP_ENGINES,
@@ -317,14 +315,8 @@ export function registerBackupCommands(program: Command): void {
         configNodes(config).map((n) => n.name),
         (line) => out.info(line),
         sequencerRpc(config),
-        {
-          repoPath: pgBackRestRepoPath(resolve(config.backup.repository)),
-          forStanza: (stanza) => {
-            const tool = stanzaPgBackRest(config, configNodes(config), stanza, logger);
-            tool.prepare();
-            return tool;
-          },
-        },
+        // Every pgBackRest repository: the plain one and one per backup key (pgbackrest-repo.ts).
+        expiryContexts(config, logger),
       );
       const result = {
         keep,
@@ -335,6 +327,7 @@ export function registerBackupCommands(program: Command): void {
         setHolds: held,
         pgbackrest: pgbackrest.map((p) => ({
           stanza: p.stanza,
+          ...(p.repository ? { repository: p.repository } : {}),
           expired: p.expired,
           kept: p.kept.map((k) => ({ label: k.label, neededBy: k.neededBy, reason: k.reason })),
           missing: p.missing,

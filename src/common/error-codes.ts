@@ -851,14 +851,6 @@ export const ERROR_DEFINITIONS = [
     "{artifact} of backup set {set} is stored in plain, though backup.encryption is configured",
     "Expected for a set made before encryption was enabled. Otherwise its manifest may have been rewritten (a manifest's checksum is not a signature): restore from a set you trust.",
   ),
-  def(
-    "BACKUP_ENCRYPTION_UNSUPPORTED",
-    Code.FailedPrecondition,
-    "usage",
-    false,
-    "backup.encryption is configured, but the {engine} engine (chosen by {chosenBy}) does not encrypt through Lockstep",
-    "Back these nodes up with the pg-dump engine (`lockstep backup create --engine pg-dump`), or remove backup.encryption and encrypt pgBackRest's repository with its own cipher (repo1-cipher-type=aes-256-cbc and repo1-cipher-pass, set before stanza-create). Nothing was started.",
-  ),
   // --- pgBackRest, the physical backup engine (src/backup/pgbackrest) ---
   def(
     "PGBACKREST_NOT_INSTALLED",

@@ -155,19 +155,29 @@ test("the directory format: pg_dump writes outside the repository, each file enc
   assert.deepEqual(existsSync(scratch) ? readdirSync(scratch) : [], []);
 });
 
-test("with backup.encryption, the pgbackrest engine is refused before anything starts", async () => {
-  const before = readdirSync(n.repository.dir).sort();
-  const r = await n.cli("backup", "create", "--engine", "pgbackrest", "--json");
-  assert.equal(r.code, 2, r.stdout + r.stderr);
-  const e = r.json<ErrorJson>().error;
-  assert.equal(e.code, "BACKUP_ENCRYPTION_UNSUPPORTED");
-  assert.match(e.message, /the pgbackrest engine \(chosen by --engine/);
-  assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no set was begun");
-  // A checkpoint is made of pgBackRest backups: refused the same way, before anything is written.
-  const c = await n.cli("checkpoint", "create", "cp1", "--json");
-  assert.equal(c.code, 2, c.stdout + c.stderr);
-  assert.equal(c.json<ErrorJson>().error.code, "BACKUP_ENCRYPTION_UNSUPPORTED");
-  assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no checkpoint set or record was begun");
+test("with backup.encryption, a key file that cannot be used refuses pgbackrest and checkpoints before anything starts", async () => {
+  // The pgbackrest engine encrypts through pgBackRest's repository encryption (its round trips:
+  // test/scenarios/pgbackrest-encryption.test.ts); its key is read before a set is begun.
+  editConfig((c) => {
+    c.backup = { ...c.backup, encryption: { "key-file": "missing.key" } };
+  });
+  try {
+    const before = readdirSync(n.repository.dir).sort();
+    const r = await n.cli("backup", "create", "--engine", "pgbackrest", "--json");
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    const e = r.json<ErrorJson>().error;
+    assert.equal(e.code, "BACKUP_KEY_FILE_INVALID");
+    assert.match(e.message, /missing\.key/);
+    assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no set was begun");
+    const c = await n.cli("checkpoint", "create", "cp1", "--json");
+    assert.equal(c.code, 1, c.stdout + c.stderr);
+    assert.equal(c.json<ErrorJson>().error.code, "BACKUP_KEY_FILE_INVALID");
+    assert.deepEqual(readdirSync(n.repository.dir).sort(), before, "no checkpoint set or record was begun");
+  } finally {
+    editConfig((c) => {
+      c.backup = { ...c.backup, encryption: { "key-file": "backup.key" } };
+    });
+  }
 });
 
 /** Replaces a set's file and rewrites its manifest to match (size, SHA-256, checksum): what a writer of the repository can do. */

@@ -30,7 +30,7 @@ test("a new repository, its set folder, marker and atomic writes are owner-only 
   }
 });
 
-test("an older repository is tightened on the next write; pgbackrest/ and the root's search bits are kept", async () => {
+test("an older repository is tightened on the next write; pgbackrest/, pgbackrest-<fp>/ and the root's search bits are kept", async () => {
   const root = join(base, "old");
   const set = join(root, "20261127T065012Z-3f9a1c");
   const pgbackrest = join(root, "pgbackrest");
@@ -57,6 +57,18 @@ test("an older repository is tightened on the next write; pgbackrest/ and the ro
   assert.equal(mode(pgbackrest), 0o750, "left to the pgbackrest engine");
   assert.equal(mode(join(pgbackrest, "backup.info")), 0o640);
   assert.deepEqual(await repository.loosePaths(), []);
+  // An encrypted pgBackRest repository (pgbackrest-<key fingerprint>) is pgBackRest's too; a folder
+  // that only looks like one is Lockstep's, and tightened.
+  const encrypted = join(root, "pgbackrest-0123456789abcdef");
+  const lookalike = join(root, "pgbackrest-extra");
+  mkdirSync(encrypted, { mode: 0o750 });
+  mkdirSync(lookalike, { mode: 0o755 });
+  chmodSync(encrypted, 0o750);
+  chmodSync(lookalike, 0o755);
+  assert.deepEqual(await repository.loosePaths(), [lookalike]);
+  await repository.tighten();
+  assert.equal(mode(encrypted), 0o750, "left to the pgbackrest engine");
+  assert.equal(mode(lookalike), 0o700);
   // Without pgBackRest's folder the root is 0700; a tighter mode is never loosened.
   const plain = join(base, "plain");
   mkdirSync(plain, { mode: 0o755 });

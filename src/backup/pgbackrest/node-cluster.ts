@@ -10,9 +10,13 @@
  * - An external database (storage.url): the node's `backup.pgbackrest` config names the stanza and
  *   where the cluster's PGDATA and Unix socket are: pgBackRest runs on the database's host.
  *
- * pgBackRest's repository is `<backup.repository>/pgbackrest` (all stanzas); each stanza's config
- * file and lock/log/spool folders are under `<data-dir>/pgbackrest/<stanza>` (rewritten on use:
- * nothing there needs a backup).
+ * pgBackRest's repository is `<backup.repository>/pgbackrest` (all stanzas), or with
+ * backup.encryption `<backup.repository>/pgbackrest-<key fingerprint>` (pgbackrest-repo.ts). Each
+ * stanza's config file (the one archive_command names: it always names the current repository) and
+ * lock/log/spool folders are under `<data-dir>/pgbackrest/<stanza>`; reading a repository that is
+ * no longer the current one (a set made before the key changed) uses a config of its own under
+ * `<data-dir>/pgbackrest/<stanza>/repos/<folder>`, so archiving is never pointed back at it. All
+ * rewritten on use: nothing there needs a backup.
  */
 import { resolve } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -24,9 +28,11 @@ import { embeddedClusterDir, nodeConnection } from "../../node/node-database.ts"
 import { LocalPostgres, sameSetting } from "../../storage/local-postgres.ts";
 import { withPgClient } from "../../storage/pg-client.ts";
 import { storageServerUrl } from "../../storage/storage-db.ts";
+import { BackupKeys } from "../backup-keys.ts";
 import { embeddedCluster } from "./embedded-archiving.ts";
 import { PgBackRest } from "./pgbackrest-cli.ts";
-import { type PgBackRestCluster, pgBackRestRepoPath, postgresSettings } from "./pgbackrest-config.ts";
+import { type PgBackRestCluster, postgresSettings } from "./pgbackrest-config.ts";
+import { currentRepo, type PgBackRestRepo } from "./pgbackrest-repo.ts";
 
 export interface NodeCluster {
   node: string;
@@ -39,14 +45,25 @@ export interface NodeCluster {
   systemIdentifier: string;
   /** The embedded cluster, when the node uses it (Lockstep configures it itself). */
   embedded: LocalPostgres | undefined;
+  /** The repository it archives and backs up into now (backup.encryption's current key, or plain). */
+  repo: PgBackRestRepo;
   pgbackrest: PgBackRest;
 }
 
 export const embeddedStanza = (systemIdentifier: string): string => `lockstep-${systemIdentifier}`;
 
-/** Where pgBackRest's config and lock/log/spool folders for a stanza go. */
-function stateDir(config: LockstepConfig, stanza: string): string {
-  return resolve(config["data-dir"], "pgbackrest", stanza);
+/** The repository new backups and WAL go to (reads backup.encryption's key file). */
+export function configuredRepo(config: LockstepConfig): PgBackRestRepo {
+  return currentRepo(config, new BackupKeys(config.backup.encryption));
+}
+
+/**
+ * Where pgBackRest's config and lock/log/spool folders for a stanza go: the current repository's
+ * in the stanza's own folder (archive_command names that config file), another's beneath it.
+ */
+function stateDir(config: LockstepConfig, stanza: string, repo: PgBackRestRepo): string {
+  const own = resolve(config["data-dir"], "pgbackrest", stanza);
+  return repo.folder === configuredRepo(config).folder ? own : resolve(own, "repos", repo.folder);
 }
 
 function makePgBackRest(
@@ -54,13 +71,15 @@ function makePgBackRest(
   stanza: string,
   cluster: PgBackRestCluster,
   logger: Logger,
+  repo: PgBackRestRepo,
 ): PgBackRest {
   const options = config.backup.pgbackrest;
   return new PgBackRest({
     config: {
       stanza,
-      repoPath: pgBackRestRepoPath(resolve(config.backup.repository)),
-      stateDir: stateDir(config, stanza),
+      repoPath: repo.path,
+      ...(repo.cipher ? { cipherPass: repo.cipher.pass } : {}),
+      stateDir: stateDir(config, stanza, repo),
       cluster,
       compressType: options["compress-type"],
       processMax: options["process-max"],
@@ -93,6 +112,7 @@ export async function nodeCluster(
   entry: NodeEntry,
   logger: Logger,
 ): Promise<NodeCluster> {
+  const repo = configuredRepo(config);
   const connection = await nodeConnection(entry, config["data-dir"], logger);
   if (connection.cluster) {
     const id = await systemIdentifier(connection.url);
@@ -101,6 +121,7 @@ export async function nodeCluster(
       embeddedStanza(id),
       embeddedCluster(connection.cluster),
       logger,
+      repo,
     );
     return {
       node: entry.name,
@@ -109,6 +130,7 @@ export async function nodeCluster(
       description: `the embedded cluster ${connection.cluster.dir}`,
       systemIdentifier: id,
       embedded: connection.cluster,
+      repo,
       pgbackrest,
     };
   }
@@ -130,24 +152,27 @@ export async function nodeCluster(
     description: `the cluster at ${external["pg-data"]}`,
     systemIdentifier: await systemIdentifier(url),
     embedded: undefined,
-    pgbackrest: makePgBackRest(config, external.stanza, externalCluster(external), logger),
+    repo,
+    pgbackrest: makePgBackRest(config, external.stanza, externalCluster(external), logger, repo),
   };
 }
 
 /**
  * pgBackRest for a stanza a manifest names, for restore, verify and expire: a node's external
  * stanza from its config, else an embedded cluster's (maybe of a cluster that no longer exists).
- * Those commands read the repository only; PGDATA is the restore's own target.
+ * Those commands read the repository only; PGDATA is the restore's own target. `repo`: the
+ * repository the record names (pgbackrest-repo.ts recordRepo); default the current one.
  */
 export function stanzaPgBackRest(
   config: LockstepConfig,
   entries: readonly NodeEntry[],
   stanza: string,
   logger: Logger,
+  repo: PgBackRestRepo = configuredRepo(config),
 ): PgBackRest {
   const external = entries.find((e) => e.config.backup?.pgbackrest?.stanza === stanza)?.config.backup
     ?.pgbackrest;
-  if (external) return makePgBackRest(config, stanza, externalCluster(external), logger);
+  if (external) return makePgBackRest(config, stanza, externalCluster(external), logger, repo);
   // The embedded cluster as it is now: when the stanza is its own, the config file this writes is
   // the one its archive_command and a later `check` use, so it must name the real port. (Another,
   // older embedded stanza is only read: restore, info, verify, expire.)
@@ -157,6 +182,7 @@ export function stanzaPgBackRest(
     stanza,
     { dataDir: embedded.dataDir, port: embedded.port ?? 5432, socketDir: embedded.dir },
     logger,
+    repo,
   );
 }
 
@@ -196,9 +222,18 @@ export async function inspectSetup(cluster: NodeCluster): Promise<SetupState> {
   return { archiving: problems.length === (stanza ? 0 : 1), stanza, problems, settings };
 }
 
-/** Refuses a cluster that does not archive into its stanza (PGBACKREST_NOT_SET_UP), naming what is missing. */
+/**
+ * Refuses a cluster that does not archive into its stanza (PGBACKREST_NOT_SET_UP), naming what is
+ * missing. One exception: a new encrypted repository (backup.encryption turned on, or its key
+ * changed) whose only lack is the stanza gets it created here: the config file archive_command
+ * reads names that repository from now on, so WAL would pile up until someone ran `backup setup`.
+ */
 export async function requireSetUp(cluster: NodeCluster): Promise<void> {
-  const state = await inspectSetup(cluster);
+  let state = await inspectSetup(cluster);
+  if (cluster.pgbackrest.encrypted && state.archiving && !state.stanza) {
+    await cluster.pgbackrest.stanzaCreate();
+    state = await inspectSetup(cluster);
+  }
   if (state.problems.length > 0) {
     throw new LockstepError("PGBACKREST_NOT_SET_UP", {
       node: cluster.node,
@@ -214,12 +249,16 @@ export async function requireSetUp(cluster: NodeCluster): Promise<void> {
  * and it follows the newest timeline, which may have no commit yet (a cluster just restored to
  * that very time). When the stanza is the running embedded cluster's, this commits an empty
  * transaction now (after any past target) and waits until its WAL is archived. Returns whether it did.
+ * Only into the current repository (`repo`, default it): WAL goes nowhere else, so a recovery from
+ * an older one (made before the key changed) stops on the commits its own archive holds.
  */
 export async function commitPastTarget(
   config: LockstepConfig,
   stanza: string,
   logger: Logger,
+  repo?: PgBackRestRepo,
 ): Promise<boolean> {
+  if (repo && repo.folder !== configuredRepo(config).folder) return false;
   const cluster = new LocalPostgres({ dir: embeddedClusterDir(resolve(config["data-dir"])), logger });
   if (!(await cluster.isRunning()) || cluster.port === undefined) return false;
   const url = cluster.connectionUrl("postgres");

@@ -11,7 +11,7 @@
  * Typical first use on a cluster: prepare → (archiving on: embedded-archiving.ts) → stanzaCreate →
  * check → backup("full").
  */
-import { chownSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { chmodSync, chownSync, mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { formatDuration } from "../../common/duration.ts";
 import { LockstepError } from "../../common/errors.ts";
@@ -173,6 +173,11 @@ export class PgBackRest {
     return this.config.repoPath;
   }
 
+  /** Whether its repository is encrypted (repo1-cipher-type; pgbackrest-repo.ts). */
+  get encrypted(): boolean {
+    return this.config.cipherPass !== undefined;
+  }
+
   /** The cluster the config names (its PGDATA, port and socket directory). */
   get cluster(): PgBackRestCluster {
     return this.config.cluster;
@@ -189,9 +194,11 @@ export class PgBackRest {
       mkdirSync(dir, { recursive: true, mode: 0o750 });
       this.own(dir);
     }
-    // Whole or not at all: archive_command may read it at any moment.
+    // Whole or not at all: archive_command may read it at any moment. Owner-only (the cluster
+    // owner's, who runs pgBackRest): an encrypted repository's passphrase is in it.
     const staging = `${configFile}.${process.pid}.tmp`;
-    writeFileSync(staging, pgBackRestConfig(this.config), { mode: 0o640 });
+    writeFileSync(staging, pgBackRestConfig(this.config), { mode: 0o600 });
+    chmodSync(staging, 0o600);
     this.own(staging);
     renameSync(staging, configFile);
     if (this.runAs) {

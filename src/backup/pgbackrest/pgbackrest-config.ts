@@ -2,7 +2,8 @@
  * pgBackRest's configuration for one PostgreSQL cluster, as text: pure functions, no I/O.
  *
  * One stanza per cluster. pgBackRest keeps its repository (backups and archived WAL) in a folder of
- * its own inside Lockstep's backup repository (`<repository>/pgbackrest`), and its lock, log and spool
+ * its own inside Lockstep's backup repository (`<repository>/pgbackrest`, or with backup.encryption
+ * `<repository>/pgbackrest-<key fingerprint>`, encrypted: pgbackrest-repo.ts), and its lock, log and spool
  * folders plus this config file in a "state" folder the cluster's owner (the `postgres` OS user when
  * Lockstep runs as root) can write: pgBackRest always runs as that user (docs/backup.md: as root it
  * cannot read the data directory, and it warns on every command when it cannot open its log).
@@ -38,6 +39,12 @@ export interface PgBackRestConfigInput {
   stanza: string;
   /** pgBackRest's repository folder (`repo1-path`), e.g. pgBackRestRepoPath(backupRepository). */
   repoPath: string;
+  /**
+   * The repository's passphrase (`repo1-cipher-pass`, with `repo1-cipher-type=aes-256-cbc`):
+   * pgbackrest-repo.ts derives it from the backup key. Absent: a plain repository. The file then
+   * holds a secret: PgBackRest.prepare writes it owner-only.
+   */
+  cipherPass?: string;
   /** Folder for this config file and pgBackRest's lock, log and spool folders; the cluster owner's. */
   stateDir: string;
   cluster: PgBackRestCluster;
@@ -58,7 +65,7 @@ export interface PgBackRestPaths {
 /** pgBackRest's largest accepted `repo1-retention-full`: "keep every full backup" without a warning. */
 export const RETENTION_FULL_MAX = 9_999_999;
 
-/** pgBackRest's repository inside Lockstep's backup repository folder. */
+/** pgBackRest's plain repository inside Lockstep's backup repository folder (encrypted ones: pgbackrest-repo.ts). */
 export function pgBackRestRepoPath(backupRepository: string): string {
   return join(backupRepository, "pgbackrest");
 }
@@ -107,6 +114,14 @@ export function checkSocketDir(socketDir: string): string {
   return socketDir;
 }
 
+/** pgBackRest's repository encryption: a passphrase that is one plain INI value. */
+function cipherLines(pass: string | undefined): string[] {
+  if (pass === undefined) return [];
+  if (!/^[A-Za-z0-9+/=_-]{32,}$/.test(pass))
+    throw invalid("the repository passphrase must be 32 or more base64 or hex characters");
+  return ["repo1-cipher-type=aes-256-cbc", `repo1-cipher-pass=${pass}`];
+}
+
 /** The text of pgbackrest.conf for one stanza. */
 export function pgBackRestConfig(input: PgBackRestConfigInput): string {
   const stanza = checkStanza(input.stanza);
@@ -127,6 +142,7 @@ export function pgBackRestConfig(input: PgBackRestConfigInput): string {
     "[global]",
     `repo1-path=${checkPath("the repository", input.repoPath)}`,
     `repo1-retention-full=${RETENTION_FULL_MAX}`,
+    ...cipherLines(input.cipherPass),
     `lock-path=${paths.lockPath}`,
     `log-path=${paths.logPath}`,
     `spool-path=${paths.spoolPath}`,

@@ -17,6 +17,7 @@ import type {
   RestoreTargetOf,
   VerifyTier,
 } from "../backup-engine.ts";
+import { BackupKeys } from "../backup-keys.ts";
 import { fsyncPath, hashFile } from "../file-hash.ts";
 import type { PgBackRestRecord, RecoveryTarget } from "../manifest.ts";
 import { copyDatabase } from "./database-copy.ts";
@@ -29,6 +30,7 @@ import {
 } from "./node-cluster.ts";
 import type { RestoreTarget as CliRestoreTarget, PgBackRest } from "./pgbackrest-cli.ts";
 import type { PgBackRestBackup, PgBackRestBackupType, VerifyReport } from "./pgbackrest-info.ts";
+import { type PgBackRestRepo, recordEncryption, recordRepo } from "./pgbackrest-repo.ts";
 import { atRestorePoint, RESTORE_POINT_NAME_MAX, walSegmentOf } from "./restore-point.ts";
 import { restoreToScratch } from "./scratch-restore.ts";
 import { waitWalArchived } from "./wal-archived.ts";
@@ -86,13 +88,16 @@ export async function writeDescriptor(setDir: string, node: string, descriptor: 
  * the manifest describes exactly what a restore yields. A restore replays into a scratch cluster
  * (only the node's database, `--db-include`) and copies that database into the target, so one
  * node is restored without touching the other databases of its cluster, or the cluster's timeline.
+ * With backup.encryption the backups go to an encrypted repository of the key's own
+ * (pgbackrest-repo.ts); the record names the key's fingerprint, and reading the backup again
+ * (verify, restore) needs that key configured (BACKUP_KEY_MISSING / _MISMATCH otherwise).
  */
 export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "database"> {
   readonly name = "pgbackrest";
   readonly restoresInto = "database";
   readonly verifyTiers: readonly VerifyTier<PgBackRestRecord>[] = [
-    { name: "pgBackRest repository", check: (artifact) => this.checkListed(artifact.record) },
-    { name: "pgBackRest verify", check: (artifact) => this.checkVerified(artifact.record) },
+    { name: "pgBackRest repository", check: (artifact) => this.checkListed(artifact) },
+    { name: "pgBackRest verify", check: (artifact) => this.checkVerified(artifact) },
   ];
   private readonly entries: NodeEntry[];
   /** One pgBackRest backup per cluster and set, shared by the set's nodes in that cluster. */
@@ -100,8 +105,9 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
   /** pgBackRest commands on one stanza run one at a time (its own stanza lock would refuse). */
   private readonly queues = new Map<string, Promise<unknown>>();
   private readonly verifyReports = new Map<string, Promise<VerifyReport>>();
-  /** Made (and its config file written) once per stanza and run. */
+  /** Made (and its config file written) once per stanza, repository and run. */
   private readonly stanzas = new Map<string, PgBackRest>();
+  private readonly keys: BackupKeys;
 
   constructor(
     private readonly config: LockstepConfig,
@@ -109,6 +115,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     private readonly logger: Logger,
   ) {
     this.entries = configNodes(config);
+    this.keys = new BackupKeys(config.backup.encryption);
   }
 
   async backup<T>(
@@ -151,6 +158,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
       stopLsn: backup.lsn.stop,
       database: cluster.database,
       target: { type: "name", name, lsn: point.lsn, timeline: point.timeline },
+      ...recordEncryption(cluster.repo),
     };
     const { artifact, files } = await writeDescriptor(request.setDir, entry.name, {
       record,
@@ -194,7 +202,7 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
 
   /** The backup and the WAL to its target are still in pgBackRest's repository (`restore plan`). */
   preflight(artifact: Artifact<PgBackRestRecord>): Promise<string> {
-    return this.checkListed(artifact.record);
+    return this.checkListed(artifact);
   }
 
   async restore(
@@ -203,13 +211,14 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     options: RestoreOptions = {},
   ): Promise<void> {
     const { record } = artifact;
-    const pgbackrest = this.pgbackrest(record.stanza);
+    const repo = this.repoOf(artifact);
+    const pgbackrest = this.pgbackrest(record.stanza, repo);
     const parentDir = resolve(this.config["data-dir"], "restore-scratch");
     mkdirSync(parentDir, { recursive: true });
     options.onStep?.(
       `pgBackRest restore of ${record.database} from ${record.label} to ${describeTarget(record.target)} (scratch cluster)`,
     );
-    if (record.target.type === "time") await commitPastTarget(this.config, record.stanza, this.logger);
+    if (record.target.type === "time") await commitPastTarget(this.config, record.stanza, this.logger, repo);
     const scratch = await restoreToScratch({
       pgbackrest,
       set: record.label,
@@ -232,35 +241,53 @@ export class PgBackRestEngine implements BackupEngine<PgBackRestRecord, "databas
     }
   }
 
-  /** pgBackRest for a stanza a record names (its config file written on first use: the data dir may be new). */
-  pgbackrest(stanza: string): PgBackRest {
-    let pgbackrest = this.stanzas.get(stanza);
+  /**
+   * pgBackRest for a stanza in a repository a record names (its config file written on first use:
+   * the data dir may be new). Default: the current repository.
+   */
+  pgbackrest(stanza: string, repo?: PgBackRestRepo): PgBackRest {
+    const key = `${stanza}\n${repo?.folder ?? ""}`;
+    let pgbackrest = this.stanzas.get(key);
     if (!pgbackrest) {
-      pgbackrest = stanzaPgBackRest(this.config, this.entries, stanza, this.logger);
+      pgbackrest = stanzaPgBackRest(this.config, this.entries, stanza, this.logger, repo);
       pgbackrest.prepare();
-      this.stanzas.set(stanza, pgbackrest);
+      this.stanzas.set(key, pgbackrest);
     }
     return pgbackrest;
   }
 
-  private async checkListed(record: PgBackRestRecord): Promise<string> {
-    const info = await this.pgbackrest(record.stanza).info({ set: record.label });
+  /** The repository an artifact's backup is in; its key must be configured (BACKUP_KEY_MISSING / _MISMATCH). */
+  private repoOf(artifact: Artifact<PgBackRestRecord>): PgBackRestRepo {
+    return recordRepo(this.config, this.keys, artifact.record, {
+      set: basename(artifact.setDir),
+      artifact: artifact.name,
+    });
+  }
+
+  private async checkListed(artifact: Artifact<PgBackRestRecord>): Promise<string> {
+    const { record } = artifact;
+    const repo = this.repoOf(artifact);
+    const pgbackrest = this.pgbackrest(record.stanza, repo);
+    const info = await pgbackrest.info({ set: record.label });
     const backup = info.backups.find((b) => b.label === record.label);
     if (!backup) throw missing(record, `backup ${record.label} is not in stanza ${record.stanza}`);
     if (record.target.type === "name") {
-      const pgbackrest = this.pgbackrest(record.stanza);
       if (!walArchived(pgbackrest.repoPath, record.stanza, record.target.lsn, record.target.timeline))
         throw missing(record, `the WAL up to ${describeTarget(record.target)} is not in the archive`);
     }
-    return `pgBackRest lists backup ${record.label} (${backup.type}${backup.references.length ? `, on ${backup.references.length} earlier` : ""}) and the WAL it replays`;
+    const where = repo.cipher ? `, encrypted under backup key ${repo.cipher.keyFingerprint}` : "";
+    return `pgBackRest lists backup ${record.label} (${backup.type}${backup.references.length ? `, on ${backup.references.length} earlier` : ""}${where}) and the WAL it replays`;
   }
 
-  private async checkVerified(record: PgBackRestRecord): Promise<string> {
-    let report = this.verifyReports.get(record.stanza);
+  private async checkVerified(artifact: Artifact<PgBackRestRecord>): Promise<string> {
+    const { record } = artifact;
+    const repo = this.repoOf(artifact);
+    const reportKey = `${record.stanza}\n${repo.folder}`;
+    let report = this.verifyReports.get(reportKey);
     if (!report) {
-      const pgbackrest = this.pgbackrest(record.stanza);
+      const pgbackrest = this.pgbackrest(record.stanza, repo);
       report = this.queued(record.stanza, () => pgbackrest.verify());
-      this.verifyReports.set(record.stanza, report);
+      this.verifyReports.set(reportKey, report);
     }
     const result = await report;
     const own = result.backups.find((b) => b.label === record.label);

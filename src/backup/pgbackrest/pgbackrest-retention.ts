@@ -9,12 +9,17 @@
  * kept backups are closed under "builds on", every dependent of an expired backup is expired too, so
  * expiring a kept one by the way cannot happen. The newest full backup of a stanza is always kept: the
  * next incremental builds on it (and pgBackRest refuses to expire a stanza's only full).
+ *
+ * Each pgBackRest repository is expired on its own (pgbackrest-repo.ts: the plain one, and one per
+ * backup key with backup.encryption), against the sets whose records name it. A repository that is
+ * no longer the current one keeps its newest full backup per stanza too (pgBackRest would not
+ * expire it): remove its folder by hand once no set names it (`backup expire` says when none does).
  */
 import { existsSync } from "node:fs";
 import { readdir } from "node:fs/promises";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { isLockstepError, toLockstepError } from "../../common/errors.ts";
-import { type Manifest, nodeEngine } from "../manifest.ts";
+import { type Manifest, nodeEngine, type PgBackRestRecord } from "../manifest.ts";
 import type { PgBackRest } from "./pgbackrest-cli.ts";
 import type { PgBackRestBackup } from "./pgbackrest-info.ts";
 
@@ -197,16 +202,26 @@ function keptReason(
   return parts.join("; ");
 }
 
-/** Where pgBackRest's backups are, and how to reach them. */
+/** Where one repository's pgBackRest backups are, and how to reach them. */
 export interface PgBackRestExpiryContext {
-  /** pgBackRest's repository (`<backup.repository>/pgbackrest`). */
+  /** pgBackRest's repository (`<backup.repository>/pgbackrest`, or `pgbackrest-<fingerprint>`). */
   repoPath: string;
-  /** pgBackRest for a stanza, prepared (may throw PGBACKREST_NOT_INSTALLED). */
+  /** The backup key it is encrypted under (records naming it are its); absent: the plain one. */
+  keyFingerprint?: string;
+  /** false: no longer written to (an older key's, or plain while encryption is on). Default true. */
+  current?: boolean;
+  /** Why it cannot be opened (its key is not configured): left alone, said so. */
+  unavailable?: string;
+  /**
+   * pgBackRest for a stanza, prepared (may throw PGBACKREST_NOT_INSTALLED, or BACKUP_KEY_MISSING /
+   * _MISMATCH for a repository whose key is not configured: it is then left alone, and said so).
+   */
   forStanza: (stanza: string) => PgBackRest;
 }
 
 export interface ExpirePgBackRestRequest {
-  context: PgBackRestExpiryContext;
+  /** One repository, or each of them (every one is expired against the sets that name it). */
+  context: PgBackRestExpiryContext | readonly PgBackRestExpiryContext[];
   dryRun: boolean;
   /** The sets Lockstep deletes (dry run) or deleted. */
   deleted: readonly Manifest[];
@@ -221,6 +236,8 @@ export interface ExpirePgBackRestRequest {
 /** What was done on a stanza: the plan, `expired` only what pgBackRest did expire (dry run: would). */
 export interface StanzaExpiry {
   stanza: string;
+  /** An encrypted repository's folder (`pgbackrest-<fingerprint>`); absent: the plain one. */
+  repository?: string;
   expired: ExpiredLabel[];
   kept: KeptLabel[];
   missing: { label: string; neededBy: string[] }[];
@@ -235,22 +252,82 @@ async function stanzasOf(repoPath: string, sets: readonly Manifest[]): Promise<s
   return sorted(new Set([...named, ...folders.filter((d) => d.isDirectory()).map((d) => d.name)]));
 }
 
+/** The sets as far as one repository goes: only their nodes whose backup is in it. */
+function inRepository(sets: readonly Manifest[], keyFingerprint: string | undefined): Manifest[] {
+  return sets.map((set) => ({
+    ...set,
+    nodes: set.nodes.filter((node) => {
+      const engine = nodeEngine(node);
+      return (
+        engine.name === "pgbackrest" &&
+        (engine as PgBackRestRecord).encryption?.keyFingerprint === keyFingerprint
+      );
+    }),
+  }));
+}
+
 /**
- * Expires, stanza by stanza, the pgBackRest backups no remaining set needs (planPgBackRestExpiry), or
- * only reports them when dryRun. Nothing to do without pgBackRest or without its repository folder.
- * A stanza pgBackRest fails on is reported (error) and left as it is: the next run expires it.
+ * Expires, repository by repository and stanza by stanza, the pgBackRest backups no remaining set
+ * needs (planPgBackRestExpiry), or only reports them when dryRun. Nothing to do without pgBackRest
+ * or without a repository folder. A stanza pgBackRest fails on is reported (error) and left as it
+ * is: the next run expires it.
  */
 export async function expirePgBackRest(request: ExpirePgBackRestRequest): Promise<StanzaExpiry[]> {
-  const { context, dryRun, progress } = request;
+  const contexts = "repoPath" in request.context ? [request.context] : request.context;
+  const results: StanzaExpiry[] = [];
+  for (const context of contexts) {
+    const done = await expireRepository(request, context);
+    if (done === null) break; // pgBackRest is not installed: said once
+    results.push(...done);
+  }
+  return results;
+}
+
+async function expireRepository(
+  request: ExpirePgBackRestRequest,
+  context: PgBackRestExpiryContext,
+): Promise<StanzaExpiry[] | null> {
+  const { dryRun } = request;
   if (!existsSync(context.repoPath)) return [];
-  const before = await request.current();
-  const stanzas = await stanzasOf(context.repoPath, [...request.deleted, ...before.remaining]);
+  const fingerprint = context.keyFingerprint;
+  const repository = fingerprint ? basename(context.repoPath) : undefined;
+  const own = (stanza: string) => (repository ? `${repository}/${stanza}` : stanza);
+  const progress = (line: string) => request.progress(line);
+  const current = async () => {
+    const now = await request.current();
+    return { remaining: inRepository(now.remaining, fingerprint), writing: now.writing };
+  };
+  if (context.unavailable) {
+    progress(
+      `WARNING: pgBackRest repository ${basename(context.repoPath)}: ${context.unavailable}; its backups are left alone`,
+    );
+    return [];
+  }
+  const deleted = inRepository(request.deleted, fingerprint);
+  const before = await current();
+  if (
+    context.current === false &&
+    before.writing.length === 0 &&
+    before.remaining.every((s) => s.nodes.length === 0)
+  ) {
+    progress(
+      `pgBackRest repository ${basename(context.repoPath)}: no set restores from it and nothing is written to it any more; remove it by hand unless you want its point-in-time history`,
+    );
+  }
+  const stanzas = await stanzasOf(context.repoPath, [...deleted, ...before.remaining]);
   const tools = new Map<string, PgBackRest>();
   const backups = new Map<string, PgBackRestBackup[]>();
   const results: StanzaExpiry[] = [];
   const left = (stanza: string, error: string) => {
-    results.push({ stanza, expired: [], kept: [], missing: [], error });
-    progress(`WARNING: pgBackRest stanza ${stanza}: ${error}; its backups are expired by a later run`);
+    results.push({
+      stanza,
+      ...(repository ? { repository } : {}),
+      expired: [],
+      kept: [],
+      missing: [],
+      error,
+    });
+    progress(`WARNING: pgBackRest stanza ${own(stanza)}: ${error}; its backups are expired by a later run`);
   };
   for (const stanza of stanzas) {
     try {
@@ -265,24 +342,27 @@ export async function expirePgBackRest(request: ExpirePgBackRestRequest): Promis
     } catch (error) {
       if (isLockstepError(error, "PGBACKREST_NOT_INSTALLED")) {
         progress(`pgBackRest is not installed: its backups are left alone (${error.message})`);
-        return [];
+        return null;
       }
       left(stanza, toLockstepError(error).message);
     }
   }
-  const now = await request.current();
-  const plans = planPgBackRestExpiry(now.remaining, backups, {
-    writing: now.writing,
-    deleted: request.deleted,
-  });
+  const now = await current();
+  const plans = planPgBackRestExpiry(now.remaining, backups, { writing: now.writing, deleted });
   for (const plan of plans) {
-    const say = (line: string) => progress(`pgBackRest ${plan.stanza}: ${line}`);
+    const say = (line: string) => progress(`pgBackRest ${own(plan.stanza)}: ${line}`);
     for (const m of plan.missing) {
       say(`WARNING: ${m.label} is gone: ${plural(m.neededBy, "set", "sets")} cannot be restored from it`);
     }
     for (const k of plan.kept) say(`keep ${k.label}: ${k.reason}`);
     for (const e of plan.expired) say(`${dryRun ? "would expire" : "expire"} ${e.label}: ${e.reason}`);
-    const result: StanzaExpiry = { stanza: plan.stanza, expired: [], kept: plan.kept, missing: plan.missing };
+    const result: StanzaExpiry = {
+      stanza: plan.stanza,
+      ...(repository ? { repository } : {}),
+      expired: [],
+      kept: plan.kept,
+      missing: plan.missing,
+    };
     results.push(result);
     if (dryRun) {
       result.expired = plan.expired;
