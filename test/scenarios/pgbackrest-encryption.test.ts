@@ -2,13 +2,10 @@ import assert from "node:assert/strict";
 import { existsSync, lstatSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, test } from "node:test";
-import pg from "pg";
 import { parse, stringify } from "yaml";
 import type { Manifest, PgBackRestRecord } from "../../src/backup/manifest.ts";
 import { PgBackRest } from "../../src/backup/pgbackrest/pgbackrest-cli.ts";
 import type { ConfigInput } from "../../src/common/config-schema.ts";
-import { embeddedClusterDir } from "../../src/node/node-database.ts";
-import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { runLockstep } from "../support/cli.ts";
 import { allocateKnownParty, type LedgerNetwork, startLedgerNetwork } from "../support/ledger-network.ts";
 import {
@@ -20,6 +17,7 @@ import {
   nodeStop,
   type PlanJson,
   restore,
+  serverTime,
   waitForRecovery,
 } from "../support/restore-network.ts";
 import { waitFor } from "../support/wait.ts";
@@ -99,19 +97,6 @@ const holding = (dir: string, needle: string) =>
 async function keyCreate(n: LedgerNetwork, name: string): Promise<string> {
   const r = await cli(n, "backup", "key", "create", join(n.net.dir, name), "--json");
   return r.json<{ fingerprint: string }>().fingerprint;
-}
-
-/** The embedded cluster's clock (recovery to a time compares with its commit times). */
-async function serverTime(n: LedgerNetwork): Promise<string> {
-  const cluster = new LocalPostgres({ dir: embeddedClusterDir(n.dataDir) });
-  await cluster.start();
-  const client = new pg.Client({ connectionString: cluster.connectionUrl("postgres") });
-  await client.connect();
-  try {
-    return (await client.query<{ t: string }>("SELECT clock_timestamp()::text AS t")).rows[0]?.t as string;
-  } finally {
-    await client.end();
-  }
 }
 
 test("pgbackrest with backup.encryption: its own encrypted repository per key, verified, restored, rotated, refused without the key", async (t) => {

@@ -1,9 +1,7 @@
 import assert from "node:assert/strict";
 import { readdirSync, rmSync } from "node:fs";
 import { after, test } from "node:test";
-import pg from "pg";
 import { embeddedClusterDir } from "../../src/node/node-database.ts";
-import { LocalPostgres } from "../../src/storage/local-postgres.ts";
 import { runLockstep } from "../support/cli.ts";
 import { allocateKnownParty, type LedgerNetwork, startLedgerNetwork } from "../support/ledger-network.ts";
 import {
@@ -12,6 +10,7 @@ import {
   createIou,
   killApplyAt,
   type PlanJson,
+  serverTime,
   waitForRecovery,
 } from "../support/restore-network.ts";
 import { waitFor } from "../support/wait.ts";
@@ -36,19 +35,6 @@ async function bothSee(n: LedgerNetwork, alice: string, bob: string, count: numb
     const b = await acsKeys(n, 1, bob).catch(() => []);
     return a.length === count && b.length === count ? a : undefined;
   });
-}
-
-/** The embedded cluster's clock: recovery to a time compares it with commit times of that server. */
-async function serverTime(n: LedgerNetwork): Promise<string> {
-  const cluster = new LocalPostgres({ dir: embeddedClusterDir(n.dataDir) });
-  await cluster.start();
-  const client = new pg.Client({ connectionString: cluster.connectionUrl("postgres") });
-  await client.connect();
-  try {
-    return (await client.query<{ t: string }>("SELECT clock_timestamp()::text AS t")).rows[0]?.t as string;
-  } finally {
-    await client.end();
-  }
 }
 
 test("the network restored to a checkpoint after losing everything, then to a time between two transactions", async (t) => {

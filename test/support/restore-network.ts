@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
+import pg from "pg";
 import { LOCKSTEP_BIN } from "../../src/cli/self-process.ts";
 import { embeddedClusterDir, embeddedDatabaseName } from "../../src/node/node-database.ts";
 import { processFiles } from "../../src/node/process-files.ts";
@@ -174,4 +175,17 @@ export function createIou(
 /** A lockstep command on the network's config that must succeed (5 minutes at most). */
 export async function cliOk(n: LedgerNetwork, ...args: string[]): Promise<CliResult> {
   return expectOk(await runLockstep([...args, ...n.cfg], { timeoutMs: 300_000 }), args.join(" "));
+}
+
+/** The embedded cluster's clock: recovery to a time compares it with commit times of that server. */
+export async function serverTime(n: LedgerNetwork): Promise<string> {
+  const cluster = new LocalPostgres({ dir: embeddedClusterDir(n.dataDir) });
+  await cluster.start();
+  const client = new pg.Client({ connectionString: cluster.connectionUrl("postgres") });
+  await client.connect();
+  try {
+    return (await client.query<{ t: string }>("SELECT clock_timestamp()::text AS t")).rows[0]?.t as string;
+  } finally {
+    await client.end();
+  }
 }
