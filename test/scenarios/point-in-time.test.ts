@@ -91,6 +91,16 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   for (const node of ["participant1", "participant2"]) await waitForRecovery(n, node);
   assert.deepEqual(await bothSee(n, alice, bob, 4), atCp2, "the ledgers are as at cp2, a5 gone");
 
+  // A time in the future of the cluster's own clock (the one that stamps commits; not this host's)
+  // is refused before anything is recovered, naming that clock.
+  const ahead = new Date(Date.parse(await serverTime(n)) + 3_600_000).toISOString();
+  const future = await runLockstep(["restore", "plan", "--to-time", ahead, "--replace", "--json", ...n.cfg], {
+    timeoutMs: 300_000,
+  });
+  assert.notEqual(future.code, 0, future.stdout + future.stderr);
+  assert.match(future.stdout + future.stderr, /PITR_TARGET_UNREACHABLE/);
+  assert.match(future.stdout + future.stderr, /future of the cluster's clock/);
+
   // A sequencer recovered to T1 cannot serve participants recovered to the checkpoint: refused.
   await cli(n, "down", "--json");
   const behind = await runLockstep(

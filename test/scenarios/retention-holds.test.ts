@@ -16,6 +16,7 @@ import {
   nodeStop,
   type PlanJson,
   restore,
+  waitForRecovery,
 } from "../support/restore-network.ts";
 
 // Issue 9 defect 1: sequencer pruning never strands a retained backup or a restoring member.
@@ -122,6 +123,9 @@ test("retention holds: prune keeps retained sets and restoring members; expire r
     60_000,
     500,
   );
+  // Replay can finish before the restored participant's deduplication recovery does: until then it
+  // refuses submissions (DEDUPLICATION_STATE_RECOVERING, retryable).
+  await waitForRecovery(n, "participant1");
 
   // A newer complete set: expire deletes the older one and releases its holds.
   const s2 = await backupCreate(n);

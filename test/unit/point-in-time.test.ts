@@ -30,11 +30,9 @@ test("a target time needs its zone; it is kept as given for PostgreSQL, parsed f
       bad,
     );
   }
-  const future = new Date(Date.now() + 3_600_000).toISOString();
-  assert.throws(
-    () => parseTargetTime(future, "--sequencer-to-time"),
-    (e: unknown) => isLockstepError(e, "INVALID_ARGUMENT") && /--sequencer-to-time .* future/.test(e.message),
-  );
+  // Not judged by this host's clock (the cluster's decides, in commitPastTarget): a time ahead of it parses.
+  const ahead = new Date(Date.now() + 3_600_000);
+  assert.equal(parseTargetTime(ahead.toISOString(), "--sequencer-to-time").at.getTime(), ahead.getTime());
 });
 
 test("restore point names fit PostgreSQL's 63 bytes and stay distinct", () => {

@@ -257,6 +257,8 @@ export async function commitPastTarget(
   stanza: string,
   logger: Logger,
   repo?: PgBackRestRepo,
+  /** The latest recovery target on this cluster: refused unless the cluster's own clock is past it. */
+  target?: { node: string; at: Date; text: string },
 ): Promise<boolean> {
   if (repo && repo.folder !== configuredRepo(config).folder) return false;
   const cluster = new LocalPostgres({ dir: embeddedClusterDir(resolve(config["data-dir"])), logger });
@@ -270,6 +272,20 @@ export async function commitPastTarget(
       if (!recovering.rows[0]?.r) break;
       if (waited >= 60_000) return false;
       await sleep(200);
+    }
+    // "In the future" is judged by the clock that stamps the commits recovery compares the target
+    // with, the server's, not this host's: a host clock behind it would refuse a reachable time,
+    // one ahead of it would let recovery run off the end of the WAL.
+    if (target) {
+      const now = await client.query<{ now: Date }>("SELECT clock_timestamp() AS now");
+      const serverNow = now.rows[0]?.now;
+      if (serverNow && serverNow.getTime() <= target.at.getTime()) {
+        throw new LockstepError("PITR_TARGET_UNREACHABLE", {
+          node: target.node,
+          target: `time ${target.text}`,
+          reason: `it is in the future of the cluster's clock, which reads ${serverNow.toISOString()}`,
+        });
+      }
     }
     await client.query("SELECT txid_current()");
     return true;
