@@ -17,6 +17,7 @@ import {
   terminate,
   writePidFile,
 } from "../node/process-files.ts";
+import { refuseWhileRestoring } from "../node/restore-marker.ts";
 import { LocalPostgres } from "../storage/local-postgres.ts";
 import { admitConfiguredNode } from "./admit-configured.ts";
 import { findNode, loadCliConfig, outputFor, prepareDataDir } from "./cli-context.ts";
@@ -61,6 +62,9 @@ export function registerNodeCommands(program: Command): void {
       for (const entry of entries) {
         const pid = livePid(processFiles(dataDir, entry.name).pidFile);
         if (pid) throw new LockstepError("NODE_ALREADY_RUNNING", { node: entry.name, pid });
+        // Before the embedded cluster is touched: an interrupted in-place restore may have left it
+        // recovering, and the remedy is its rerun, not whatever a start against it would fail with.
+        refuseWhileRestoring(dataDir, entry.name);
       }
       // No node runs yet: the moment to switch the embedded cluster's archiving on (a restart).
       const setUp = await setupEmbeddedIfUsed(loaded.config, entries, createLogger({ node: "backup" }));
@@ -198,6 +202,8 @@ export function registerNodeCommands(program: Command): void {
         const { pidFile } = processFiles(dataDir, name, opts.replica);
         const existing = livePid(pidFile);
         if (existing) throw new LockstepError("NODE_ALREADY_RUNNING", { node: name, pid: existing });
+        // As in `up`: RESTORE_IN_PROGRESS before the embedded cluster (maybe recovering) is touched.
+        refuseWhileRestoring(dataDir, name);
         const port = opts.port ?? entry.port;
         if (opts.detach) {
           await startEmbeddedCluster(dataDir, [entry], createLogger({ node: "postgres" }));
