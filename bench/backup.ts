@@ -206,7 +206,7 @@ async function main(): Promise<void> {
   console.log(
     `backup bench: engines ${ENGINES.join(",")}, format ${FORMAT}, ${RUNS} run(s) per backup and ${RESTORE_RUNS} per restore; ${cpus().length} CPUs, ${(totalmem() / 2 ** 30).toFixed(0)} GiB RAM; pg_dump ${tools.version}${pgbackrest ? `, ${pgbackrest}` : ""}; cluster port ${port}`,
   );
-  // The CLI's fixed cost (node + tsx start-up, config): what a one-off command costs at any size.
+  // The CLI's fixed cost (Node start-up and loading the bundle, config): what a one-off command costs at any size.
   const startup = await lockstep(["backup", "list"]);
   console.log(`  CLI start-up (lockstep backup list): ${s(startup.wall)} wall, ${s(startup.cpu)} CPU`);
   const rows: string[] = [];

@@ -1,9 +1,8 @@
 import type { Client } from "@connectrpc/connect";
 import type { LockstepConfig } from "../common/config-schema.ts";
-import { fromConnectError } from "../common/connect-errors.ts";
 import { nodeEndpoint } from "../common/node-endpoint.ts";
 import { createNodeClient } from "../common/rpc-client.ts";
-import { tlsHandshakeFailure } from "../common/tls-diagnosis.ts";
+import { refusalNotOutage } from "../common/tls-diagnosis.ts";
 import {
   type GetSequencerStatusResponse,
   SequencerService,
@@ -29,13 +28,10 @@ export async function liveSequencerStatus(
   try {
     return await rpc.getSequencerStatus({}, { timeoutMs: 3000 });
   } catch (error) {
-    // A sequencer that refuses our admin token is up: treating it as down would skip the checks
-    // and holds that need it (a restore's sequencer checks only warn into an empty target).
-    const refused = fromConnectError(error);
-    if (refused?.code === "ADMIN_UNAUTHENTICATED") throw refused;
-    // Likewise one whose TLS handshake fails (it refuses our certificate, or we do not trust its).
-    const handshake = await tlsHandshakeFailure(error);
-    if (handshake) throw handshake;
+    // A sequencer that refuses us is up: treating it as down would skip the checks and holds that
+    // need it (a restore's sequencer checks only warn into an empty target).
+    const refusal = await refusalNotOutage(error);
+    if (refusal) throw refusal;
     return undefined;
   }
 }

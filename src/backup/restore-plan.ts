@@ -1,10 +1,10 @@
 import type { Client } from "@connectrpc/connect";
 import type { LockstepConfig, NodeEntry } from "../common/config-schema.ts";
 import { configNodes } from "../common/config-schema.ts";
-import { fromConnectError } from "../common/connect-errors.ts";
 import { LockstepError } from "../common/errors.ts";
 import type { Logger } from "../common/logging.ts";
 import { nodeEndpoint } from "../common/node-endpoint.ts";
+import { refusalNotOutage } from "../common/tls-diagnosis.ts";
 import type { SequencerService } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
 import { nodeAdminClient } from "../node/clients.ts";
 import { livePid, processFiles } from "../node/process-files.ts";
@@ -78,10 +78,10 @@ async function answers(probe: () => Promise<unknown>): Promise<boolean> {
     await probe();
     return true;
   } catch (error) {
-    // A node that refuses our admin token is running: as for the sequencer (backup-holds.ts), the
-    // operator gets the refusal, not a plan that took the node for stopped.
-    const refused = fromConnectError(error);
-    if (refused?.code === "ADMIN_UNAUTHENTICATED") throw refused;
+    // A node that refuses us is running: as for the sequencer (backup-holds.ts), the operator gets
+    // the refusal, not a plan that took the node for stopped.
+    const refusal = await refusalNotOutage(error);
+    if (refusal) throw refusal;
     return false;
   }
 }

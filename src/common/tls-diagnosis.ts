@@ -1,5 +1,6 @@
 import { isIP } from "node:net";
 import tls from "node:tls";
+import { fromConnectError } from "./connect-errors.ts";
 import { LockstepError } from "./errors.ts";
 import { clientTlsOptions, dialedOrigins } from "./tls-client.ts";
 
@@ -82,4 +83,17 @@ function probe(origin: string, timeoutMs = 2000): Promise<string | undefined> {
     );
     const timer = setTimeout(() => done(undefined), timeoutMs);
   });
+}
+
+/**
+ * Why a node that did not answer is up all the same: it refused our admin token
+ * (ADMIN_UNAUTHENTICATED), or the TLS handshake failed (it refuses our certificate, or we do not
+ * trust its). Undefined for an outage. Probes that would otherwise take such a node for stopped or
+ * down (skipping the checks and holds that need it) throw this instead, so the operator gets the
+ * refusal and its remedy.
+ */
+export async function refusalNotOutage(error: unknown): Promise<LockstepError | undefined> {
+  const refused = fromConnectError(error);
+  if (refused?.code === "ADMIN_UNAUTHENTICATED") return refused;
+  return tlsHandshakeFailure(error);
 }

@@ -9,6 +9,7 @@ import type { ConfigInput } from "../../src/common/config-schema.ts";
 import { runLockstep } from "../support/cli.ts";
 import { postConnectJson } from "../support/ledger-client.ts";
 import { type LedgerNetwork, startLedgerNetwork } from "../support/ledger-network.ts";
+import { paddedMessage as padded, rawUnaryCall as rawCall } from "../support/raw-grpc.ts";
 
 // A node's `max-inbound-message-size` from the config, on nodes started by the CLI (`lockstep up
 // --detach`): participant1 and the mediator take at most 16 KiB, participant2 keeps the default
@@ -31,42 +32,6 @@ before(async () => {
 });
 
 after(() => network?.down());
-
-/** A request message of about `size` bytes: `size` bytes in unknown field 15 (proto3 keeps unknown fields). */
-function padded(size: number): Buffer {
-  const head: number[] = [(15 << 3) | 2];
-  for (let n = size; ; n >>>= 7) {
-    if (n < 0x80) {
-      head.push(n);
-      break;
-    }
-    head.push((n & 0x7f) | 0x80);
-  }
-  return Buffer.concat([Buffer.from(head), Buffer.alloc(size, 0x61)]);
-}
-
-/** One unary gRPC call of raw bytes: the status grpc-js reports. */
-function rawCall(
-  port: number,
-  path: string,
-  bytes: Buffer,
-  metadata = new grpc.Metadata(),
-): Promise<{ code: grpc.status; details: string }> {
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  return new Promise((resolve) => {
-    client.makeUnaryRequest(
-      path,
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-      bytes,
-      metadata,
-      (error) => {
-        client.close();
-        resolve({ code: error?.code ?? grpc.status.OK, details: error?.details ?? "" });
-      },
-    );
-  });
-}
 
 const LEDGER_END = "/lockstep.ledger.v1.StateService/GetLedgerEnd";
 

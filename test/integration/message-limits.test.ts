@@ -4,6 +4,7 @@ import * as grpc from "@grpc/grpc-js";
 import { silentLogger } from "../../src/common/logging.ts";
 import { adminServiceRoutes } from "../../src/node/admin-service.ts";
 import { DEFAULT_READ_MAX_BYTES, MESSAGE_LIMITS, NodeServer } from "../../src/node/node-server.ts";
+import { paddedMessage as padded, rawUnaryCall } from "../support/raw-grpc.ts";
 
 // The node server's inbound limit and its answer to malformed protobuf over gRPC (HTTP/2, grpc-js as
 // Canton's clients would), the path the Ledger API's JSON test (hostile-input.test.ts) does not take.
@@ -28,35 +29,9 @@ before(async () => {
 
 after(() => server?.stop());
 
-/** GetStatus with `bytes` as the request message, as is: the status code grpc-js reports. */
-function rawGetStatus(bytes: Buffer): Promise<{ code: grpc.status; details: string }> {
-  const client = new grpc.Client(`127.0.0.1:${port}`, grpc.credentials.createInsecure());
-  return new Promise((resolve) => {
-    client.makeUnaryRequest(
-      "/lockstep.admin.v1.AdminService/GetStatus",
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-      bytes,
-      (error) => {
-        client.close();
-        resolve({ code: error?.code ?? grpc.status.OK, details: error?.details ?? "" });
-      },
-    );
-  });
-}
-
-/** A valid GetStatusRequest carrying `size` bytes in unknown field 15 (proto3 keeps unknown fields). */
-function padded(size: number): Buffer {
-  const head: number[] = [(15 << 3) | 2];
-  for (let n = size; ; n >>>= 7) {
-    if (n < 0x80) {
-      head.push(n);
-      break;
-    }
-    head.push((n & 0x7f) | 0x80);
-  }
-  return Buffer.concat([Buffer.from(head), Buffer.alloc(size, 0x61)]);
-}
+/** GetStatus with `bytes` as the request message, as is. */
+const rawGetStatus = (bytes: Buffer) =>
+  rawUnaryCall(port, "/lockstep.admin.v1.AdminService/GetStatus", bytes);
 
 test("defaults: gRPC's 4 MiB for participants and mediators, more for the sequencer's batches", () => {
   assert.equal(DEFAULT_READ_MAX_BYTES, 4 * 1024 * 1024);
