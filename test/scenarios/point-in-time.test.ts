@@ -49,6 +49,15 @@ test("the network restored to a checkpoint after losing everything, then to a ti
   const bob = await allocateKnownParty(n, 1, "bob");
   await create(n, 0, "a1", alice, bob);
   await cli(n, "backup", "create", "--json");
+  // --to-time needs a backup that stopped at least a whole second before the target (pgBackRest's
+  // stop times are in seconds; point-in-time.ts): a2 and T1 come once the cluster's clock is past that.
+  const backedUpAt = Date.parse(await serverTime(n));
+  await waitFor(
+    "the cluster's clock 2 s past the backup",
+    async () => (Date.parse(await serverTime(n)) > backedUpAt + 2000 ? true : undefined),
+    10_000,
+    200,
+  );
   await create(n, 0, "a2", alice, bob);
   const atT1 = await bothSee(n, alice, bob, 2);
   const t1 = await serverTime(n);
