@@ -39,6 +39,18 @@ export interface ErrorJson {
  * Every error Lockstep reports on purpose. Fields come from the registry in error-codes.ts;
  * `metadata` fills the message and remedy templates and travels to clients unchanged.
  */
+/**
+ * The longest metadata value an error carries. Values often echo a request (a party id hint, a
+ * template name): a hostile 4 MiB one would otherwise come back in the message, the remedy and the
+ * details, several times over, and cost the node seconds of encoding (and its lock check with them).
+ */
+const METADATA_VALUE_MAX = 2048;
+
+function bounded(value: string): string {
+  if (value.length <= METADATA_VALUE_MAX) return value;
+  return `${value.slice(0, METADATA_VALUE_MAX)}… (${value.length} characters in all)`;
+}
+
 export class LockstepError<C extends ErrorCodeName = ErrorCodeName> extends Error {
   override readonly name = "LockstepError";
   readonly code: C;
@@ -53,7 +65,7 @@ export class LockstepError<C extends ErrorCodeName = ErrorCodeName> extends Erro
     const definition = ERRORS.get(code);
     if (!definition) throw new TypeError(`unregistered error code ${code}`);
     const meta: ErrorMetadata = {};
-    for (const [k, v] of Object.entries(metadata)) if (v !== undefined) meta[k] = String(v);
+    for (const [k, v] of Object.entries(metadata)) if (v !== undefined) meta[k] = bounded(String(v));
     super(fill(definition.message, meta), options);
     this.code = code;
     this.grpc = definition.grpc;

@@ -140,8 +140,15 @@ export class WriterLock {
 /** "held", or why the lock counts as lost: the server says so, the check failed, or it went unanswered. */
 async function verifyWithin(lock: SessionLock, timeoutMs: number): Promise<string> {
   let timer: NodeJS.Timeout | undefined;
+  // When the timer fires, I/O gets one more turn before the verdict: after the event loop was busy
+  // (a large request, a loaded host) timers run before pending socket reads, and an answer already
+  // received must not count as "unanswered". The kernel keeps a busy process's session alive, so the
+  // server has not freed the lock meanwhile.
   const timeout = new Promise<string>((resolve) => {
-    timer = setTimeout(() => resolve(`the lock check went unanswered for ${timeoutMs} ms`), timeoutMs);
+    timer = setTimeout(
+      () => setImmediate(() => resolve(`the lock check went unanswered for ${timeoutMs} ms`)),
+      timeoutMs,
+    );
   });
   const check = lock.verify().then(
     (held) => (held ? "held" : "the database no longer counts the lock as this process's"),

@@ -229,6 +229,9 @@ test("a request over the participant's 4 MiB limit gets RESOURCE_EXHAUSTED and c
     "INVALID_ARGUMENT",
     JSON.stringify({ ...under, message: under.message?.slice(0, 200) }),
   );
+  // The refusal quotes the hint cut short, not 4 MiB of it (which cost the node seconds of encoding).
+  assert.ok((under.message ?? "").length < 8 * 1024, `message of ${under.message?.length} characters`);
+  assert.match(under.message ?? "", /characters in all/);
   assert.deepEqual(await ledgerState(), before);
   await healthy();
 });

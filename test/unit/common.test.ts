@@ -69,6 +69,15 @@ test("LockstepError fills message and remedy from metadata", () => {
   assert.equal(new LockstepError("PORT_IN_USE", { port: 4011, node: "p1" }).metadata.port, "4011");
 });
 
+test("LockstepError cuts a huge metadata value short, so a hostile input is not echoed whole", () => {
+  const huge = "x".repeat(1024 * 1024);
+  const e = new LockstepError("NODE_NOT_RUNNING", { node: huge, address: "127.0.0.1:4011" });
+  assert.ok(e.message.length < 4096, `${e.message.length}`);
+  assert.ok(e.remedy.length < 4096, `${e.remedy.length}`);
+  assert.match(e.message, /^Node x{2048}… \(1048576 characters in all\) is not running/);
+  assert.equal(e.metadata.address, "127.0.0.1:4011");
+});
+
 test("exit codes follow the category: usage → 2, safety → 3, anything else → 1", () => {
   assert.equal(new LockstepError("CONFIG_INVALID", { details: "x" }).exitCode, 2);
   assert.equal(new LockstepError<ErrorCodeName>("NODE_UNKNOWN").exitCode, 2);
