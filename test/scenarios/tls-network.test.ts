@@ -231,10 +231,15 @@ test("a network with tls: auto and client-auth require: a transaction commits, t
 });
 
 /** A non-loopback address of this machine, if it has one. */
+/**
+ * This machine's own non-loopback address, if it has one. Not on a test site's veth (test/support/sites.ts
+ * names them `lsr…`): another test file running beside this one creates and deletes those.
+ */
 function outsideAddress(): string | undefined {
-  return Object.values(networkInterfaces())
-    .flat()
-    .find((a) => a && !a.internal && a.family === "IPv4")?.address;
+  return Object.entries(networkInterfaces())
+    .filter(([name]) => !name.startsWith("lsr") && !name.startsWith("veth"))
+    .flatMap(([, addresses]) => addresses ?? [])
+    .find((a) => !a.internal && a.family === "IPv4")?.address;
 }
 
 test("a node bound to every address refuses to start without TLS, and starts with tls: off or tls: auto", async () => {
