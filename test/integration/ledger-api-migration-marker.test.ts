@@ -145,6 +145,13 @@ function itemOf(r: GetUpdatesResponse): Item {
 }
 
 /** GetUpdates until endInclusive, or (unbounded) until an item is the last one wanted. */
+/**
+ * A stream's deadline as a signal, not `timeoutMs`: connect-es keeps a `timeoutMs` timer running when
+ * the caller leaves a stream early (its stream iterator has no `return`), and that timer held this
+ * process open for 30 s after the last test. AbortSignal.timeout does not hold a process open.
+ */
+const withDeadline = (signal: AbortSignal) => AbortSignal.any([signal, AbortSignal.timeout(30_000)]);
+
 async function collectUpdates(
   request: UpdatesInit,
   last?: (item: Item) => boolean,
@@ -152,10 +159,14 @@ async function collectUpdates(
 ): Promise<GetUpdatesResponse[]> {
   const abort = new AbortController();
   const seen: GetUpdatesResponse[] = [];
-  for await (const r of clients.updates.getUpdates(request, { signal: abort.signal, timeoutMs: 30_000 })) {
-    seen.push(r);
-    onItem?.();
-    if (last?.(itemOf(r))) break;
+  try {
+    for await (const r of clients.updates.getUpdates(request, { signal: withDeadline(abort.signal) })) {
+      seen.push(r);
+      onItem?.();
+      if (last?.(itemOf(r))) break;
+    }
+  } finally {
+    abort.abort();
   }
   return seen;
 }
@@ -260,13 +271,17 @@ test("CompletionStream: the user's completions and the marker, in offset order; 
   const completions = async (userId: string, stopAt: bigint) => {
     const abort = new AbortController();
     const seen: [string, bigint][] = [];
-    for await (const r of clients.completions.completionStream(
-      { userId, parties: [alice], beginExclusive: 0n },
-      { signal: abort.signal, timeoutMs: 30_000 },
-    )) {
-      assert.ok(r.response.value);
-      seen.push([r.response.case ?? "", r.response.value.offset]);
-      if (r.response.value.offset >= stopAt) break;
+    try {
+      for await (const r of clients.completions.completionStream(
+        { userId, parties: [alice], beginExclusive: 0n },
+        { signal: withDeadline(abort.signal) },
+      )) {
+        assert.ok(r.response.value);
+        seen.push([r.response.case ?? "", r.response.value.offset]);
+        if (r.response.value.offset >= stopAt) break;
+      }
+    } finally {
+      abort.abort();
     }
     return seen;
   };

@@ -218,7 +218,8 @@ test("GetUpdates over Connect delivers an update committed after the stream open
   })();
   await sleep(300);
   const submitted = await c1.commands.submitAndWait({ commands: createIouCommand("stream-1", dave, bob) });
-  const tx = await Promise.race([received, sleep(30_000).then(() => undefined)]);
+  // An upper bound, unref'd: a pending 30 s timer kept this file's process alive 30 s after its tests.
+  const tx = await Promise.race([received, sleep(30_000, undefined, { ref: false })]);
   abort.abort();
   assert.ok(tx, "an update arrived on the open stream");
   assert.equal(tx.updateId, submitted.updateId);
