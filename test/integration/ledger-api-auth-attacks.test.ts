@@ -373,3 +373,20 @@ test("a month-long token keeps its stream; deleting one's own user is refused wh
   stop.abort();
   await withinSeconds(consumed, 10, "the stream to close");
 });
+
+test("a submission id reused by another user does not hand it the first user's completion", async () => {
+  await users.createUser({ user: { id: "bob-app" }, rights: [canActAs(bob)] }, await as("participant_admin"));
+  const shared = (commandId: string, issuer: string) => ({
+    commands: {
+      ...createIouCommand(commandId, issuer, bob, { userId: "" }),
+      submissionId: "shared-submission",
+    },
+  });
+  const first = await p1.commands.submitAndWait(shared("shared-a", alice), await as("alice-app"));
+  const second = await p1.commands.submitAndWait(shared("shared-b", bob), await as("bob-app"));
+  // Before, SubmitAndWait answered with the latest completion of that submission id: alice-app's
+  // (its update, offset, command id and act-as) to bob-app, who may not read alice.
+  assert.equal(second.completion?.userId, "bob-app");
+  assert.equal(second.completion?.commandId, "shared-b");
+  assert.notEqual(second.updateId, first.updateId);
+});
