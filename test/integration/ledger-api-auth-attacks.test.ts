@@ -130,6 +130,7 @@ test("forged, unsigned and ill-timed tokens are UNAUTHENTICATED", async () => {
     ["nbf in the future", await token("participant_admin", { nbf: now + 3600 })],
     // Canton (java-jwt's IssuedAt check) refuses a token issued in the future; jose alone would not.
     ["iat in the future", await token("participant_admin", { iat: now + 3600 })],
+    ["exp not a number", await token("participant_admin", { exp: "99999999999" as unknown as number })],
     ["no scope", await token("participant_admin", { scope: undefined })],
     ["a scope that only starts alike", await token("participant_admin", { scope: "daml_ledger_api_x" })],
     ["no sub", await token("", { sub: undefined })],
