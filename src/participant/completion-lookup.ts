@@ -1,5 +1,10 @@
 import type { Db } from "../storage/db.ts";
-import { completionsOfSubmissions, type StoredCompletion } from "./participant-store.ts";
+import {
+  completionsOfSubmissions,
+  type StoredCompletion,
+  type SubmissionKey,
+  submissionKeyString,
+} from "./participant-store.ts";
 
 type Waiter = { resolve: (c: StoredCompletion | undefined) => void; reject: (e: unknown) => void };
 
@@ -10,16 +15,18 @@ type Waiter = { resolve: (c: StoredCompletion | undefined) => void; reject: (e: 
  * query runs go into the next one.
  */
 export class CompletionLookup {
-  private pending = new Map<string, Waiter[]>();
+  private pending = new Map<string, { key: SubmissionKey; waiters: Waiter[] }>();
   private running = false;
 
   constructor(private readonly db: Db) {}
 
-  get(submissionId: string): Promise<StoredCompletion | undefined> {
+  /** The completion of this submission (its id and change id: never another user's of the same id). */
+  get(key: SubmissionKey): Promise<StoredCompletion | undefined> {
     return new Promise((resolve, reject) => {
-      const waiters = this.pending.get(submissionId);
-      if (waiters) waiters.push({ resolve, reject });
-      else this.pending.set(submissionId, [{ resolve, reject }]);
+      const id = submissionKeyString(key);
+      const entry = this.pending.get(id);
+      if (entry) entry.waiters.push({ resolve, reject });
+      else this.pending.set(id, { key, waiters: [{ resolve, reject }] });
       if (!this.running) {
         this.running = true;
         queueMicrotask(() => void this.run());
@@ -32,10 +39,13 @@ export class CompletionLookup {
       const batch = this.pending;
       this.pending = new Map();
       try {
-        const found = await completionsOfSubmissions(this.db, [...batch.keys()]);
-        for (const [id, waiters] of batch) for (const w of waiters) w.resolve(found.get(id));
+        const found = await completionsOfSubmissions(
+          this.db,
+          [...batch.values()].map((e) => e.key),
+        );
+        for (const [id, { waiters }] of batch) for (const w of waiters) w.resolve(found.get(id));
       } catch (error) {
-        for (const waiters of batch.values()) for (const w of waiters) w.reject(error);
+        for (const { waiters } of batch.values()) for (const w of waiters) w.reject(error);
       }
     }
     this.running = false;

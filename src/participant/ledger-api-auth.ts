@@ -12,7 +12,8 @@ import {
 } from "jose";
 import type { LedgerApiAuthConfig } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
-import { type AuthContext, authContextOf, type UserRight } from "./user-rights.ts";
+import { expiryText } from "./ledger-api-stream-watch.ts";
+import { type AuthContext, authContextOf, checkUserId, type UserRight } from "./user-rights.ts";
 
 /**
  * Authentication of Ledger API calls (docs/security.md "Ledger API authorization"): Canton's user
@@ -68,6 +69,10 @@ export function ledgerApiAuthenticator(
       const userId = payload.sub;
       if (typeof userId !== "string" || userId === "")
         throw new LockstepError("UNAUTHENTICATED", { reason: "the token has no `sub` (the user id)" });
+      // A `sub` that is no user id (a NUL byte, 1 KiB of text) is refused before the database is
+      // asked: Canton's UserBasedAuthorizationInterceptor.getUserId, Ref.UserId.fromString failing
+      // → INVALID_ARGUMENT ("token …").
+      checkUserId(userId, "the token's sub");
       const rights = await users.rightsIfExists(userId);
       // Canton answers a token of an unknown user PERMISSION_DENIED: it authenticated, it may do nothing.
       if (rights === undefined)
@@ -119,6 +124,12 @@ function tokenVerifier(config: Exclude<LedgerApiAuthConfig, { type: "off" }>): V
     } catch (error) {
       throw tokenError(error);
     }
+    // Canton verifies with java-jwt, which refuses a token issued in the future (its IssuedAt check,
+    // leeway 0 unless configured); jose checks `iat` only with maxTokenAge, so we do it here.
+    if (typeof payload.iat === "number" && payload.iat > Date.now() / 1000)
+      throw new LockstepError("UNAUTHENTICATED", {
+        reason: `the token's iat (${payload.iat} s since the epoch) is in the future`,
+      });
     if (!config.audience && !scopes(payload).includes(LEDGER_API_SCOPE))
       throw new LockstepError("UNAUTHENTICATED", {
         reason: `the token's scope lacks ${LEDGER_API_SCOPE} (no audience is configured, so tokens must be scope-based)`,
@@ -136,7 +147,7 @@ function tokenError(error: unknown): LockstepError {
   if (error instanceof joseErrors.JWTExpired) {
     const exp = error.payload.exp;
     return new LockstepError("ACCESS_TOKEN_EXPIRED", {
-      expiredAt: exp === undefined ? "an earlier time" : new Date(exp * 1000).toISOString(),
+      expiredAt: exp === undefined ? "an earlier time" : expiryText(exp * 1000),
     });
   }
   if (error instanceof joseErrors.JOSEError)

@@ -21,6 +21,18 @@ export interface StreamWatch {
   readonly checkIntervalMs: number;
 }
 
+/** The longest delay setTimeout honours. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * A token's expiry for messages: ISO time, or the raw number when it is past what a Date holds
+ * (a signed `exp` of 1e20 must not turn a refusal into a RangeError).
+ */
+export function expiryText(ms: number): string {
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? `${ms / 1000} s since the epoch` : date.toISOString();
+}
+
 const stale = (reason: string) => new LockstepError("STALE_STREAM_AUTHORIZATION", { reason });
 
 /**
@@ -53,11 +65,19 @@ export async function* watchStream<T>(
   let expiryTimer: NodeJS.Timeout | undefined;
   let checkTimer: NodeJS.Timeout | undefined;
   if (expiresAtMs !== undefined) {
-    expiryTimer = setTimeout(
-      () =>
-        close(new LockstepError("ACCESS_TOKEN_EXPIRED", { expiredAt: new Date(expiresAtMs).toISOString() })),
-      Math.max(0, expiresAtMs - Date.now()),
-    );
+    // Node fires a timer longer than 2^31-1 ms (24.8 days) after 1 ms: a token valid for a month
+    // would close its stream at once. Such an expiry is re-armed in steps instead.
+    const armExpiry = () => {
+      const left = expiresAtMs - Date.now();
+      expiryTimer =
+        left > MAX_TIMER_MS
+          ? setTimeout(armExpiry, MAX_TIMER_MS)
+          : setTimeout(
+              () => close(new LockstepError("ACCESS_TOKEN_EXPIRED", { expiredAt: expiryText(expiresAtMs) })),
+              Math.max(0, left),
+            );
+    };
+    armExpiry();
   }
   let lastCheckAt = Date.now();
   if (recheck) {

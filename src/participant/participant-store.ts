@@ -360,17 +360,36 @@ export async function completionOfSubmission(
   return row && toCompletion(row);
 }
 
+/**
+ * One submission as SubmitAndWait tracks it: its id and its change id (user, command id, act-as).
+ * The submission id alone is the client's word and may be another user's: Canton's SubmissionTracker
+ * keys by SubmissionKey(commandId, submissionId, userId, parties) for that reason.
+ */
+export interface SubmissionKey {
+  readonly submissionId: string;
+  readonly changeId: string;
+}
+
+export const submissionKeyString = (k: SubmissionKey): string => `${k.submissionId}\n${k.changeId}`;
+
 /** The latest completion of each of these submissions that has one (one query for many waiters). */
 export async function completionsOfSubmissions(
   q: Queryable,
-  submissionIds: readonly string[],
+  keys: readonly SubmissionKey[],
 ): Promise<Map<string, StoredCompletion>> {
   const rows = await q.query<CompletionRow>(
-    `SELECT DISTINCT ON (submission_id) * FROM participant_completions WHERE submission_id = ANY($1::text[])
-     ORDER BY submission_id, ledger_offset DESC`,
-    [[...submissionIds]],
+    `SELECT DISTINCT ON (submission_id, change_id) * FROM participant_completions
+      WHERE submission_id = ANY($1::text[])
+        AND (submission_id, change_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+      ORDER BY submission_id, change_id, ledger_offset DESC`,
+    [keys.map((k) => k.submissionId), keys.map((k) => k.changeId)],
   );
-  return new Map(rows.map((r) => [r.submission_id, toCompletion(r)]));
+  return new Map(
+    rows.map((r) => [
+      submissionKeyString({ submissionId: r.submission_id, changeId: r.change_id }),
+      toCompletion(r),
+    ]),
+  );
 }
 
 export async function acceptedCompletion(
