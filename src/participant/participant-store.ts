@@ -349,17 +349,6 @@ export async function readCompletions(
   return rows.map(toCompletion);
 }
 
-export async function completionOfSubmission(
-  q: Queryable,
-  submissionId: string,
-): Promise<StoredCompletion | undefined> {
-  const row = await q.maybeOne<CompletionRow>(
-    "SELECT * FROM participant_completions WHERE submission_id = $1 ORDER BY ledger_offset DESC LIMIT 1",
-    [submissionId],
-  );
-  return row && toCompletion(row);
-}
-
 /**
  * One submission as SubmitAndWait tracks it: its id and its change id (user, command id, act-as).
  * The submission id alone is the client's word and may be another user's: Canton's SubmissionTracker
