@@ -51,7 +51,7 @@ export function isForceable(check: RestoreCheck): boolean {
     check.check === "order" ||
     check.check === "sequencer-fork" ||
     check.check === "synchronizer" ||
-    check.check === "encryption" ||
+    (check.check === "encryption" && check.code === "BACKUP_NOT_ENCRYPTED") ||
     check.code === "RESTORE_CHECK_SKIPPED"
   );
 }
@@ -120,11 +120,40 @@ export async function checkArtifact(
  * writer of the repository cannot downgrade a set unnoticed; `--force encryption` is the
  * operator's word that the set is an older one they trust (recorded in the recovery record).
  */
-export function checkEncrypted(config: LockstepConfig, set: string, node: NodeBackup): RestoreCheck | null {
+export function checkEncrypted(
+  config: LockstepConfig,
+  manifest: Manifest,
+  node: NodeBackup,
+): RestoreCheck | null {
   const record = nodeEngine(node);
-  if (!config.backup.encryption) return null;
   if (record.encryption) return null; // the artifact check names its key
+  const set = manifest.id;
+  if (plainAmongEncrypted(manifest).includes(node.name)) {
+    // Never a set made as it says: a tampered one, whatever the config (and not to be forced).
+    return failed(node.name, "encryption", "refuse", "BACKUP_CORRUPTED", {
+      set,
+      file: node.artifact,
+      details: plainAmongEncryptedDetails(node),
+    });
+  }
+  if (!config.backup.encryption) return null;
   return failed(node.name, "encryption", "refuse", "BACKUP_NOT_ENCRYPTED", { set, artifact: node.artifact });
+}
+
+/**
+ * The pg-dump artifacts of a set stored in plain while another pg-dump artifact of the same set is
+ * encrypted: one `backup create` dumps every node under the same key or none, so such a set was
+ * rewritten (a plain dump slipped in). pgbackrest records may mix legitimately (a point in time
+ * served from an older plain repository for one node), so they are not compared.
+ */
+export function plainAmongEncrypted(manifest: Manifest): string[] {
+  const dumps = manifest.nodes.filter((n) => nodeEngine(n).name === "pg-dump");
+  if (!dumps.some((n) => nodeEngine(n).encryption)) return [];
+  return dumps.filter((n) => !nodeEngine(n).encryption).map((n) => n.name);
+}
+
+export function plainAmongEncryptedDetails(node: NodeBackup): string {
+  return `${node.artifact} is stored in plain while the set's other artifacts are encrypted (one backup create encrypts all or none: its manifest was rewritten)`;
 }
 
 /**
