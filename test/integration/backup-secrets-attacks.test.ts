@@ -332,6 +332,42 @@ test("a symlinked repository path: its target is tightened by backup create, and
   }
 });
 
+test("pgBackRest under umask 000: its encrypted repository keeps its own modes (nothing for others), Lockstep's files owner-only", async () => {
+  // Archiving on restarts the embedded cluster: with the nodes down, as `backup setup` asks.
+  for (const args of [["down"], ["backup", "setup", "participant1"], ["up", "--detach"]]) {
+    const r = await n.cli(...args, "--json");
+    assert.equal(r.code, 0, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+  }
+  const w = watchModes([repoDir]);
+  let set: string;
+  try {
+    set = await create("--engine", "pgbackrest", "--nodes", "participant1");
+  } finally {
+    w.stop();
+  }
+  const repo = join(repoDir, `pgbackrest-${fingerprint}`);
+  assert.ok(existsSync(join(repo, "backup")), "the key's own encrypted repository");
+  // pgBackRest runs as the cluster's user and gives its files 0640 / folders 0750 (its group may
+  // read them: docs/security.md), whatever the umask; others get nothing anywhere, but the root's
+  // search bit, through which that user reaches its folder (search lists nothing).
+  const forOthers: string[] = [];
+  const visit = (path: string) => {
+    const st = lstatSync(path);
+    if (st.isSymbolicLink()) return;
+    const others = st.mode & 0o007 & (path === repoDir ? 0o006 : 0o007);
+    const group = st.mode & 0o070 & (path === repoDir ? 0o060 : 0o070);
+    if (others !== 0 || (group !== 0 && !path.startsWith(`${repoDir}/pgbackrest`)))
+      forOthers.push(`${relative(repoDir, path)} ${(st.mode & 0o777).toString(8)}`);
+    if (st.isDirectory()) for (const e of readdirSync(path)) visit(join(path, e));
+  };
+  visit(repoDir);
+  assert.deepEqual(forOthers, []);
+  for (const path of w.exposed)
+    assert.ok(path.startsWith("pgbackrest"), `exposed while written outside pgBackRest's folders: ${path}`);
+  assert.deepEqual(notOwnerOnly(n.repository.setDir(set)), [], "the set's own folder and descriptor files");
+  assert.equal((await n.cli("backup", "verify", set, "--json")).code, 0);
+});
+
 test("a plain dump slipped into an encrypted set, its manifest rewritten to match: verify and restore plan refuse", async () => {
   const plainDump = readFileSync(join(n.repository.setDir(plainSet), "participant1.dump"));
   const undo = forge(encrypted, { "participant1.dump": plainDump }, declarePlain("participant1"));
