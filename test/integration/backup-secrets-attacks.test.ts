@@ -421,8 +421,8 @@ test("an artifact of another set, or a key fingerprint edited in the manifest, f
     undo();
   }
   // A directory-format file put under another's name in the same artifact.
-  const files = readdirSync(join(n.repository.setDir(encryptedDir), "participant1")).filter(
-    (f) => f !== "toc.dat",
+  const files = readdirSync(join(n.repository.setDir(encryptedDir), "participant1")).filter((f) =>
+    /^\d+\.dat/.test(f),
   );
   const data = files[0] as string;
   const setDir = n.repository.setDir(encryptedDir);
@@ -439,6 +439,26 @@ test("an artifact of another set, or a key fingerprint edited in the manifest, f
   } finally {
     undo2();
   }
+  // A data file deleted with its manifest entry: every remaining file authenticates, but the
+  // table of contents (toc.dat, authenticated too) names it.
+  const manifestPath = join(setDir, "manifest.json");
+  const savedManifest = readFileSync(manifestPath);
+  const savedData = readFileSync(join(setDir, "participant1", data));
+  try {
+    rmSync(join(setDir, "participant1", data));
+    const manifest = JSON.parse(savedManifest.toString("utf8")) as Manifest;
+    for (const node of manifest.nodes)
+      node.files = node.files.filter((f) => f.path !== `participant1/${data}`);
+    const { checksum: _old, ...unsigned } = manifest;
+    writeFileSync(manifestPath, `${JSON.stringify(sealManifest(unsigned), null, 2)}\n`);
+    const v = await cliError("backup", "verify", encryptedDir);
+    assert.equal(v.code, "BACKUP_CORRUPTED");
+    assert.match(v.message, new RegExp(`names data files it lacks: ${data.split(".")[0]}\\.dat`));
+  } finally {
+    writeFileSync(join(setDir, "participant1", data), savedData, { mode: 0o600 });
+    writeFileSync(manifestPath, savedManifest);
+  }
+  assert.equal((await n.cli("backup", "verify", encryptedDir, "--json")).code, 0, "put back, it verifies");
   // The fingerprint edited to another configured key's (a rotation's): that key does not open it.
   const other = join(n.net.dir, "other.key");
   const made = await n.cli("backup", "key", "create", other, "--json");
