@@ -366,6 +366,18 @@ test("pgBackRest under umask 000: its encrypted repository keeps its own modes (
     assert.ok(path.startsWith("pgbackrest"), `exposed while written outside pgBackRest's folders: ${path}`);
   assert.deepEqual(notOwnerOnly(n.repository.setDir(set)), [], "the set's own folder and descriptor files");
   assert.equal((await n.cli("backup", "verify", set, "--json")).code, 0);
+  // Its record declared plain (pointing at the plain pgBackRest repository): refused as a downgrade.
+  const undo = forge(set, {}, (m) => {
+    for (const node of m.nodes) if (node.engine?.name === "pgbackrest") delete node.engine.encryption;
+  });
+  try {
+    const plan = await restore(n, "plan", set, ["--nodes", "participant1"]);
+    assert.equal(plan.code, 3, plan.stdout + plan.stderr);
+    const check = planCheck(plan.json<PlanJson>(), "participant1", "encryption");
+    assert.deepEqual([check.verdict, check.code], ["refuse", "BACKUP_NOT_ENCRYPTED"]);
+  } finally {
+    undo();
+  }
 });
 
 test("a plain dump slipped into an encrypted set, its manifest rewritten to match: verify and restore plan refuse", async () => {
