@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { chmodSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { resolve } from "node:path";
 import type { LockstepConfig } from "../common/config-schema.ts";
 import { LockstepError } from "../common/errors.ts";
@@ -7,7 +7,8 @@ import { BACKUP_KEY_BYTES, type BackupKey, backupKey } from "./artifact-cipher.t
 
 /**
  * Backup key files (config `backup.encryption`): 32 random bytes as 64 hex digits, as the wrapper
- * key files of docs/keys.md (white space around them ignored), readable by their owner only. The
+ * key files of docs/keys.md (white space around them ignored), readable by their owner only (one
+ * with any group or other permission bit is refused, BACKUP_KEY_FILE_INVALID). The
  * current key encrypts new sets; previous ones only decrypt older sets (a rotation).
  */
 
@@ -25,6 +26,16 @@ export function loadBackupKey(path: string): LoadedBackupKey {
     text = readFileSync(source, "utf8").trim();
   } catch (error) {
     throw new LockstepError("BACKUP_KEY_FILE_INVALID", { path: source, reason: (error as Error).message });
+  }
+  // As ssh ("UNPROTECTED PRIVATE KEY FILE!", ssh's authfile.c: any group/other bit refuses the
+  // key) and PostgreSQL (ssl_key_file "has group or world access", be-secure-common.c): a key
+  // others can read or replace is refused, not used with a warning; the key opens every set.
+  const mode = statSync(source).mode & 0o777;
+  if ((mode & 0o077) !== 0) {
+    throw new LockstepError("BACKUP_KEY_FILE_INVALID", {
+      path: source,
+      reason: `others than its owner can access it (mode 0${mode.toString(8)}); make it owner-only: chmod 600 ${source}`,
+    });
   }
   if (!/^[0-9a-fA-F]{64}$/.test(text)) {
     throw new LockstepError("BACKUP_KEY_FILE_INVALID", {

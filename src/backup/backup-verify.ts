@@ -6,6 +6,7 @@ import type { BackupEngines } from "./backup-engines.ts";
 import type { BackupRepository, Verification } from "./backup-repository.ts";
 import { checkFile, type FileCheck } from "./file-hash.ts";
 import type { Manifest, ManifestFile } from "./manifest.ts";
+import { plainAmongEncrypted, plainAmongEncryptedDetails } from "./restore-checks.ts";
 
 export interface VerifyOptions {
   repository: BackupRepository;
@@ -88,6 +89,11 @@ export async function verifySet(options: VerifyOptions): Promise<VerifyResult> {
     await repository.tighten();
   }
   const { problems, files } = await checkFiles(repository, manifest, progress);
+  // A plain dump among encrypted ones: put there by a writer of the repository, manifest rewritten.
+  for (const name of plainAmongEncrypted(manifest)) {
+    const node = manifest.nodes.find((n) => n.name === name) as Manifest["nodes"][number];
+    problems.push(`${node.artifact}: ${plainAmongEncryptedDetails(node)}`);
+  }
   let listed = 0;
   // A tier's own verdict (an encrypted artifact that fails authentication, a key not configured).
   let verdict: LockstepError | undefined;

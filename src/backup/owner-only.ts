@@ -1,4 +1,4 @@
-import { chmod, lstat, mkdir, readdir } from "node:fs/promises";
+import { chmod, lstat, mkdir, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 
 /**
@@ -38,7 +38,9 @@ async function walk(
   each: (path: string, mode: number, want: number) => Promise<void>,
 ): Promise<void> {
   const visit = async (path: string, top: boolean): Promise<void> => {
-    const st = await lstat(path).catch(() => undefined);
+    // The root itself may be a symbolic link (a repository on another disk): followed, its target
+    // tightened; links inside are never followed (they could point anywhere).
+    const st = await (top ? stat(path) : lstat(path)).catch(() => undefined);
     if (!st || st.isSymbolicLink()) return;
     await each(path, st.mode & 0o777, wanted(st.mode & 0o777, st.isDirectory(), top, options));
     if (!st.isDirectory()) return;

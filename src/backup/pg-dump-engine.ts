@@ -20,6 +20,7 @@ import type {
   VerifyTier,
 } from "./backup-engine.ts";
 import { BackupKeys, type LoadedBackupKey } from "./backup-keys.ts";
+import { missingDataFiles } from "./directory-toc.ts";
 import {
   authenticateFile,
   authenticationFailed,
@@ -101,8 +102,6 @@ export class PgDumpEngine implements BackupEngine<PgDumpRecord, "database"> {
           if (error instanceof LockstepError) throw error;
           throw new Error(`not a readable archive: ${error.message}`);
         });
-        if (toc === null)
-          return "not listed (an encrypted directory is read from disk only: the drill restores it)";
         return `archive lists ${toc.length} entries`;
       },
     },
@@ -375,15 +374,38 @@ export class PgDumpEngine implements BackupEngine<PgDumpRecord, "database"> {
 
   /**
    * The archive's table of contents (pg_restore --list): proves it is readable; throws when not.
-   * An encrypted archive is listed from stdin (no plaintext on disk); an encrypted directory is
-   * not listed (pg_restore reads a directory only from disk): its drill restores it.
+   * An encrypted archive is listed from stdin (no plaintext on disk); a directory from its toc.dat
+   * (decrypted into a scratch folder when encrypted), each table's data file then required.
    */
-  private async list(artifact: Artifact<PgDumpRecord>): Promise<string[] | null> {
+  private async list(artifact: Artifact<PgDumpRecord>): Promise<string[]> {
     const key = this.keyFor(artifact);
     const path = join(artifact.setDir, artifact.name);
-    if (key && artifact.record.format === "directory") return null;
+    if (artifact.record.format !== "directory")
+      return this.listFrom(path, key, artifact.setDir, artifact.record.format);
+    const listing = key
+      ? await withScratch(this.scratchDir(), async (scratch) => {
+          await decryptArtifact(join(path, "toc.dat"), false, join(scratch, "toc.dat"), artifact.setDir, key);
+          return this.listFrom(scratch, null, artifact.setDir);
+        })
+      : await this.listFrom(path, null, artifact.setDir);
+    const missing = missingDataFiles(
+      listing,
+      (await filesUnder(path)).map((f) => relative(path, f)),
+    );
+    if (missing.length > 0)
+      throw new Error(`its table of contents names data files it lacks: ${missing.join(", ")}`);
+    return listing;
+  }
+
+  /** pg_restore --list of a path (plain), or of an encrypted archive of `format` fed to its stdin. */
+  private async listFrom(
+    path: string,
+    key: LoadedBackupKey | null,
+    setDir: string,
+    format: BackupFormat = "directory",
+  ): Promise<string[]> {
     const stderr = new StderrTail();
-    const args = key ? ["--list", `--format=${PG_DUMP_FORMAT[artifact.record.format]}`] : ["--list", path];
+    const args = key ? ["--list", `--format=${PG_DUMP_FORMAT[format]}`] : ["--list", path];
     const child = spawn(this.tools.pgRestore, args, { stdio: [key ? "pipe" : "ignore", "pipe", "pipe"] });
     let out = "";
     child.stdout?.on("data", (d: Buffer) => {
@@ -391,7 +413,7 @@ export class PgDumpEngine implements BackupEngine<PgDumpRecord, "database"> {
     });
     const exited = exitPromise(child, stderr);
     // pg_restore --list stops reading after the table of contents: a broken pipe is expected.
-    const fed = key ? await feed(decryptingReader(path, artifact.setDir, key), child) : null;
+    const fed = key ? await feed(decryptingReader(path, setDir, key), child) : null;
     const { code, signal } = await exited;
     if (fed && !isBrokenPipe(fed)) throw fed;
     if (code !== 0) throw new Error(`pg_restore --list exited ${code ?? signal}: ${stderr}`);

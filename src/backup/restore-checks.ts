@@ -43,6 +43,7 @@ export const FORCE_NAMES: readonly string[] = [
   "sequencer-events",
   "keys",
   "synchronizer",
+  "encryption",
 ];
 
 export function isForceable(check: RestoreCheck): boolean {
@@ -50,6 +51,7 @@ export function isForceable(check: RestoreCheck): boolean {
     check.check === "order" ||
     check.check === "sequencer-fork" ||
     check.check === "synchronizer" ||
+    (check.check === "encryption" && check.code === "BACKUP_NOT_ENCRYPTED") ||
     check.code === "RESTORE_CHECK_SKIPPED"
   );
 }
@@ -114,13 +116,44 @@ export async function checkArtifact(
  * An artifact stored in plain while the config encrypts backups (a pg-dump artifact, or a
  * pgbackrest backup in the plain repository): expected for a set made before encryption was
  * enabled, but also what a rewritten manifest would declare to slip a plain dump in (its checksum
- * is no signature). A warning, for the operator to judge.
+ * is no signature, so nothing in the repository can tell the two apart). Refused, so that a
+ * writer of the repository cannot downgrade a set unnoticed; `--force encryption` is the
+ * operator's word that the set is an older one they trust (recorded in the recovery record).
  */
-export function checkEncrypted(config: LockstepConfig, set: string, node: NodeBackup): RestoreCheck | null {
+export function checkEncrypted(
+  config: LockstepConfig,
+  manifest: Manifest,
+  node: NodeBackup,
+): RestoreCheck | null {
   const record = nodeEngine(node);
-  if (!config.backup.encryption) return null;
   if (record.encryption) return null; // the artifact check names its key
-  return failed(node.name, "encryption", "warn", "BACKUP_NOT_ENCRYPTED", { set, artifact: node.artifact });
+  const set = manifest.id;
+  if (plainAmongEncrypted(manifest).includes(node.name)) {
+    // Never a set made as it says: a tampered one, whatever the config (and not to be forced).
+    return failed(node.name, "encryption", "refuse", "BACKUP_CORRUPTED", {
+      set,
+      file: node.artifact,
+      details: plainAmongEncryptedDetails(node),
+    });
+  }
+  if (!config.backup.encryption) return null;
+  return failed(node.name, "encryption", "refuse", "BACKUP_NOT_ENCRYPTED", { set, artifact: node.artifact });
+}
+
+/**
+ * The pg-dump artifacts of a set stored in plain while another pg-dump artifact of the same set is
+ * encrypted: one `backup create` dumps every node under the same key or none, so such a set was
+ * rewritten (a plain dump slipped in). pgbackrest records may mix legitimately (a point in time
+ * served from an older plain repository for one node), so they are not compared.
+ */
+export function plainAmongEncrypted(manifest: Manifest): string[] {
+  const dumps = manifest.nodes.filter((n) => nodeEngine(n).name === "pg-dump");
+  if (!dumps.some((n) => nodeEngine(n).encryption)) return [];
+  return dumps.filter((n) => !nodeEngine(n).encryption).map((n) => n.name);
+}
+
+export function plainAmongEncryptedDetails(node: NodeBackup): string {
+  return `${node.artifact} is stored in plain while the set's other artifacts are encrypted (one backup create encrypts all or none: its manifest was rewritten)`;
 }
 
 /**

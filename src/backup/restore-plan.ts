@@ -118,7 +118,7 @@ export async function planRestore(options: RestorePlanOptions): Promise<RestoreP
     const artifact = repository.artifact(set, backup);
     const present = await checkArtifact(engines.forArtifact(artifact), artifact, backup);
     if (present) checks.push(present);
-    const plain = checkEncrypted(config, set, backup);
+    const plain = checkEncrypted(config, manifest, backup);
     if (plain) checks.push(plain);
     checks.push(checkWrapperKey(backup, entry));
     checks.push(checkOrder(manifest, backup, restoresSequencer));

@@ -849,7 +849,7 @@ export const ERROR_DEFINITIONS = [
     "safety",
     false,
     "{artifact} of backup set {set} is stored in plain, though backup.encryption is configured",
-    "Expected for a set made before encryption was enabled. Otherwise its manifest may have been rewritten (a manifest's checksum is not a signature): restore from a set you trust.",
+    "Expected for a set made before encryption was enabled: if it is one you trust, restore it with `--force encryption`. Otherwise its manifest may have been rewritten to slip in a plain dump (a manifest's checksum is not a signature): restore from another set.",
   ),
   // --- pgBackRest, the physical backup engine (src/backup/pgbackrest) ---
   def(
