@@ -1,8 +1,8 @@
 import { LockstepError } from "../common/errors.ts";
-import { parseUniqueIdentifier } from "../common/ids.ts";
+import { parseUniqueIdentifier, uniqueIdentifierProblem } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
 import { type Micros, maxMicros } from "../common/time.ts";
-import type { KeyPair } from "../crypto/keys.ts";
+import { FINGERPRINT_PATTERN, type KeyPair } from "../crypto/keys.ts";
 import { type SignedTopologyTransactionParts, signedTopologyFromParts } from "../crypto/topology.ts";
 import type { AdmissionControl } from "./admission-control.ts";
 import { addMediatorTransaction } from "./sequencer-bootstrap.ts";
@@ -45,6 +45,14 @@ export class TopologyIntake {
       });
     }
     const member = mapping.member;
+    // The topology checks the namespace; the name must follow Canton's rules too (ids.ts), or a
+    // stranger could store what no operator can name (a NUL byte, a 1 MiB name) under open onboarding.
+    const problem = uniqueIdentifierProblem(member, FINGERPRINT_PATTERN);
+    if (problem) {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+        reason: `member "${member.slice(0, 200)}": ${problem}`,
+      });
+    }
     // Refused before anything else: a revoked member stays out, an unknown one needs admitting.
     admissions.requireNotRevoked(member);
     const registered = writer.registeredAt(member);
@@ -79,7 +87,7 @@ export class TopologyIntake {
    * parameters through here; a retry of an already sequenced transaction returns its timestamp.
    */
   async submitTopology(parts: readonly SignedTopologyTransactionParts[]): Promise<Micros> {
-    const { writer, sequencerId, logger } = this.options;
+    const { writer, admissions, sequencerId, logger } = this.options;
     const transactions = parts.map((p) => signedTopologyFromParts(p));
     const known = transactions.map((t) =>
       writer.topology.transactions().find((e) => e.signed.hash === t.hash),
@@ -99,6 +107,11 @@ export class TopologyIntake {
           reason: `members submit PartyToParticipant or their own MemberKeys (a registered member's key rotation), not ${operation} ${mapping.type}`,
         });
       }
+      // A revoked member's sends are refused (SEQUENCER_MEMBER_REVOKED): so is the topology it owns,
+      // which anyone may relay, or it could still put events before every member (party allocations).
+      admissions.requireNotRevoked(
+        mapping.type === "PartyToParticipant" ? mapping.participant : mapping.member,
+      );
       // Validate now (signature, owner, serial) so a bad one is refused without a writer round trip.
       state = state.apply(signed, checkTime(writer) + 1n);
     }
