@@ -172,6 +172,22 @@ test("every admin procedure of every node kind refuses a missing, wrong or mispl
     }
     // What the node answered is its route table: each kind serves what it should, and no more.
     assert.deepEqual([...served].sort(), node.serves.map((s) => s.typeName).sort(), node.name);
+    // Connect's GET form of a call goes through the same check.
+    const get = await raw(
+      node.port,
+      "/lockstep.admin.v1.AdminService/GetStatus?connect=v1&encoding=json&message=%7B%7D",
+      {},
+    );
+    assert.notEqual(get.status, 200, get.text);
+    // FenceWriter goes without the token, but a forged notice (no MAC of the node's secret) is refused.
+    const notice = {
+      node: node.name,
+      targetActivation: "x",
+      writerEpoch: "99",
+      mac: randomBytes(32).toString("base64"),
+    };
+    const fence = await call(node.port, "lockstep.admin.v1.AdminService/FenceWriter", {}, notice);
+    assert.equal(connectJsonErrorCode(fence.body), "WRITER_FENCE_REJECTED", fence.text);
     assert.deepEqual(
       await snapshot(node.port, token, node.name === "sequencer"),
       before,
@@ -222,6 +238,16 @@ test("a stranger, an impostor and a replay at the member API", async () => {
     await refusal(seq.client.send(stranger.sendRequest({ recipients: [stranger.id] }))),
     "SEQUENCER_SENDER_UNKNOWN",
   );
+
+  // Nor through SubmitTopology, which takes only registered members' own keys (no side door).
+  const self = signedTopologyToParts(stranger.memberKeysTransaction());
+  assert.equal(
+    await refusal(seq.client.submitTopology({ transactions: [self] })),
+    "INVALID_TOPOLOGY_MAPPING",
+  );
+  const huge = { ...stranger.subscribeRequest(), member: `${"m".repeat(1 << 20)}::x` };
+  const tooLong = seq.client.subscribe(huge)[Symbol.asyncIterator]().next();
+  assert.equal(await refusal(tooLong), "SEQUENCER_SENDER_UNKNOWN");
 
   const bob = new TestMember("bob");
   await seq.client.admitMember({ member: bob.id });
