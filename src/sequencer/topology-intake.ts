@@ -107,6 +107,16 @@ export class TopologyIntake {
           reason: `members submit PartyToParticipant or their own MemberKeys (a registered member's key rotation), not ${operation} ${mapping.type}`,
         });
       }
+      // Party ids are unique identifiers by Canton's rules, as member ids (ids.ts): no NUL byte or
+      // 1 MiB name goes to every member's topology.
+      if (mapping.type === "PartyToParticipant") {
+        const problem = uniqueIdentifierProblem(mapping.party, FINGERPRINT_PATTERN);
+        if (problem) {
+          throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+            reason: `party "${mapping.party.slice(0, 200)}": ${problem}`,
+          });
+        }
+      }
       // A revoked member's sends are refused (SEQUENCER_MEMBER_REVOKED): so is the topology it owns,
       // which anyone may relay, or it could still put events before every member (party allocations).
       admissions.requireNotRevoked(

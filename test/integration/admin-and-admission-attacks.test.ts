@@ -8,7 +8,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import http from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
@@ -29,6 +28,7 @@ import { connectJsonErrorCode } from "../support/ledger-client.ts";
 import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
 import { startTestPostgres } from "../support/postgres.ts";
 import { startTestSequencer, TestMember, type TestSequencer } from "../support/sequencer-harness.ts";
+import { waitFor } from "../support/wait.ts";
 
 const cluster = await startTestPostgres();
 let net: ParticipantNetwork;
@@ -43,46 +43,39 @@ after(async () => {
   await net?.stop();
 });
 
-interface Raw {
-  status: number;
-  body: Record<string, unknown>;
-  text: string;
+/** One request with exactly these headers (Connect JSON over HTTP/1.1, as curl would send it). */
+async function raw(port: number, path: string, headers: Record<string, string>, body?: unknown) {
+  const res = await fetch(`http://127.0.0.1:${port}${path}`, {
+    method: body === undefined ? "GET" : "POST",
+    headers: body === undefined ? headers : { "content-type": "application/json", ...headers },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  const text = await res.text();
+  let parsed: Record<string, unknown> = {};
+  try {
+    parsed = JSON.parse(text) as Record<string, unknown>;
+  } catch {
+    // a 404 of an unserved path need not be JSON
+  }
+  return { status: res.status, body: parsed, text };
 }
 
-/** One request with exactly these headers (Connect JSON over HTTP/1.1, as curl would send it). */
-function raw(port: number, path: string, headers: Record<string, string>, body?: unknown): Promise<Raw> {
-  const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = http.request(
+/** A PartyToParticipant of `member`'s, signed by its namespace key. */
+const allocation = (member: TestMember, hint: string) =>
+  signedTopologyToParts(
+    signTopologyTransaction(
       {
-        host: "127.0.0.1",
-        port,
-        path,
-        method: payload ? "POST" : "GET",
-        agent: false,
-        headers: payload ? { "content-type": "application/json", ...headers } : headers,
+        operation: "add",
+        serial: 1,
+        mapping: {
+          type: "PartyToParticipant",
+          party: `${hint}::${member.namespace.fingerprint}`,
+          participant: member.id,
+        },
       },
-      (res) => {
-        let text = "";
-        res.setEncoding("utf8");
-        res.on("data", (d) => {
-          text += d;
-        });
-        res.on("end", () => {
-          let parsed: Record<string, unknown> = {};
-          try {
-            parsed = text ? (JSON.parse(text) as Record<string, unknown>) : {};
-          } catch {
-            // a 404 of an unserved path need not be JSON
-          }
-          resolve({ status: res.statusCode ?? 0, body: parsed, text });
-        });
-      },
-    );
-    req.on("error", reject);
-    req.end(payload);
-  });
-}
+      member.namespace,
+    ),
+  );
 
 const call = (port: number, procedure: string, headers: Record<string, string>, body: unknown = {}) =>
   raw(port, `/${procedure}`, headers, body);
@@ -202,6 +195,20 @@ test("every admin procedure of every node kind refuses a missing, wrong or mispl
   }
 });
 
+test("a member cannot sequence a party id outside Canton's rules (a NUL byte); the others go on", async () => {
+  const mallory = new TestMember("mallory");
+  await mallory.register(net.sequencer.client);
+  const poison = net.sequencer.client.submitTopology({ transactions: [allocation(mallory, "x\u0000y")] });
+  assert.equal(await refusal(poison), "INVALID_TOPOLOGY_MAPPING");
+  // participant1 still follows the synchronizer: it sees mallory's next, valid party.
+  await net.sequencer.client.submitTopology({ transactions: [allocation(mallory, "fine")] });
+  const party = `fine::${mallory.namespace.fingerprint}`;
+  await waitFor("participant1 sees mallory's valid party", async () =>
+    (await net.backend("participant1").listParties()).some((p) => p.party === party) ? true : undefined,
+  );
+  assert.equal(net.runtime("participant1").currentRole, "active");
+});
+
 test("GetMemberEvent: a stranger learns positions and the writer epoch, never the event delivered", async () => {
   const alice = new TestMember("alice");
   await seq.client.admitMember({ member: alice.id });
@@ -317,27 +324,12 @@ test("synchronizer admit/revoke through the CLI: odd ids and the sequencer refus
     const revokeSelf = await cli("synchronizer", "revoke", sequencerId);
     assert.notEqual(revokeSelf.code, 0, "the sequencer cannot revoke itself");
     assert.match(revokeSelf.stdout + revokeSelf.stderr, /INVALID_ARGUMENT/);
-    const odd = [
-      `::${fp}`,
-      `a::b::${fp}`,
-      `na\u0000me::${fp}`,
-      `na/me::${fp}`,
-      `n\u00e4me::${fp}`,
-      `${"n".repeat(186)}::${fp}`,
-      `${"n".repeat(1 << 20)}::${fp}`,
-      `name::${fp.toUpperCase()}`,
-    ];
-    for (const id of odd) {
-      assert.equal(
-        await refusal(seq.client.admitMember({ member: id })),
-        "INVALID_ARGUMENT",
-        id.slice(0, 40),
-      );
-      assert.equal(
-        await refusal(seq.client.revokeMember({ member: id })),
-        "INVALID_ARGUMENT",
-        id.slice(0, 40),
-      );
+    const names = ["", "a::b", "na\u0000me", "na/me", "n\u00e4me", "n".repeat(186), "n".repeat(1 << 20)];
+    for (const id of [...names.map((n) => `${n}::${fp}`), `name::${fp.toUpperCase()}`]) {
+      for (const verb of ["admitMember", "revokeMember"] as const) {
+        const refused = await refusal(seq.client[verb]({ member: id }));
+        assert.equal(refused, "INVALID_ARGUMENT", `${verb} ${id.slice(0, 40)}`);
+      }
     }
     // Nor can a stranger register under a name no operator could admit.
     const nul = new TestMember("na\u0000me");
@@ -394,14 +386,6 @@ test("revoked: the open subscription ends; sends, acks, subscriptions and its to
   await seq.client.revokeMember({ member: dan.id });
   assert.equal(await ended, "SEQUENCER_MEMBER_REVOKED");
 
-  const party = signTopologyTransaction(
-    {
-      operation: "add",
-      serial: 1,
-      mapping: { type: "PartyToParticipant", party: `p::${dan.namespace.fingerprint}`, participant: dan.id },
-    },
-    dan.namespace,
-  );
   const rotation = signTopologyTransaction(
     { operation: "add", serial: 2, mapping: memberKeys(dan.id, dan.namespace, [generateKeyPair("signing")]) },
     dan.namespace,
@@ -410,7 +394,7 @@ test("revoked: the open subscription ends; sends, acks, subscriptions and its to
     send: () => s.client.send(dan.sendRequest({ recipients: [dan.id] })),
     subscribe: () => s.client.subscribe(dan.subscribeRequest())[Symbol.asyncIterator]().next(),
     acknowledge: () => s.client.acknowledge(dan.acknowledgeRequest(registeredAt)),
-    party: () => s.client.submitTopology({ transactions: [signedTopologyToParts(party)] }),
+    party: () => s.client.submitTopology({ transactions: [allocation(dan, "p")] }),
     rotation: () => s.client.submitTopology({ transactions: [signedTopologyToParts(rotation)] }),
     register: () => dan.register(s.client),
   });
