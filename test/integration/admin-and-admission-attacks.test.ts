@@ -6,13 +6,14 @@
  * the sequencer's member API; odd member ids at `synchronizer admit` through the CLI.
  */
 import assert from "node:assert/strict";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
-import type { DescService } from "@bufbuild/protobuf";
+import { create, type DescService } from "@bufbuild/protobuf";
 import { ConnectError } from "@connectrpc/connect";
+import pg from "pg";
 import { stringify } from "yaml";
 import { adminTokenFor, isAdminProcedure } from "../../src/common/admin-credentials.ts";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
@@ -22,7 +23,9 @@ import { generateKeyPair } from "../../src/crypto/keys.ts";
 import { memberKeys, signedTopologyToParts, signTopologyTransaction } from "../../src/crypto/topology.ts";
 import { AdminService } from "../../src/gen/lockstep/admin/v1/admin_pb.ts";
 import { KeyAdminService } from "../../src/gen/lockstep/admin/v1/keys_pb.ts";
+import { ApproveSchema, VerdictSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
 import { SequencerService } from "../../src/gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { protocolPayload } from "../../src/protocol/confirmation-messages.ts";
 import { runLockstep } from "../support/cli.ts";
 import { connectJsonErrorCode } from "../support/ledger-client.ts";
 import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
@@ -207,6 +210,48 @@ test("a member cannot sequence a party id outside Canton's rules (a NUL byte); t
     (await net.backend("participant1").listParties()).some((p) => p.party === party) ? true : undefined,
   );
   assert.equal(net.runtime("participant1").currentRole, "active");
+});
+
+test("a verdict from any member but the request's mediator is ignored", async () => {
+  const backend = net.backend("participant1");
+  const { party: alice } = await backend.allocateParty("alice");
+  const eve = new TestMember("eve");
+  await eve.register(net.sequencer.client);
+  await net.mediator.stop(); // the request stays pending: only eve's "verdict" can come
+  const members = (await net.sequencer.client.getSequencerStatus({})).members.map((m) => m.member);
+  const p1 = members.find((m) => m.startsWith("participant1::")) as string;
+  const iou = { issuer: alice, owner: alice, amount: "1.00", currency: "USD" };
+  const command = { kind: "create" as const, template: "Iou", arguments: iou };
+  await backend.submit({ userId: "app", commandId: randomUUID(), actAs: [alice], command });
+  const db = new pg.Client({ connectionString: cluster.connectionUrl("participant1_pt") });
+  await db.connect();
+  try {
+    const pendingRows = () =>
+      db.query<{ request_id: string; root_hash: Buffer }>(
+        "SELECT request_id::text, root_hash FROM participant_requests WHERE state = 'pending'",
+      );
+    // What an informee of the request knows: its id (timestamp) and root hash.
+    const request = await waitFor("the request pending", async () => (await pendingRows()).rows[0]);
+    const end = await backend.ledgerEnd();
+    const outcome = { case: "approve" as const, value: create(ApproveSchema) };
+    const verdict = create(VerdictSchema, {
+      requestId: BigInt(request.request_id),
+      rootHash: request.root_hash,
+      outcome,
+    });
+    const payload = protocolPayload({ kind: "verdict", message: verdict });
+    await net.sequencer.client.send(eve.sendRequest({ recipients: [p1], payload }));
+    // Events are processed in order: once participant1 has eve's next event, it has had the verdict.
+    await net.sequencer.client.submitTopology({ transactions: [allocation(eve, "marker")] });
+    const marker = `marker::${eve.namespace.fingerprint}`;
+    await waitFor("participant1 past eve's verdict", async () =>
+      (await backend.listParties()).some((p) => p.party === marker) ? true : undefined,
+    );
+    assert.deepEqual((await pendingRows()).rows, [request], "still pending: not committed by eve");
+    assert.deepEqual(await backend.ledgerEnd(), end);
+  } finally {
+    await db.end();
+  }
 });
 
 test("GetMemberEvent: a stranger learns positions and the writer epoch, never the event delivered", async () => {
