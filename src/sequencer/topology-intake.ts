@@ -1,7 +1,7 @@
 import { LockstepError } from "../common/errors.ts";
 import { parseUniqueIdentifier, uniqueIdentifierProblem } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
-import { type Micros, maxMicros } from "../common/time.ts";
+import { END_OF_TIME, type Micros, maxMicros } from "../common/time.ts";
 import { FINGERPRINT_PATTERN, type KeyPair } from "../crypto/keys.ts";
 import { type SignedTopologyTransactionParts, signedTopologyFromParts } from "../crypto/topology.ts";
 import type { AdmissionControl } from "./admission-control.ts";
@@ -72,8 +72,20 @@ export class TopologyIntake {
       this.options.mediatorName !== undefined &&
       parseUniqueIdentifier(member).name === this.options.mediatorName
     ) {
-      const mediatorState = addMediatorTransaction(after, member, this.options.namespaceKey);
-      if (mediatorState) transactions.push(mediatorState);
+      // Anyone may pick the mediator's name. Canton's mediators are added by the synchronizer's
+      // owners (MediatorSynchronizerState), never by registering: here the first one (bootstrap),
+      // or one the operator admitted by its id. Else, under open onboarding, any stranger could
+      // join the mediators and decide the requests a colluding submitter sends it.
+      const mediators = after.mediators(END_OF_TIME);
+      if (mediators.length === 0 || writer.admission(member)?.by === "operator") {
+        const mediatorState = addMediatorTransaction(after, member, this.options.namespaceKey);
+        if (mediatorState) transactions.push(mediatorState);
+      } else {
+        logger.warn(
+          { member, mediators },
+          "registered, but not as a mediator: the synchronizer has one; `lockstep synchronizer admit` this id to add it",
+        );
+      }
     }
     const at = await writer.submit({ kind: "topology", transactions, registers: member });
     logger.info({ member, at: at.toString() }, "registered member");

@@ -18,9 +18,15 @@ import { stringify } from "yaml";
 import { adminTokenFor, isAdminProcedure } from "../../src/common/admin-credentials.ts";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
 import { nodeBaseUrl } from "../../src/common/rpc-client.ts";
-import { nowMicros } from "../../src/common/time.ts";
+import { END_OF_TIME, nowMicros } from "../../src/common/time.ts";
 import { generateKeyPair } from "../../src/crypto/keys.ts";
-import { memberKeys, signedTopologyToParts, signTopologyTransaction } from "../../src/crypto/topology.ts";
+import {
+  memberKeys,
+  signedTopologyFromParts,
+  signedTopologyToParts,
+  signTopologyTransaction,
+  TopologyState,
+} from "../../src/crypto/topology.ts";
 import { AdminService } from "../../src/gen/lockstep/admin/v1/admin_pb.ts";
 import { KeyAdminService } from "../../src/gen/lockstep/admin/v1/keys_pb.ts";
 import { ApproveSchema, VerdictSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
@@ -252,6 +258,27 @@ test("a verdict from any member but the request's mediator is ignored", async ()
   } finally {
     await db.end();
   }
+});
+
+test("registering under the mediator's name does not make a stranger a mediator; the operator's admission does", async () => {
+  const client = net.sequencer.client;
+  const mediators = async () => {
+    const topology = await client.getTopology({});
+    const entries = topology.transactions.map((t) => ({
+      signed: signedTopologyFromParts(t.transaction as NonNullable<typeof t.transaction>),
+      effectiveAt: t.effectiveAt,
+    }));
+    return TopologyState.replay(topology.synchronizerNamespace, entries).mediators(END_OF_TIME);
+  };
+  const before = await mediators();
+  assert.equal(before.length, 1);
+  const stranger = new TestMember("mediator");
+  await stranger.register(client); // open onboarding: a member, but no mediator
+  assert.deepEqual(await mediators(), before);
+  const replacement = new TestMember("mediator");
+  await client.admitMember({ member: replacement.id });
+  await replacement.register(client);
+  assert.deepEqual(await mediators(), [...before, replacement.id]);
 });
 
 test("GetMemberEvent: a stranger learns positions and the writer epoch, never the event delivered", async () => {
