@@ -363,6 +363,14 @@ test("revoked: the open subscription ends; sends, acks, subscriptions and its to
     for (const [what, attempt] of Object.entries(attempts(seq))) {
       assert.equal(await refusal(attempt()), "SEQUENCER_MEMBER_REVOKED", `${what} ${round} the restart`);
     }
+    // SendBatch answers per submission: a signed batch, a time proof among them.
+    const batch = dan.signedSubmissions([dan.submission(), dan.submission({ timeProof: true })]);
+    const { results } = await seq.client.sendBatch({ signed: batch });
+    assert.deepEqual(
+      results.map((r) => r.error?.code),
+      ["SEQUENCER_MEMBER_REVOKED", "SEQUENCER_MEMBER_REVOKED"],
+      `sendBatch ${round} the restart`,
+    );
     assert.equal((await seq.client.getTopology({})).transactions.length, topology, "no topology sequenced");
   }
 });
