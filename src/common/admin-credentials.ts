@@ -17,7 +17,8 @@ export const ADMIN_PROCEDURES: ReadonlySet<string> = new Set([
   "lockstep.admin.v1.AdminService",
   "lockstep.admin.v1.KeyAdminService",
   // The sequencer's operator calls; members' own calls (Send, Subscribe, Acknowledge, RegisterMember,
-  // SubmitTopology, GetTopology, GetMemberEvent) are authenticated by their signatures instead.
+  // SubmitTopology) are authenticated by their signatures instead; GetTopology and GetMemberEvent
+  // are open (GetMemberEvent answers the event itself to the admin only: ADMIN_REVEALED).
   "lockstep.sequencer.v1.SequencerService/Prune",
   "lockstep.sequencer.v1.SequencerService/GetSequencerStatus",
   "lockstep.sequencer.v1.SequencerService/PauseIntake",
@@ -38,6 +39,21 @@ export const ADMIN_PROCEDURES: ReadonlySet<string> = new Set([
  * the token, that copy would never learn it is stale and two copies would stay active.
  */
 const SELF_AUTHENTICATED: ReadonlySet<string> = new Set(["lockstep.admin.v1.AdminService/FenceWriter"]);
+
+/**
+ * Open calls whose answer holds a secret part that only the admin gets. GetMemberEvent: a member's
+ * epoch and positions are what a restarting member needs before it can sign anything (its writer
+ * epoch), but the event delivered to it is another member's confidential traffic (Canton delivers
+ * events only on the member's authenticated subscription): restore and backup checks, which compare
+ * it, run with the admin token.
+ */
+export const ADMIN_REVEALED: ReadonlySet<string> = new Set([
+  "lockstep.sequencer.v1.SequencerService/GetMemberEvent",
+]);
+
+export function isAdminRevealed(service: string, method: string): boolean {
+  return ADMIN_REVEALED.has(`${service}/${method}`);
+}
 
 export function isAdminProcedure(service: string, method: string): boolean {
   const procedure = `${service}/${method}`;
@@ -133,7 +149,9 @@ export function adminTokenFor(url: string): string | undefined {
 
 /** Client interceptor: admin calls carry `Authorization: Bearer <admin token>` unless one is set. */
 export const adminCredentials: Interceptor = (next) => (req) => {
-  if (isAdminProcedure(req.service.typeName, req.method.name) && !req.header.has("authorization")) {
+  const { typeName } = req.service;
+  const admin = isAdminProcedure(typeName, req.method.name) || isAdminRevealed(typeName, req.method.name);
+  if (admin && !req.header.has("authorization")) {
     const token = adminTokenFor(req.url);
     if (token) req.header.set("authorization", `Bearer ${token}`);
   }

@@ -24,5 +24,23 @@ export function parseUniqueIdentifier(uid: string): { name: string; namespace: s
   return { name: uid.slice(0, at), namespace: uid.slice(at + 2) };
 }
 
+/**
+ * Canton's rules for a unique identifier (topology/Identifier.scala): the identifier part is at most
+ * 185 characters of Daml-LF's party alphabet (letters, digits, space, `:`, `-`, `_`) without the
+ * `::` delimiter; the namespace is a key fingerprint (Lockstep's: "1220" + SHA-256 hex). Why `uid`
+ * breaks them, or undefined.
+ */
+export function uniqueIdentifierProblem(uid: string, fingerprintPattern: RegExp): string | undefined {
+  const at = uid.indexOf("::");
+  if (at <= 0) return "not of the form NAME::NAMESPACE";
+  const name = uid.slice(0, at);
+  const namespace = uid.slice(at + 2);
+  if (name.length > 185) return `its name has ${name.length} characters, at most 185 allowed`;
+  if (!/^[a-zA-Z0-9:\-_ ]+$/.test(name))
+    return "its name may hold only letters, digits, space, ':', '-' and '_'";
+  if (!fingerprintPattern.test(namespace)) return "its namespace is not a key fingerprint";
+  return undefined;
+}
+
 /** Valid node and party names: what fits a PostgreSQL database name and a file name. */
 export const NAME_PATTERN = /^[a-z][a-z0-9_-]{0,47}$/;

@@ -166,6 +166,16 @@ export class RequestProcessor {
   ): Promise<boolean> {
     const request = await requestById(tx, verdict.requestId);
     if (request?.state !== "pending") return false;
+    // Only the request's mediator decides it: any member can send a message shaped like a verdict,
+    // and the sequencer vouches for the sender. Canton discards a mediator result not signed by the
+    // request's mediator (ProtocolProcessor: "with an invalid signature for <mediator>").
+    if (event.sender !== request.mediator) {
+      this.log.warn(
+        { requestId: String(verdict.requestId), sender: event.sender, mediator: request.mediator },
+        "verdict from a member that is not the request's mediator ignored",
+      );
+      return false;
+    }
     if (!request.rootHash.equals(Buffer.from(verdict.rootHash))) {
       this.log.warn({ requestId: String(verdict.requestId) }, "verdict with another root hash ignored");
       return false;

@@ -1,6 +1,7 @@
 import { LockstepError } from "../common/errors.ts";
-import { parseUniqueIdentifier } from "../common/ids.ts";
+import { uniqueIdentifierProblem } from "../common/ids.ts";
 import type { Micros } from "../common/time.ts";
+import { FINGERPRINT_PATTERN } from "../crypto/keys.ts";
 import type { Queryable } from "../storage/db.ts";
 
 /**
@@ -64,13 +65,16 @@ function revokedError(admission: Admission): LockstepError {
   });
 }
 
-/** A member id as admit and revoke take it: name::namespace, as every member id is. */
+/**
+ * A member id as admit and revoke take it: name::namespace by Canton's rules (ids.ts), so that an
+ * id no member could ever register under (a 1 MiB name, a NUL byte PostgreSQL cannot store, another
+ * alphabet) is refused before it reaches the writer.
+ */
 export function checkMemberId(member: string, sequencerId: string): void {
-  try {
-    parseUniqueIdentifier(member);
-  } catch {
+  const problem = uniqueIdentifierProblem(member, FINGERPRINT_PATTERN);
+  if (problem) {
     throw new LockstepError("INVALID_ARGUMENT", {
-      details: `"${member}" is not a member id (NAME::FINGERPRINT, as \`lockstep status\` shows it)`,
+      details: `"${member.slice(0, 200)}" is not a member id (${problem}; NAME::FINGERPRINT, as \`lockstep status\` shows it)`,
     });
   }
   if (member === sequencerId) {

@@ -12,6 +12,7 @@ import {
   StoredTopologyTransactionSchema,
   StrandedSetSchema,
 } from "../gen/lockstep/sequencer/v1/sequencer_pb.ts";
+import { adminCaller } from "../node/admin-token.ts";
 import type { Admission } from "./member-admissions.ts";
 import type { StrandedSet } from "./retention-holds.ts";
 import type { Sequencer } from "./sequencer.ts";
@@ -143,14 +144,16 @@ export function sequencerServiceRoutes(current: () => Sequencer): (router: Conne
         const acknowledged = await current().lowerAcknowledgement(request.member, request.timestamp ?? null);
         return { acknowledged: acknowledged ?? undefined };
       },
-      async getMemberEvent(request) {
+      async getMemberEvent(request, context) {
         const info = await current().memberEvent(request.member, request.timestamp);
+        // The event is the member's confidential traffic: the admin's only (admin-credentials.ts).
+        const admin = context.values.get(adminCaller);
         return {
           registeredAt: info.registeredAt ?? undefined,
           pruningLowerBound: info.pruningLowerBound ?? undefined,
           lastDelivered: info.lastDelivered ?? undefined,
           headTimestamp: info.head ?? undefined,
-          event: info.event ? eventToProto(info.event) : undefined,
+          event: admin && info.event ? eventToProto(info.event) : undefined,
           writerEpoch: info.writerEpoch,
         };
       },

@@ -1,8 +1,8 @@
 import { LockstepError } from "../common/errors.ts";
-import { parseUniqueIdentifier } from "../common/ids.ts";
+import { parseUniqueIdentifier, uniqueIdentifierProblem } from "../common/ids.ts";
 import type { Logger } from "../common/logging.ts";
-import { type Micros, maxMicros } from "../common/time.ts";
-import type { KeyPair } from "../crypto/keys.ts";
+import { END_OF_TIME, type Micros, maxMicros } from "../common/time.ts";
+import { FINGERPRINT_PATTERN, type KeyPair } from "../crypto/keys.ts";
 import { type SignedTopologyTransactionParts, signedTopologyFromParts } from "../crypto/topology.ts";
 import type { AdmissionControl } from "./admission-control.ts";
 import { addMediatorTransaction } from "./sequencer-bootstrap.ts";
@@ -45,6 +45,14 @@ export class TopologyIntake {
       });
     }
     const member = mapping.member;
+    // The topology checks the namespace; the name must follow Canton's rules too (ids.ts), or a
+    // stranger could store what no operator can name (a NUL byte, a 1 MiB name) under open onboarding.
+    const problem = uniqueIdentifierProblem(member, FINGERPRINT_PATTERN);
+    if (problem) {
+      throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+        reason: `member "${member.slice(0, 200)}": ${problem}`,
+      });
+    }
     // Refused before anything else: a revoked member stays out, an unknown one needs admitting.
     admissions.requireNotRevoked(member);
     const registered = writer.registeredAt(member);
@@ -64,8 +72,20 @@ export class TopologyIntake {
       this.options.mediatorName !== undefined &&
       parseUniqueIdentifier(member).name === this.options.mediatorName
     ) {
-      const mediatorState = addMediatorTransaction(after, member, this.options.namespaceKey);
-      if (mediatorState) transactions.push(mediatorState);
+      // Anyone may pick the mediator's name. Canton's mediators are added by the synchronizer's
+      // owners (MediatorSynchronizerState), never by registering: here the first one (bootstrap),
+      // or one the operator admitted by its id. Else, under open onboarding, any stranger could
+      // join the mediators and decide the requests a colluding submitter sends it.
+      const mediators = after.mediators(END_OF_TIME);
+      if (mediators.length === 0 || writer.admission(member)?.by === "operator") {
+        const mediatorState = addMediatorTransaction(after, member, this.options.namespaceKey);
+        if (mediatorState) transactions.push(mediatorState);
+      } else {
+        logger.warn(
+          { member, mediators },
+          "registered, but not as a mediator: the synchronizer has one; `lockstep synchronizer admit` this id to add it",
+        );
+      }
     }
     const at = await writer.submit({ kind: "topology", transactions, registers: member });
     logger.info({ member, at: at.toString() }, "registered member");
@@ -79,7 +99,7 @@ export class TopologyIntake {
    * parameters through here; a retry of an already sequenced transaction returns its timestamp.
    */
   async submitTopology(parts: readonly SignedTopologyTransactionParts[]): Promise<Micros> {
-    const { writer, sequencerId, logger } = this.options;
+    const { writer, admissions, sequencerId, logger } = this.options;
     const transactions = parts.map((p) => signedTopologyFromParts(p));
     const known = transactions.map((t) =>
       writer.topology.transactions().find((e) => e.signed.hash === t.hash),
@@ -99,6 +119,21 @@ export class TopologyIntake {
           reason: `members submit PartyToParticipant or their own MemberKeys (a registered member's key rotation), not ${operation} ${mapping.type}`,
         });
       }
+      // Party ids are unique identifiers by Canton's rules, as member ids (ids.ts): no NUL byte or
+      // 1 MiB name goes to every member's topology.
+      if (mapping.type === "PartyToParticipant") {
+        const problem = uniqueIdentifierProblem(mapping.party, FINGERPRINT_PATTERN);
+        if (problem) {
+          throw new LockstepError("INVALID_TOPOLOGY_MAPPING", {
+            reason: `party "${mapping.party.slice(0, 200)}": ${problem}`,
+          });
+        }
+      }
+      // A revoked member's sends are refused (SEQUENCER_MEMBER_REVOKED): so is the topology it owns,
+      // which anyone may relay, or it could still put events before every member (party allocations).
+      admissions.requireNotRevoked(
+        mapping.type === "PartyToParticipant" ? mapping.participant : mapping.member,
+      );
       // Validate now (signature, owner, serial) so a bad one is refused without a writer round trip.
       state = state.apply(signed, checkTime(writer) + 1n);
     }

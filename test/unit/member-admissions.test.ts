@@ -29,10 +29,16 @@ test("a revoked member's requests are refused; admit and revoke take member ids 
   assert.equal(revokedRefusal(admitted), undefined);
   assert.equal(revokedRefusal(undefined), undefined);
   assert.equal(revokedRefusal(revoked)?.code, "SEQUENCER_MEMBER_REVOKED");
-  assert.doesNotThrow(() => checkMemberId("participant1::1220ab", "sequencer1::1220cd"));
-  for (const bad of ["participant1", "::x", "sequencer1::1220cd"]) {
+  const ab = `1220${"ab".repeat(32)}`;
+  const sequencer = `sequencer1::1220${"cd".repeat(32)}`;
+  assert.doesNotThrow(() => checkMemberId(`participant1::${ab}`, sequencer));
+  assert.doesNotThrow(() => checkMemberId(`Any_name-1:x y::${ab}`, sequencer));
+  // Canton's unique identifiers (topology/Identifier.scala): <= 185 characters of the LF party
+  // alphabet without "::", then a fingerprint.
+  const bad = ["participant1", "::x", sequencer, "participant1::1220ab", `a::b::${ab}`, `a.b::${ab}`];
+  for (const id of [...bad, `a\u0000::${ab}`, `${"n".repeat(186)}::${ab}`]) {
     assert.throws(
-      () => checkMemberId(bad, "sequencer1::1220cd"),
+      () => checkMemberId(id, sequencer),
       (e) => e instanceof LockstepError && e.code === "INVALID_ARGUMENT",
     );
   }
