@@ -80,7 +80,7 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
   // Asked before the set is begun: a sequencer refusing our admin token fails the run here.
   const rpc = input.sequencer ?? sequencerRpc(config);
   const live = await liveSequencerStatus(rpc);
-  const setId = await repository.beginSet();
+  const setId = await repository.beginSet(setClock(live, progress));
   const setDir = repository.setDir(setId);
   const startedAt = new Date().toISOString();
   progress(`backup set ${setId} in ${repository.dir}`);
@@ -177,6 +177,33 @@ export async function createBackup(input: CreateBackupOptions): Promise<Manifest
     await repository.abandonSet(setId).catch(() => undefined);
     throw error;
   }
+}
+
+/** How far this host's clock may be off the sequencer's before `backup create` warns. */
+const CLOCK_SKEW_WARNING_MS = 60_000;
+
+/**
+ * The time a set's id is stamped with: the live sequencer's clock (never below its head), not this
+ * host's. Sets are ordered by their ids (`backup list`, retention's "newest N"), so a CLI host whose
+ * clock is a year behind would otherwise stamp its new set as the oldest one, and the next
+ * `backup expire` would delete the newest backup. This host's clock only when the sequencer is down.
+ */
+function setClock(
+  live: Awaited<ReturnType<typeof liveSequencerStatus>>,
+  progress: (line: string) => void,
+): Date {
+  const host = new Date();
+  if (!live || live.sequencerTime <= 0n) {
+    progress("the sequencer does not answer: the set id is stamped with this host's clock");
+    return host;
+  }
+  const sequencer = new Date(Number(live.sequencerTime / 1000n));
+  const skew = host.getTime() - sequencer.getTime();
+  if (Math.abs(skew) > CLOCK_SKEW_WARNING_MS)
+    progress(
+      `WARNING: this host's clock is ${Math.round(skew / 1000)} s off the sequencer's (${sequencer.toISOString()}): the set id is stamped with the sequencer's time`,
+    );
+  return sequencer;
 }
 
 /** Provisional holds before the dumps (see provisionalHolds); a set without them still works. */

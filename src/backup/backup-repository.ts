@@ -9,6 +9,7 @@ import { isAlive } from "../storage/server-process.ts";
 import type { Artifact } from "./backup-engine.ts";
 import { fsyncPath } from "./file-hash.ts";
 import {
+  MANIFEST_VERSION,
   type Manifest,
   manifestChecksum,
   manifestSchema,
@@ -17,6 +18,7 @@ import {
   sealManifest,
   type UnsignedManifest,
 } from "./manifest.ts";
+import { manifestContradiction } from "./manifest-contradictions.ts";
 import { looseModes, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, tightenTree } from "./owner-only.ts";
 import { isRepoFolder } from "./pgbackrest/pgbackrest-repo.ts";
 
@@ -25,6 +27,16 @@ export const VERIFICATION_FILE = "verification.json";
 /** Marks a set being written: who writes it, so a later run can tell a crashed writer from a live one. */
 const IN_PROGRESS_FILE = "in-progress.json";
 const SET_ID = /^\d{8}T\d{6}Z-[0-9a-z]+$/;
+/** `in-use-<pid>-<random>.json`: a process reading the set (markInUse). */
+const IN_USE_PREFIX = "in-use-";
+
+/** A process that reads a set and must not lose it meanwhile (restore apply). */
+export interface InUseMarker {
+  pid: number;
+  host: string;
+  purpose: string;
+  since: string;
+}
 
 /** The last verification of a set (written beside the manifest; the manifest stays immutable). */
 export interface Verification {
@@ -42,6 +54,13 @@ export interface SetSummary {
   id: string;
   manifest: Manifest;
   verification: Verification | null;
+  /**
+   * Retention's quick look at the files (backup-retention.ts `withDamage`): the first file missing
+   * or of another size than the manifest says; absent when not looked at or whole.
+   */
+  damaged?: string;
+  /** Retention's look at who reads the set now (BackupRepository.inUse): kept while one does. */
+  inUse?: string;
 }
 
 /** `20261127T065012Z-3f9a1c`: sortable by time, unique by the random suffix. */
@@ -147,6 +166,16 @@ export class BackupRepository {
     } catch (error) {
       throw corrupted(setId, `${MANIFEST_FILE} is not JSON: ${(error as Error).message}`);
     }
+    const version = (parsed as { manifestVersion?: unknown } | null)?.manifestVersion;
+    if (typeof version === "number" && version > MANIFEST_VERSION) {
+      // Not damage: a newer build wrote it. Said apart, so the operator upgrades rather than discards it.
+      throw new LockstepError("BACKUP_VERSION_UNSUPPORTED", {
+        set: setId,
+        version,
+        supported: MANIFEST_VERSION,
+        lockstepVersion: String((parsed as { lockstepVersion?: unknown }).lockstepVersion ?? "?"),
+      });
+    }
     const result = manifestSchema.safeParse(parsed);
     if (!result.success) {
       throw corrupted(setId, `${MANIFEST_FILE} is invalid: ${result.error.issues[0]?.message ?? "?"}`);
@@ -160,6 +189,8 @@ export class BackupRepository {
       );
     }
     if (manifest.id !== setId) throw corrupted(setId, `${MANIFEST_FILE} names set ${manifest.id}`);
+    const contradiction = manifestContradiction(manifest);
+    if (contradiction) throw corrupted(setId, `${MANIFEST_FILE} contradicts itself: ${contradiction}`);
     return manifest;
   }
 
@@ -278,6 +309,46 @@ export class BackupRepository {
       join(this.setDir(verification.set), VERIFICATION_FILE),
       `${JSON.stringify(verification, null, 2)}\n`,
     );
+  }
+
+  /**
+   * Marks a set as read by this process (`restore apply`) until the returned function runs: while
+   * its process lives, `backup expire` keeps the set (inUse). *Why:* a scheduled expire during a
+   * restore of an older set would delete the artifacts of the nodes not restored yet, leaving the
+   * network restored half from the set and half not. A marker of a dead process counts for nothing.
+   */
+  async markInUse(setId: string, purpose: string): Promise<() => Promise<void>> {
+    const path = join(
+      this.setDir(setId),
+      `${IN_USE_PREFIX}${process.pid}-${randomBytes(3).toString("hex")}.json`,
+    );
+    const marker: InUseMarker = {
+      pid: process.pid,
+      host: hostname(),
+      purpose,
+      since: new Date().toISOString(),
+    };
+    await writeFileAtomic(path, JSON.stringify(marker));
+    return () => rm(path, { force: true });
+  }
+
+  /** Who reads the set now (markInUse): live processes of this host, and any of another host (unknowable). */
+  async inUse(setId: string): Promise<InUseMarker[]> {
+    const dir = this.setDir(setId);
+    const names = await readdir(dir).catch(() => [] as string[]);
+    const users: InUseMarker[] = [];
+    for (const name of names.filter((n) => n.startsWith(IN_USE_PREFIX) && n.endsWith(".json"))) {
+      const marker = await readFile(join(dir, name), "utf8")
+        .then((t) => JSON.parse(t) as InUseMarker)
+        .catch(() => undefined);
+      if (!marker) continue;
+      if (marker.host === hostname() && !isAlive(marker.pid)) {
+        await rm(join(dir, name), { force: true });
+        continue;
+      }
+      users.push(marker);
+    }
+    return users;
   }
 
   /** Deletes a set: the manifest first, so that a crash half-way leaves an incomplete set, not a broken one. */

@@ -1,5 +1,7 @@
+import { stat } from "node:fs/promises";
+import { join } from "node:path";
 import { holdsOf, type SequencerRpc } from "./backup-holds.ts";
-import type { BackupRepository, SetSummary } from "./backup-repository.ts";
+import type { BackupRepository, InUseMarker, SetSummary } from "./backup-repository.ts";
 import {
   expirePgBackRest,
   type PgBackRestExpiryContext,
@@ -25,7 +27,35 @@ export function disqualification(set: SetSummary, configNodes: readonly string[]
   if (m.orderCheck !== "checked" || m.manifestVersion < 2)
     return "order not checked on chain hashes (written by an older build)";
   if (set.verification && !set.verification.ok) return `failed verification (${set.verification.verifiedAt})`;
+  if (set.damaged) return `damaged: ${set.damaged} (\`lockstep backup verify ${set.id}\`)`;
   return null;
+}
+
+/**
+ * Each set with retention's quick look at its files: every file exists with the size its manifest
+ * records (a stat, no hashing). *Why:* a set never verified would otherwise count as "the newest
+ * good set", and `expire` would delete the last one that restores, keeping one whose artifact a
+ * full disk truncated or someone deleted. Hashes are `backup verify`'s (too slow to run here).
+ */
+export async function withDiskState(repository: BackupRepository, sets: readonly SetSummary[]) {
+  return Promise.all(
+    sets.map(async (summary): Promise<SetSummary> => {
+      const users = await repository.inUse(summary.id);
+      const set = users.length > 0 ? { ...summary, inUse: describeUsers(users) } : summary;
+      const dir = repository.setDir(set.id);
+      for (const node of set.manifest.nodes)
+        for (const file of node.files) {
+          const size = await stat(join(dir, file.path)).then(
+            (s) => BigInt(s.size),
+            () => null,
+          );
+          if (size === null) return { ...set, damaged: `${file.path} is missing` };
+          if (size.toString() !== file.bytes)
+            return { ...set, damaged: `${file.path} has ${size} bytes, the manifest says ${file.bytes}` };
+        }
+      return set;
+    }),
+  );
 }
 
 /**
@@ -62,9 +92,23 @@ export function planRetention(
     return [];
   });
   const ordinary = sets.filter((s) => !special.some((d) => d.id === s.id));
-  return [...planOrdinary(ordinary, keep, configNodes), ...special].sort((a, b) =>
-    a.id < b.id ? 1 : a.id > b.id ? -1 : 0,
-  );
+  return [...planOrdinary(ordinary, keep, configNodes), ...special]
+    .map((d) => {
+      // A set a restore is reading (a point-in-time set included) outlives the restore.
+      const inUse = sets.find((s) => s.id === d.id)?.inUse;
+      return d.action === "delete" && inUse
+        ? {
+            id: d.id,
+            action: "keep" as const,
+            reason: `in use by ${inUse}: kept until it ends (${d.reason})`,
+          }
+        : d;
+    })
+    .sort((a, b) => (a.id < b.id ? 1 : a.id > b.id ? -1 : 0));
+}
+
+function describeUsers(users: readonly InUseMarker[]): string {
+  return users.map((u) => `${u.purpose} (pid ${u.pid} on ${u.host}, since ${u.since})`).join(", ");
 }
 
 function planOrdinary(
@@ -125,7 +169,8 @@ function newestPerNode(
       (s) =>
         s.manifest.nodes.some((n) => n.name === node) &&
         !s.manifest.unsafe.some((u) => u.node === node) &&
-        !(s.verification && !s.verification.ok),
+        !(s.verification && !s.verification.ok) &&
+        !s.damaged,
     );
     if (set) out.set(set.id, [...(out.get(set.id) ?? []), node]);
   }
@@ -155,10 +200,18 @@ export async function expireSets(
   held: string[];
   pgbackrest: StanzaExpiry[];
 }> {
-  const sets = await repository.listSets();
+  const sets = await withDiskState(repository, await repository.listSets());
   const decisions = planRetention(sets, keep, configNodes);
   const deleted: string[] = [];
   for (const d of decisions) {
+    if (d.action === "delete" && !dryRun) {
+      // A restore that began since the listing: its set stays (the restore reads it after marking it).
+      const users = await repository.inUse(d.id);
+      if (users.length > 0) {
+        d.action = "keep";
+        d.reason = `in use by ${describeUsers(users)}: kept until it ends (${d.reason})`;
+      }
+    }
     progress(`${d.action === "keep" ? "keep  " : dryRun ? "would delete" : "delete"} ${d.id}: ${d.reason}`);
     if (d.action === "delete" && !dryRun) {
       await repository.deleteSet(d.id);

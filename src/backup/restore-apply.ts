@@ -74,6 +74,28 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
     });
   }
   const repository = plan.repository;
+  // `backup expire` keeps the set while this runs (markInUse); one deleted since the plan is found
+  // gone here, before anything changed.
+  const release = await repository.markInUse(plan.set, "restore apply").catch((error) => {
+    throw new LockstepError(
+      "BACKUP_NOT_FOUND",
+      { set: plan.set, repository: repository.dir },
+      { cause: error },
+    );
+  });
+  try {
+    await repository.readManifest(plan.set);
+    return await applyMarked(plan, options, repository);
+  } finally {
+    await release();
+  }
+}
+
+async function applyMarked(
+  plan: RestorePlan,
+  options: ApplyOptions,
+  repository: BackupRepository,
+): Promise<RestoredNode[]> {
   const restored: RestoredNode[] = [];
   const config = options.config;
   const inPlace = config && (await planClusterRestore(plan, config["data-dir"], options.logger));

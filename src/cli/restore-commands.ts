@@ -84,7 +84,9 @@ async function planOrRefusal(
   try {
     return await planRestore(options);
   } catch (error) {
-    if (!isLockstepError(error, "BACKUP_CORRUPTED")) throw error;
+    // A manifest that does not verify, contradicts itself, or is of a newer format (backup.md).
+    if (!isLockstepError(error, "BACKUP_CORRUPTED") && !isLockstepError(error, "BACKUP_VERSION_UNSUPPORTED"))
+      throw error;
     const check = {
       node: "*",
       check: "manifest",

@@ -851,6 +851,14 @@ export const ERROR_DEFINITIONS = [
     "{artifact} of backup set {set} is stored in plain, though backup.encryption is configured",
     "Expected for a set made before encryption was enabled: if it is one you trust, restore it with `--force encryption`. Otherwise its manifest may have been rewritten to slip in a plain dump (a manifest's checksum is not a signature): restore from another set.",
   ),
+  def(
+    "BACKUP_VERSION_UNSUPPORTED",
+    Code.FailedPrecondition,
+    "environment",
+    false,
+    "Backup set {set} was written by a newer Lockstep ({lockstepVersion}, manifest version {version}); this build reads manifest versions up to {supported}",
+    "The set is not damaged: restore or verify it with Lockstep {lockstepVersion} or newer. Retention of this build keeps away from it (it is not listed).",
+  ),
   // --- pgBackRest, the physical backup engine (src/backup/pgbackrest) ---
   def(
     "PGBACKREST_NOT_INSTALLED",
