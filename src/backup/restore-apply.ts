@@ -76,12 +76,21 @@ export async function applyRestore(plan: RestorePlan, options: ApplyOptions): Pr
   const repository = plan.repository;
   // `backup expire` keeps the set while this runs (markInUse); one deleted since the plan is found
   // gone here, before anything changed.
-  const release = await repository.markInUse(plan.set, "restore apply").catch((error) => {
-    throw new LockstepError(
-      "BACKUP_NOT_FOUND",
-      { set: plan.set, repository: repository.dir },
-      { cause: error },
+  const release = await repository.markInUse(plan.set, "restore apply").catch((error: unknown) => {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === "ENOENT")
+      throw new LockstepError(
+        "BACKUP_NOT_FOUND",
+        { set: plan.set, repository: repository.dir },
+        { cause: error },
+      );
+    // A repository this host may only read (a DR site's read-only mount): nothing here can expire
+    // the set either, so the restore goes on unmarked.
+    options.logger.warn(
+      { err: error, set: plan.set },
+      "could not mark the set as in use (a read-only repository?): restoring without the mark",
     );
+    return async () => {};
   });
   try {
     await repository.readManifest(plan.set);

@@ -286,3 +286,28 @@ test("backup expire during a restore of an older set: the set outlives the resto
   assert.deepEqual(plan.deleted, [good], JSON.stringify(plan.sets));
   assert.deepEqual(await listed(), [newest.set]);
 });
+
+test("a repository this host may only read (a DR site's read-only mount): restore apply goes on without its in-use mark", async (t) => {
+  if (!tmpfs) return t.skip("remounting read-only needs root");
+  const [newest] = await listed();
+  assert.ok(newest);
+  await n.cli("node", "stop", "participant1"); // stopped already after the restore before
+  execFileSync("mount", ["-o", "remount,ro", repo]);
+  try {
+    const applied = await n.cli(
+      "restore",
+      "apply",
+      newest,
+      "--nodes",
+      "participant1",
+      "--replace",
+      "--yes",
+      "--json",
+    );
+    assert.equal(applied.code, 0, applied.stdout + applied.stderr);
+    assert.match(applied.stderr, /restoring without the mark/);
+  } finally {
+    execFileSync("mount", ["-o", "remount,rw", repo]);
+  }
+  assert.equal((await n.cli("node", "start", "participant1", "--detach")).code, 0);
+});
