@@ -146,7 +146,10 @@ export class RequestProcessor {
       rootHash: Buffer.from(request.rootHash),
       sender: event.sender,
       mediator,
-      transaction: checks.transaction ? Buffer.from(request.transaction) : null,
+      // A payload that does not hash to the root hash is not the request's transaction: never
+      // committed, whatever the verdict says of the root hash (Canton commits only views whose
+      // hashes match the request's root hash; else LocalRejectError.MalformedRejects.BadRootHashMessages).
+      transaction: checks.transaction && checks.authentic ? Buffer.from(request.transaction) : null,
       confirmingParties,
       localRejection: first ? { code: first.code, reason: first.message } : null,
     });

@@ -23,6 +23,8 @@ export interface RequestChecks {
   readonly view?: TransactionView;
   /** The request's confirming parties hosted here: this participant answers for them. */
   readonly confirmingHere: readonly string[];
+  /** The payload hashes to the request's root hash: only then may it be committed. */
+  readonly authentic: boolean;
   readonly problems: readonly LockstepError[];
 }
 
@@ -42,14 +44,14 @@ export function checkRequest(args: {
   try {
     transaction = parseTransaction(request.transaction);
   } catch (error) {
-    return { confirmingHere, problems: [toLockstepError(error)] };
+    return { confirmingHere, authentic: false, problems: [toLockstepError(error)] };
   }
   const view = visibleTo(transaction, hosted);
   const problems: LockstepError[] = [];
   const malformed = (details: string) =>
     problems.push(new LockstepError("LOCAL_VERDICT_MALFORMED_PAYLOAD", { details }));
-  if (!hashSerializedTransaction(request.transaction).equals(Buffer.from(request.rootHash)))
-    malformed("the root hash is not the hash of the transaction");
+  const authentic = hashSerializedTransaction(request.transaction).equals(Buffer.from(request.rootHash));
+  if (!authentic) malformed("the root hash is not the hash of the transaction");
   if (request.submittingParticipant !== sender)
     malformed(`the request names ${request.submittingParticipant} as submitter but ${sender} sent it`);
   if (request.ledgerTime !== transaction.ledgerTime)
@@ -58,6 +60,19 @@ export function checkRequest(args: {
     malformed("the informees differ from the transaction's");
   if (!samePartySet(request.confirmingParties, transaction.confirmingParties))
     malformed("the confirming parties differ from the transaction's");
+  // Submitter authorization (Canton's AuthorizationValidator): the sender must host every act-as
+  // party, else any member could act for anyone ("The submitting participant … is not authorized
+  // to submit on behalf of the submitting parties" → LOCAL_VERDICT_MALFORMED_REQUEST).
+  const foreignActAs = transaction.command.actAs.filter(
+    (p) => topology.participantOf(p, recordTime) !== sender,
+  );
+  if (foreignActAs.length > 0) {
+    problems.push(
+      new LockstepError("LOCAL_VERDICT_MALFORMED_REQUEST", {
+        details: `the submitting participant ${sender} does not host the act-as parties ${foreignActAs.join(", ")}`,
+      }),
+    );
+  }
   problems.push(...validateTransaction(transaction, { submittingParticipant: sender }).problems);
   // Canton's ledger time / record time check: the request must be sequenced close to its ledger time.
   const toleranceMs = topology.parameters(recordTime).ledgerTimeRecordTimeToleranceMs;
@@ -71,7 +86,7 @@ export function checkRequest(args: {
       }),
     );
   }
-  return { transaction, ...(view ? { view } : {}), confirmingHere, problems };
+  return { transaction, ...(view ? { view } : {}), confirmingHere, authentic, problems };
 }
 
 /** This participant's knowledge of the contracts a view uses. */

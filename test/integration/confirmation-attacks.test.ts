@@ -1,0 +1,343 @@
+/**
+ * A malicious member against the confirmation protocol on a real network (docs/design.md §2
+ * "Transactions"): mallory, a member hosting parties of its own, and eve, a member hosting none,
+ * send raw requests and responses through the sequencer. Each case checks what the mediator decided
+ * and that participant1 (alice's) committed nothing it should not, and that honest traffic goes on.
+ */
+import assert from "node:assert/strict";
+import { randomBytes, randomUUID } from "node:crypto";
+import { after, before, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import pg from "pg";
+import { nowMicros } from "../../src/common/time.ts";
+import { ConfirmationRequestSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
+import { interpret } from "../../src/ledger/interpreter.ts";
+import type { Command } from "../../src/ledger/transaction.ts";
+import { hashSerializedTransaction, serializeTransaction } from "../../src/ledger/transaction-codec.ts";
+import { protocolPayload, signConfirmationResponse } from "../../src/protocol/confirmation-messages.ts";
+import { allocation } from "../support/member-attacks.ts";
+import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
+import { startTestPostgres } from "../support/postgres.ts";
+import { TestMember } from "../support/sequencer-harness.ts";
+import { waitFor } from "../support/wait.ts";
+
+const cluster = await startTestPostgres();
+let net: ParticipantNetwork;
+let p1: string;
+let mediator: string;
+let alice: string;
+const mallory = new TestMember("mallory");
+const eve = new TestMember("eve");
+const m1 = `m1::${mallory.namespace.fingerprint}`;
+const m2 = `m2::${mallory.namespace.fingerprint}`;
+
+before(async () => {
+  net = await startParticipantNetwork(cluster, ["participant1"]);
+  alice = (await net.backend("participant1").allocateParty("alice")).party;
+  await mallory.register(net.sequencer.client);
+  await eve.register(net.sequencer.client);
+  for (const hint of ["m1", "m2"])
+    await net.sequencer.client.submitTopology({ transactions: [allocation(mallory, hint)] });
+  await waitFor("participant1 sees mallory's parties", async () => {
+    const parties = (await net.backend("participant1").listParties()).map((p) => p.party);
+    return parties.includes(m1) && parties.includes(m2) ? true : undefined;
+  });
+  const members = (await net.sequencer.client.getSequencerStatus({})).members.map((m) => m.member);
+  p1 = members.find((m) => m.startsWith("participant1::")) as string;
+  mediator = members.find((m) => m.startsWith("mediator::")) as string;
+});
+after(async () => {
+  await net?.stop();
+});
+
+/** One query on a node's database (a client per query: the cluster's cleanup runs before ours). */
+async function query<R extends pg.QueryResultRow>(database: string, sql: string, values: unknown[]) {
+  const client = new pg.Client({ connectionString: cluster.connectionUrl(database) });
+  await client.connect();
+  try {
+    return (await client.query<R>(sql, values)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+const iou = (issuer: string, owner: string, amount = "1.00") => ({ issuer, owner, amount, currency: "USD" });
+const createIou = (args: ReturnType<typeof iou>, actAs: string[]): Command => ({
+  kind: "create",
+  template: "Iou",
+  arguments: args,
+  actAs,
+});
+
+/** A well-formed request as `submitter` would build it, with the given fields overridden. */
+function confirmationRequest(
+  submitter: string,
+  command: Command,
+  overrides: { rootHash?: Buffer; submittingParticipant?: string } = {},
+) {
+  const submissionId = randomUUID();
+  const transaction = interpret(command, {
+    ledgerTime: nowMicros(),
+    submitter: { participant: submitter, userId: "attacker", commandId: randomUUID(), submissionId },
+    lookupContract: () => undefined,
+  });
+  const bytes = serializeTransaction(transaction);
+  const rootHash = overrides.rootHash ?? hashSerializedTransaction(bytes);
+  const message = create(ConfirmationRequestSchema, {
+    rootHash,
+    informees: [...transaction.informees],
+    confirmingParties: [...transaction.confirmingParties],
+    submittingParticipant: overrides.submittingParticipant ?? submitter,
+    ledgerTime: transaction.ledgerTime,
+    transaction: bytes,
+  });
+  return { rootHash, payload: protocolPayload({ kind: "request", message }) };
+}
+
+async function send(member: TestMember, recipients: string[], payload: Uint8Array): Promise<void> {
+  await net.sequencer.client.send(member.sendRequest({ recipients, payload }));
+}
+
+/** A signed response of `member` to the mediator; `participant`/`signWith` forge it. */
+async function respond(
+  member: TestMember,
+  r: { requestId: bigint; rootHash: Buffer },
+  parties: string[],
+  verdict: "approve" | "reject",
+  forge: { participant?: string; signWith?: TestMember } = {},
+): Promise<void> {
+  const response = signConfirmationResponse(
+    {
+      requestId: r.requestId,
+      rootHash: r.rootHash,
+      participant: forge.participant ?? member.id,
+      confirmingParties: parties,
+      verdict:
+        verdict === "approve"
+          ? { case: "approve", value: {} }
+          : {
+              case: "reject",
+              value: { code: "MALLORY_SAYS_NO", reason: "changed my mind", participant: member.id },
+            },
+    },
+    (forge.signWith ?? member).signing,
+  );
+  response.signingKeyFingerprint = member.signing.fingerprint;
+  await send(member, [mediator], protocolPayload({ kind: "response", message: response }));
+}
+
+interface MediatorRow {
+  request_id: string;
+  state: string;
+  outcome: { kind: string; code?: string; unresponsiveParties?: string[] } | null;
+}
+const mediatorRow = async (rootHash: Buffer) =>
+  (
+    await query<MediatorRow>(
+      "mediator_pt",
+      "SELECT request_id::text, state, outcome FROM mediator_requests WHERE root_hash = $1",
+      [rootHash],
+    )
+  )[0];
+const opened = async (rootHash: Buffer) => {
+  const row = await waitFor("the mediator has the request", () => mediatorRow(rootHash));
+  return { requestId: BigInt(row.request_id), rootHash };
+};
+const verdict = async (rootHash: Buffer) =>
+  (
+    await waitFor("the mediator's verdict", async () => {
+      const row = await mediatorRow(rootHash);
+      return row?.state === "decided" ? row : undefined;
+    })
+  ).outcome;
+/** participant1's row of the request once decided (it has had the verdict). */
+const p1Decided = (rootHash: Buffer) =>
+  waitFor("participant1 decided the request", async () => {
+    const rows = await query<{ state: string; local_rejection: string | null }>(
+      "participant1_pt",
+      "SELECT state, local_rejection FROM participant_requests WHERE root_hash = $1",
+      [rootHash],
+    );
+    const row = rows[0];
+    return row && row.state !== "pending" ? row : undefined;
+  });
+const responses = async (requestId: bigint) =>
+  await query<{ sender: string; verdict: string; counted: boolean; note: string | null }>(
+    "mediator_pt",
+    "SELECT sender, verdict, counted, note FROM mediator_responses WHERE request_id = $1 ORDER BY received_at",
+    [requestId],
+  );
+
+/** Honest traffic goes on: alice's own create commits, and the ledger end moves by it. */
+async function honestCreateCommits(): Promise<void> {
+  const backend = net.backend("participant1");
+  const end = (await backend.ledgerEnd()).offset;
+  const command = { kind: "create" as const, template: "Iou", arguments: iou(alice, alice, "7.00") };
+  await backend.submitAndWait({ userId: "app", commandId: randomUUID(), actAs: [alice], command });
+  assert.ok((await backend.ledgerEnd()).offset > end);
+}
+const aliceContracts = async () =>
+  (await net.backend("participant1").activeContracts({ parties: [alice] })).contracts.length;
+
+test("a request acting for a party its sender does not host is rejected by the party's participant", async () => {
+  // Before: participant1 validated the transaction's authorization by act-as alone, so any member
+  // could create (or exercise) as alice. mallory hosts parties of its own; eve hosts none.
+  for (const attacker of [mallory, eve]) {
+    const end = await net.backend("participant1").ledgerEnd();
+    const contracts = await aliceContracts();
+    // To mallory's own party, or (eve hosting none) to alice herself: either way alice never asked.
+    const owner = attacker === mallory ? m1 : alice;
+    const { rootHash, payload } = confirmationRequest(
+      attacker.id,
+      createIou(iou(alice, owner, "1000.00"), [alice]),
+    );
+    await send(attacker, [p1, mediator], payload);
+    const outcome = await verdict(rootHash);
+    assert.equal(outcome?.kind, "reject", attacker.name);
+    assert.equal(outcome?.code, "LOCAL_VERDICT_MALFORMED_REQUEST");
+    const local = await p1Decided(rootHash);
+    assert.equal(local.state, "rejected");
+    assert.match(local.local_rejection ?? "", /does not host the act-as parties/);
+    assert.deepEqual(await net.backend("participant1").ledgerEnd(), end);
+    assert.equal(await aliceContracts(), contracts);
+  }
+  await honestCreateCommits();
+});
+
+test("a request naming another submitting participant than its sender is rejected by the mediator", async () => {
+  const end = await net.backend("participant1").ledgerEnd();
+  // Everything as participant1 would send it, but sequenced from mallory.
+  const { rootHash, payload } = confirmationRequest(p1, createIou(iou(alice, m1), [alice]));
+  await send(mallory, [p1, mediator], payload);
+  const outcome = await verdict(rootHash);
+  assert.equal(outcome?.code, "MEDIATOR_RECEIVED_MALFORMED_MESSAGE");
+  assert.equal((await p1Decided(rootHash)).state, "rejected");
+  assert.deepEqual(await net.backend("participant1").ledgerEnd(), end);
+});
+
+test("a request kept from an informee's participant is rejected by the mediator", async () => {
+  // m1 may give alice an Iou, but alice's participant must see the request: else the verdict
+  // would commit a contract of alice's that participant1 never learns of.
+  const end = await net.backend("participant1").ledgerEnd();
+  const { rootHash, payload } = confirmationRequest(mallory.id, createIou(iou(m1, alice), [m1]));
+  await send(mallory, [mediator], payload);
+  await respond(mallory, await opened(rootHash), [m1], "approve"); // m1's own host approves
+  const outcome = await verdict(rootHash);
+  assert.equal(outcome?.code, "MEDIATOR_RECEIVED_MALFORMED_MESSAGE");
+  assert.deepEqual(await net.backend("participant1").ledgerEnd(), end);
+});
+
+test("a payload that does not hash to the request's root hash is never committed, even approved", async () => {
+  // mallory confirms for m1, the only confirming party, so the mediator approves; participant1,
+  // an observer's participant, must not commit a transaction that is not the one approved.
+  const end = await net.backend("participant1").ledgerEnd();
+  const contracts = await aliceContracts();
+  const { payload, rootHash } = confirmationRequest(mallory.id, createIou(iou(m1, alice), [m1]), {
+    rootHash: randomBytes(32),
+  });
+  await send(mallory, [p1, mediator], payload);
+  await respond(mallory, await opened(rootHash), [m1], "approve");
+  assert.equal((await verdict(rootHash))?.kind, "approve");
+  const local = await p1Decided(rootHash);
+  assert.equal(local.state, "rejected");
+  assert.match(local.local_rejection ?? "", /LOCAL_VERDICT_MALFORMED_PAYLOAD/);
+  assert.deepEqual(await net.backend("participant1").ledgerEnd(), end);
+  assert.equal(await aliceContracts(), contracts);
+  await honestCreateCommits();
+});
+
+test("the mediator counts a response only from a confirming party's host, on the root hash, once, in time", async () => {
+  // alice and m1 must confirm; the request goes to the mediator and participant1, whose answer
+  // (the payload is none) does not matter here: participant1 is stopped so that only mallory speaks.
+  await net.stopParticipant("participant1");
+  try {
+    const request = create(ConfirmationRequestSchema, {
+      rootHash: randomBytes(32),
+      informees: [alice, m1, m2].sort(),
+      confirmingParties: [alice, m1].sort(),
+      submittingParticipant: mallory.id,
+      ledgerTime: nowMicros(),
+    });
+    await send(mallory, [p1, mediator], protocolPayload({ kind: "request", message: request }));
+    const r = await opened(Buffer.from(request.rootHash));
+    await respond(eve, r, [m1], "approve"); // a member hosting none of them
+    await respond(mallory, r, [alice], "approve"); // a participant not hosting alice
+    await respond(mallory, r, [m2], "approve"); // m2 is no confirming party
+    await respond(mallory, { ...r, rootHash: randomBytes(32) }, [m1], "approve");
+    await respond(mallory, r, [m1], "approve", { participant: p1 }); // naming another participant
+    await respond(mallory, r, [m1], "approve", { signWith: eve }); // a signature of another key
+    await respond(mallory, { ...r, requestId: 1n }, [m1], "approve"); // no such request
+    await respond(mallory, r, [m1], "approve"); // counted
+    await respond(mallory, r, [m1], "reject"); // equivocation: m1 has answered
+    await respond(mallory, r, [m1], "approve"); // again
+    const outcome = await verdict(r.rootHash);
+    // alice never approved: only the deadline decides, and nothing of mallory's rejects it.
+    assert.equal(outcome?.kind, "timeout");
+    assert.equal(outcome?.code, "MEDIATOR_SAYS_TX_TIMED_OUT");
+    assert.deepEqual(outcome?.unresponsiveParties, [alice]);
+    await respond(mallory, r, [m1], "reject"); // after the deadline
+    const late = await waitFor("the late response recorded", async () => {
+      const rows = await responses(r.requestId);
+      return rows.length === 10 ? rows : undefined;
+    });
+    const notes = late.map((x) => [x.sender === mallory.id ? "mallory" : "eve", x.counted, x.note ?? ""]);
+    assert.deepEqual(
+      notes.map(([sender, counted]) => [sender, counted]),
+      [
+        ["eve", false],
+        ["mallory", false],
+        ["mallory", false],
+        ["mallory", false],
+        ["mallory", false],
+        ["mallory", false],
+        ["mallory", true],
+        ["mallory", false],
+        ["mallory", false],
+        ["mallory", false],
+      ],
+    );
+    const reasons = late.map((x) => x.note ?? "");
+    assert.match(reasons[0] ?? "", /does not host confirming parties/);
+    assert.match(reasons[1] ?? "", /does not host confirming parties/);
+    assert.match(reasons[2] ?? "", /does not host confirming parties/);
+    assert.match(reasons[3] ?? "", /root hash differs/);
+    assert.match(reasons[4] ?? "", /names participant/);
+    assert.match(reasons[5] ?? "", /signature does not verify/);
+    assert.match(reasons[7] ?? "", /already responded/);
+    assert.match(reasons[8] ?? "", /already responded/);
+    assert.match(reasons[9] ?? "", /already decided/);
+    const unknown = await responses(1n);
+    assert.equal(unknown.length, 1);
+    assert.equal(unknown[0]?.note, "unknown request");
+  } finally {
+    await net.startParticipant("participant1");
+  }
+  await honestCreateCommits();
+});
+
+test("a rejection decides at once; an approval after it is ignored", async () => {
+  const request = create(ConfirmationRequestSchema, {
+    rootHash: randomBytes(32),
+    informees: [m1],
+    confirmingParties: [m1],
+    submittingParticipant: mallory.id,
+    ledgerTime: nowMicros(),
+  });
+  await send(mallory, [mediator], protocolPayload({ kind: "request", message: request }));
+  const r = await opened(Buffer.from(request.rootHash));
+  await respond(mallory, r, [m1], "reject");
+  await respond(mallory, r, [m1], "approve");
+  const outcome = await verdict(r.rootHash);
+  assert.equal(outcome?.code, "MALLORY_SAYS_NO");
+  const rows = await waitFor("both responses recorded", async () => {
+    const all = await responses(r.requestId);
+    return all.length === 2 ? all : undefined;
+  });
+  assert.deepEqual(
+    rows.map((x) => [x.verdict, x.counted, x.note]),
+    [
+      ["reject", true, null],
+      ["approve", false, "request already decided"],
+    ],
+  );
+});
