@@ -146,9 +146,10 @@ export class RequestProcessor {
       rootHash: Buffer.from(request.rootHash),
       sender: event.sender,
       mediator,
-      // A payload that does not hash to the root hash is not the request's transaction: never
-      // committed, whatever the verdict says of the root hash (Canton commits only views whose
-      // hashes match the request's root hash; else LocalRejectError.MalformedRejects.BadRootHashMessages).
+      // A malformed payload (one not hashing to the root hash, or declaring other confirming parties
+      // than its transaction's...) is never committed here, whatever the verdict: the mediator
+      // approves what the declared confirmers approved. Canton likewise applies only views that
+      // match the request's root hash and pass the participant's well-formedness checks.
       transaction: checks.transaction && checks.authentic ? Buffer.from(request.transaction) : null,
       confirmingParties,
       localRejection: first ? { code: first.code, reason: first.message } : null,

@@ -23,10 +23,21 @@ export interface RequestChecks {
   readonly view?: TransactionView;
   /** The request's confirming parties hosted here: this participant answers for them. */
   readonly confirmingHere: readonly string[];
-  /** The payload hashes to the request's root hash: only then may it be committed. */
+  /**
+   * The payload is self-consistent: it hashes to the root hash, and the request's submitter,
+   * ledger time, informees and confirming parties are the transaction's, its act-as parties the
+   * sender's. Only then may it be committed. These checks depend on the payload and the topology
+   * alone, so every honest informee participant finds the same; else a submitter could declare
+   * only its own parties as confirming and have an approval commit at the others' participants.
+   */
   readonly authentic: boolean;
   readonly problems: readonly LockstepError[];
 }
+
+const MALFORMED_CODES = new Set<string>([
+  "LOCAL_VERDICT_MALFORMED_PAYLOAD",
+  "LOCAL_VERDICT_MALFORMED_REQUEST",
+]);
 
 export function checkRequest(args: {
   readonly request: ConfirmationRequest;
@@ -50,8 +61,8 @@ export function checkRequest(args: {
   const problems: LockstepError[] = [];
   const malformed = (details: string) =>
     problems.push(new LockstepError("LOCAL_VERDICT_MALFORMED_PAYLOAD", { details }));
-  const authentic = hashSerializedTransaction(request.transaction).equals(Buffer.from(request.rootHash));
-  if (!authentic) malformed("the root hash is not the hash of the transaction");
+  if (!hashSerializedTransaction(request.transaction).equals(Buffer.from(request.rootHash)))
+    malformed("the root hash is not the hash of the transaction");
   if (request.submittingParticipant !== sender)
     malformed(`the request names ${request.submittingParticipant} as submitter but ${sender} sent it`);
   if (request.ledgerTime !== transaction.ledgerTime)
@@ -86,6 +97,7 @@ export function checkRequest(args: {
       }),
     );
   }
+  const authentic = !problems.some((p) => MALFORMED_CODES.has(p.code));
   return { transaction, ...(view ? { view } : {}), confirmingHere, authentic, problems };
 }
 

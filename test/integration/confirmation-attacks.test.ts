@@ -11,9 +11,14 @@ import { create } from "@bufbuild/protobuf";
 import pg from "pg";
 import { nowMicros } from "../../src/common/time.ts";
 import { ConfirmationRequestSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
+import type { ActiveContract } from "../../src/ledger/contract.ts";
 import { interpret } from "../../src/ledger/interpreter.ts";
 import type { Command } from "../../src/ledger/transaction.ts";
-import { hashSerializedTransaction, serializeTransaction } from "../../src/ledger/transaction-codec.ts";
+import {
+  hashSerializedTransaction,
+  parseTransaction,
+  serializeTransaction,
+} from "../../src/ledger/transaction-codec.ts";
 import { protocolPayload, signConfirmationResponse } from "../../src/protocol/confirmation-messages.ts";
 import { allocation } from "../support/member-attacks.ts";
 import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
@@ -73,20 +78,25 @@ const createIou = (args: ReturnType<typeof iou>, actAs: string[]): Command => ({
 function confirmationRequest(
   submitter: string,
   command: Command,
-  overrides: { rootHash?: Buffer; submittingParticipant?: string } = {},
+  overrides: {
+    rootHash?: Buffer;
+    submittingParticipant?: string;
+    confirmingParties?: string[];
+    input?: ActiveContract;
+  } = {},
 ) {
   const submissionId = randomUUID();
   const transaction = interpret(command, {
     ledgerTime: nowMicros(),
     submitter: { participant: submitter, userId: "attacker", commandId: randomUUID(), submissionId },
-    lookupContract: () => undefined,
+    lookupContract: (id) => (id === overrides.input?.contractId ? overrides.input : undefined),
   });
   const bytes = serializeTransaction(transaction);
   const rootHash = overrides.rootHash ?? hashSerializedTransaction(bytes);
   const message = create(ConfirmationRequestSchema, {
     rootHash,
     informees: [...transaction.informees],
-    confirmingParties: [...transaction.confirmingParties],
+    confirmingParties: overrides.confirmingParties ?? [...transaction.confirmingParties],
     submittingParticipant: overrides.submittingParticipant ?? submitter,
     ledgerTime: transaction.ledgerTime,
     transaction: bytes,
@@ -244,6 +254,45 @@ test("a payload that does not hash to the request's root hash is never committed
   assert.deepEqual(await net.backend("participant1").ledgerEnd(), end);
   assert.equal(await aliceContracts(), contracts);
   await honestCreateCommits();
+});
+
+test("a request declaring only the submitter's parties as confirming is never committed by the others", async () => {
+  // alice issues m1 an Iou; m1 may transfer it, but alice, its signatory, must confirm (she checks
+  // it is still active). mallory declares m1 alone as confirming: the mediator waits for m1 only.
+  const backend = net.backend("participant1");
+  const command = { kind: "create" as const, template: "Iou", arguments: iou(alice, m1, "5.00") };
+  await backend.submitAndWait({ userId: "app", commandId: randomUUID(), actAs: [alice], command });
+  const committed = await query<{ transaction: Buffer }>(
+    "participant1_pt",
+    "SELECT transaction FROM participant_requests WHERE state = 'committed' ORDER BY request_id DESC LIMIT 1",
+    [],
+  );
+  // What mallory, m1's participant, received with that request.
+  const issued = parseTransaction(committed[0]?.transaction as Buffer).createdContracts[0] as ActiveContract;
+  const end = await backend.ledgerEnd();
+  for (const newOwner of [m2, m1]) {
+    // Twice: without alice's check, one Iou would become two at her own participant.
+    const transfer: Command = {
+      kind: "exercise",
+      contractId: issued.contractId,
+      choice: "Transfer",
+      argument: { newOwner },
+      actAs: [m1],
+    };
+    const { rootHash, payload } = confirmationRequest(mallory.id, transfer, {
+      input: issued,
+      confirmingParties: [m1],
+    });
+    await send(mallory, [p1, mediator], payload);
+    await respond(mallory, await opened(rootHash), [m1], "approve");
+    assert.equal((await verdict(rootHash))?.kind, "approve");
+    const local = await p1Decided(rootHash);
+    assert.equal(local.state, "rejected");
+    assert.match(local.local_rejection ?? "", /confirming parties differ/);
+  }
+  assert.deepEqual(await backend.ledgerEnd(), end);
+  const active = (await backend.activeContracts({ parties: [alice] })).contracts.map((c) => c.contractId);
+  assert.ok(active.includes(issued.contractId), "alice's Iou is still active");
 });
 
 test("the mediator counts a response only from a confirming party's host, on the root hash, once, in time", async () => {
