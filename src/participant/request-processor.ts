@@ -186,7 +186,22 @@ export class RequestProcessor {
     }
     const submission = await inFlightByRequest(tx, request.requestId);
     const outcome = verdict.outcome;
-    if (outcome.case === "approve" && request.transaction) {
+    // A replay (the same transaction again, under a new request id) commits nothing: its update id,
+    // the root hash, is taken. Without this check the update's unique key failed the event for good
+    // and stopped this participant (Canton rejects replays as MalformedRequest).
+    const replay =
+      outcome.case === "approve" &&
+      (
+        await tx.query("SELECT 1 FROM participant_updates WHERE update_id = $1", [
+          request.rootHash.toString("hex"),
+        ])
+      ).length > 0;
+    if (replay)
+      this.log.warn(
+        { requestId: String(request.requestId) },
+        "approved replay of a committed transaction ignored",
+      );
+    if (outcome.case === "approve" && request.transaction && !replay) {
       const transaction = parseTransaction(request.transaction);
       const view = visibleTo(transaction, topology.partiesOf(this.self(), request.requestId));
       await decideRequest(tx, request.requestId, "committed", event.timestamp);
@@ -244,7 +259,7 @@ export class RequestProcessor {
     const error =
       outcome.case === "reject" || outcome.case === "timeout"
         ? errorJson(outcome.value.code, outcome.value.reason)
-        : errorJson("INTERNAL_ERROR", "approved a transaction that does not parse here");
+        : errorJson("INTERNAL_ERROR", "approved a transaction that is malformed here, or committed before");
     await this.reject(tx, submission, error, event.timestamp);
     return true;
   }

@@ -295,6 +295,39 @@ test("a request declaring only the submitter's parties as confirming is never co
   assert.ok(active.includes(issued.contractId), "alice's Iou is still active");
 });
 
+test("a replayed request commits once; the replay neither commits nor stops the participant", async () => {
+  const backend = net.backend("participant1");
+  const { rootHash, payload } = confirmationRequest(mallory.id, createIou(iou(m1, alice, "3.00"), [m1]));
+  const requestIds = new Set<string>();
+  for (const round of [1, 2]) {
+    await send(mallory, [p1, mediator], payload);
+    const r = await waitFor("the mediator has this round's request", async () => {
+      const rows = await query<{ request_id: string }>(
+        "mediator_pt",
+        "SELECT request_id::text FROM mediator_requests WHERE root_hash = $1 ORDER BY request_id",
+        [rootHash],
+      );
+      return rows.length === round ? rows[round - 1] : undefined;
+    });
+    requestIds.add(r.request_id);
+    const end = await backend.ledgerEnd();
+    await respond(mallory, { requestId: BigInt(r.request_id), rootHash }, [m1], "approve");
+    const state = await waitFor("participant1 decided this round", async () => {
+      const rows = await query<{ state: string }>(
+        "participant1_pt",
+        "SELECT state FROM participant_requests WHERE request_id = $1",
+        [r.request_id],
+      );
+      return rows[0]?.state === "pending" ? undefined : rows[0]?.state;
+    });
+    assert.equal(state, round === 1 ? "committed" : "rejected");
+    if (round === 2) assert.deepEqual(await backend.ledgerEnd(), end);
+  }
+  assert.equal(requestIds.size, 2);
+  assert.equal(net.runtime("participant1").currentRole, "active");
+  await honestCreateCommits();
+});
+
 test("the mediator counts a response only from a confirming party's host, on the root hash, once, in time", async () => {
   // alice and m1 must confirm; the request goes to the mediator and participant1, whose answer
   // (the payload is none) does not matter here: participant1 is stopped so that only mallory speaks.
