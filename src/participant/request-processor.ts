@@ -120,6 +120,18 @@ export class RequestProcessor {
   ): Promise<boolean> {
     const requestId = event.timestamp;
     if (await requestById(tx, requestId)) return false;
+    // No mediator among the recipients: no verdict can ever come, and its locks would hold the
+    // inputs forever. Canton's participant raises an alarm ("root hash messages that were not sent
+    // to a mediator") and does not process the request; so do we.
+    const mediators = new Set(topology.mediators(requestId));
+    const mediator = event.recipients.find((r) => mediators.has(r));
+    if (mediator === undefined) {
+      this.log.warn(
+        { requestId: String(requestId), sender: event.sender },
+        "request sent to no mediator ignored",
+      );
+      return false;
+    }
     const self = this.self();
     const checks = checkRequest({ request, sender: event.sender, recordTime: requestId, topology, self });
     const problems = [...checks.problems];
@@ -137,10 +149,8 @@ export class RequestProcessor {
     } else if (!checks.transaction) {
       this.log.warn({ requestId: String(requestId) }, "request with an unparsable transaction");
     }
-    const mediators = new Set(topology.mediators(requestId));
-    const mediator = event.recipients.find((r) => mediators.has(r)) ?? "";
     const first = problems[0];
-    const confirmingParties = mediator === "" ? [] : checks.confirmingHere;
+    const confirmingParties = checks.confirmingHere;
     await insertRequest(tx, {
       requestId,
       rootHash: Buffer.from(request.rootHash),

@@ -295,6 +295,54 @@ test("a request declaring only the submitter's parties as confirming is never co
   assert.ok(active.includes(issued.contractId), "alice's Iou is still active");
 });
 
+test("a request sent to no mediator locks nothing: the issuer can still archive its Iou", async () => {
+  // A valid transfer by m1, the owner, that alice's participant would approve and lock for: with no
+  // mediator, no verdict would ever release the lock.
+  const backend = net.backend("participant1");
+  const command = { kind: "create" as const, template: "Iou", arguments: iou(alice, m1, "9.00") };
+  const { updateId } = await backend.submitAndWait({
+    userId: "app",
+    commandId: randomUUID(),
+    actAs: [alice],
+    command,
+  });
+  const [row] = await query<{ transaction: Buffer }>(
+    "participant1_pt",
+    "SELECT transaction FROM participant_requests WHERE encode(root_hash, 'hex') = $1",
+    [updateId],
+  );
+  const issued = parseTransaction(row?.transaction as Buffer).createdContracts[0] as ActiveContract;
+  const transfer: Command = {
+    kind: "exercise",
+    contractId: issued.contractId,
+    choice: "Transfer",
+    argument: { newOwner: m2 },
+    actAs: [m1],
+  };
+  const { rootHash, payload } = confirmationRequest(mallory.id, transfer, { input: issued });
+  await send(mallory, [p1], payload);
+  // participant1 processes events in order: once it sees mallory's next party, it had the request.
+  await net.sequencer.client.submitTopology({ transactions: [allocation(mallory, "marker")] });
+  await waitFor("participant1 past the request", async () =>
+    (await backend.listParties()).some((p) => p.party === `marker::${mallory.namespace.fingerprint}`)
+      ? true
+      : undefined,
+  );
+  const archive = {
+    kind: "exercise" as const,
+    contractId: issued.contractId,
+    choice: "Archive",
+    argument: {},
+  };
+  await backend.submitAndWait({ userId: "app", commandId: randomUUID(), actAs: [alice], command: archive });
+  const active = (await backend.activeContracts({ parties: [alice] })).contracts.map((c) => c.contractId);
+  assert.ok(!active.includes(issued.contractId));
+  const stored = await query("participant1_pt", "SELECT 1 FROM participant_requests WHERE root_hash = $1", [
+    rootHash,
+  ]);
+  assert.equal(stored.length, 0, "not processed");
+});
+
 test("a replayed request commits once; the replay neither commits nor stops the participant", async () => {
   const backend = net.backend("participant1");
   const { rootHash, payload } = confirmationRequest(mallory.id, createIou(iou(m1, alice, "3.00"), [m1]));
