@@ -8,21 +8,23 @@ import assert from "node:assert/strict";
 import { randomBytes, randomUUID } from "node:crypto";
 import { after, before, test } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import pg from "pg";
+import type pg from "pg";
 import { nowMicros } from "../../src/common/time.ts";
 import { ConfirmationRequestSchema } from "../../src/gen/lockstep/protocol/v1/confirmation_pb.ts";
 import type { ActiveContract } from "../../src/ledger/contract.ts";
-import { interpret } from "../../src/ledger/interpreter.ts";
 import type { Command } from "../../src/ledger/transaction.ts";
-import {
-  hashSerializedTransaction,
-  parseTransaction,
-  serializeTransaction,
-} from "../../src/ledger/transaction-codec.ts";
-import { protocolPayload, signConfirmationResponse } from "../../src/protocol/confirmation-messages.ts";
+import { parseTransaction } from "../../src/ledger/transaction-codec.ts";
+import { protocolPayload } from "../../src/protocol/confirmation-messages.ts";
 import { allocation } from "../support/member-attacks.ts";
 import { type ParticipantNetwork, startParticipantNetwork } from "../support/participant-network.ts";
 import { startTestPostgres } from "../support/postgres.ts";
+import {
+  confirmationRequest,
+  createIou,
+  iou,
+  queryOnce,
+  responsePayload,
+} from "../support/protocol-attacks.ts";
 import { TestMember } from "../support/sequencer-harness.ts";
 import { waitFor } from "../support/wait.ts";
 
@@ -55,86 +57,21 @@ after(async () => {
   await net?.stop();
 });
 
-/** One query on a node's database (a client per query: the cluster's cleanup runs before ours). */
-async function query<R extends pg.QueryResultRow>(database: string, sql: string, values: unknown[]) {
-  const client = new pg.Client({ connectionString: cluster.connectionUrl(database) });
-  await client.connect();
-  try {
-    return (await client.query<R>(sql, values)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
-const iou = (issuer: string, owner: string, amount = "1.00") => ({ issuer, owner, amount, currency: "USD" });
-const createIou = (args: ReturnType<typeof iou>, actAs: string[]): Command => ({
-  kind: "create",
-  template: "Iou",
-  arguments: args,
-  actAs,
-});
-
-/** A well-formed request as `submitter` would build it, with the given fields overridden. */
-function confirmationRequest(
-  submitter: string,
-  command: Command,
-  overrides: {
-    rootHash?: Buffer;
-    submittingParticipant?: string;
-    confirmingParties?: string[];
-    input?: ActiveContract;
-  } = {},
-) {
-  const submissionId = randomUUID();
-  const transaction = interpret(command, {
-    ledgerTime: nowMicros(),
-    submitter: { participant: submitter, userId: "attacker", commandId: randomUUID(), submissionId },
-    lookupContract: (id) => (id === overrides.input?.contractId ? overrides.input : undefined),
-  });
-  const bytes = serializeTransaction(transaction);
-  const rootHash = overrides.rootHash ?? hashSerializedTransaction(bytes);
-  const message = create(ConfirmationRequestSchema, {
-    rootHash,
-    informees: [...transaction.informees],
-    confirmingParties: overrides.confirmingParties ?? [...transaction.confirmingParties],
-    submittingParticipant: overrides.submittingParticipant ?? submitter,
-    ledgerTime: transaction.ledgerTime,
-    transaction: bytes,
-  });
-  return { rootHash, payload: protocolPayload({ kind: "request", message }) };
-}
+const query = <R extends pg.QueryResultRow>(database: string, sql: string, values: unknown[]) =>
+  queryOnce<R>(cluster.connectionUrl(database), sql, values);
 
 async function send(member: TestMember, recipients: string[], payload: Uint8Array): Promise<void> {
   await net.sequencer.client.send(member.sendRequest({ recipients, payload }));
 }
 
 /** A signed response of `member` to the mediator; `participant`/`signWith` forge it. */
-async function respond(
+const respond = (
   member: TestMember,
   r: { requestId: bigint; rootHash: Buffer },
   parties: string[],
   verdict: "approve" | "reject",
   forge: { participant?: string; signWith?: TestMember } = {},
-): Promise<void> {
-  const response = signConfirmationResponse(
-    {
-      requestId: r.requestId,
-      rootHash: r.rootHash,
-      participant: forge.participant ?? member.id,
-      confirmingParties: parties,
-      verdict:
-        verdict === "approve"
-          ? { case: "approve", value: {} }
-          : {
-              case: "reject",
-              value: { code: "MALLORY_SAYS_NO", reason: "changed my mind", participant: member.id },
-            },
-    },
-    (forge.signWith ?? member).signing,
-  );
-  response.signingKeyFingerprint = member.signing.fingerprint;
-  await send(member, [mediator], protocolPayload({ kind: "response", message: response }));
-}
+) => send(member, [mediator], responsePayload(member, r, parties, verdict, forge));
 
 interface MediatorRow {
   request_id: string;
