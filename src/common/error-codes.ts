@@ -167,6 +167,14 @@ export const ERROR_DEFINITIONS = [
     "This indicates faulty or malicious behaviour of the submitting participant; check its version and logs.",
   ),
   def(
+    "LOCAL_VERDICT_MALFORMED_REQUEST",
+    Code.InvalidArgument,
+    "request",
+    false,
+    "Rejected transaction due to a malformed request: {details}",
+    "This indicates faulty or malicious behaviour of the submitting participant (e.g. submitting for parties it does not host); check its version and logs.",
+  ),
+  def(
     "LOCAL_VERDICT_FAILED_MODEL_CONFORMANCE_CHECK",
     Code.InvalidArgument,
     "request",

@@ -18,12 +18,15 @@ import { confirmationResponseDigest, type ProtocolMessage } from "../protocol/co
  * mediator's database in mediator-store.ts, updated in the transaction that records the event.
  *
  * Rules:
+ * - a request must be addressed to every informee's participant, and sent by the submitting
+ *   participant it names;
  * - a request's confirming parties and their hosting participants are fixed from the topology at
  *   the request's timestamp; its deadline is that timestamp + participantResponseTimeout;
  * - a response counts only if its sender is the participant it names, hosts (at request time)
  *   every confirming party it answers for, and signed it with one of its signing keys;
  * - the first counted rejection rejects the request with its code and reason; approval needs an
  *   approving response for every confirming party;
+ * - a party answers once: a response only for parties that have already approved is ignored;
  * - an event with a timestamp past the deadline times out a request still open (before that
  *   event is itself processed, so a response after the deadline is late);
  * - anything for a decided request (late, duplicate) is ignored.
@@ -76,6 +79,8 @@ export interface DecidedVerdict {
 export interface MediatorInput {
   readonly timestamp: Micros;
   readonly sender: string;
+  /** Whom the sequencer delivered the event to (the mediator node always passes them). */
+  readonly recipients?: readonly string[];
   /** Undefined for anything but a confirmation-protocol message (it still advances time). */
   readonly message?: ProtocolMessage;
 }
@@ -170,7 +175,7 @@ type RequestEvaluation = { open: OpenRequest } | { verdict: DecidedVerdict } | {
 /** A request opens, or is rejected at once when it can never be approved, or is ignored. */
 export function evaluateRequest(
   topology: AggregatorTopology,
-  input: Pick<MediatorInput, "timestamp" | "sender">,
+  input: Pick<MediatorInput, "timestamp" | "sender" | "recipients">,
   request: ConfirmationRequest,
 ): RequestEvaluation {
   const at = input.timestamp;
@@ -201,6 +206,19 @@ export function evaluateRequest(
   const notInformees = confirming.filter((p) => !informees.has(p));
   if (notInformees.length > 0) {
     return reject(MALFORMED_MESSAGE_CODE, `confirming parties are not informees: ${notInformees.join(", ")}`);
+  }
+  // Every informee participant must have received the request, else it could never learn what the
+  // verdict commits (Canton's mediator: "Missing root hash message for informee participants" →
+  // MediatorError.MalformedMessage). The sender has it anyway (its receipt).
+  if (input.recipients) {
+    const delivered = new Set([input.sender, ...input.recipients]);
+    const missing = recipients.filter((p) => !delivered.has(p));
+    if (missing.length > 0) {
+      return reject(
+        MALFORMED_MESSAGE_CODE,
+        `the request was not sent to the informee participants ${missing.join(", ")}`,
+      );
+    }
   }
   const hosts: HostedParty[] = [];
   const unhosted: string[] = [];
@@ -253,6 +271,13 @@ export function evaluateResponse(
     };
   }
   if (!signatureVerifies(topology, input, response)) return { ignored: "its signature does not verify" };
+  // A party answers once (Canton's ResponseAggregation: only pending confirming parties count;
+  // "Ignoring … because it has already responded", a contradicting vote is ParticipantEquivocation):
+  // an approval cannot be taken back by a later rejection, nor repeated.
+  const responded = new Set(request.approved);
+  if (response.confirmingParties.every((p) => responded.has(p))) {
+    return { ignored: `its parties have already responded: ${response.confirmingParties.join(", ")}` };
+  }
   const verdict = response.verdict;
   if (verdict.case === "reject") {
     const outcome = {

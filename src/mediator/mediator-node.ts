@@ -179,6 +179,7 @@ export class MediatorNode implements NodeKindRuntime {
     const result = await processMediatorEvent(new DbRequestStore(tx), context.topology, {
       timestamp: event.timestamp,
       sender: event.sender,
+      recipients: event.recipients,
       message,
     });
     if (result.ignored) this.log.warn({ at: String(event.timestamp) }, `ignored: ${result.ignored}`);

@@ -120,6 +120,18 @@ export class RequestProcessor {
   ): Promise<boolean> {
     const requestId = event.timestamp;
     if (await requestById(tx, requestId)) return false;
+    // No mediator among the recipients: no verdict can ever come, and its locks would hold the
+    // inputs forever. Canton's participant raises an alarm ("root hash messages that were not sent
+    // to a mediator") and does not process the request; so do we.
+    const mediators = new Set(topology.mediators(requestId));
+    const mediator = event.recipients.find((r) => mediators.has(r));
+    if (mediator === undefined) {
+      this.log.warn(
+        { requestId: String(requestId), sender: event.sender },
+        "request sent to no mediator ignored",
+      );
+      return false;
+    }
     const self = this.self();
     const checks = checkRequest({ request, sender: event.sender, recordTime: requestId, topology, self });
     const problems = [...checks.problems];
@@ -137,16 +149,18 @@ export class RequestProcessor {
     } else if (!checks.transaction) {
       this.log.warn({ requestId: String(requestId) }, "request with an unparsable transaction");
     }
-    const mediators = new Set(topology.mediators(requestId));
-    const mediator = event.recipients.find((r) => mediators.has(r)) ?? "";
     const first = problems[0];
-    const confirmingParties = mediator === "" ? [] : checks.confirmingHere;
+    const confirmingParties = checks.confirmingHere;
     await insertRequest(tx, {
       requestId,
       rootHash: Buffer.from(request.rootHash),
       sender: event.sender,
       mediator,
-      transaction: checks.transaction ? Buffer.from(request.transaction) : null,
+      // A malformed payload (one not hashing to the root hash, or declaring other confirming parties
+      // than its transaction's...) is never committed here, whatever the verdict: the mediator
+      // approves what the declared confirmers approved. Canton likewise applies only views that
+      // match the request's root hash and pass the participant's well-formedness checks.
+      transaction: checks.transaction && checks.authentic ? Buffer.from(request.transaction) : null,
       confirmingParties,
       localRejection: first ? { code: first.code, reason: first.message } : null,
     });
@@ -182,7 +196,22 @@ export class RequestProcessor {
     }
     const submission = await inFlightByRequest(tx, request.requestId);
     const outcome = verdict.outcome;
-    if (outcome.case === "approve" && request.transaction) {
+    // A replay (the same transaction again, under a new request id) commits nothing: its update id,
+    // the root hash, is taken. Without this check the update's unique key failed the event for good
+    // and stopped this participant (Canton rejects replays as MalformedRequest).
+    const replay =
+      outcome.case === "approve" &&
+      (
+        await tx.query("SELECT 1 FROM participant_updates WHERE update_id = $1", [
+          request.rootHash.toString("hex"),
+        ])
+      ).length > 0;
+    if (replay)
+      this.log.warn(
+        { requestId: String(request.requestId) },
+        "approved replay of a committed transaction ignored",
+      );
+    if (outcome.case === "approve" && request.transaction && !replay) {
       const transaction = parseTransaction(request.transaction);
       const view = visibleTo(transaction, topology.partiesOf(this.self(), request.requestId));
       await decideRequest(tx, request.requestId, "committed", event.timestamp);
@@ -240,7 +269,7 @@ export class RequestProcessor {
     const error =
       outcome.case === "reject" || outcome.case === "timeout"
         ? errorJson(outcome.value.code, outcome.value.reason)
-        : errorJson("INTERNAL_ERROR", "approved a transaction that does not parse here");
+        : errorJson("INTERNAL_ERROR", "approved a transaction that is malformed here, or committed before");
     await this.reject(tx, submission, error, event.timestamp);
     return true;
   }

@@ -23,8 +23,21 @@ export interface RequestChecks {
   readonly view?: TransactionView;
   /** The request's confirming parties hosted here: this participant answers for them. */
   readonly confirmingHere: readonly string[];
+  /**
+   * The payload is self-consistent: it hashes to the root hash, and the request's submitter,
+   * ledger time, informees and confirming parties are the transaction's, its act-as parties the
+   * sender's. Only then may it be committed. These checks depend on the payload and the topology
+   * alone, so every honest informee participant finds the same; else a submitter could declare
+   * only its own parties as confirming and have an approval commit at the others' participants.
+   */
+  readonly authentic: boolean;
   readonly problems: readonly LockstepError[];
 }
+
+const MALFORMED_CODES = new Set<string>([
+  "LOCAL_VERDICT_MALFORMED_PAYLOAD",
+  "LOCAL_VERDICT_MALFORMED_REQUEST",
+]);
 
 export function checkRequest(args: {
   readonly request: ConfirmationRequest;
@@ -42,7 +55,7 @@ export function checkRequest(args: {
   try {
     transaction = parseTransaction(request.transaction);
   } catch (error) {
-    return { confirmingHere, problems: [toLockstepError(error)] };
+    return { confirmingHere, authentic: false, problems: [toLockstepError(error)] };
   }
   const view = visibleTo(transaction, hosted);
   const problems: LockstepError[] = [];
@@ -58,6 +71,19 @@ export function checkRequest(args: {
     malformed("the informees differ from the transaction's");
   if (!samePartySet(request.confirmingParties, transaction.confirmingParties))
     malformed("the confirming parties differ from the transaction's");
+  // Submitter authorization (Canton's AuthorizationValidator): the sender must host every act-as
+  // party, else any member could act for anyone ("The submitting participant … is not authorized
+  // to submit on behalf of the submitting parties" → LOCAL_VERDICT_MALFORMED_REQUEST).
+  const foreignActAs = transaction.command.actAs.filter(
+    (p) => topology.participantOf(p, recordTime) !== sender,
+  );
+  if (foreignActAs.length > 0) {
+    problems.push(
+      new LockstepError("LOCAL_VERDICT_MALFORMED_REQUEST", {
+        details: `the submitting participant ${sender} does not host the act-as parties ${foreignActAs.join(", ")}`,
+      }),
+    );
+  }
   problems.push(...validateTransaction(transaction, { submittingParticipant: sender }).problems);
   // Canton's ledger time / record time check: the request must be sequenced close to its ledger time.
   const toleranceMs = topology.parameters(recordTime).ledgerTimeRecordTimeToleranceMs;
@@ -71,7 +97,8 @@ export function checkRequest(args: {
       }),
     );
   }
-  return { transaction, ...(view ? { view } : {}), confirmingHere, problems };
+  const authentic = !problems.some((p) => MALFORMED_CODES.has(p.code));
+  return { transaction, ...(view ? { view } : {}), confirmingHere, authentic, problems };
 }
 
 /** This participant's knowledge of the contracts a view uses. */

@@ -167,7 +167,49 @@ describe("confirmation aggregator", () => {
       verdicts.map((v) => v.outcome.kind),
       ["approve"],
     );
-    assert.equal(ignored.length, 2);
+    assert.equal(ignored.length, 3);
+    assert.match(ignored[0] ?? "", /already responded/);
+  });
+
+  test("a party answers once: a rejection after its approval is ignored (equivocation), not the other parties'", async () => {
+    const { verdicts, ignored, store } = await run([
+      request(T0),
+      response(T0 + 1n, T0, p1, [alice]),
+      response(T0 + 2n, T0, p1, [alice], { reject: "changed my mind" }),
+    ]);
+    assert.deepEqual(verdicts, []);
+    assert.match(ignored[0] ?? "", /already responded: .*alice/);
+    assert.deepEqual(store.requests.get(T0)?.approved, [alice]);
+    // The other confirming party's rejection still rejects.
+    const last = await run([response(T0 + 4n, T0, p2, [bob], { reject: "bob says no" })], store);
+    assert.equal(last.verdicts[0]?.outcome.kind, "reject");
+  });
+
+  test("a response naming a pending party beside an answered one counts (Canton: the pending ones)", async () => {
+    const { verdicts } = await run([
+      request(T0, [alice, bob, carol]),
+      response(T0 + 1n, T0, p1, [alice]),
+      response(T0 + 2n, T0, p1, [alice, carol], { reject: "carol says no" }),
+    ]);
+    assert.equal(verdicts[0]?.outcome.kind === "reject" && verdicts[0].outcome.reason, "carol says no");
+  });
+
+  test("a request not sent to every informee participant is malformed", async () => {
+    const mediator = "mediator::x";
+    const { verdicts } = await run([
+      { ...request(T0), recipients: [mediator, p1] },
+      { ...request(T0 + 1n), recipients: [mediator, p2] },
+    ]);
+    assert.equal(verdicts.length, 1);
+    assert.equal(verdicts[0]?.requestId, T0);
+    assert.deepEqual(
+      verdicts[0]?.outcome.kind === "reject" && verdicts[0].outcome.code,
+      "MEDIATOR_RECEIVED_MALFORMED_MESSAGE",
+    );
+    assert.match(
+      (verdicts[0]?.outcome.kind === "reject" && verdicts[0].outcome.reason) || "",
+      new RegExp(p2),
+    );
   });
 
   test("rejects at once a request that can never be approved", async () => {
