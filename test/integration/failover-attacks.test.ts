@@ -203,3 +203,29 @@ test("FenceWriter notices forged, tampered with or replayed never fence the curr
   );
   for (const r of [a, b]) await r.stop();
 });
+
+test("switch-over asked twice at once: one answers, the other is refused NODE_PASSIVE; one writer after", async () => {
+  const db = await freshDatabase("attack_switch");
+  const a = await db.start();
+  const b = await db.start("b");
+  const before = (await a.status()).writerEpoch;
+  await waitUntil("a writing", async () => ((await db.epochs())[0]?.n ?? 0) >= 5);
+  const results = await Promise.allSettled([a.switchOver(), a.switchOver()]);
+  const answered = results.filter((r) => r.status === "fulfilled");
+  const refused = results.flatMap((r) => (r.status === "rejected" ? [r.reason] : []));
+  assert.equal(answered.length, 1);
+  assert.deepEqual(answered[0]?.value, { writerEpoch: before });
+  assert.ok(refused[0] instanceof LockstepError && refused[0].code === "NODE_PASSIVE", String(refused[0]));
+  const written = (await db.epochs()).find((r) => r.epoch === before)?.n;
+  await waitUntil("b active", () => b.currentRole === "active", 10_000, 10);
+  const next = (await b.status()).writerEpoch;
+  await waitUntil("b writing", async () => ((await db.epochs()).find((r) => r.epoch === next)?.n ?? 0) >= 5);
+  assert.equal(a.currentRole, "passive");
+  const rows = await db.assertOneWriterAtATime();
+  assert.equal(
+    rows.find((r) => r.epoch === before)?.n,
+    written,
+    "a wrote nothing after its switch-over answered",
+  );
+  for (const r of [a, b]) await r.stop();
+});
