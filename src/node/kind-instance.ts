@@ -33,15 +33,37 @@ export interface KindInstanceSource extends Pick<NodeKindContext, "entry" | "con
 }
 
 /**
+ * The database's own fence on a commit (docs/design.md "Single writer"): the process's lock flag can
+ * lag the server (a lock session cut silently is noticed only when its check goes unanswered, up to
+ * 2 s, while a passive process takes the freed lock at once). So each writing transaction, just
+ * before it commits, share-locks node_state and checks that it still names this activation. A newer
+ * activation's epoch bump (node-state.ts, FOR UPDATE of that row) either waits for this commit, which
+ * then precedes the new epoch, or has committed, and this one rolls back. A row this transaction
+ * changed itself (the epoch raised after a restore: settleWriterEpoch) is its own. Transactions that
+ * wrote nothing (no xid) skip it.
+ */
+const STILL_THE_WRITER_SQL = `SELECT writer_activation = $1 OR xmin = (txid_current() % 4294967296)::text::xid AS current
+   FROM node_state WHERE txid_current_if_assigned() IS NOT NULL FOR SHARE`;
+
+/**
  * A kind instance with its own fenced view of the database (fenced-db.ts): once revoked, every
  * statement and commit it tries fails with NODE_PASSIVE, and the failures it reports are not the node's.
  */
 export function createKindInstance(source: KindInstanceSource): KindInstance {
   const { entry, definition, config, dataDir, logger } = source;
   const fence = { revoked: false };
-  const db = fencedDb(source.db, () => {
-    if (fence.revoked) throw new LockstepError("NODE_PASSIVE", { node: entry.name });
-  });
+  const db = fencedDb(
+    source.db,
+    () => {
+      if (fence.revoked) throw new LockstepError("NODE_PASSIVE", { node: entry.name });
+    },
+    async (tx) => {
+      const row = await tx.maybeOne<{ current: boolean }>(STILL_THE_WRITER_SQL, [
+        source.identity().writerActivation,
+      ]);
+      if (row && !row.current) throw new LockstepError("NODE_PASSIVE", { node: entry.name });
+    },
+  );
   const kind = definition.create({
     entry,
     config,

@@ -6,9 +6,17 @@ import type { Db, DbSession, Queryable, QueryOptions, SqlParam, Tx } from "./db.
  * and revokes it when the process loses its single-writer lock, so the kind stops writing at once,
  * even in the middle of a transaction, instead of whenever its own stop() gets there.
  *
+ * The process's own view can lag the server's (a lock session cut silently is noticed only when its
+ * check goes unanswered), so `beforeCommit` lets the database itself refuse a stale writer's commit.
+ *
  * The pool and its life stay with the runtime: close() here is a no-op.
  */
-export function fencedDb(db: Db, assertCurrent: () => void): Db {
+export function fencedDb(
+  db: Db,
+  assertCurrent: () => void,
+  /** Run in each writing transaction just before its commit; throwing rolls it back. */
+  beforeCommit?: (tx: Tx) => Promise<void>,
+): Db {
   return {
     database: db.database,
     ...fenced(db, assertCurrent),
@@ -18,6 +26,7 @@ export function fencedDb(db: Db, assertCurrent: () => void): Db {
         const result = await fn(fenced(tx, assertCurrent));
         // Throwing here rolls back: no commit after the lock is gone.
         assertCurrent();
+        if (beforeCommit && !options?.readOnly) await beforeCommit(tx);
         return result;
       }, options),
     async session(): Promise<DbSession> {

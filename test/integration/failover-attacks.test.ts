@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, test } from "node:test";
@@ -228,4 +229,78 @@ test("switch-over asked twice at once: one answers, the other is refused NODE_PA
     "a wrote nothing after its switch-over answered",
   );
   for (const r of [a, b]) await r.stop();
+});
+
+/**
+ * A TCP proxy to PostgreSQL that can cut one connection silently: the server's end closes (the
+ * server frees what that session held at once), the node's end stays open and hears nothing.
+ */
+class OneCutProxy {
+  private readonly pairs: { client: net.Socket; upstream: net.Socket }[] = [];
+  private readonly server = net.createServer((client) => {
+    const upstream = net.connect(this.port, "127.0.0.1");
+    client.on("error", () => {});
+    upstream.on("error", () => client.destroy());
+    this.pairs.push({ client, upstream });
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  constructor(private readonly port: number) {}
+  async start(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+    return (this.server.address() as net.AddressInfo).port;
+  }
+  /** Cuts the connection whose server side is the backend seen at `clientPort`. */
+  cut(clientPort: number): void {
+    const pair = this.pairs.find((p) => p.upstream.localPort === clientPort);
+    assert.ok(pair, `a proxied connection from port ${clientPort}`);
+    pair.client.unpipe();
+    pair.client.pause();
+    pair.upstream.unpipe();
+    pair.upstream.destroy();
+  }
+  close(): void {
+    for (const { client } of this.pairs) client.destroy();
+    this.server.close();
+  }
+}
+
+test("only the lock session cut, silently: the stale process's open writes cannot commit after the new epoch", async () => {
+  const name = "attack_lock_cut";
+  const db = await freshDatabase(name);
+  const direct = new URL(pg.connectionUrl(name));
+  const proxy = new OneCutProxy(Number(direct.port));
+  const proxied = new URL(direct);
+  proxied.port = String(await proxy.start());
+  try {
+    const a = await startWriterRuntime({
+      dataDir,
+      url: proxied.toString(),
+      runtimes,
+      logName: "participant1-a",
+    });
+    const b = await db.start("b");
+    const before = (await a.status()).writerEpoch;
+    await waitUntil("a writing", async () => ((await db.epochs())[0]?.n ?? 0) >= 5);
+    // The backend holding the node's lock: its session is cut; a's pool connections stay up, and a
+    // hears nothing until its lock check goes unanswered (2 s), while b takes the lock at once.
+    const { port } = await db.reader.one<{ port: number }>(
+      `SELECT a.client_port AS port FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+        WHERE l.locktype = 'advisory' AND l.granted AND a.datname = $1`,
+      [name],
+    );
+    proxy.cut(port);
+    await waitUntil("b active", () => b.currentRole === "active", 10_000, 10);
+    await waitUntil("a passive", () => a.currentRole === "passive", 10_000, 10);
+    const next = (await b.status()).writerEpoch;
+    assert.ok(next > before);
+    await waitUntil(
+      "b writing",
+      async () => ((await db.epochs()).find((r) => r.epoch === next)?.n ?? 0) >= 5,
+    );
+    await db.assertOneWriterAtATime();
+    for (const r of [a, b]) await r.stop();
+  } finally {
+    proxy.close();
+  }
 });
