@@ -5,6 +5,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import { fromConnectError } from "../../src/common/connect-errors.ts";
 import type { LockstepError } from "../../src/common/errors.ts";
 import type { Completion } from "../../src/gen/lockstep/ledger/v1/completion_pb.ts";
+import { runLockstep } from "../support/cli.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
   allocateKnownParty,
@@ -25,7 +26,8 @@ let alice: string;
 let bob: string;
 
 before(async () => {
-  network = await startLedgerNetwork({ participants: 1 });
+  // A short tolerance: a submission lost in a crash times out (max sequencing time) in seconds.
+  network = await startLedgerNetwork({ participants: 1, tolerance: "10s" });
   clients = network.clients[0] as LedgerClients;
   alice = await allocateKnownParty(network, 0, "alice");
   bob = await allocateKnownParty(network, 0, "bob");
@@ -271,4 +273,41 @@ test("a user reads only its own completions, even for the same parties", async (
   });
   assert.equal((await completionsOf("owner-app", [alice], commandId)).length, 1);
   assert.equal((await completionsOf("other-app", [alice, bob], commandId)).length, 0);
+});
+
+test("a participant restart in the middle of a SubmitAndWait: one answer to the caller, the command takes effect at most once", async () => {
+  const amount = nextAmount();
+  const commandId = randomUUID();
+  const commands = createIouCommand(commandId, alice, bob, { amount });
+  const node = (verb: string, name: string) =>
+    runLockstep(["node", verb, name, ...(verb === "start" ? ["--detach"] : []), "--json", ...network.cfg]);
+  // Without the mediator no verdict comes: the submission stays in flight while the caller waits.
+  assert.equal((await node("stop", "mediator1")).code, 0);
+  const waiting = outcome(clients.commands.submitAndWait({ commands }, { timeoutMs: 120_000 }));
+  await waitFor("the submission in flight", async () =>
+    (await outcome(clients.submission.submit({ commands }))) === "SUBMISSION_ALREADY_IN_FLIGHT"
+      ? true
+      : undefined,
+  );
+  const pid = network.pid("participant1");
+  assert.ok(pid);
+  process.kill(pid, "SIGKILL");
+  const answer = await waiting;
+  assert.notEqual(answer, "ok");
+  assert.equal((await node("start", "participant1")).code, 0);
+  assert.equal((await node("start", "mediator1")).code, 0);
+  // The resubmission is in flight (or refused while the node comes up) until the participant knows
+  // the outcome: then a duplicate if the first committed, else it commits now.
+  const resubmitted = await waitFor(
+    "a decided resubmission",
+    async () => {
+      const o = await outcome(clients.commands.submitAndWait({ commands }, { timeoutMs: 30_000 }));
+      return o === "ok" || o === "DUPLICATE_COMMAND" ? o : undefined;
+    },
+    120_000,
+    500,
+  );
+  assert.ok(resubmitted === "ok" || resubmitted === "DUPLICATE_COMMAND");
+  assert.equal(await iousOfAmount(alice, amount), 1);
+  assert.equal(succeeded(await completionsOf("test-app", [alice], commandId)), 1);
 });
