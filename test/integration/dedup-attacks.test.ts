@@ -145,7 +145,7 @@ test("act-as is a set: order and repetition name the same change; another set or
   );
 });
 
-test("deduplication periods: negative, past the maximum, an offset after the ledger end are refused; zero and expired periods do not deduplicate", async () => {
+test("deduplication periods: negative (INVALID_FIELD, as Canton), past the maximum, an offset after the ledger end are refused; zero and expired periods do not deduplicate", async () => {
   const amount = nextAmount();
   const commandId = randomUUID();
   const commands = createIouCommand(commandId, alice, bob, { amount });
@@ -159,13 +159,14 @@ test("deduplication periods: negative, past the maximum, an offset after the led
       commands: withPeriod({ case: "deduplicationDuration", value: { seconds: -1n } }),
     }),
   );
-  assert.equal(negative.code, "INVALID_ARGUMENT");
+  assert.equal(negative.code, "INVALID_FIELD");
+  assert.equal(negative.metadata.fieldName, "deduplication_period");
   const negativeNanos = await failure(
     clients.commands.submitAndWait({
       commands: withPeriod({ case: "deduplicationDuration", value: { seconds: 0n, nanos: -1 } }),
     }),
   );
-  assert.equal(negativeNanos.code, "INVALID_ARGUMENT");
+  assert.equal(negativeNanos.code, "INVALID_FIELD");
   for (const seconds of [8n * 86_400n, 2n ** 62n]) {
     const tooLong = await failure(
       clients.commands.submitAndWait({
