@@ -94,7 +94,12 @@ export function toSubmitCommands(commands: Commands | undefined): SubmitCommands
   const dedup = commands.deduplicationPeriod;
   if (dedup.case === "deduplicationDuration") {
     const durationMs = durationToMs(dedup.value);
-    if (durationMs < 0) throw invalid("commands.deduplication_duration must not be negative");
+    // Canton's DeduplicationPeriodValidator.validateNonNegativeDuration: INVALID_FIELD, not a period error.
+    if (durationMs < 0)
+      throw new LockstepError("INVALID_FIELD", {
+        fieldName: "deduplication_period",
+        details: "Duration must be positive",
+      });
     deduplicationPeriod = { kind: "duration", durationMs };
   } else if (dedup.case === "deduplicationOffset") {
     deduplicationPeriod = {

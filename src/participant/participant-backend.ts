@@ -113,11 +113,16 @@ export class ParticipantBackend implements LedgerApiBackend {
     await this.ready("submit", Math.max(0, Math.min(SUBMISSION_CHECK_GRACE_MS, until - Date.now())));
     // Within the caller's deadline, so that the refusal (not a timeout) reaches it.
     await this.connection?.awaitSubmittable(signal, Math.min(SUBMISSION_CHECK_GRACE_MS, until - Date.now()));
-    const { submissionId, changeId, transaction } = await this.submissions().submit(commands);
+    const { submissionId, changeId, completedBefore, transaction } =
+      await this.submissions().submit(commands);
     const expired = AbortSignal.timeout(Math.max(0, until - Date.now()));
     const wake = signal ? AbortSignal.any([signal, expired]) : expired;
     for (;;) {
-      const completion = await this.completionLookup.get({ submissionId, changeId });
+      const completion = await this.completionLookup.get({
+        submissionId,
+        changeId,
+        afterOffset: completedBefore,
+      });
       if (completion) {
         const { changeId: _changeId, ...plain } = completion;
         if (plain.status.kind === "failed") throw errorFromJson(plain.status.error);

@@ -352,33 +352,50 @@ export async function readCompletions(
 /**
  * One submission as SubmitAndWait tracks it: its id and its change id (user, command id, act-as).
  * The submission id alone is the client's word and may be another user's: Canton's SubmissionTracker
- * keys by SubmissionKey(commandId, submissionId, userId, parties) for that reason.
+ * keys by SubmissionKey(commandId, submissionId, userId, parties) for that reason. Even both may name
+ * an earlier, completed submission (an application resubmitting a rejected command with the same
+ * submission id): only a completion after `afterOffset`, the last one of the key when this
+ * submission registered, is this submission's.
  */
 export interface SubmissionKey {
   readonly submissionId: string;
   readonly changeId: string;
+  readonly afterOffset: bigint;
 }
 
-export const submissionKeyString = (k: SubmissionKey): string => `${k.submissionId}\n${k.changeId}`;
+export const submissionKeyString = (k: SubmissionKey): string =>
+  `${k.submissionId}\n${k.changeId}\n${k.afterOffset}`;
 
-/** The latest completion of each of these submissions that has one (one query for many waiters). */
+/** The first completion after its bound of each of these submissions that has one (one query for many waiters). */
 export async function completionsOfSubmissions(
   q: Queryable,
   keys: readonly SubmissionKey[],
 ): Promise<Map<string, StoredCompletion>> {
-  const rows = await q.query<CompletionRow>(
-    `SELECT DISTINCT ON (submission_id, change_id) * FROM participant_completions
-      WHERE submission_id = ANY($1::text[])
-        AND (submission_id, change_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-      ORDER BY submission_id, change_id, ledger_offset DESC`,
-    [keys.map((k) => k.submissionId), keys.map((k) => k.changeId)],
+  const rows = await q.query<CompletionRow & { key_index: string }>(
+    `SELECT DISTINCT ON (k.i) c.*, k.i AS key_index
+       FROM unnest($1::text[], $2::text[], $3::bigint[]) WITH ORDINALITY AS k(submission_id, change_id, after_offset, i)
+       JOIN participant_completions c
+         ON c.submission_id = k.submission_id AND c.change_id = k.change_id AND c.ledger_offset > k.after_offset
+      ORDER BY k.i, c.ledger_offset`,
+    [keys.map((k) => k.submissionId), keys.map((k) => k.changeId), keys.map((k) => k.afterOffset.toString())],
   );
   return new Map(
-    rows.map((r) => [
-      submissionKeyString({ submissionId: r.submission_id, changeId: r.change_id }),
-      toCompletion(r),
-    ]),
+    rows.map((r) => [submissionKeyString(keys[Number(r.key_index) - 1] as SubmissionKey), toCompletion(r)]),
   );
+}
+
+/** The offset of the last completion of a submission id and change id, -1 if none. */
+export async function lastCompletionOffset(
+  q: Queryable,
+  submissionId: string,
+  changeId: string,
+): Promise<bigint> {
+  const row = await q.maybeOne<{ last: string | null }>(
+    `SELECT max(ledger_offset)::text AS last FROM participant_completions
+      WHERE submission_id = $1 AND change_id = $2`,
+    [submissionId, changeId],
+  );
+  return row?.last == null ? -1n : BigInt(row.last);
 }
 
 export async function acceptedCompletion(

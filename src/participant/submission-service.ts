@@ -14,12 +14,19 @@ import type { SequencerClient } from "../sequencer-client/sequencer-client.ts";
 import type { Db } from "../storage/db.ts";
 import { changeId, duplicateOf, resolveDeduplicationPeriod } from "./deduplication.ts";
 import type { SubmitCommands } from "./ledger-api-backend.ts";
-import { acceptedCompletion, activeContracts, readLedgerEnd } from "./participant-store.ts";
+import {
+  acceptedCompletion,
+  activeContracts,
+  lastCompletionOffset,
+  readLedgerEnd,
+} from "./participant-store.ts";
 import { registerInFlight } from "./request-store.ts";
 
 export interface Submitted {
   readonly submissionId: string;
   readonly changeId: string;
+  /** The last completion of (submission id, change id) before this one registered: not this one's. */
+  readonly completedBefore: bigint;
   readonly transaction: Transaction;
 }
 
@@ -97,10 +104,13 @@ export class SubmissionService {
     // Canton: maxSequencingTime = ledger time + tolerance, so a late request cannot be sequenced.
     const maxSequencingTime = transaction.ledgerTime + msToMicros(parameters.ledgerTimeRecordTimeToleranceMs);
     const id = changeId(commands.userId, commands.commandId, actAs);
-    const messageId = `request-${submissionId}`;
+    // Unique per submission, never the client's submission id (which an application may reuse):
+    // the in-flight row is found by it (Canton: a fresh MessageId for every send).
+    const messageId = `request-${newId()}`;
     // Synchronous whatever the server's default (docs/design.md §3): after a fail-over the in-flight
     // row is what deduplicates a resubmission and times the request out; lost, the command could
     // take effect twice.
+    let completedBefore = -1n;
     await this.db.transaction(
       async (tx) => {
         const existing = await registerInFlight(tx, {
@@ -121,6 +131,9 @@ export class SubmissionService {
         // its in-flight row is visible to this statement (read committed).
         const duplicate = duplicateOf(await acceptedCompletion(tx, id), period, now);
         if (duplicate) throw duplicate;
+        // Nothing can complete this submission before its row commits: every completion of the
+        // same ids seen now is an earlier submission's.
+        completedBefore = await lastCompletionOffset(tx, submissionId, id);
       },
       { synchronousCommit: true },
     );
@@ -153,7 +166,7 @@ export class SubmissionService {
       // Maybe sequenced: the receipt or the timely rejection completes it (Canton's in-flight tracking).
       this.log.warn({ code: failure.code, submissionId }, `sending the request failed: ${failure.message}`);
     }
-    return { submissionId, changeId: id, transaction };
+    return { submissionId, changeId: id, completedBefore, transaction };
   }
 
   /**
