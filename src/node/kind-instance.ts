@@ -16,7 +16,8 @@ import { fencedDb } from "../storage/fenced-db.ts";
 /** One activation's node kind, with its own view of the database that is revoked when the lock goes. */
 export interface KindInstance {
   kind: NodeKindRuntime;
-  fence: { revoked: boolean };
+  /** Revoked when the lock goes; `underWay` are the transactions a revoker waits for (fenced-db.ts). */
+  fence: { revoked: boolean; underWay: Set<Promise<unknown>> };
   activated: boolean;
   stopping?: Promise<void>;
 }
@@ -51,7 +52,7 @@ const STILL_THE_WRITER_SQL = `SELECT writer_activation = $1 OR xmin = (txid_curr
  */
 export function createKindInstance(source: KindInstanceSource): KindInstance {
   const { entry, definition, config, dataDir, logger } = source;
-  const fence = { revoked: false };
+  const fence = { revoked: false, underWay: new Set<Promise<unknown>>() };
   const db = fencedDb(
     source.db,
     () => {
@@ -63,6 +64,7 @@ export function createKindInstance(source: KindInstanceSource): KindInstance {
       ]);
       if (row && !row.current) throw new LockstepError("NODE_PASSIVE", { node: entry.name });
     },
+    fence.underWay,
   );
   const kind = definition.create({
     entry,

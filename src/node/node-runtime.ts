@@ -8,6 +8,7 @@ import type { NodeKindDefinition } from "../common/node-kind.ts";
 import { nodeClientTls } from "../common/tls-client.ts";
 import type { FenceWriterRequest } from "../gen/lockstep/admin/v1/admin_pb.ts";
 import type { Db } from "../storage/db.ts";
+import { settled } from "../storage/fenced-db.ts";
 import { runMigrations } from "../storage/migrations.ts";
 import { adminServiceRoutes } from "./admin-service.ts";
 import { adminTokenInterceptor, nodeAdminToken } from "./admin-token.ts";
@@ -25,6 +26,9 @@ import { prepareNodeTls } from "./tls-server.ts";
 import type { FenceOutcome } from "./writer-fencing.ts";
 import { WriterIdentity } from "./writer-identity.ts";
 import { WriterLock } from "./writer-lock.ts";
+
+/** How long a fenced process waits for its transactions under way before it answers FenceWriter. */
+const FENCE_SETTLE_CAP_MS = 5000;
 
 // The process's lifecycle and role changes. Their parts live beside it, one concern each: the lock
 // (writer-lock.ts), the writer epoch and fencing (writer-identity.ts), kind instances (kind-instance.ts),
@@ -342,7 +346,8 @@ export class NodeRuntime {
     const { outcome, notice } = await this.writer.receive(request, this.db as Db);
     if (outcome !== "fenced" || this.role === "failed" || this.isStopping()) return { outcome };
     clearTimeout(this.lockTimer);
-    if (this.instance) this.instance.fence.revoked = true;
+    const fence = this.instance?.fence;
+    if (fence) fence.revoked = true;
     this.writerLock.forget();
     this.writer.stopFencing();
     this.writerLock.drop();
@@ -355,6 +360,9 @@ export class NodeRuntime {
       }).toJSON(),
     );
     void this.stopInstance();
+    // Answered once what was under way has committed or rolled back: the newer activation may then
+    // count on not one more row from this one (a COMMIT already sent would otherwise land after).
+    if (fence) await settled(fence.underWay, FENCE_SETTLE_CAP_MS);
     return { outcome };
   }
 

@@ -16,19 +16,34 @@ export function fencedDb(
   assertCurrent: () => void,
   /** Run in each writing transaction just before its commit; throwing rolls it back. */
   beforeCommit?: (tx: Tx) => Promise<void>,
+  /**
+   * The transactions under way, each until it committed or rolled back: whoever revokes the view
+   * can wait for them (settled), so that nothing it let through commits after it answered.
+   */
+  underWay?: Set<Promise<unknown>>,
 ): Db {
   return {
     database: db.database,
     ...fenced(db, assertCurrent),
-    transaction: (fn, options) =>
-      db.transaction(async (tx: Tx) => {
+    transaction: (fn, options) => {
+      const running = db.transaction(async (tx: Tx) => {
         assertCurrent();
         const result = await fn(fenced(tx, assertCurrent));
         // Throwing here rolls back: no commit after the lock is gone.
         assertCurrent();
-        if (beforeCommit && !options?.readOnly) await beforeCommit(tx);
+        if (beforeCommit && !options?.readOnly) {
+          await beforeCommit(tx);
+          assertCurrent(); // revoked while the check ran
+        }
         return result;
-      }, options),
+      }, options);
+      if (underWay) {
+        underWay.add(running);
+        const done = () => underWay.delete(running);
+        running.then(done, done);
+      }
+      return running;
+    },
     async session(): Promise<DbSession> {
       assertCurrent();
       const session = await db.session();
@@ -66,4 +81,20 @@ function fenced(target: Queryable, assertCurrent: () => void): Queryable {
       return target.execute(sql, params);
     },
   };
+}
+
+/**
+ * Resolves once every transaction under way has committed or rolled back, or after `capMs` (a
+ * statement the server does not answer must not hold up the caller for ever).
+ */
+export async function settled(underWay: ReadonlySet<Promise<unknown>>, capMs: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const cap = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, capMs);
+  });
+  try {
+    await Promise.race([Promise.allSettled([...underWay]), cap]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
