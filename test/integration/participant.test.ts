@@ -257,6 +257,14 @@ test("a restarted participant keeps its ledger and ACS and continues; the ACS eq
   // It continues: bob transfers his Iou back to alice from the restarted participant.
   const back = await p2.submitAndWait(transfer(createdContractIds[0] as string, bob, alice));
   assert.ok(back.offset > endBefore.offset);
+  // participant1 commits the transfer on its own time: its updates and its ACS are read below in
+  // two statements, so wait for it first (else one read sees the transfer and the other not).
+  const returned = back.createdContractIds[0] as string;
+  await waitUntil("the transfer committed on participant1", async () =>
+    (await net.backend("participant1").activeContracts({ parties: [alice] })).contracts.some(
+      (c) => c.contractId === returned,
+    ),
+  );
 
   for (const name of ["participant1", "participant2"]) {
     const db = createPgDb({ connectionString: pg.connectionUrl(`${name}_pt`) });
