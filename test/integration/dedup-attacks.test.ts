@@ -6,6 +6,7 @@ import { fromConnectError } from "../../src/common/connect-errors.ts";
 import type { LockstepError } from "../../src/common/errors.ts";
 import type { Completion } from "../../src/gen/lockstep/ledger/v1/completion_pb.ts";
 import { runLockstep } from "../support/cli.ts";
+import { completionsOf as allCompletionsOf } from "../support/exactly-once.ts";
 import type { LedgerClients } from "../support/ledger-client.ts";
 import {
   allocateKnownParty,
@@ -66,25 +67,7 @@ async function iousOfAmount(party: string, amount: string): Promise<number> {
 
 /** The completions of a user's command id, read from the start until the stream is idle. */
 async function completionsOf(userId: string, parties: string[], commandId: string): Promise<Completion[]> {
-  const abort = new AbortController();
-  const seen: Completion[] = [];
-  let idle = setTimeout(() => abort.abort(), 1500);
-  try {
-    for await (const r of clients.completions.completionStream(
-      { userId, parties, beginExclusive: 0n },
-      { signal: abort.signal },
-    )) {
-      if (r.response.case === "completion" && r.response.value.commandId === commandId)
-        seen.push(r.response.value);
-      clearTimeout(idle);
-      idle = setTimeout(() => abort.abort(), 1500);
-    }
-  } catch (error) {
-    if (!abort.signal.aborted) throw error;
-  } finally {
-    clearTimeout(idle);
-  }
-  return seen;
+  return (await allCompletionsOf(clients, userId, parties, 1500)).filter((c) => c.commandId === commandId);
 }
 
 const succeeded = (cs: Completion[]) => cs.filter((c) => c.status.case === "succeeded").length;

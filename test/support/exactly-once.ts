@@ -72,19 +72,20 @@ export async function resubmitAll<P extends PlannedIou>(
 export async function completionsOf(
   clients: LedgerClients,
   userId: string,
-  party: string,
+  party: string | readonly string[],
+  idleMs = 3000,
 ): Promise<Completion[]> {
   const abort = new AbortController();
   const seen: Completion[] = [];
-  let idle = setTimeout(() => abort.abort(), 3000);
+  let idle = setTimeout(() => abort.abort(), idleMs);
   try {
     for await (const r of clients.completions.completionStream(
-      { userId, parties: [party], beginExclusive: 0n },
+      { userId, parties: typeof party === "string" ? [party] : [...party], beginExclusive: 0n },
       { signal: abort.signal },
     )) {
       if (r.response.case === "completion") seen.push(r.response.value);
       clearTimeout(idle);
-      idle = setTimeout(() => abort.abort(), 3000);
+      idle = setTimeout(() => abort.abort(), idleMs);
     }
   } catch (error) {
     if (!abort.signal.aborted) throw error;
